@@ -1,0 +1,378 @@
+//! The F and D extensions, bit-exact on any host.
+//!
+//! Arithmetic goes through the `softfp` crate, which computes in integers: the host's
+//! floating-point unit and its rounding state are never used, so results and flags are the same
+//! on every host. softfp reads the rounding mode and reports exception flags through two
+//! process-wide callbacks; ours use a thread-local cell, which is set before and read after each
+//! operation. NaN results are the canonical NaN; single-precision values are NaN-boxed.
+
+use std::cell::Cell;
+use std::cmp::Ordering;
+use std::sync::Once;
+
+use softfp::{Class, ExceptionFlags, RoundingMode, F32, F64};
+
+use crate::csr::MSTATUS_FS;
+use crate::{cause, Bus, Hart, Trap};
+
+thread_local! {
+    static RM: Cell<RoundingMode> = const { Cell::new(RoundingMode::TiesToEven) };
+    static FLAGS: Cell<u32> = const { Cell::new(0) };
+}
+
+fn get_rm() -> RoundingMode {
+    RM.with(|c| c.get())
+}
+fn set_flags(f: ExceptionFlags) {
+    FLAGS.with(|c| c.set(c.get() | f.bits()));
+}
+
+/// Register the softfp callbacks (idempotent).
+pub fn init() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        softfp::register_get_rounding_mode(get_rm);
+        softfp::register_set_exception_flags(set_flags);
+    });
+}
+
+const BOX: u64 = 0xffff_ffff_0000_0000;
+const CANON32: u32 = 0x7fc0_0000;
+const CANON64: u64 = 0x7ff8_0000_0000_0000;
+
+/// The single-precision value in a register, or the canonical NaN if it is not NaN-boxed.
+#[inline]
+fn unbox(v: u64) -> u32 {
+    if v & BOX == BOX {
+        v as u32
+    } else {
+        CANON32
+    }
+}
+
+fn class_mask(c: Class) -> u64 {
+    1 << (c as u32)
+}
+
+/// A floating-point format: the operations ftvm needs, implemented once for both widths.
+trait Format: Copy {
+    type Soft: Copy;
+    fn soft(bits: u64) -> Self::Soft;
+    fn bits(s: Self::Soft) -> u64;
+    fn to_reg(bits: u64) -> u64;
+    fn from_reg(r: u64) -> u64;
+    fn canonical() -> u64;
+    fn add(a: Self::Soft, b: Self::Soft) -> Self::Soft;
+    fn sub(a: Self::Soft, b: Self::Soft) -> Self::Soft;
+    fn mul(a: Self::Soft, b: Self::Soft) -> Self::Soft;
+    fn div(a: Self::Soft, b: Self::Soft) -> Self::Soft;
+    fn sqrt(a: Self::Soft) -> Self::Soft;
+    fn fma(a: Self::Soft, b: Self::Soft, c: Self::Soft) -> Self::Soft;
+    fn neg(a: Self::Soft) -> Self::Soft;
+    fn is_nan(a: Self::Soft) -> bool;
+    fn is_snan(a: Self::Soft) -> bool;
+    fn class(a: Self::Soft) -> Class;
+    fn cmp(a: Self::Soft, b: Self::Soft) -> Option<Ordering>;
+    fn sign_bit() -> u64;
+    fn to_i32(a: Self::Soft) -> u32;
+    fn to_u32(a: Self::Soft) -> u32;
+    fn to_i64(a: Self::Soft) -> u64;
+    fn to_u64(a: Self::Soft) -> u64;
+    fn from_i32(v: u32) -> Self::Soft;
+    fn from_u32(v: u32) -> Self::Soft;
+    fn from_i64(v: u64) -> Self::Soft;
+    fn from_u64(v: u64) -> Self::Soft;
+}
+
+#[derive(Clone, Copy)]
+struct S;
+#[derive(Clone, Copy)]
+struct D;
+
+macro_rules! format_impl {
+    ($t:ty, $soft:ty, $holder:ty, $sign:expr, $to_reg:expr, $from_reg:expr, $canon:expr) => {
+        impl Format for $t {
+            type Soft = $soft;
+            fn soft(bits: u64) -> $soft {
+                <$soft>::new(bits as $holder)
+            }
+            fn bits(s: $soft) -> u64 {
+                s.0 as u64
+            }
+            fn to_reg(bits: u64) -> u64 {
+                $to_reg(bits)
+            }
+            fn from_reg(r: u64) -> u64 {
+                $from_reg(r)
+            }
+            fn canonical() -> u64 {
+                $canon
+            }
+            fn add(a: $soft, b: $soft) -> $soft {
+                a + b
+            }
+            fn sub(a: $soft, b: $soft) -> $soft {
+                a - b
+            }
+            fn mul(a: $soft, b: $soft) -> $soft {
+                a * b
+            }
+            fn div(a: $soft, b: $soft) -> $soft {
+                a / b
+            }
+            fn sqrt(a: $soft) -> $soft {
+                a.square_root()
+            }
+            fn fma(a: $soft, b: $soft, c: $soft) -> $soft {
+                <$soft>::fused_multiply_add(a, b, c)
+            }
+            fn neg(a: $soft) -> $soft {
+                a.negate()
+            }
+            fn is_nan(a: $soft) -> bool {
+                a.is_nan()
+            }
+            fn is_snan(a: $soft) -> bool {
+                a.is_signaling()
+            }
+            fn class(a: $soft) -> Class {
+                a.classify()
+            }
+            fn cmp(a: $soft, b: $soft) -> Option<Ordering> {
+                <$soft>::compare_quiet(a, b)
+            }
+            fn sign_bit() -> u64 {
+                $sign
+            }
+            fn to_i32(a: $soft) -> u32 {
+                a.convert_to_sint::<u32>()
+            }
+            fn to_u32(a: $soft) -> u32 {
+                a.convert_to_uint::<u32>()
+            }
+            fn to_i64(a: $soft) -> u64 {
+                a.convert_to_sint::<u64>()
+            }
+            fn to_u64(a: $soft) -> u64 {
+                a.convert_to_uint::<u64>()
+            }
+            fn from_i32(v: u32) -> $soft {
+                <$soft>::convert_from_sint::<u32>(v)
+            }
+            fn from_u32(v: u32) -> $soft {
+                <$soft>::convert_from_uint::<u32>(v)
+            }
+            fn from_i64(v: u64) -> $soft {
+                <$soft>::convert_from_sint::<u64>(v)
+            }
+            fn from_u64(v: u64) -> $soft {
+                <$soft>::convert_from_uint::<u64>(v)
+            }
+        }
+    };
+}
+
+format_impl!(
+    S,
+    F32,
+    u32,
+    1 << 31,
+    |b: u64| (b & 0xffff_ffff) | BOX,
+    |r: u64| unbox(r) as u64,
+    CANON32 as u64
+);
+format_impl!(D, F64, u64, 1 << 63, |b: u64| b, |r: u64| r, CANON64);
+
+/// Result of an FP instruction: where it goes.
+enum Out {
+    F(u64),
+    X(u64),
+}
+
+impl Hart {
+    /// Execute an F/D instruction (loads, stores, arithmetic, conversions, moves).
+    pub(crate) fn exec_fp<B: Bus>(&mut self, bus: &mut B, insn: u32, x1: u64) -> Result<(), Trap> {
+        let illegal = Trap::new(cause::ILLEGAL_INSN, insn as u64);
+        if self.csr.mstatus & MSTATUS_FS == 0 {
+            return Err(illegal);
+        }
+        let rd = ((insn >> 7) & 31) as usize;
+        let f3 = (insn >> 12) & 7;
+        match insn & 0x7f {
+            0x07 => {
+                let a = x1.wrapping_add(((insn as i32) >> 20) as i64 as u64);
+                let v = match f3 {
+                    2 => self.load(bus, a, 4)? | BOX,
+                    3 => self.load(bus, a, 8)?,
+                    _ => return Err(illegal),
+                };
+                self.f[rd] = v;
+                self.fs_dirty();
+                return Ok(());
+            }
+            0x27 => {
+                let imm = ((((insn as i32) >> 25) << 5) | ((insn >> 7) & 31) as i32) as i64 as u64;
+                let a = x1.wrapping_add(imm);
+                let v = self.f[((insn >> 20) & 31) as usize];
+                match f3 {
+                    2 => self.store(bus, a, 4, v)?,
+                    3 => self.store(bus, a, 8, v)?,
+                    _ => return Err(illegal),
+                }
+                return Ok(());
+            }
+            _ => {}
+        }
+        // Arithmetic: the format is in bits 25-26 (0: S, 1: D).
+        let fmt = (insn >> 25) & 3;
+        let rm = if f3 == 7 { self.csr.frm as u32 } else { f3 };
+        let rm = RoundingMode::try_from(rm).map_err(|_| illegal)?;
+        RM.with(|c| c.set(rm));
+        FLAGS.with(|c| c.set(0));
+        let out = match fmt {
+            0 => self.fp_op::<S>(insn, x1),
+            1 => self.fp_op::<D>(insn, x1),
+            _ => None,
+        };
+        let Some(out) = out else {
+            return Err(illegal);
+        };
+        self.csr.fflags |= FLAGS.with(|c| c.get()) as u64;
+        match out {
+            Out::F(v) => self.f[rd] = v,
+            Out::X(v) => {
+                if rd != 0 {
+                    self.x[rd] = v
+                }
+            }
+        }
+        self.fs_dirty();
+        Ok(())
+    }
+
+    /// One arithmetic instruction in format `F`; `None` is illegal.
+    fn fp_op<F: Format>(&mut self, insn: u32, x1: u64) -> Option<Out> {
+        let r1 = ((insn >> 15) & 31) as usize;
+        let r2 = ((insn >> 20) & 31) as usize;
+        let a = F::soft(F::from_reg(self.f[r1]));
+        let b = F::soft(F::from_reg(self.f[r2]));
+        let f3 = (insn >> 12) & 7;
+        let ret = |s: F::Soft| Some(Out::F(F::to_reg(F::bits(s))));
+        let op = insn & 0x7f;
+        if op != 0x53 {
+            let c = F::soft(F::from_reg(self.f[(insn >> 27) as usize]));
+            let r = match op {
+                0x43 => F::fma(a, b, c),
+                0x47 => F::fma(a, b, F::neg(c)),
+                0x4b => F::fma(F::neg(a), b, c),
+                _ => F::fma(F::neg(a), b, F::neg(c)),
+            };
+            return ret(r);
+        }
+        match insn >> 27 {
+            0x00 => ret(F::add(a, b)),
+            0x01 => ret(F::sub(a, b)),
+            0x02 => ret(F::mul(a, b)),
+            0x03 => ret(F::div(a, b)),
+            0x0b if r2 == 0 => ret(F::sqrt(a)),
+            0x04 => {
+                let (ab, bb) = (F::bits(a), F::bits(b));
+                let s = F::sign_bit();
+                let sign = match f3 {
+                    0 => bb & s,
+                    1 => !bb & s,
+                    2 => (ab ^ bb) & s,
+                    _ => return None,
+                };
+                Some(Out::F(F::to_reg((ab & !s) | sign)))
+            }
+            0x05 => {
+                if f3 > 1 {
+                    return None;
+                }
+                if F::is_snan(a) || F::is_snan(b) {
+                    set_flags(ExceptionFlags::INVALID_OPERATION);
+                }
+                let r = match (F::is_nan(a), F::is_nan(b)) {
+                    (true, true) => return Some(Out::F(F::to_reg(F::canonical()))),
+                    (true, false) => b,
+                    (false, true) => a,
+                    _ => {
+                        let s = F::sign_bit();
+                        let a_less = match F::cmp(a, b) {
+                            Some(Ordering::Less) => true,
+                            // -0 is less than +0.
+                            Some(Ordering::Equal) => F::bits(a) & s != 0,
+                            _ => false,
+                        };
+                        if (f3 == 0) == a_less {
+                            a
+                        } else {
+                            b
+                        }
+                    }
+                };
+                ret(r)
+            }
+            0x14 => {
+                let nan = F::is_nan(a) || F::is_nan(b);
+                let signaling = F::is_snan(a) || F::is_snan(b);
+                // FEQ is quiet; FLT and FLE signal on any NaN.
+                if (f3 == 2 && signaling) || (f3 < 2 && nan) {
+                    set_flags(ExceptionFlags::INVALID_OPERATION);
+                }
+                let c = F::cmp(a, b);
+                let r = match f3 {
+                    0 => matches!(c, Some(Ordering::Less | Ordering::Equal)),
+                    1 => c == Some(Ordering::Less),
+                    2 => c == Some(Ordering::Equal),
+                    _ => return None,
+                };
+                Some(Out::X(r as u64))
+            }
+            0x1c if r2 == 0 && f3 == 1 => Some(Out::X(class_mask(F::class(a)))),
+            0x1c if r2 == 0 && f3 == 0 => {
+                // FMV.X.W moves the raw low bits, sign-extended, boxed or not.
+                let v = self.f[r1];
+                Some(Out::X(if F::sign_bit() == 1 << 31 {
+                    v as u32 as i32 as i64 as u64
+                } else {
+                    v
+                }))
+            }
+            0x1e if r2 == 0 && f3 == 0 => Some(Out::F(F::to_reg(x1))),
+            0x18 => {
+                let v = match r2 {
+                    0 => F::to_i32(a) as i32 as i64 as u64,
+                    1 => F::to_u32(a) as i32 as i64 as u64,
+                    2 => F::to_i64(a),
+                    3 => F::to_u64(a),
+                    _ => return None,
+                };
+                Some(Out::X(v))
+            }
+            0x1a => ret(match r2 {
+                0 => F::from_i32(x1 as u32),
+                1 => F::from_u32(x1 as u32),
+                2 => F::from_i64(x1),
+                3 => F::from_u64(x1),
+                _ => return None,
+            }),
+            0x08 => {
+                // FCVT.S.D (fmt S, rs2 = 1) and FCVT.D.S (fmt D, rs2 = 0).
+                if F::sign_bit() == 1 << 31 && r2 == 1 {
+                    let d = F64::new(self.f[r1]);
+                    let s: F32 = d.convert_format();
+                    Some(Out::F(S::to_reg(s.0 as u64)))
+                } else if F::sign_bit() == 1 << 63 && r2 == 0 {
+                    let s = F32::new(unbox(self.f[r1]));
+                    let d: F64 = s.convert_format();
+                    Some(Out::F(d.0))
+                } else {
+                    None
+                }
+            }
+            _ => None,
+        }
+    }
+}

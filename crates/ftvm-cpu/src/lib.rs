@@ -1,0 +1,291 @@
+//! One deterministic RV64GC hart (RV64IMAFDC, Zicsr, Zifencei, Zicntr), with machine,
+//! supervisor and user modes, Sv39/Sv48 translation and bit-exact F/D arithmetic.
+//!
+//! The hart knows nothing about the board around it: physical memory and devices are reached
+//! through the [`Bus`] trait, and the machine time through [`Bus::time`]. It has no clocks, no
+//! threads and no I/O of its own, so its behaviour is a pure function of its state, the bus and
+//! the instructions it runs.
+//!
+//! Every step that changes architectural state (a retired instruction, or an instruction that
+//! raised an exception) adds one to [`Hart::count`]. The rest of the system keys on that count:
+//! [`Hart::run`] never executes more steps than the budget it is given, so a caller can stop the
+//! machine on an exact count.
+
+mod csr;
+mod exec;
+mod fpu;
+mod mmu;
+mod rvc;
+
+pub use csr::Csr;
+
+/// Exception causes (mcause values without the interrupt bit).
+pub mod cause {
+    pub const INSN_MISALIGNED: u64 = 0;
+    pub const INSN_ACCESS: u64 = 1;
+    pub const ILLEGAL_INSN: u64 = 2;
+    pub const BREAKPOINT: u64 = 3;
+    pub const LOAD_MISALIGNED: u64 = 4;
+    pub const LOAD_ACCESS: u64 = 5;
+    pub const STORE_MISALIGNED: u64 = 6;
+    pub const STORE_ACCESS: u64 = 7;
+    pub const ECALL_U: u64 = 8;
+    pub const ECALL_S: u64 = 9;
+    pub const ECALL_M: u64 = 11;
+    pub const INSN_PAGE: u64 = 12;
+    pub const LOAD_PAGE: u64 = 13;
+    pub const STORE_PAGE: u64 = 15;
+    /// The interrupt bit of mcause/scause.
+    pub const INTERRUPT: u64 = 1 << 63;
+}
+
+/// Interrupt bits of mip/mie.
+pub mod irq {
+    pub const SSIP: u64 = 1 << 1;
+    pub const MSIP: u64 = 1 << 3;
+    pub const STIP: u64 = 1 << 5;
+    pub const MTIP: u64 = 1 << 7;
+    pub const SEIP: u64 = 1 << 9;
+    pub const MEIP: u64 = 1 << 11;
+}
+
+/// Privilege levels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum Priv {
+    User = 0,
+    Supervisor = 1,
+    Machine = 3,
+}
+
+impl Priv {
+    fn from_bits(b: u64) -> Priv {
+        match b & 3 {
+            0 => Priv::User,
+            1 => Priv::Supervisor,
+            _ => Priv::Machine,
+        }
+    }
+}
+
+/// The physical world as the hart sees it.
+pub trait Bus {
+    /// Guest RAM, which starts at physical address [`Bus::ram_base`].
+    fn ram(&mut self) -> &mut [u8];
+    /// Physical address of the first byte of RAM.
+    fn ram_base(&self) -> u64;
+    /// A read from a physical address outside RAM; `None` is an access fault.
+    fn mmio_read(&mut self, paddr: u64, size: u8) -> Option<u64>;
+    /// A write to a physical address outside RAM; `false` is an access fault.
+    fn mmio_write(&mut self, paddr: u64, size: u8, val: u64) -> bool;
+    /// The value of the `time` CSR when the hart's step counter is `count`.
+    fn time(&mut self, count: u64) -> u64;
+}
+
+/// Why [`Hart::run`] returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// The step budget is used up.
+    Budget,
+    /// A device register was read or written: interrupt lines may have changed.
+    Mmio,
+    /// WFI retired with no interrupt pending: the hart is idle.
+    Wfi,
+    /// ECALL from S-mode while the supervisor binary interface is served by the host.
+    /// The PC still points at the ECALL; finish it with [`Hart::finish_sbi`].
+    Sbi,
+    /// A store to the HTIF `tohost` word (bare-metal test programs).
+    ToHost(u64),
+}
+
+/// A pending trap: cause (with [`cause::INTERRUPT`] for interrupts) and trap value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Trap {
+    pub cause: u64,
+    pub tval: u64,
+}
+
+impl Trap {
+    fn new(cause: u64, tval: u64) -> Trap {
+        Trap { cause, tval }
+    }
+}
+
+/// The complete architectural state of one hart.
+#[derive(Clone)]
+pub struct Hart {
+    pub x: [u64; 32],
+    pub f: [u64; 32],
+    pub pc: u64,
+    pub prv: Priv,
+    /// Steps taken: retired instructions plus instructions that raised an exception.
+    pub count: u64,
+    pub csr: csr::CsrFile,
+    /// Interrupt lines driven by the board (MEIP, SEIP, MTIP, MSIP, STIP); ORed into mip.
+    pub ext_irq: u64,
+    /// LR/SC reservation: the physical address reserved, if any.
+    pub reservation: Option<u64>,
+    /// Serve ECALL from S-mode in the host instead of trapping to M-mode.
+    pub host_sbi: bool,
+    /// Physical address of the HTIF `tohost` word, if the program has one.
+    pub tohost: Option<u64>,
+    mmu: mmu::Mmu,
+    exit: Option<Exit>,
+}
+
+impl Default for Hart {
+    fn default() -> Self {
+        Self::new(0)
+    }
+}
+
+impl Hart {
+    /// A hart in its reset state: M-mode, PC 0.
+    pub fn new(hartid: u64) -> Hart {
+        fpu::init();
+        Hart {
+            x: [0; 32],
+            f: [0; 32],
+            pc: 0,
+            prv: Priv::Machine,
+            count: 0,
+            csr: csr::CsrFile::new(hartid),
+            ext_irq: 0,
+            reservation: None,
+            host_sbi: false,
+            tohost: None,
+            mmu: mmu::Mmu::new(),
+            exit: None,
+        }
+    }
+
+    /// Set or clear interrupt lines driven by the board.
+    pub fn set_ext_irq(&mut self, mask: u64, level: bool) {
+        if level {
+            self.ext_irq |= mask;
+        } else {
+            self.ext_irq &= !mask;
+        }
+    }
+
+    /// The effective mip: software-writable bits ORed with the board's lines.
+    pub fn mip(&self) -> u64 {
+        self.csr.mip | self.ext_irq
+    }
+
+    /// Forget every cached translation (after the state was changed from outside).
+    pub fn flush_tlb(&mut self) {
+        self.mmu.flush();
+    }
+
+    /// Complete an ECALL that returned [`Exit::Sbi`]: store the SBI result in a0/a1 and retire.
+    pub fn finish_sbi(&mut self, error: i64, value: u64) {
+        self.x[10] = error as u64;
+        self.x[11] = value;
+        self.pc = self.pc.wrapping_add(4);
+        self.count += 1;
+    }
+
+    /// Run at most `budget` steps. Returns early when the board must look at the hart.
+    pub fn run<B: Bus>(&mut self, bus: &mut B, budget: u64) -> Exit {
+        let end = self.count.saturating_add(budget);
+        while self.count < end {
+            if self.mip() & self.csr.mie != 0 {
+                if let Some(c) = self.pending_interrupt() {
+                    self.take_trap(Trap::new(cause::INTERRUPT | c, 0));
+                }
+            }
+            if let Err(t) = self.step(bus) {
+                self.take_trap(t);
+                self.count += 1;
+            }
+            if let Some(e) = self.exit.take() {
+                return e;
+            }
+        }
+        Exit::Budget
+    }
+
+    /// The highest-priority interrupt that is pending, enabled and not masked, if any.
+    pub fn pending_interrupt(&self) -> Option<u64> {
+        let pending = self.mip() & self.csr.mie;
+        if pending == 0 {
+            return None;
+        }
+        let mie = self.csr.mstatus & csr::MSTATUS_MIE != 0;
+        let sie = self.csr.mstatus & csr::MSTATUS_SIE != 0;
+        let m_enabled = self.prv < Priv::Machine || mie;
+        let s_enabled = self.prv < Priv::Supervisor || (self.prv == Priv::Supervisor && sie);
+        let m_pending = if m_enabled { pending & !self.csr.mideleg } else { 0 };
+        let s_pending = if s_enabled { pending & self.csr.mideleg } else { 0 };
+        // Machine-level interrupts win over supervisor-level ones.
+        for set in [m_pending, s_pending] {
+            for bit in [11u64, 3, 7, 9, 1, 5] {
+                if set & (1 << bit) != 0 {
+                    return Some(bit);
+                }
+            }
+        }
+        None
+    }
+
+    /// Enter the trap handler for `t`, at the privilege level that delegation chooses.
+    pub fn take_trap(&mut self, t: Trap) {
+        let interrupt = t.cause & cause::INTERRUPT != 0;
+        let code = t.cause & !cause::INTERRUPT;
+        let deleg = if interrupt { self.csr.mideleg } else { self.csr.medeleg };
+        let old = self.prv;
+        self.reservation = None;
+        let s = &mut self.csr;
+        if old <= Priv::Supervisor && code < 64 && (deleg >> code) & 1 != 0 {
+            s.scause = t.cause;
+            s.sepc = self.pc;
+            s.stval = t.tval;
+            let sie = s.mstatus & csr::MSTATUS_SIE != 0;
+            s.mstatus &= !(csr::MSTATUS_SPIE | csr::MSTATUS_SIE | csr::MSTATUS_SPP);
+            if sie {
+                s.mstatus |= csr::MSTATUS_SPIE;
+            }
+            if old == Priv::Supervisor {
+                s.mstatus |= csr::MSTATUS_SPP;
+            }
+            self.prv = Priv::Supervisor;
+            self.pc = vector(s.stvec, interrupt, code);
+        } else {
+            s.mcause = t.cause;
+            s.mepc = self.pc;
+            s.mtval = t.tval;
+            let mie = s.mstatus & csr::MSTATUS_MIE != 0;
+            s.mstatus &= !(csr::MSTATUS_MPIE | csr::MSTATUS_MIE | csr::MSTATUS_MPP);
+            if mie {
+                s.mstatus |= csr::MSTATUS_MPIE;
+            }
+            s.mstatus |= (old as u64) << csr::MSTATUS_MPP_SHIFT;
+            self.prv = Priv::Machine;
+            self.pc = vector(s.mtvec, interrupt, code);
+        }
+        if old != self.prv {
+            self.mmu.flush();
+        }
+    }
+
+    /// Change privilege level (xRET, reset), keeping the translation caches coherent.
+    pub fn set_priv(&mut self, p: Priv) {
+        if p != self.prv {
+            self.prv = p;
+            self.mmu.flush();
+        }
+    }
+}
+
+fn vector(tvec: u64, interrupt: bool, code: u64) -> u64 {
+    let base = tvec & !3;
+    if interrupt && tvec & 3 == 1 {
+        base.wrapping_add(4 * code)
+    } else {
+        base
+    }
+}
+
+#[cfg(test)]
+mod tests;

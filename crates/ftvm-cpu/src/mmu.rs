@@ -1,0 +1,448 @@
+//! Address translation (Sv39, Sv48) and memory access, with direct-mapped TLBs for loads,
+//! stores and instruction fetch that map a virtual page straight to an offset in guest RAM.
+//!
+//! A TLB entry is filled only for pages backed by RAM and only with the permission the access
+//! that filled it proved, at the current privilege and mstatus bits; everything that changes the
+//! outcome of a translation (satp, privilege, MPRV/MPP/SUM/MXR, SFENCE.VMA) flushes all three.
+
+use crate::csr::{MSTATUS_MPP, MSTATUS_MPP_SHIFT, MSTATUS_MPRV, MSTATUS_MXR, MSTATUS_SUM};
+use crate::{cause, Bus, Hart, Priv, Trap};
+
+const TLB_SIZE: usize = 256;
+const INVALID: u64 = u64::MAX;
+
+#[derive(Clone, Copy)]
+struct Entry {
+    vpn: u64,
+    /// Offset in RAM of the page's first byte.
+    off: usize,
+}
+
+#[derive(Clone)]
+struct Tlb(Box<[Entry; TLB_SIZE]>);
+
+impl Tlb {
+    fn new() -> Tlb {
+        Tlb(Box::new(
+            [Entry {
+                vpn: INVALID,
+                off: 0,
+            }; TLB_SIZE],
+        ))
+    }
+    #[inline(always)]
+    fn lookup(&self, vaddr: u64) -> Option<usize> {
+        let vpn = vaddr >> 12;
+        let e = &self.0[(vpn as usize) & (TLB_SIZE - 1)];
+        if e.vpn == vpn {
+            Some(e.off + (vaddr & 0xfff) as usize)
+        } else {
+            None
+        }
+    }
+    fn fill(&mut self, vaddr: u64, page_off: usize) {
+        let vpn = vaddr >> 12;
+        self.0[(vpn as usize) & (TLB_SIZE - 1)] = Entry { vpn, off: page_off };
+    }
+    fn flush(&mut self) {
+        for e in self.0.iter_mut() {
+            e.vpn = INVALID;
+        }
+    }
+}
+
+#[derive(Clone)]
+pub(crate) struct Mmu {
+    load: Tlb,
+    store: Tlb,
+    fetch: Tlb,
+}
+
+impl Mmu {
+    pub fn new() -> Mmu {
+        Mmu {
+            load: Tlb::new(),
+            store: Tlb::new(),
+            fetch: Tlb::new(),
+        }
+    }
+    pub fn flush(&mut self) {
+        self.load.flush();
+        self.store.flush();
+        self.fetch.flush();
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Access {
+    Load,
+    Store,
+    Fetch,
+}
+
+impl Access {
+    fn page_fault(self, vaddr: u64) -> Trap {
+        let c = match self {
+            Access::Load => cause::LOAD_PAGE,
+            Access::Store => cause::STORE_PAGE,
+            Access::Fetch => cause::INSN_PAGE,
+        };
+        Trap::new(c, vaddr)
+    }
+    fn access_fault(self, vaddr: u64) -> Trap {
+        let c = match self {
+            Access::Load => cause::LOAD_ACCESS,
+            Access::Store => cause::STORE_ACCESS,
+            Access::Fetch => cause::INSN_ACCESS,
+        };
+        Trap::new(c, vaddr)
+    }
+}
+
+const PTE_V: u64 = 1;
+const PTE_R: u64 = 2;
+const PTE_W: u64 = 4;
+const PTE_X: u64 = 8;
+const PTE_U: u64 = 16;
+const PTE_A: u64 = 64;
+const PTE_D: u64 = 128;
+
+#[inline(always)]
+fn ram_read(ram: &[u8], off: usize, size: u8) -> Option<u64> {
+    Some(match size {
+        1 => *ram.get(off)? as u64,
+        2 => u16::from_le_bytes(ram.get(off..off + 2)?.try_into().ok()?) as u64,
+        4 => u32::from_le_bytes(ram.get(off..off + 4)?.try_into().ok()?) as u64,
+        _ => u64::from_le_bytes(ram.get(off..off + 8)?.try_into().ok()?),
+    })
+}
+
+#[inline(always)]
+fn ram_write(ram: &mut [u8], off: usize, size: u8, v: u64) -> Option<()> {
+    match size {
+        1 => *ram.get_mut(off)? = v as u8,
+        2 => ram
+            .get_mut(off..off + 2)?
+            .copy_from_slice(&(v as u16).to_le_bytes()),
+        4 => ram
+            .get_mut(off..off + 4)?
+            .copy_from_slice(&(v as u32).to_le_bytes()),
+        _ => ram.get_mut(off..off + 8)?.copy_from_slice(&v.to_le_bytes()),
+    }
+    Some(())
+}
+
+impl Hart {
+    /// The privilege that loads and stores use (MPRV makes M-mode use MPP's).
+    fn data_priv(&self) -> Priv {
+        if self.prv == Priv::Machine && self.csr.mstatus & MSTATUS_MPRV != 0 {
+            Priv::from_bits((self.csr.mstatus & MSTATUS_MPP) >> MSTATUS_MPP_SHIFT)
+        } else {
+            self.prv
+        }
+    }
+
+    /// Physical address of RAM offset, if `paddr` is in RAM.
+    #[inline(always)]
+    fn ram_offset<B: Bus>(bus: &mut B, paddr: u64, size: u64) -> Option<usize> {
+        let off = paddr.wrapping_sub(bus.ram_base());
+        let len = bus.ram().len() as u64;
+        if off < len && off + size <= len {
+            Some(off as usize)
+        } else {
+            None
+        }
+    }
+
+    /// Translate a virtual address. On success returns the physical address.
+    pub(crate) fn translate<B: Bus>(
+        &mut self,
+        bus: &mut B,
+        vaddr: u64,
+        acc: Access,
+    ) -> Result<u64, Trap> {
+        let prv = if acc == Access::Fetch {
+            self.prv
+        } else {
+            self.data_priv()
+        };
+        let satp = self.csr.satp;
+        let mode = satp >> 60;
+        if prv == Priv::Machine || mode == 0 {
+            return Ok(vaddr);
+        }
+        let levels: u32 = if mode == 9 { 4 } else { 3 };
+        let va_bits = 12 + 9 * levels;
+        // The address must be sign-extended from its top implemented bit.
+        let top = (vaddr as i64) >> (va_bits - 1);
+        if top != 0 && top != -1 {
+            return Err(acc.page_fault(vaddr));
+        }
+        let mut table = (satp & ((1 << 44) - 1)) << 12;
+        let mut level = levels;
+        loop {
+            level -= 1;
+            let idx = (vaddr >> (12 + 9 * level)) & 0x1ff;
+            let pte_addr = table + idx * 8;
+            let Some(off) = Self::ram_offset(bus, pte_addr, 8) else {
+                return Err(acc.access_fault(vaddr));
+            };
+            let mut pte = ram_read(bus.ram(), off, 8).unwrap_or(0);
+            if pte & PTE_V == 0 || (pte & PTE_R == 0 && pte & PTE_W != 0) || pte >> 54 != 0 {
+                return Err(acc.page_fault(vaddr));
+            }
+            let ppn = (pte >> 10) & ((1 << 44) - 1);
+            if pte & (PTE_R | PTE_X) == 0 {
+                // Pointer to the next level.
+                if level == 0 || pte & (PTE_A | PTE_D | PTE_U) != 0 {
+                    return Err(acc.page_fault(vaddr));
+                }
+                table = ppn << 12;
+                continue;
+            }
+            // A leaf: check permissions.
+            let u = pte & PTE_U != 0;
+            match prv {
+                Priv::User if !u => return Err(acc.page_fault(vaddr)),
+                Priv::Supervisor
+                    if u && (acc == Access::Fetch || self.csr.mstatus & MSTATUS_SUM == 0) =>
+                {
+                    return Err(acc.page_fault(vaddr))
+                }
+                _ => {}
+            }
+            let ok = match acc {
+                Access::Load => {
+                    pte & PTE_R != 0 || (self.csr.mstatus & MSTATUS_MXR != 0 && pte & PTE_X != 0)
+                }
+                Access::Store => pte & PTE_W != 0,
+                Access::Fetch => pte & PTE_X != 0,
+            };
+            if !ok {
+                return Err(acc.page_fault(vaddr));
+            }
+            // A superpage must be aligned.
+            let lo_mask = (1u64 << (9 * level)) - 1;
+            if ppn & lo_mask != 0 {
+                return Err(acc.page_fault(vaddr));
+            }
+            // Hardware update of the accessed and dirty bits.
+            let need = PTE_A | if acc == Access::Store { PTE_D } else { 0 };
+            if pte & need != need {
+                pte |= need;
+                ram_write(bus.ram(), off, 8, pte);
+            }
+            let page = (ppn & !lo_mask) | ((vaddr >> 12) & lo_mask);
+            return Ok((page << 12) | (vaddr & 0xfff));
+        }
+    }
+
+    /// Translate and, when the page is RAM, return its RAM offset after filling the TLB.
+    #[inline(never)]
+    fn slow_ram<B: Bus>(&mut self, bus: &mut B, vaddr: u64, acc: Access) -> Result<Pa, Trap> {
+        let paddr = self.translate(bus, vaddr, acc)?;
+        let page = paddr & !0xfff;
+        if let Some(page_off) = Self::ram_offset(bus, page, 4096) {
+            let tohost_page = self.tohost.map(|t| t & !0xfff);
+            match acc {
+                Access::Load => self.mmu.load.fill(vaddr, page_off),
+                Access::Store if tohost_page != Some(page) => self.mmu.store.fill(vaddr, page_off),
+                Access::Store => return Ok(Pa::Io(paddr)),
+                Access::Fetch => self.mmu.fetch.fill(vaddr, page_off),
+            }
+            Ok(Pa::Ram(page_off + (paddr & 0xfff) as usize))
+        } else if let Some(off) = Self::ram_offset(bus, paddr, 1) {
+            // RAM that ends inside this page.
+            Ok(Pa::Ram(off))
+        } else {
+            Ok(Pa::Io(paddr))
+        }
+    }
+
+    /// Load `size` bytes (1, 2, 4 or 8) at a virtual address, zero-extended.
+    #[inline(always)]
+    pub(crate) fn load<B: Bus>(&mut self, bus: &mut B, vaddr: u64, size: u8) -> Result<u64, Trap> {
+        if let Some(off) = self.mmu.load.lookup(vaddr) {
+            if (vaddr & 0xfff) + size as u64 <= 4096 {
+                if let Some(v) = ram_read(bus.ram(), off, size) {
+                    return Ok(v);
+                }
+            }
+        }
+        self.load_slow(bus, vaddr, size)
+    }
+
+    #[inline(never)]
+    fn load_slow<B: Bus>(&mut self, bus: &mut B, vaddr: u64, size: u8) -> Result<u64, Trap> {
+        if (vaddr & 0xfff) + size as u64 > 4096 {
+            // Misaligned across a page: byte by byte, both pages must translate.
+            let mut v = 0u64;
+            for i in 0..size as u64 {
+                v |= self.load(bus, vaddr.wrapping_add(i), 1)? << (8 * i);
+            }
+            return Ok(v);
+        }
+        match self.slow_ram(bus, vaddr, Access::Load)? {
+            Pa::Ram(off) => {
+                ram_read(bus.ram(), off, size).ok_or(Trap::new(cause::LOAD_ACCESS, vaddr))
+            }
+            Pa::Io(paddr) => {
+                self.exit = Some(crate::Exit::Mmio);
+                bus.mmio_read(paddr, size)
+                    .ok_or(Trap::new(cause::LOAD_ACCESS, vaddr))
+            }
+        }
+    }
+
+    /// Store the low `size` bytes of `v` at a virtual address.
+    #[inline(always)]
+    pub(crate) fn store<B: Bus>(
+        &mut self,
+        bus: &mut B,
+        vaddr: u64,
+        size: u8,
+        v: u64,
+    ) -> Result<(), Trap> {
+        if let Some(off) = self.mmu.store.lookup(vaddr) {
+            if (vaddr & 0xfff) + size as u64 <= 4096 && ram_write(bus.ram(), off, size, v).is_some()
+            {
+                return Ok(());
+            }
+        }
+        self.store_slow(bus, vaddr, size, v)
+    }
+
+    #[inline(never)]
+    fn store_slow<B: Bus>(
+        &mut self,
+        bus: &mut B,
+        vaddr: u64,
+        size: u8,
+        v: u64,
+    ) -> Result<(), Trap> {
+        if (vaddr & 0xfff) + size as u64 > 4096 {
+            // Check both pages before writing anything.
+            self.translate(bus, vaddr, Access::Store)?;
+            self.translate(bus, (vaddr | 0xfff).wrapping_add(1), Access::Store)?;
+            for i in 0..size as u64 {
+                self.store(bus, vaddr.wrapping_add(i), 1, v >> (8 * i))?;
+            }
+            return Ok(());
+        }
+        match self.slow_ram(bus, vaddr, Access::Store)? {
+            Pa::Ram(off) => {
+                ram_write(bus.ram(), off, size, v).ok_or(Trap::new(cause::STORE_ACCESS, vaddr))
+            }
+            Pa::Io(paddr) => {
+                if Some(paddr) == self.tohost {
+                    let off = Self::ram_offset(bus, paddr, size as u64)
+                        .ok_or(Trap::new(cause::STORE_ACCESS, vaddr))?;
+                    ram_write(bus.ram(), off, size, v);
+                    if v != 0 {
+                        self.exit = Some(crate::Exit::ToHost(v));
+                    }
+                    return Ok(());
+                }
+                if let Some(off) = Self::ram_offset(bus, paddr, size as u64) {
+                    return ram_write(bus.ram(), off, size, v)
+                        .ok_or(Trap::new(cause::STORE_ACCESS, vaddr));
+                }
+                self.exit = Some(crate::Exit::Mmio);
+                if bus.mmio_write(paddr, size, v) {
+                    Ok(())
+                } else {
+                    Err(Trap::new(cause::STORE_ACCESS, vaddr))
+                }
+            }
+        }
+    }
+
+    /// Fetch 16 bits of instruction at a virtual address.
+    #[inline(always)]
+    pub(crate) fn fetch16<B: Bus>(&mut self, bus: &mut B, vaddr: u64) -> Result<u32, Trap> {
+        if let Some(off) = self.mmu.fetch.lookup(vaddr) {
+            if let Some(v) = ram_read(bus.ram(), off, 2) {
+                return Ok(v as u32);
+            }
+        }
+        self.fetch_slow(bus, vaddr)
+    }
+
+    #[inline(never)]
+    fn fetch_slow<B: Bus>(&mut self, bus: &mut B, vaddr: u64) -> Result<u32, Trap> {
+        match self.slow_ram(bus, vaddr, Access::Fetch)? {
+            Pa::Ram(off) => ram_read(bus.ram(), off, 2)
+                .map(|v| v as u32)
+                .ok_or(Trap::new(cause::INSN_ACCESS, vaddr)),
+            // Executing from device memory is not supported.
+            Pa::Io(_) => Err(Trap::new(cause::INSN_ACCESS, vaddr)),
+        }
+    }
+
+    /// Fetch the instruction at PC: returns the raw bits (16 or 32 of them).
+    #[inline(always)]
+    pub(crate) fn fetch<B: Bus>(&mut self, bus: &mut B) -> Result<u32, Trap> {
+        let pc = self.pc;
+        if pc & 0xfff <= 0xffc {
+            if let Some(off) = self.mmu.fetch.lookup(pc) {
+                if let Some(v) = ram_read(bus.ram(), off, 4) {
+                    let v = v as u32;
+                    return Ok(if v & 3 == 3 { v } else { v & 0xffff });
+                }
+            }
+        }
+        let lo = self.fetch16(bus, pc)?;
+        if lo & 3 != 3 {
+            return Ok(lo);
+        }
+        let hi = self.fetch16(bus, pc.wrapping_add(2)).map_err(|mut t| {
+            // The fault is reported at the instruction's address... with tval the faulting part.
+            t.tval = pc.wrapping_add(2);
+            t
+        })?;
+        Ok(lo | (hi << 16))
+    }
+
+    /// Translate a data address for an AMO/LR/SC and return its physical address.
+    pub(crate) fn amo_paddr<B: Bus>(
+        &mut self,
+        bus: &mut B,
+        vaddr: u64,
+        size: u8,
+        acc: Access,
+    ) -> Result<u64, Trap> {
+        if vaddr & (size as u64 - 1) != 0 {
+            let c = if acc == Access::Load {
+                cause::LOAD_MISALIGNED
+            } else {
+                cause::STORE_MISALIGNED
+            };
+            return Err(Trap::new(c, vaddr));
+        }
+        let paddr = self.translate(bus, vaddr, acc)?;
+        if Self::ram_offset(bus, paddr, size as u64).is_none() {
+            // Atomics are supported on RAM only.
+            return Err(acc.access_fault(vaddr));
+        }
+        Ok(paddr)
+    }
+
+    pub(crate) fn phys_read<B: Bus>(bus: &mut B, paddr: u64, size: u8) -> u64 {
+        let off = Self::ram_offset(bus, paddr, size as u64).unwrap_or(0);
+        ram_read(bus.ram(), off, size).unwrap_or(0)
+    }
+
+    pub(crate) fn phys_write<B: Bus>(&mut self, bus: &mut B, paddr: u64, size: u8, v: u64) {
+        if let Some(off) = Self::ram_offset(bus, paddr, size as u64) {
+            ram_write(bus.ram(), off, size, v);
+            if Some(paddr) == self.tohost && v != 0 {
+                self.exit = Some(crate::Exit::ToHost(v));
+            }
+        }
+    }
+}
+
+pub(crate) enum Pa {
+    Ram(usize),
+    Io(u64),
+}

@@ -1,0 +1,88 @@
+//! Unit tests that drive the hart on a flat RAM bus.
+
+use crate::*;
+
+pub(crate) struct FlatBus {
+    pub ram: Vec<u8>,
+}
+
+impl Bus for FlatBus {
+    fn ram(&mut self) -> &mut [u8] {
+        &mut self.ram
+    }
+    fn ram_base(&self) -> u64 {
+        0x8000_0000
+    }
+    fn mmio_read(&mut self, _: u64, _: u8) -> Option<u64> {
+        None
+    }
+    fn mmio_write(&mut self, _: u64, _: u8, _: u64) -> bool {
+        false
+    }
+    fn time(&mut self, count: u64) -> u64 {
+        count
+    }
+}
+
+/// Run 32-bit instruction words at 0x8000_0000 in M-mode, one step each.
+fn run_words(words: &[u32]) -> (Hart, FlatBus) {
+    let mut bus = FlatBus { ram: vec![0; 1 << 20] };
+    for (i, w) in words.iter().enumerate() {
+        bus.ram[i * 4..i * 4 + 4].copy_from_slice(&w.to_le_bytes());
+    }
+    let mut h = Hart::new(0);
+    h.pc = 0x8000_0000;
+    h.csr.mstatus |= csr::MSTATUS_FS;
+    h.run(&mut bus, words.len() as u64);
+    (h, bus)
+}
+
+#[test]
+fn addi_and_count() {
+    // addi a0, zero, 5; addi a0, a0, -7
+    let (h, _) = run_words(&[0x00500513, 0xff950513]);
+    assert_eq!(h.x[10] as i64, -2);
+    assert_eq!(h.count, 2);
+    assert_eq!(h.pc, 0x8000_0008);
+}
+
+#[test]
+fn div_corner_cases() {
+    // li a0,-1<<63 via lui/slli; li a1,-1; div a2,a0,a1; rem a3,a0,a1; divu a4,a0,zero
+    let (h, _) = run_words(&[
+        0x00100513, // li a0,1
+        0x03f51513, // slli a0,a0,63
+        0xfff00593, // li a1,-1
+        0x02b54633, // div a2,a0,a1
+        0x02b566b3, // rem a3,a0,a1
+        0x02055733, // divu a4,a0,zero
+    ]);
+    assert_eq!(h.x[12], 1 << 63);
+    assert_eq!(h.x[13], 0);
+    assert_eq!(h.x[14], u64::MAX);
+}
+
+#[test]
+fn illegal_instruction_traps_and_counts() {
+    let (h, _) = run_words(&[0xffff_ffff]);
+    assert_eq!(h.csr.mcause, cause::ILLEGAL_INSN);
+    assert_eq!(h.csr.mepc, 0x8000_0000);
+    assert_eq!(h.count, 1);
+}
+
+#[test]
+fn fp_add_rounding_and_flags() {
+    // fadd.s f0, f1, f2 with f1 = 1.0, f2 = 2^-30 (inexact), rm = RUP
+    let mut bus = FlatBus { ram: vec![0; 4096] };
+    let fadd_rup = 0x0020_b053u32 | (3 << 12); // fadd.s f0,f1,f2,rup
+    bus.ram[0..4].copy_from_slice(&fadd_rup.to_le_bytes());
+    let mut h = Hart::new(0);
+    h.pc = 0x8000_0000;
+    h.csr.mstatus |= csr::MSTATUS_FS;
+    h.f[1] = 0xffff_ffff_0000_0000 | 1.0f32.to_bits() as u64;
+    h.f[2] = 0xffff_ffff_0000_0000 | (2.0f32).powi(-30).to_bits() as u64;
+    h.run(&mut bus, 1);
+    assert_eq!(h.f[0] as u32, 0x3f80_0001, "rounded up to the next float");
+    assert_eq!(h.f[0] >> 32, 0xffff_ffff, "NaN-boxed");
+    assert_eq!(h.csr.fflags, 1, "inexact only");
+}
