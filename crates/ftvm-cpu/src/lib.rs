@@ -74,10 +74,10 @@ pub trait Bus {
     fn ram(&mut self) -> &mut [u8];
     /// Physical address of the first byte of RAM.
     fn ram_base(&self) -> u64;
-    /// A read from a physical address outside RAM; `None` is an access fault.
-    fn mmio_read(&mut self, paddr: u64, size: u8) -> Option<u64>;
+    /// A read from a physical address outside RAM at step `count`; `None` is an access fault.
+    fn mmio_read(&mut self, paddr: u64, size: u8, count: u64) -> Option<u64>;
     /// A write to a physical address outside RAM; `false` is an access fault.
-    fn mmio_write(&mut self, paddr: u64, size: u8, val: u64) -> bool;
+    fn mmio_write(&mut self, paddr: u64, size: u8, val: u64, count: u64) -> bool;
     /// The value of the `time` CSR when the hart's step counter is `count`.
     fn time(&mut self, count: u64) -> u64;
 }

@@ -288,7 +288,7 @@ impl Hart {
             }
             Pa::Io(paddr) => {
                 self.exit = Some(crate::Exit::Mmio);
-                bus.mmio_read(paddr, size)
+                bus.mmio_read(paddr, size, self.count)
                     .ok_or(Trap::new(cause::LOAD_ACCESS, vaddr))
             }
         }
@@ -348,7 +348,7 @@ impl Hart {
                         .ok_or(Trap::new(cause::STORE_ACCESS, vaddr));
                 }
                 self.exit = Some(crate::Exit::Mmio);
-                if bus.mmio_write(paddr, size, v) {
+                if bus.mmio_write(paddr, size, v, self.count) {
                     Ok(())
                 } else {
                     Err(Trap::new(cause::STORE_ACCESS, vaddr))

@@ -13,10 +13,10 @@ impl Bus for FlatBus {
     fn ram_base(&self) -> u64 {
         0x8000_0000
     }
-    fn mmio_read(&mut self, _: u64, _: u8) -> Option<u64> {
+    fn mmio_read(&mut self, _: u64, _: u8, _: u64) -> Option<u64> {
         None
     }
-    fn mmio_write(&mut self, _: u64, _: u8, _: u64) -> bool {
+    fn mmio_write(&mut self, _: u64, _: u8, _: u64, _: u64) -> bool {
         false
     }
     fn time(&mut self, count: u64) -> u64 {

@@ -1,1 +1,325 @@
+//! The ftvm board around one hart: RAM at 0x8000_0000, CLINT, PLIC, NS16550A UART, SiFive test
+//! finisher, an SBI served by ftvm, a generated device tree, and loading of a Linux Image or a
+//! bare-metal ELF. [`Machine::run`] executes up to an exact step count; [`Machine::save`],
+//! [`Machine::restore`] and [`Machine::digest`] cover the whole machine state.
+//!
+//! The machine never reads a host clock: `mtime` is the step count divided by
+//! [`board::STEPS_PER_TICK`], plus the ticks skipped while the hart was idle.
+
+pub mod board;
+mod fdt;
+mod loader;
+pub mod plic;
+mod sbi;
+pub mod snapshot;
+pub mod uart;
+
+use ftvm_cpu::{irq, Exit, Hart, Priv};
+use thiserror::Error;
+
+pub use board::{Board, PowerEvent};
+use snapshot::{Reader, SnapshotError, Writer};
+
+/// Physical address of the first byte of RAM.
+pub const RAM_BASE: u64 = 0x8000_0000;
+/// Smallest and largest RAM sizes accepted.
+pub const MIN_RAM: u64 = 16 << 20;
+pub const MAX_RAM: u64 = 64 << 30;
+
+#[derive(Debug, Error)]
+pub enum MachineError {
+    #[error("invalid kernel image: {0}")]
+    Kernel(String),
+    #[error("invalid ELF program: {0}")]
+    Elf(String),
+    #[error("initrd does not fit: {0}")]
+    Initrd(String),
+    #[error("cannot build the device tree: {0}")]
+    Fdt(String),
+    #[error("RAM size {0} is out of range (16 MiB to 64 GiB, a multiple of 4 KiB)")]
+    RamSize(u64),
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+}
+
+/// Why [`Machine::run`] returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunExit {
+    /// The step count reached the requested stop.
+    StopAt,
+    /// The chunk of steps is done: the host may do I/O and call `run` again.
+    Yield,
+    /// The guest powered the machine off or asked for a reset.
+    Power(PowerEvent),
+    /// A bare-metal program wrote this value to `tohost`.
+    ToHost(u64),
+    /// The hart waits for an interrupt and none is pending. `ticks` is how long until the next
+    /// timer fires (None: no timer is armed, only outside input can wake it).
+    Idle { ticks: Option<u64> },
+}
+
+/// The CSR fields that make up a hart's CSR state, in snapshot order.
+macro_rules! csr_fields {
+    ($m:ident) => {
+        $m!(
+            mstatus,
+            medeleg,
+            mideleg,
+            mie,
+            mip,
+            mtvec,
+            mcounteren,
+            menvcfg,
+            mscratch,
+            mepc,
+            mcause,
+            mtval,
+            stvec,
+            scounteren,
+            senvcfg,
+            sscratch,
+            sepc,
+            scause,
+            stval,
+            satp,
+            fflags,
+            frm,
+            mhartid,
+            cycle_offset
+        )
+    };
+}
+
+pub struct Machine {
+    pub hart: Hart,
+    pub board: Board,
+}
+
+impl Machine {
+    /// A machine with `ram_size` bytes of zeroed RAM and a hart in reset.
+    pub fn new(ram_size: u64) -> Result<Machine, MachineError> {
+        if !(MIN_RAM..=MAX_RAM).contains(&ram_size) || ram_size % 4096 != 0 {
+            return Err(MachineError::RamSize(ram_size));
+        }
+        Ok(Machine {
+            hart: Hart::new(0),
+            board: Board::new(ram_size as usize),
+        })
+    }
+
+    /// Steps executed so far.
+    pub fn count(&self) -> u64 {
+        self.hart.count
+    }
+
+    /// Drive the interrupt lines from the device state at the current count.
+    fn update_irqs(&mut self) {
+        let b = &mut self.board;
+        let now = b.mtime(self.hart.count);
+        b.plic.set_level(board::UART_IRQ, b.uart.irq());
+        let h = &mut self.hart;
+        h.set_ext_irq(irq::MTIP, now >= b.mtimecmp);
+        h.set_ext_irq(irq::STIP, now >= b.stimecmp);
+        h.set_ext_irq(irq::MSIP, b.msip);
+        h.set_ext_irq(irq::MEIP, b.plic.irq(0));
+        h.set_ext_irq(irq::SEIP, b.plic.irq(1));
+    }
+
+    /// The step count at which the next timer interrupt becomes pending, if one is armed and
+    /// not yet pending.
+    fn next_deadline(&self) -> Option<u64> {
+        let now = self.hart.count;
+        [self.board.mtimecmp, self.board.stimecmp]
+            .into_iter()
+            .filter_map(|cmp| self.board.deadline(cmp))
+            .filter(|&d| d > now)
+            .min()
+    }
+
+    /// Run until the step count reaches `stop_at`, at most `chunk` steps, or until the guest
+    /// needs the host (power, idle, tohost).
+    pub fn run(&mut self, stop_at: u64, chunk: u64) -> RunExit {
+        let chunk_end = stop_at.min(self.hart.count.saturating_add(chunk));
+        loop {
+            if let Some(p) = self.board.power.take() {
+                return RunExit::Power(p);
+            }
+            let now = self.hart.count;
+            if now >= stop_at {
+                return RunExit::StopAt;
+            }
+            if now >= chunk_end {
+                return RunExit::Yield;
+            }
+            self.update_irqs();
+            let end = match self.next_deadline() {
+                Some(d) => d.min(chunk_end),
+                None => chunk_end,
+            };
+            match self.hart.run(&mut self.board, end - now) {
+                Exit::Budget | Exit::Mmio => {}
+                Exit::Sbi => self.handle_sbi(),
+                Exit::ToHost(v) => return RunExit::ToHost(v),
+                Exit::Wfi => {
+                    self.update_irqs();
+                    if self.hart.mip() & self.hart.csr.mie == 0 {
+                        let ticks = self
+                            .next_deadline()
+                            .map(|d| (d - self.hart.count).div_ceil(board::STEPS_PER_TICK));
+                        return RunExit::Idle { ticks };
+                    }
+                }
+            }
+        }
+    }
+
+    /// Let `ticks` of machine time pass while the hart is idle (no instruction runs).
+    pub fn advance_idle(&mut self, ticks: u64) {
+        self.board.time_offset = self.board.time_offset.saturating_add(ticks);
+    }
+
+    /// Offer a byte of console input; false when the UART cannot take it now.
+    pub fn console_input(&mut self, b: u8) -> bool {
+        if self.board.uart.rx_ready() {
+            self.board.uart.push_rx(b);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Take the console bytes the guest wrote since the last call.
+    pub fn take_console_output(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.board.console_out)
+    }
+
+    /// Boot a Linux kernel Image in S-mode, with ftvm serving the SBI.
+    pub fn boot_linux(
+        ram_size: u64,
+        kernel: &[u8],
+        initrd: Option<&[u8]>,
+        cmdline: &str,
+    ) -> Result<Machine, MachineError> {
+        let mut m = Machine::new(ram_size)?;
+        let boot = loader::load_linux(&mut m.board.ram, kernel, initrd, cmdline)?;
+        let h = &mut m.hart;
+        h.host_sbi = true;
+        // Everything the guest kernel handles itself is delegated to S-mode.
+        h.csr.medeleg = 0xb1ff;
+        h.csr.mideleg = irq::SSIP | irq::STIP | irq::SEIP;
+        h.csr.mcounteren = 7;
+        h.x[10] = 0;
+        h.x[11] = boot.dtb;
+        h.pc = boot.entry;
+        h.set_priv(Priv::Supervisor);
+        Ok(m)
+    }
+
+    /// Load a bare-metal ELF and start it in M-mode at its entry point.
+    pub fn boot_elf(ram_size: u64, elf: &[u8]) -> Result<Machine, MachineError> {
+        let mut m = Machine::new(ram_size)?;
+        let prog = loader::load_elf(&mut m.board.ram, elf)?;
+        m.hart.pc = prog.entry;
+        m.hart.tohost = prog.tohost;
+        Ok(m)
+    }
+
+    fn save_state(&self, w: &mut Writer) {
+        let h = &self.hart;
+        for v in h.x.iter().chain(h.f.iter()) {
+            w.u64(*v);
+        }
+        w.u64(h.pc);
+        w.u8(h.prv as u8);
+        w.u64(h.count);
+        w.u64(h.ext_irq);
+        w.u64(h.reservation.map_or(u64::MAX, |r| r));
+        w.u8(h.host_sbi as u8);
+        w.u64(h.tohost.map_or(u64::MAX, |r| r));
+        let c = &h.csr;
+        macro_rules! put {
+            ($($f:ident),*) => { $( w.u64(c.$f); )* };
+        }
+        csr_fields!(put);
+        for v in c.pmpcfg.iter().chain(c.pmpaddr.iter()) {
+            w.u64(*v);
+        }
+        let b = &self.board;
+        w.u64(b.mtimecmp);
+        w.u64(b.stimecmp);
+        w.u8(b.msip as u8);
+        w.u64(b.time_offset);
+        b.uart.save(w);
+        b.plic.save(w);
+        w.bytes(&b.console_out);
+        snapshot::save_ram(w, &b.ram);
+    }
+
+    /// The whole machine state as a snapshot file.
+    pub fn save(&self) -> Vec<u8> {
+        let mut w = Writer::default();
+        w.u64(self.board.ram.len() as u64);
+        self.save_state(&mut w);
+        snapshot::frame(&w.buf)
+    }
+
+    /// A machine from a snapshot file.
+    pub fn restore(file: &[u8]) -> Result<Machine, MachineError> {
+        let mut r = Reader::new(snapshot::unframe(file)?);
+        let ram_size = r.u64()?;
+        let mut m = Machine::new(ram_size).map_err(|_| SnapshotError::Invalid("RAM size"))?;
+        let h = &mut m.hart;
+        for i in 0..32 {
+            h.x[i] = r.u64()?;
+        }
+        for i in 0..32 {
+            h.f[i] = r.u64()?;
+        }
+        h.x[0] = 0;
+        h.pc = r.u64()?;
+        h.prv = match r.u8()? {
+            0 => Priv::User,
+            1 => Priv::Supervisor,
+            3 => Priv::Machine,
+            _ => return Err(SnapshotError::Invalid("privilege level").into()),
+        };
+        h.count = r.u64()?;
+        h.ext_irq = r.u64()?;
+        h.reservation = Some(r.u64()?).filter(|&v| v != u64::MAX);
+        h.host_sbi = r.u8()? != 0;
+        h.tohost = Some(r.u64()?).filter(|&v| v != u64::MAX);
+        let c = &mut h.csr;
+        macro_rules! get {
+            ($($f:ident),*) => { $( c.$f = r.u64()?; )* };
+        }
+        csr_fields!(get);
+        for i in 0..c.pmpcfg.len() {
+            c.pmpcfg[i] = r.u64()?;
+        }
+        for i in 0..c.pmpaddr.len() {
+            c.pmpaddr[i] = r.u64()?;
+        }
+        h.flush_tlb();
+        let b = &mut m.board;
+        b.mtimecmp = r.u64()?;
+        b.stimecmp = r.u64()?;
+        b.msip = r.u8()? != 0;
+        b.time_offset = r.u64()?;
+        b.uart = uart::Uart::load(&mut r)?;
+        b.plic = plic::Plic::load(&mut r)?;
+        b.console_out = r.bytes()?;
+        snapshot::load_ram(&mut r, &mut b.ram)?;
+        if !r.is_empty() {
+            return Err(SnapshotError::Invalid("trailing bytes after the state").into());
+        }
+        Ok(m)
+    }
+
+    /// A digest of the whole machine state (RAM, CPU, devices).
+    pub fn digest(&self) -> blake3::Hash {
+        let mut w = Writer::default();
+        self.save_state(&mut w);
+        blake3::hash(&w.buf)
+    }
+}
 

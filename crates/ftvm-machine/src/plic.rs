@@ -1,0 +1,163 @@
+//! The SiFive PLIC with level-triggered sources and two contexts per hart (M and S).
+
+use crate::snapshot::{Reader, SnapshotError, Writer};
+
+/// Number of interrupt sources (1..NSRC-1 are usable; 0 means "none").
+pub const NSRC: usize = 32;
+/// Contexts: 0 is hart 0 M-mode, 1 is hart 0 S-mode.
+pub const NCTX: usize = 2;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plic {
+    priority: [u32; NSRC],
+    /// Source levels as driven by the devices.
+    level: u32,
+    /// Sources claimed and not yet completed.
+    claimed: u32,
+    enable: [u32; NCTX],
+    threshold: [u32; NCTX],
+}
+
+impl Plic {
+    pub fn set_level(&mut self, src: usize, high: bool) {
+        if high {
+            self.level |= 1 << src;
+        } else {
+            self.level &= !(1 << src);
+        }
+    }
+
+    fn pending(&self) -> u32 {
+        self.level & !self.claimed & !1
+    }
+
+    /// The best source that context `ctx` would claim now.
+    fn best(&self, ctx: usize) -> u32 {
+        let cand = self.pending() & self.enable[ctx];
+        let mut best = 0;
+        let mut best_prio = self.threshold[ctx];
+        for src in 1..NSRC {
+            if cand & (1 << src) != 0 && self.priority[src] > best_prio {
+                best = src as u32;
+                best_prio = self.priority[src];
+            }
+        }
+        best
+    }
+
+    /// Whether context `ctx` has an interrupt to take.
+    pub fn irq(&self, ctx: usize) -> bool {
+        self.best(ctx) != 0
+    }
+
+    pub fn read(&mut self, off: u64) -> u32 {
+        match off {
+            0..=0xfff => self.priority.get(off as usize / 4).copied().unwrap_or(0),
+            0x1000 => self.pending(),
+            0x1001..=0x1fff => 0,
+            0x2000..=0x1f_ffff => {
+                let ctx = (off as usize - 0x2000) / 0x80;
+                if (off - 0x2000) % 0x80 == 0 && ctx < NCTX {
+                    self.enable[ctx]
+                } else {
+                    0
+                }
+            }
+            0x20_0000.. => {
+                let ctx = (off as usize - 0x20_0000) / 0x1000;
+                if ctx >= NCTX {
+                    return 0;
+                }
+                match off & 0xfff {
+                    0 => self.threshold[ctx],
+                    4 => {
+                        let src = self.best(ctx);
+                        if src != 0 {
+                            self.claimed |= 1 << src;
+                        }
+                        src
+                    }
+                    _ => 0,
+                }
+            }
+        }
+    }
+
+    pub fn write(&mut self, off: u64, v: u32) {
+        match off {
+            0..=0xfff => {
+                if let Some(p) = self.priority.get_mut(off as usize / 4) {
+                    *p = v & 7;
+                }
+            }
+            0x2000..=0x1f_ffff => {
+                let ctx = (off as usize - 0x2000) / 0x80;
+                if (off - 0x2000) % 0x80 == 0 && ctx < NCTX {
+                    self.enable[ctx] = v & !1;
+                }
+            }
+            0x20_0000.. => {
+                let ctx = (off as usize - 0x20_0000) / 0x1000;
+                if ctx >= NCTX {
+                    return;
+                }
+                match off & 0xfff {
+                    0 => self.threshold[ctx] = v & 7,
+                    4 if (v as usize) < NSRC => self.claimed &= !(1 << v),
+                    _ => {}
+                }
+            }
+            _ => {}
+        }
+    }
+
+    pub fn save(&self, w: &mut Writer) {
+        for p in self.priority {
+            w.u32(p);
+        }
+        w.u32(self.level);
+        w.u32(self.claimed);
+        for c in 0..NCTX {
+            w.u32(self.enable[c]);
+            w.u32(self.threshold[c]);
+        }
+    }
+
+    pub fn load(r: &mut Reader) -> Result<Plic, SnapshotError> {
+        let mut p = Plic::default();
+        for i in 0..NSRC {
+            p.priority[i] = r.u32()?;
+        }
+        p.level = r.u32()?;
+        p.claimed = r.u32()?;
+        for c in 0..NCTX {
+            p.enable[c] = r.u32()?;
+            p.threshold[c] = r.u32()?;
+        }
+        Ok(p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claim_complete_cycle() {
+        let mut p = Plic::default();
+        p.write(10 * 4, 1); // priority of source 10
+        p.write(0x2080, 1 << 10); // enable for context 1
+        p.set_level(10, true);
+        assert!(p.irq(1));
+        assert!(!p.irq(0), "not enabled for context 0");
+        assert_eq!(p.read(0x20_1004), 10);
+        assert!(!p.irq(1), "claimed");
+        p.write(0x20_1004, 10);
+        assert!(p.irq(1), "still high after completion");
+        p.set_level(10, false);
+        assert!(!p.irq(1));
+        p.set_level(10, true);
+        p.write(0x20_1000, 1); // threshold 1 masks priority 1
+        assert!(!p.irq(1));
+    }
+}

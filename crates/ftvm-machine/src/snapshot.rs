@@ -1,0 +1,197 @@
+//! Machine snapshots: a versioned, checksummed file holding the whole machine state.
+//!
+//! Layout (all integers little-endian):
+//! ```text
+//! magic    8 bytes  "FTVMSNAP"
+//! version  u32      SNAPSHOT_VERSION
+//! length   u64      length of the payload
+//! payload  ...      the state, in the order Machine::save writes it
+//! crc32c   u32      CRC-32C of everything before it
+//! ```
+//! RAM is stored page by page behind a bitmap of the pages that are not all zero.
+
+use thiserror::Error;
+
+pub const MAGIC: &[u8; 8] = b"FTVMSNAP";
+pub const SNAPSHOT_VERSION: u32 = 1;
+
+#[derive(Debug, Error)]
+pub enum SnapshotError {
+    #[error("not an ftvm snapshot (bad magic)")]
+    BadMagic,
+    #[error("snapshot version {0} is not supported (this ftvm reads version {SNAPSHOT_VERSION})")]
+    Version(u32),
+    #[error("snapshot is truncated")]
+    Truncated,
+    #[error("snapshot checksum mismatch: the file is damaged")]
+    Checksum,
+    #[error("snapshot is invalid: {0}")]
+    Invalid(&'static str),
+}
+
+/// Appends state to a byte buffer.
+#[derive(Default)]
+pub struct Writer {
+    pub buf: Vec<u8>,
+}
+
+impl Writer {
+    pub fn u8(&mut self, v: u8) {
+        self.buf.push(v);
+    }
+    pub fn u32(&mut self, v: u32) {
+        self.buf.extend_from_slice(&v.to_le_bytes());
+    }
+    pub fn u64(&mut self, v: u64) {
+        self.buf.extend_from_slice(&v.to_le_bytes());
+    }
+    pub fn bytes(&mut self, b: &[u8]) {
+        self.u64(b.len() as u64);
+        self.buf.extend_from_slice(b);
+    }
+}
+
+/// Reads state back, refusing to run past the end.
+pub struct Reader<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    pub fn new(buf: &'a [u8]) -> Reader<'a> {
+        Reader { buf }
+    }
+    pub fn take(&mut self, n: usize) -> Result<&'a [u8], SnapshotError> {
+        if self.buf.len() < n {
+            return Err(SnapshotError::Truncated);
+        }
+        let (a, b) = self.buf.split_at(n);
+        self.buf = b;
+        Ok(a)
+    }
+    pub fn u8(&mut self) -> Result<u8, SnapshotError> {
+        Ok(self.take(1)?[0])
+    }
+    pub fn u32(&mut self) -> Result<u32, SnapshotError> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().unwrap()))
+    }
+    pub fn u64(&mut self) -> Result<u64, SnapshotError> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().unwrap()))
+    }
+    pub fn bytes(&mut self) -> Result<Vec<u8>, SnapshotError> {
+        let n = self.u64()?;
+        if n > self.buf.len() as u64 {
+            return Err(SnapshotError::Truncated);
+        }
+        Ok(self.take(n as usize)?.to_vec())
+    }
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+}
+
+/// Wrap a payload in the file framing.
+pub fn frame(payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(payload.len() + 24);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
+    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    out.extend_from_slice(payload);
+    let crc = crc32c::crc32c(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out
+}
+
+/// Check the framing and return the payload.
+pub fn unframe(file: &[u8]) -> Result<&[u8], SnapshotError> {
+    if file.len() < 8 || &file[..8] != MAGIC {
+        return Err(SnapshotError::BadMagic);
+    }
+    if file.len() < 24 {
+        return Err(SnapshotError::Truncated);
+    }
+    let version = u32::from_le_bytes(file[8..12].try_into().unwrap());
+    if version != SNAPSHOT_VERSION {
+        return Err(SnapshotError::Version(version));
+    }
+    let len = u64::from_le_bytes(file[12..20].try_into().unwrap());
+    if len != (file.len() - 24) as u64 {
+        return Err(SnapshotError::Truncated);
+    }
+    let body = &file[..file.len() - 4];
+    let crc = u32::from_le_bytes(file[file.len() - 4..].try_into().unwrap());
+    if crc32c::crc32c(body) != crc {
+        return Err(SnapshotError::Checksum);
+    }
+    Ok(&file[20..file.len() - 4])
+}
+
+/// Store RAM as a bitmap of non-zero pages followed by those pages.
+pub fn save_ram(w: &mut Writer, ram: &[u8]) {
+    let pages: Vec<&[u8]> = ram.chunks(4096).collect();
+    w.u64(ram.len() as u64);
+    let mut bitmap = vec![0u8; pages.len().div_ceil(8)];
+    for (i, p) in pages.iter().enumerate() {
+        if p.iter().any(|&b| b != 0) {
+            bitmap[i / 8] |= 1 << (i % 8);
+        }
+    }
+    w.buf.extend_from_slice(&bitmap);
+    for (i, p) in pages.iter().enumerate() {
+        if bitmap[i / 8] & (1 << (i % 8)) != 0 {
+            w.buf.extend_from_slice(p);
+        }
+    }
+}
+
+pub fn load_ram(r: &mut Reader, ram: &mut [u8]) -> Result<(), SnapshotError> {
+    let len = r.u64()?;
+    if len != ram.len() as u64 {
+        return Err(SnapshotError::Invalid(
+            "RAM size differs from the snapshot's (use the same --mem)",
+        ));
+    }
+    let npages = ram.len().div_ceil(4096);
+    let bitmap = r.take(npages.div_ceil(8))?;
+    for (i, page) in ram.chunks_mut(4096).enumerate() {
+        if bitmap[i / 8] & (1 << (i % 8)) != 0 {
+            page.copy_from_slice(r.take(page.len())?);
+        } else {
+            page.fill(0);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_round_trip_and_damage() {
+        let f = frame(b"hello state");
+        assert_eq!(unframe(&f).unwrap(), b"hello state");
+        let mut bad = f.clone();
+        bad[22] ^= 1;
+        assert!(matches!(unframe(&bad), Err(SnapshotError::Checksum)));
+        assert!(matches!(unframe(b"ELF..."), Err(SnapshotError::BadMagic)));
+        assert!(matches!(
+            unframe(&f[..f.len() - 1]),
+            Err(SnapshotError::Truncated)
+        ));
+        let mut v2 = f.clone();
+        v2[8] = 9;
+        assert!(matches!(unframe(&v2), Err(SnapshotError::Version(9))));
+    }
+
+    #[test]
+    fn ram_round_trip() {
+        let mut ram = vec![0u8; 5 * 4096];
+        ram[4096 * 3 + 7] = 42;
+        let mut w = Writer::default();
+        save_ram(&mut w, &ram);
+        assert!(w.buf.len() < 4096 + 64, "zero pages are not stored");
+        let mut back = vec![1u8; ram.len()];
+        load_ram(&mut Reader::new(&w.buf), &mut back).unwrap();
+        assert_eq!(back, ram);
+    }
+}
