@@ -328,13 +328,22 @@ impl Hart {
     }
 
     /// Execute a Zicsr instruction.
-    pub(crate) fn exec_csr<B: Bus>(&mut self, bus: &mut B, insn: u32) -> Result<(), Trap> {
-        let illegal = Trap::new(cause::ILLEGAL_INSN, insn as u64);
+    pub(crate) fn exec_csr<B: Bus>(
+        &mut self,
+        bus: &mut B,
+        insn: u32,
+        raw: u64,
+    ) -> Result<(), Trap> {
+        let illegal = Trap::new(cause::ILLEGAL_INSN, raw);
         let rd = ((insn >> 7) & 31) as usize;
         let rs1 = ((insn >> 15) & 31) as usize;
         let funct3 = (insn >> 12) & 7;
         let n = (insn >> 20) as u16;
-        let src = if funct3 & 4 != 0 { rs1 as u64 } else { self.x[rs1] };
+        let src = if funct3 & 4 != 0 {
+            rs1 as u64
+        } else {
+            self.x[rs1]
+        };
         // CSRRW with rd=x0 does not read; CSRRS/C with rs1=x0 do not write.
         let writes = funct3 & 3 == 1 || rs1 != 0;
         if writes && (n >> 10) == 3 {

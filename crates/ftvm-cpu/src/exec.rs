@@ -1,253 +1,447 @@
-//! Decode and execute one instruction.
+//! Decode instructions into [`Op`]s and execute them.
+//!
+//! Decoding happens once per instruction address: [`crate::icache`] keeps the decoded ops of
+//! each page of RAM that holds code. Integer instructions get an op kind of their own; the rarer
+//! classes (CSR, system, atomics, floating point) keep the raw instruction and are decoded again
+//! by their own routines.
 
 use crate::csr::{
-    MSTATUS_FS, MSTATUS_MIE, MSTATUS_MPIE, MSTATUS_MPP, MSTATUS_MPP_SHIFT, MSTATUS_MPRV,
-    MSTATUS_SIE, MSTATUS_SPIE, MSTATUS_SPP, MSTATUS_TSR, MSTATUS_TVM, MSTATUS_TW,
+    MSTATUS_MIE, MSTATUS_MPIE, MSTATUS_MPP, MSTATUS_MPP_SHIFT, MSTATUS_MPRV, MSTATUS_SIE,
+    MSTATUS_SPIE, MSTATUS_SPP, MSTATUS_TSR, MSTATUS_TVM, MSTATUS_TW,
 };
 use crate::mmu::Access;
 use crate::{cause, rvc, Bus, Exit, Hart, Priv, Trap};
 
-#[inline(always)]
-fn rd(i: u32) -> usize {
-    ((i >> 7) & 31) as usize
+/// What an op does. `Undecoded` (0) marks an empty slot of the decoded-instruction cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[repr(u8)]
+pub(crate) enum Kind {
+    #[default]
+    Undecoded = 0,
+    Illegal,
+    Lui,
+    Auipc,
+    Jal,
+    Jalr,
+    Beq,
+    Bne,
+    Blt,
+    Bge,
+    Bltu,
+    Bgeu,
+    Lb,
+    Lh,
+    Lw,
+    Ld,
+    Lbu,
+    Lhu,
+    Lwu,
+    Sb,
+    Sh,
+    Sw,
+    Sd,
+    Addi,
+    Slti,
+    Sltiu,
+    Xori,
+    Ori,
+    Andi,
+    Slli,
+    Srli,
+    Srai,
+    Addiw,
+    Slliw,
+    Srliw,
+    Sraiw,
+    Add,
+    Sub,
+    Sll,
+    Slt,
+    Sltu,
+    Xor,
+    Srl,
+    Sra,
+    Or,
+    And,
+    Mul,
+    Mulh,
+    Mulhsu,
+    Mulhu,
+    Div,
+    Divu,
+    Rem,
+    Remu,
+    Addw,
+    Subw,
+    Sllw,
+    Srlw,
+    Sraw,
+    Mulw,
+    Divw,
+    Divuw,
+    Remw,
+    Remuw,
+    Fence,
+    Csr,
+    System,
+    Amo,
+    Fp,
+    /// Not an instruction: fetching at PC faulted (the trap is in `Hart::fetch_fault`).
+    FetchFault,
 }
-#[inline(always)]
-fn rs1(i: u32) -> usize {
-    ((i >> 15) & 31) as usize
+
+/// One decoded instruction (16 bytes).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Op {
+    pub kind: Kind,
+    pub rd: u8,
+    pub rs1: u8,
+    pub rs2: u8,
+    /// Instruction length in bytes (2 or 4).
+    pub len: u8,
+    /// The immediate; for kinds without one (illegal, CSR, system, atomics, floating point),
+    /// the instruction as fetched (16 or 32 bits), which is the trap value if it is illegal.
+    pub imm: i32,
+    /// The 32-bit form (the expansion of a compressed instruction).
+    pub insn: u32,
 }
-#[inline(always)]
-fn rs2(i: u32) -> usize {
-    ((i >> 20) & 31) as usize
+
+impl Op {
+    /// The instruction bits as fetched, for kinds that carry them in `imm`.
+    fn raw(&self) -> u64 {
+        self.imm as u32 as u64
+    }
 }
-#[inline(always)]
-fn imm_i(i: u32) -> u64 {
-    ((i as i32) >> 20) as i64 as u64
+
+fn imm_i(i: u32) -> i32 {
+    (i as i32) >> 20
 }
-#[inline(always)]
-fn imm_s(i: u32) -> u64 {
-    ((((i as i32) >> 25) << 5) | ((i >> 7) & 31) as i32) as i64 as u64
+fn imm_s(i: u32) -> i32 {
+    (((i as i32) >> 25) << 5) | ((i >> 7) & 31) as i32
 }
-#[inline(always)]
-fn imm_b(i: u32) -> u64 {
-    let v = (((i as i32) >> 31) << 12)
+fn imm_b(i: u32) -> i32 {
+    (((i as i32) >> 31) << 12)
         | (((i >> 7) & 1) << 11) as i32
         | (((i >> 25) & 0x3f) << 5) as i32
-        | (((i >> 8) & 0xf) << 1) as i32;
-    v as i64 as u64
+        | (((i >> 8) & 0xf) << 1) as i32
 }
-#[inline(always)]
-fn imm_u(i: u32) -> u64 {
-    (i & 0xffff_f000) as i32 as i64 as u64
-}
-#[inline(always)]
-fn imm_j(i: u32) -> u64 {
-    let v = (((i as i32) >> 31) << 20)
+fn imm_j(i: u32) -> i32 {
+    (((i as i32) >> 31) << 20)
         | (i & 0xff000) as i32
         | (((i >> 20) & 1) << 11) as i32
-        | (((i >> 21) & 0x3ff) << 1) as i32;
-    v as i64 as u64
+        | (((i >> 21) & 0x3ff) << 1) as i32
 }
+
+/// Decode a raw instruction (16 or 32 bits, as fetched).
+pub(crate) fn decode(raw: u32) -> Op {
+    let (insn, len) = if raw & 3 == 3 {
+        (raw, 4)
+    } else {
+        (rvc::expand(raw), 2)
+    };
+    let mut op = Op {
+        kind: Kind::Illegal,
+        rd: ((insn >> 7) & 31) as u8,
+        rs1: ((insn >> 15) & 31) as u8,
+        rs2: ((insn >> 20) & 31) as u8,
+        len,
+        imm: raw as i32,
+        insn,
+    };
+    let f3 = (insn >> 12) & 7;
+    let f7 = insn >> 25;
+    use Kind::*;
+    let (kind, imm) = match insn & 0x7f {
+        0x37 => (Lui, (insn & 0xffff_f000) as i32),
+        0x17 => (Auipc, (insn & 0xffff_f000) as i32),
+        0x6f => (Jal, imm_j(insn)),
+        0x67 if f3 == 0 => (Jalr, imm_i(insn)),
+        0x63 => {
+            let k = match f3 {
+                0 => Beq,
+                1 => Bne,
+                4 => Blt,
+                5 => Bge,
+                6 => Bltu,
+                7 => Bgeu,
+                _ => return illegal(op),
+            };
+            (k, imm_b(insn))
+        }
+        0x03 => {
+            let k = match f3 {
+                0 => Lb,
+                1 => Lh,
+                2 => Lw,
+                3 => Ld,
+                4 => Lbu,
+                5 => Lhu,
+                6 => Lwu,
+                _ => return illegal(op),
+            };
+            (k, imm_i(insn))
+        }
+        0x23 => {
+            let k = match f3 {
+                0 => Sb,
+                1 => Sh,
+                2 => Sw,
+                3 => Sd,
+                _ => return illegal(op),
+            };
+            (k, imm_s(insn))
+        }
+        0x13 => {
+            let shamt = ((insn >> 20) & 0x3f) as i32;
+            match (f3, insn >> 26) {
+                (0, _) => (Addi, imm_i(insn)),
+                (1, 0) => (Slli, shamt),
+                (2, _) => (Slti, imm_i(insn)),
+                (3, _) => (Sltiu, imm_i(insn)),
+                (4, _) => (Xori, imm_i(insn)),
+                (5, 0) => (Srli, shamt),
+                (5, 0x10) => (Srai, shamt),
+                (6, _) => (Ori, imm_i(insn)),
+                (7, _) => (Andi, imm_i(insn)),
+                _ => (Illegal, raw as i32),
+            }
+        }
+        0x1b => {
+            let shamt = ((insn >> 20) & 0x1f) as i32;
+            match (f3, f7) {
+                (0, _) => (Addiw, imm_i(insn)),
+                (1, 0) => (Slliw, shamt),
+                (5, 0) => (Srliw, shamt),
+                (5, 0x20) => (Sraiw, shamt),
+                _ => (Illegal, raw as i32),
+            }
+        }
+        0x33 => {
+            let k = match (f7, f3) {
+                (0, 0) => Add,
+                (0x20, 0) => Sub,
+                (0, 1) => Sll,
+                (0, 2) => Slt,
+                (0, 3) => Sltu,
+                (0, 4) => Xor,
+                (0, 5) => Srl,
+                (0x20, 5) => Sra,
+                (0, 6) => Or,
+                (0, 7) => And,
+                (1, 0) => Mul,
+                (1, 1) => Mulh,
+                (1, 2) => Mulhsu,
+                (1, 3) => Mulhu,
+                (1, 4) => Div,
+                (1, 5) => Divu,
+                (1, 6) => Rem,
+                (1, 7) => Remu,
+                _ => return illegal(op),
+            };
+            (k, 0)
+        }
+        0x3b => {
+            let k = match (f7, f3) {
+                (0, 0) => Addw,
+                (0x20, 0) => Subw,
+                (0, 1) => Sllw,
+                (0, 5) => Srlw,
+                (0x20, 5) => Sraw,
+                (1, 0) => Mulw,
+                (1, 4) => Divw,
+                (1, 5) => Divuw,
+                (1, 6) => Remw,
+                (1, 7) => Remuw,
+                _ => return illegal(op),
+            };
+            (k, 0)
+        }
+        // FENCE and FENCE.I: one hart, and the decoded-op cache is kept coherent with every
+        // store, so neither needs work.
+        0x0f if f3 <= 1 => (Fence, 0),
+        0x73 if f3 == 0 => (System, raw as i32),
+        0x73 if f3 != 4 => (Csr, raw as i32),
+        0x2f => (Amo, raw as i32),
+        0x07 | 0x27 | 0x43 | 0x47 | 0x4b | 0x4f | 0x53 => (Fp, raw as i32),
+        _ => (Illegal, raw as i32),
+    };
+    op.kind = kind;
+    op.imm = imm;
+    op
+}
+
+fn illegal(mut op: Op) -> Op {
+    op.kind = Kind::Illegal;
+    op
+}
+
 #[inline(always)]
 fn sext32(v: u64) -> u64 {
     v as i32 as i64 as u64
 }
 
 impl Hart {
-    /// Execute the instruction at PC. On success the instruction has retired.
+    /// Execute one decoded op at PC. On success the instruction has retired.
     #[inline(always)]
-    pub(crate) fn step<B: Bus>(&mut self, bus: &mut B) -> Result<(), Trap> {
-        let raw = self.fetch(bus)?;
-        let (insn, len) = if raw & 3 == 3 {
-            (raw, 4)
-        } else {
-            (rvc::expand(raw), 2)
-        };
-        let illegal = Trap::new(cause::ILLEGAL_INSN, raw as u64);
+    pub(crate) fn exec<B: Bus>(&mut self, bus: &mut B, op: Op) -> Result<(), Trap> {
+        use Kind::*;
         let pc = self.pc;
-        let mut next = pc.wrapping_add(len);
-        let x1 = self.x[rs1(insn)];
-        let x2 = self.x[rs2(insn)];
-        let mut out: Option<u64> = None;
-        match insn & 0x7f {
-            0x37 => out = Some(imm_u(insn)),
-            0x17 => out = Some(pc.wrapping_add(imm_u(insn))),
-            0x6f => {
-                out = Some(next);
-                next = pc.wrapping_add(imm_j(insn));
+        let next = pc.wrapping_add(op.len as u64);
+        let a = self.x[op.rs1 as usize];
+        let b = self.x[op.rs2 as usize];
+        let imm = op.imm as i64 as u64;
+        let rd = op.rd as usize;
+        let addr = a.wrapping_add(imm);
+        let v = match op.kind {
+            Lui => imm,
+            Auipc => pc.wrapping_add(imm),
+            Jal => {
+                self.x[rd] = next;
+                self.x[0] = 0;
+                self.pc = pc.wrapping_add(imm);
+                self.count += 1;
+                return Ok(());
             }
-            0x67 => {
-                if (insn >> 12) & 7 != 0 {
-                    return Err(illegal);
-                }
-                out = Some(next);
-                next = x1.wrapping_add(imm_i(insn)) & !1;
+            Jalr => {
+                self.x[rd] = next;
+                self.x[0] = 0;
+                self.pc = addr & !1;
+                self.count += 1;
+                return Ok(());
             }
-            0x63 => {
-                let taken = match (insn >> 12) & 7 {
-                    0 => x1 == x2,
-                    1 => x1 != x2,
-                    4 => (x1 as i64) < (x2 as i64),
-                    5 => (x1 as i64) >= (x2 as i64),
-                    6 => x1 < x2,
-                    7 => x1 >= x2,
-                    _ => return Err(illegal),
+            Beq | Bne | Blt | Bge | Bltu | Bgeu => {
+                let taken = match op.kind {
+                    Beq => a == b,
+                    Bne => a != b,
+                    Blt => (a as i64) < (b as i64),
+                    Bge => (a as i64) >= (b as i64),
+                    Bltu => a < b,
+                    _ => a >= b,
                 };
-                if taken {
-                    next = pc.wrapping_add(imm_b(insn));
-                }
+                self.pc = if taken { pc.wrapping_add(imm) } else { next };
+                self.count += 1;
+                return Ok(());
             }
-            0x03 => {
-                let a = x1.wrapping_add(imm_i(insn));
-                out = Some(match (insn >> 12) & 7 {
-                    0 => self.load(bus, a, 1)? as i8 as i64 as u64,
-                    1 => self.load(bus, a, 2)? as i16 as i64 as u64,
-                    2 => self.load(bus, a, 4)? as i32 as i64 as u64,
-                    3 => self.load(bus, a, 8)?,
-                    4 => self.load(bus, a, 1)?,
-                    5 => self.load(bus, a, 2)?,
-                    6 => self.load(bus, a, 4)?,
-                    _ => return Err(illegal),
-                });
-            }
-            0x23 => {
-                let a = x1.wrapping_add(imm_s(insn));
-                match (insn >> 12) & 7 {
-                    0 => self.store(bus, a, 1, x2)?,
-                    1 => self.store(bus, a, 2, x2)?,
-                    2 => self.store(bus, a, 4, x2)?,
-                    3 => self.store(bus, a, 8, x2)?,
-                    _ => return Err(illegal),
-                }
-            }
-            0x13 => {
-                let imm = imm_i(insn);
-                let shamt = (insn >> 20) & 0x3f;
-                out = Some(match (insn >> 12) & 7 {
-                    0 => x1.wrapping_add(imm),
-                    1 if insn >> 26 == 0 => x1 << shamt,
-                    2 => ((x1 as i64) < (imm as i64)) as u64,
-                    3 => (x1 < imm) as u64,
-                    4 => x1 ^ imm,
-                    5 if insn >> 26 == 0 => x1 >> shamt,
-                    5 if insn >> 26 == 0x10 => ((x1 as i64) >> shamt) as u64,
-                    6 => x1 | imm,
-                    7 => x1 & imm,
-                    _ => return Err(illegal),
-                });
-            }
-            0x1b => {
-                let shamt = (insn >> 20) & 0x1f;
-                out = Some(match ((insn >> 12) & 7, insn >> 25) {
-                    (0, _) => sext32(x1.wrapping_add(imm_i(insn))),
-                    (1, 0) => sext32(((x1 as u32) << shamt) as u64),
-                    (5, 0) => sext32(((x1 as u32) >> shamt) as u64),
-                    (5, 0x20) => ((x1 as i32) >> shamt) as i64 as u64,
-                    _ => return Err(illegal),
-                });
-            }
-            0x33 => {
-                let f3 = (insn >> 12) & 7;
-                out = Some(match insn >> 25 {
-                    0 => match f3 {
-                        0 => x1.wrapping_add(x2),
-                        1 => x1 << (x2 & 63),
-                        2 => ((x1 as i64) < (x2 as i64)) as u64,
-                        3 => (x1 < x2) as u64,
-                        4 => x1 ^ x2,
-                        5 => x1 >> (x2 & 63),
-                        6 => x1 | x2,
-                        _ => x1 & x2,
-                    },
-                    0x20 => match f3 {
-                        0 => x1.wrapping_sub(x2),
-                        5 => ((x1 as i64) >> (x2 & 63)) as u64,
-                        _ => return Err(illegal),
-                    },
-                    1 => mul_div(f3, x1, x2),
-                    _ => return Err(illegal),
-                });
-            }
-            0x3b => {
-                let f3 = (insn >> 12) & 7;
-                let (a, b) = (x1 as u32, x2 as u32);
-                out = Some(match (insn >> 25, f3) {
-                    (0, 0) => sext32(a.wrapping_add(b) as u64),
-                    (0x20, 0) => sext32(a.wrapping_sub(b) as u64),
-                    (0, 1) => sext32((a << (b & 31)) as u64),
-                    (0, 5) => sext32((a >> (b & 31)) as u64),
-                    (0x20, 5) => ((a as i32) >> (b & 31)) as i64 as u64,
-                    (1, 0) => sext32(a.wrapping_mul(b) as u64),
-                    (1, 4) => {
-                        let (a, b) = (a as i32, b as i32);
-                        (if b == 0 {
-                            -1
-                        } else if a == i32::MIN && b == -1 {
-                            a
-                        } else {
-                            a / b
-                        }) as i64 as u64
-                    }
-                    (1, 5) => sext32(a.checked_div(b).unwrap_or(u32::MAX) as u64),
-                    (1, 6) => {
-                        let (a, b) = (a as i32, b as i32);
-                        (if b == 0 {
-                            a
-                        } else if a == i32::MIN && b == -1 {
-                            0
-                        } else {
-                            a % b
-                        }) as i64 as u64
-                    }
-                    (1, 7) => sext32(if b == 0 { a } else { a % b } as u64),
-                    _ => return Err(illegal),
-                });
-            }
-            0x0f => match (insn >> 12) & 7 {
-                // FENCE: a single hart with coherent devices needs no ordering work.
-                0 => {}
-                // FENCE.I: instructions are fetched from memory each time.
-                1 => {}
-                _ => return Err(illegal),
-            },
-            0x73 => {
-                if (insn >> 12) & 7 == 0 {
-                    return self.exec_system(insn, raw, len);
-                }
-                if (insn >> 12) & 7 == 4 {
-                    return Err(illegal);
-                }
-                self.exec_csr(bus, insn)?;
+            Lb => self.load(bus, addr, 1)? as i8 as i64 as u64,
+            Lh => self.load(bus, addr, 2)? as i16 as i64 as u64,
+            Lw => self.load(bus, addr, 4)? as i32 as i64 as u64,
+            Ld => self.load(bus, addr, 8)?,
+            Lbu => self.load(bus, addr, 1)?,
+            Lhu => self.load(bus, addr, 2)?,
+            Lwu => self.load(bus, addr, 4)?,
+            Sb | Sh | Sw | Sd => {
+                let size = match op.kind {
+                    Sb => 1,
+                    Sh => 2,
+                    Sw => 4,
+                    _ => 8,
+                };
+                self.store(bus, addr, size, b)?;
                 self.pc = next;
                 self.count += 1;
                 return Ok(());
             }
-            0x2f => out = self.exec_amo(bus, insn, x1, x2)?,
-            0x07 | 0x27 | 0x43 | 0x47 | 0x4b | 0x4f | 0x53 => {
-                self.exec_fp(bus, insn, x1)?;
+            Addi => addr,
+            Slti => ((a as i64) < (imm as i64)) as u64,
+            Sltiu => (a < imm) as u64,
+            Xori => a ^ imm,
+            Ori => a | imm,
+            Andi => a & imm,
+            Slli => a << (imm & 63),
+            Srli => a >> (imm & 63),
+            Srai => ((a as i64) >> (imm & 63)) as u64,
+            Addiw => sext32(addr),
+            Slliw => sext32(((a as u32) << (imm & 31)) as u64),
+            Srliw => sext32(((a as u32) >> (imm & 31)) as u64),
+            Sraiw => ((a as i32) >> (imm & 31)) as i64 as u64,
+            Add => a.wrapping_add(b),
+            Sub => a.wrapping_sub(b),
+            Sll => a << (b & 63),
+            Slt => ((a as i64) < (b as i64)) as u64,
+            Sltu => (a < b) as u64,
+            Xor => a ^ b,
+            Srl => a >> (b & 63),
+            Sra => ((a as i64) >> (b & 63)) as u64,
+            Or => a | b,
+            And => a & b,
+            Mul => a.wrapping_mul(b),
+            Mulh => ((a as i64 as i128 * b as i64 as i128) >> 64) as u64,
+            Mulhsu => ((a as i64 as i128 * b as u128 as i128) >> 64) as u64,
+            Mulhu => ((a as u128 * b as u128) >> 64) as u64,
+            Div => {
+                let (a, b) = (a as i64, b as i64);
+                (if b == 0 { -1 } else { a.wrapping_div(b) }) as u64
+            }
+            Divu => a.checked_div(b).unwrap_or(u64::MAX),
+            Rem => {
+                let (a, b) = (a as i64, b as i64);
+                (if b == 0 { a } else { a.wrapping_rem(b) }) as u64
+            }
+            Remu => {
+                if b == 0 {
+                    a
+                } else {
+                    a % b
+                }
+            }
+            Addw => sext32(a.wrapping_add(b)),
+            Subw => sext32(a.wrapping_sub(b)),
+            Sllw => sext32(((a as u32) << (b & 31)) as u64),
+            Srlw => sext32(((a as u32) >> (b & 31)) as u64),
+            Sraw => ((a as i32) >> (b & 31)) as i64 as u64,
+            Mulw => sext32((a as u32).wrapping_mul(b as u32) as u64),
+            Divw => {
+                let (a, b) = (a as i32, b as i32);
+                (if b == 0 { -1 } else { a.wrapping_div(b) }) as i64 as u64
+            }
+            Divuw => sext32((a as u32).checked_div(b as u32).unwrap_or(u32::MAX) as u64),
+            Remw => {
+                let (a, b) = (a as i32, b as i32);
+                (if b == 0 { a } else { a.wrapping_rem(b) }) as i64 as u64
+            }
+            Remuw => {
+                let (a, b) = (a as u32, b as u32);
+                sext32(if b == 0 { a } else { a % b } as u64)
+            }
+            Fence => {
                 self.pc = next;
                 self.count += 1;
                 return Ok(());
             }
-            _ => return Err(illegal),
-        }
-        if let Some(v) = out {
-            let r = rd(insn);
-            if r != 0 {
-                self.x[r] = v;
+            Csr => {
+                self.exec_csr(bus, op.insn, op.raw())?;
+                self.pc = next;
+                self.count += 1;
+                return Ok(());
             }
-        }
+            System => return self.exec_system(op),
+            Amo => self.exec_amo(bus, op.insn, a, b)?,
+            Fp => {
+                self.exec_fp(bus, op.insn, op.raw(), a)?;
+                self.pc = next;
+                self.count += 1;
+                return Ok(());
+            }
+            Illegal | Undecoded => return Err(Trap::new(cause::ILLEGAL_INSN, op.raw())),
+            FetchFault => return Err(self.fetch_fault),
+        };
+        self.x[rd] = v;
+        self.x[0] = 0;
         self.pc = next;
         self.count += 1;
         Ok(())
     }
 
-    fn exec_system(&mut self, insn: u32, raw: u32, len: u64) -> Result<(), Trap> {
-        let illegal = Trap::new(cause::ILLEGAL_INSN, raw as u64);
-        if rd(insn) != 0 {
+    fn exec_system(&mut self, op: Op) -> Result<(), Trap> {
+        let insn = op.insn;
+        let illegal = Trap::new(cause::ILLEGAL_INSN, op.raw());
+        let rs1 = (insn >> 15) & 31;
+        if op.rd != 0 {
             return Err(illegal);
         }
+        let len = op.len as u64;
         match insn >> 20 {
-            0x000 if rs1(insn) == 0 => {
+            0x000 if rs1 == 0 => {
                 let c = match self.prv {
                     Priv::User => cause::ECALL_U,
                     Priv::Supervisor => cause::ECALL_S,
@@ -259,8 +453,8 @@ impl Hart {
                 }
                 Err(Trap::new(c, 0))
             }
-            0x001 if rs1(insn) == 0 => Err(Trap::new(cause::BREAKPOINT, self.pc)),
-            0x102 if rs1(insn) == 0 => {
+            0x001 if rs1 == 0 => Err(Trap::new(cause::BREAKPOINT, self.pc)),
+            0x102 if rs1 == 0 => {
                 // SRET
                 if self.prv < Priv::Supervisor
                     || (self.prv == Priv::Supervisor && self.csr.mstatus & MSTATUS_TSR != 0)
@@ -285,7 +479,7 @@ impl Hart {
                 self.mmu.flush();
                 Ok(())
             }
-            0x302 if rs1(insn) == 0 => {
+            0x302 if rs1 == 0 => {
                 // MRET
                 if self.prv != Priv::Machine {
                     return Err(illegal);
@@ -307,7 +501,7 @@ impl Hart {
                 self.mmu.flush();
                 Ok(())
             }
-            0x105 if rs1(insn) == 0 => {
+            0x105 if rs1 == 0 => {
                 // WFI
                 if self.prv == Priv::User
                     || (self.prv == Priv::Supervisor && self.csr.mstatus & MSTATUS_TW != 0)
@@ -343,7 +537,7 @@ impl Hart {
         insn: u32,
         addr: u64,
         src: u64,
-    ) -> Result<Option<u64>, Trap> {
+    ) -> Result<u64, Trap> {
         let size: u8 = match (insn >> 12) & 7 {
             2 => 4,
             3 => 8,
@@ -354,12 +548,12 @@ impl Hart {
         match op {
             0x02 => {
                 // LR
-                if rs2(insn) != 0 {
+                if (insn >> 20) & 31 != 0 {
                     return Err(Trap::new(cause::ILLEGAL_INSN, insn as u64));
                 }
                 let pa = self.amo_paddr(bus, addr, size, Access::Load)?;
                 self.reservation = Some(pa);
-                Ok(Some(widen(Self::phys_read(bus, pa, size))))
+                Ok(widen(Self::phys_read(bus, pa, size)))
             }
             0x03 => {
                 // SC
@@ -369,7 +563,7 @@ impl Hart {
                 if ok {
                     self.phys_write(bus, pa, size, src);
                 }
-                Ok(Some(!ok as u64))
+                Ok(!ok as u64)
             }
             _ => {
                 let pa = self.amo_paddr(bus, addr, size, Access::Store)?;
@@ -388,7 +582,7 @@ impl Hart {
                     _ => return Err(Trap::new(cause::ILLEGAL_INSN, insn as u64)),
                 };
                 self.phys_write(bus, pa, size, new);
-                Ok(Some(old))
+                Ok(old)
             }
         }
     }
@@ -396,35 +590,6 @@ impl Hart {
     /// Mark the FP state dirty (after an FP register or fflags write).
     #[inline(always)]
     pub(crate) fn fs_dirty(&mut self) {
-        self.csr.mstatus |= MSTATUS_FS;
-    }
-}
-
-fn mul_div(f3: u32, a: u64, b: u64) -> u64 {
-    match f3 {
-        0 => a.wrapping_mul(b),
-        1 => ((a as i64 as i128 * b as i64 as i128) >> 64) as u64,
-        2 => ((a as i64 as i128 * b as u128 as i128) >> 64) as u64,
-        3 => ((a as u128 * b as u128) >> 64) as u64,
-        4 => {
-            let (a, b) = (a as i64, b as i64);
-            (if b == 0 {
-                -1
-            } else {
-                a.wrapping_div(b)
-            }) as u64
-        }
-        5 => a.checked_div(b).unwrap_or(u64::MAX),
-        6 => {
-            let (a, b) = (a as i64, b as i64);
-            (if b == 0 { a } else { a.wrapping_rem(b) }) as u64
-        }
-        _ => {
-            if b == 0 {
-                a
-            } else {
-                a % b
-            }
-        }
+        self.csr.mstatus |= crate::csr::MSTATUS_FS;
     }
 }

@@ -191,8 +191,14 @@ enum Out {
 
 impl Hart {
     /// Execute an F/D instruction (loads, stores, arithmetic, conversions, moves).
-    pub(crate) fn exec_fp<B: Bus>(&mut self, bus: &mut B, insn: u32, x1: u64) -> Result<(), Trap> {
-        let illegal = Trap::new(cause::ILLEGAL_INSN, insn as u64);
+    pub(crate) fn exec_fp<B: Bus>(
+        &mut self,
+        bus: &mut B,
+        insn: u32,
+        raw: u64,
+        x1: u64,
+    ) -> Result<(), Trap> {
+        let illegal = Trap::new(cause::ILLEGAL_INSN, raw);
         if self.csr.mstatus & MSTATUS_FS == 0 {
             return Err(illegal);
         }

@@ -131,6 +131,8 @@ pub struct Hart {
     pub tohost: Option<u64>,
     mmu: mmu::Mmu,
     exit: Option<Exit>,
+    /// The trap of the last instruction fetch that faulted.
+    fetch_fault: Trap,
 }
 
 impl Default for Hart {
@@ -156,6 +158,7 @@ impl Hart {
             tohost: None,
             mmu: mmu::Mmu::new(),
             exit: None,
+            fetch_fault: Trap::new(0, 0),
         }
     }
 
@@ -195,12 +198,13 @@ impl Hart {
                     self.take_trap(Trap::new(cause::INTERRUPT | c, 0));
                 }
             }
-            if let Err(t) = self.step(bus) {
+            let op = self.fetch_op(bus);
+            if let Err(t) = self.exec(bus, op) {
                 self.take_trap(t);
                 self.count += 1;
             }
-            if let Some(e) = self.exit.take() {
-                return e;
+            if self.exit.is_some() {
+                return self.exit.take().unwrap_or(Exit::Budget);
             }
         }
         Exit::Budget
@@ -216,8 +220,16 @@ impl Hart {
         let sie = self.csr.mstatus & csr::MSTATUS_SIE != 0;
         let m_enabled = self.prv < Priv::Machine || mie;
         let s_enabled = self.prv < Priv::Supervisor || (self.prv == Priv::Supervisor && sie);
-        let m_pending = if m_enabled { pending & !self.csr.mideleg } else { 0 };
-        let s_pending = if s_enabled { pending & self.csr.mideleg } else { 0 };
+        let m_pending = if m_enabled {
+            pending & !self.csr.mideleg
+        } else {
+            0
+        };
+        let s_pending = if s_enabled {
+            pending & self.csr.mideleg
+        } else {
+            0
+        };
         // Machine-level interrupts win over supervisor-level ones.
         for set in [m_pending, s_pending] {
             for bit in [11u64, 3, 7, 9, 1, 5] {
@@ -233,7 +245,11 @@ impl Hart {
     pub fn take_trap(&mut self, t: Trap) {
         let interrupt = t.cause & cause::INTERRUPT != 0;
         let code = t.cause & !cause::INTERRUPT;
-        let deleg = if interrupt { self.csr.mideleg } else { self.csr.medeleg };
+        let deleg = if interrupt {
+            self.csr.mideleg
+        } else {
+            self.csr.medeleg
+        };
         let old = self.prv;
         self.reservation = None;
         let s = &mut self.csr;

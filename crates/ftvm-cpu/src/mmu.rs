@@ -6,6 +6,7 @@
 //! outcome of a translation (satp, privilege, MPRV/MPP/SUM/MXR, SFENCE.VMA) flushes all three.
 
 use crate::csr::{MSTATUS_MPP, MSTATUS_MPP_SHIFT, MSTATUS_MPRV, MSTATUS_MXR, MSTATUS_SUM};
+use crate::exec::{decode, Kind, Op};
 use crate::{cause, Bus, Hart, Priv, Trap};
 
 const TLB_SIZE: usize = 256;
@@ -51,11 +52,54 @@ impl Tlb {
     }
 }
 
+/// Ops per page of the decoded-instruction cache (one slot per 2 bytes).
+const OPS_PER_PAGE: usize = 2048;
+
+/// Decoded ops of the RAM pages that hold code, indexed by RAM page number.
+///
+/// It stays coherent with memory: a page with decoded ops is never mapped in the store TLB, so
+/// every store to it takes the slow path, which drops the page's ops first.
+struct CodeCache {
+    pages: Vec<Option<Box<[Op; OPS_PER_PAGE]>>>,
+    /// The virtual page the hart executes from (`INVALID` if none), its RAM page, and that
+    /// page's ops. Invariant: when `cur_vpn != INVALID`, `cur_ops` points into the live box
+    /// `pages[cur_page]`; every path that drops a box or changes translation resets `cur_vpn`.
+    cur_vpn: u64,
+    cur_page: usize,
+    cur_ops: *const Op,
+}
+
+impl Default for CodeCache {
+    fn default() -> Self {
+        CodeCache {
+            pages: Vec::new(),
+            cur_vpn: INVALID,
+            cur_page: 0,
+            cur_ops: std::ptr::null(),
+        }
+    }
+}
+
+// SAFETY: `cur_ops` only ever points into boxes that this same CodeCache owns, so moving the
+// cache to another thread moves what it points to along with it.
+unsafe impl Send for CodeCache {}
+
+impl Clone for CodeCache {
+    fn clone(&self) -> Self {
+        // The copy's boxes are new allocations: it must not use this cache's pointer.
+        CodeCache {
+            pages: self.pages.clone(),
+            ..Default::default()
+        }
+    }
+}
+
 #[derive(Clone)]
 pub(crate) struct Mmu {
     load: Tlb,
     store: Tlb,
     fetch: Tlb,
+    code: CodeCache,
 }
 
 impl Mmu {
@@ -64,12 +108,23 @@ impl Mmu {
             load: Tlb::new(),
             store: Tlb::new(),
             fetch: Tlb::new(),
+            code: CodeCache::default(),
         }
     }
+    /// Forget every translation (the decoded ops are physical and stay).
     pub fn flush(&mut self) {
         self.load.flush();
         self.store.flush();
         self.fetch.flush();
+        self.code.cur_vpn = INVALID;
+    }
+    /// Drop the decoded ops of RAM page `page`, if it has any.
+    fn invalidate_code_page(&mut self, page: usize) {
+        if let Some(slot) = self.code.pages.get_mut(page) {
+            if slot.take().is_some() && self.code.cur_page == page {
+                self.code.cur_vpn = INVALID;
+            }
+        }
     }
 }
 
@@ -246,7 +301,10 @@ impl Hart {
             let tohost_page = self.tohost.map(|t| t & !0xfff);
             match acc {
                 Access::Load => self.mmu.load.fill(vaddr, page_off),
-                Access::Store if tohost_page != Some(page) => self.mmu.store.fill(vaddr, page_off),
+                Access::Store if tohost_page != Some(page) => {
+                    self.mmu.invalidate_code_page(page_off >> 12);
+                    self.mmu.store.fill(vaddr, page_off)
+                }
                 Access::Store => return Ok(Pa::Io(paddr)),
                 Access::Fetch => self.mmu.fetch.fill(vaddr, page_off),
             }
@@ -337,6 +395,7 @@ impl Hart {
                 if Some(paddr) == self.tohost {
                     let off = Self::ram_offset(bus, paddr, size as u64)
                         .ok_or(Trap::new(cause::STORE_ACCESS, vaddr))?;
+                    self.mmu.invalidate_code_page(off >> 12);
                     ram_write(bus.ram(), off, size, v);
                     if v != 0 {
                         self.exit = Some(crate::Exit::ToHost(v));
@@ -344,6 +403,7 @@ impl Hart {
                     return Ok(());
                 }
                 if let Some(off) = Self::ram_offset(bus, paddr, size as u64) {
+                    self.mmu.invalidate_code_page(off >> 12);
                     return ram_write(bus.ram(), off, size, v)
                         .ok_or(Trap::new(cause::STORE_ACCESS, vaddr));
                 }
@@ -354,6 +414,90 @@ impl Hart {
                     Err(Trap::new(cause::STORE_ACCESS, vaddr))
                 }
             }
+        }
+    }
+
+    /// The decoded op at PC; a fetch fault gives a `FetchFault` op and sets `fetch_fault`.
+    #[inline(always)]
+    pub(crate) fn fetch_op<B: Bus>(&mut self, bus: &mut B) -> Op {
+        let pc = self.pc;
+        let code = &self.mmu.code;
+        if pc >> 12 == code.cur_vpn {
+            // SAFETY: cur_vpn is valid, so cur_ops points to the OPS_PER_PAGE ops of a live
+            // box (see CodeCache), and the index is masked into range.
+            let op = unsafe { *code.cur_ops.add(((pc >> 1) as usize) & (OPS_PER_PAGE - 1)) };
+            if op.kind != Kind::Undecoded {
+                return op;
+            }
+        }
+        match self.fetch_op_slow(bus) {
+            Ok(op) => op,
+            Err(t) => {
+                self.fetch_fault = t;
+                Op {
+                    kind: Kind::FetchFault,
+                    ..Op::default()
+                }
+            }
+        }
+    }
+
+    #[inline(never)]
+    fn fetch_op_slow<B: Bus>(&mut self, bus: &mut B) -> Result<Op, Trap> {
+        let pc = self.pc;
+        if pc & 0xfff == 0xffe {
+            // A 32-bit instruction here crosses into the next page: it is not cached.
+            let raw = self.fetch(bus)?;
+            if raw & 3 == 3 {
+                return Ok(decode(raw));
+            }
+        }
+        let off = match self.mmu.fetch.lookup(pc) {
+            Some(off) => off,
+            None => match self.slow_ram(bus, pc, Access::Fetch)? {
+                Pa::Ram(off) => off,
+                Pa::Io(_) => return Err(Trap::new(cause::INSN_ACCESS, pc)),
+            },
+        };
+        let page = off >> 12;
+        let code = &mut self.mmu.code;
+        if code.pages.len() <= page {
+            code.pages
+                .resize_with(bus.ram().len().div_ceil(4096).max(page + 1), || None);
+        }
+        if code.pages[page].is_none() {
+            code.pages[page] = Some(Box::new([Op::default(); OPS_PER_PAGE]));
+            // Stores to this page must now take the slow path, which keeps it coherent.
+            self.mmu.store.flush();
+        }
+        let code = &mut self.mmu.code;
+        let slot = ((pc >> 1) as usize) & (OPS_PER_PAGE - 1);
+        let ops = code.pages[page].as_mut().expect("page was just filled");
+        if ops[slot].kind == Kind::Undecoded {
+            let lo = ram_read(bus.ram(), off, 2).ok_or(Trap::new(cause::INSN_ACCESS, pc))? as u32;
+            let raw = if lo & 3 == 3 {
+                lo | (ram_read(bus.ram(), off + 2, 2).ok_or(Trap::new(cause::INSN_ACCESS, pc))?
+                    as u32)
+                    << 16
+            } else {
+                lo
+            };
+            ops[slot] = decode(raw);
+        }
+        let op = ops[slot];
+        code.cur_ops = ops.as_ptr();
+        code.cur_vpn = pc >> 12;
+        code.cur_page = page;
+        Ok(op)
+    }
+
+    /// Forget decoded instructions for RAM bytes written from outside the hart (DMA, loaders).
+    pub fn invalidate_code(&mut self, ram_off: usize, len: usize) {
+        if len == 0 {
+            return;
+        }
+        for page in ram_off >> 12..=(ram_off + len - 1) >> 12 {
+            self.mmu.invalidate_code_page(page);
         }
     }
 
@@ -434,6 +578,7 @@ impl Hart {
 
     pub(crate) fn phys_write<B: Bus>(&mut self, bus: &mut B, paddr: u64, size: u8, v: u64) {
         if let Some(off) = Self::ram_offset(bus, paddr, size as u64) {
+            self.mmu.invalidate_code_page(off >> 12);
             ram_write(bus.ram(), off, size, v);
             if Some(paddr) == self.tohost && v != 0 {
                 self.exit = Some(crate::Exit::ToHost(v));

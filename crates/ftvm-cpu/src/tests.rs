@@ -26,7 +26,9 @@ impl Bus for FlatBus {
 
 /// Run 32-bit instruction words at 0x8000_0000 in M-mode, one step each.
 fn run_words(words: &[u32]) -> (Hart, FlatBus) {
-    let mut bus = FlatBus { ram: vec![0; 1 << 20] };
+    let mut bus = FlatBus {
+        ram: vec![0; 1 << 20],
+    };
     for (i, w) in words.iter().enumerate() {
         bus.ram[i * 4..i * 4 + 4].copy_from_slice(&w.to_le_bytes());
     }

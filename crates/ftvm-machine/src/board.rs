@@ -65,7 +65,10 @@ impl Board {
         if cmp == u64::MAX {
             return None;
         }
-        Some(cmp.saturating_sub(self.time_offset).saturating_mul(STEPS_PER_TICK))
+        Some(
+            cmp.saturating_sub(self.time_offset)
+                .saturating_mul(STEPS_PER_TICK),
+        )
     }
 
     fn clint_read(&mut self, off: u64, count: u64) -> u64 {

@@ -16,7 +16,11 @@ pub struct InitrdRange {
     pub end: u64,
 }
 
-pub fn build(ram_size: u64, cmdline: &str, initrd: Option<InitrdRange>) -> FdtWriterResult<Vec<u8>> {
+pub fn build(
+    ram_size: u64,
+    cmdline: &str,
+    initrd: Option<InitrdRange>,
+) -> FdtWriterResult<Vec<u8>> {
     let mut f = FdtWriter::new()?;
     let root = f.begin_node("")?;
     f.property_u32("#address-cells", 2)?;
@@ -98,7 +102,11 @@ pub fn build(ram_size: u64, cmdline: &str, initrd: Option<InitrdRange>) -> FdtWr
     let test = f.begin_node(&format!("test@{TEST_BASE:x}"))?;
     f.property_string_list(
         "compatible",
-        vec!["sifive,test1".into(), "sifive,test0".into(), "syscon".into()],
+        vec![
+            "sifive,test1".into(),
+            "sifive,test0".into(),
+            "syscon".into(),
+        ],
     )?;
     f.property_array_u64("reg", &[TEST_BASE, 0x1000])?;
     f.property_phandle(PH_TEST)?;

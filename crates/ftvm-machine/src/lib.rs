@@ -322,4 +322,3 @@ impl Machine {
         blake3::hash(&w.buf)
     }
 }
-

@@ -14,7 +14,11 @@ use ftvm_machine::{Machine, PowerEvent, RunExit};
 use console::{Console, Input};
 
 #[derive(Parser)]
-#[command(name = "ftvm", version, about = "A deterministic, fault-tolerant RISC-V virtual machine monitor")]
+#[command(
+    name = "ftvm",
+    version,
+    about = "A deterministic, fault-tolerant RISC-V virtual machine monitor"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Option<Cmd>,
