@@ -287,10 +287,11 @@ impl Hart {
         use Kind::*;
         let pc = self.pc;
         let next = pc.wrapping_add(op.len as u64);
-        let a = self.x[op.rs1 as usize];
-        let b = self.x[op.rs2 as usize];
+        // Register numbers are 5 bits: the masks let the compiler drop bounds checks.
+        let a = self.x[(op.rs1 & 31) as usize];
+        let b = self.x[(op.rs2 & 31) as usize];
         let imm = op.imm as i64 as u64;
-        let rd = op.rd as usize;
+        let rd = (op.rd & 31) as usize;
         let addr = a.wrapping_add(imm);
         let v = match op.kind {
             Lui => imm,
@@ -309,19 +310,12 @@ impl Hart {
                 self.count += 1;
                 return Ok(());
             }
-            Beq | Bne | Blt | Bge | Bltu | Bgeu => {
-                let taken = match op.kind {
-                    Beq => a == b,
-                    Bne => a != b,
-                    Blt => (a as i64) < (b as i64),
-                    Bge => (a as i64) >= (b as i64),
-                    Bltu => a < b,
-                    _ => a >= b,
-                };
-                self.pc = if taken { pc.wrapping_add(imm) } else { next };
-                self.count += 1;
-                return Ok(());
-            }
+            Beq => return Ok(self.branch(a == b, pc, imm, next)),
+            Bne => return Ok(self.branch(a != b, pc, imm, next)),
+            Blt => return Ok(self.branch((a as i64) < (b as i64), pc, imm, next)),
+            Bge => return Ok(self.branch((a as i64) >= (b as i64), pc, imm, next)),
+            Bltu => return Ok(self.branch(a < b, pc, imm, next)),
+            Bgeu => return Ok(self.branch(a >= b, pc, imm, next)),
             Lb => self.load(bus, addr, 1)? as i8 as i64 as u64,
             Lh => self.load(bus, addr, 2)? as i16 as i64 as u64,
             Lw => self.load(bus, addr, 4)? as i32 as i64 as u64,
@@ -430,6 +424,12 @@ impl Hart {
         self.pc = next;
         self.count += 1;
         Ok(())
+    }
+
+    #[inline(always)]
+    fn branch(&mut self, taken: bool, pc: u64, imm: u64, next: u64) {
+        self.pc = if taken { pc.wrapping_add(imm) } else { next };
+        self.count += 1;
     }
 
     fn exec_system(&mut self, op: Op) -> Result<(), Trap> {

@@ -74,10 +74,9 @@ trait Format: Copy {
     fn class(a: Self::Soft) -> Class;
     fn cmp(a: Self::Soft, b: Self::Soft) -> Option<Ordering>;
     fn sign_bit() -> u64;
-    fn to_i32(a: Self::Soft) -> u32;
-    fn to_u32(a: Self::Soft) -> u32;
-    fn to_i64(a: Self::Soft) -> u64;
-    fn to_u64(a: Self::Soft) -> u64;
+    /// Width of the exponent and of the stored significand.
+    const EXP_BITS: u32;
+    const MANT_BITS: u32;
     fn from_i32(v: u32) -> Self::Soft;
     fn from_u32(v: u32) -> Self::Soft;
     fn from_i64(v: u64) -> Self::Soft;
@@ -90,7 +89,7 @@ struct S;
 struct D;
 
 macro_rules! format_impl {
-    ($t:ty, $soft:ty, $holder:ty, $sign:expr, $to_reg:expr, $from_reg:expr, $canon:expr) => {
+    ($t:ty, $soft:ty, $holder:ty, $sign:expr, $to_reg:expr, $from_reg:expr, $canon:expr, $exp:expr, $mant:expr) => {
         impl Format for $t {
             type Soft = $soft;
             fn soft(bits: u64) -> $soft {
@@ -144,18 +143,8 @@ macro_rules! format_impl {
             fn sign_bit() -> u64 {
                 $sign
             }
-            fn to_i32(a: $soft) -> u32 {
-                a.convert_to_sint::<u32>()
-            }
-            fn to_u32(a: $soft) -> u32 {
-                a.convert_to_uint::<u32>()
-            }
-            fn to_i64(a: $soft) -> u64 {
-                a.convert_to_sint::<u64>()
-            }
-            fn to_u64(a: $soft) -> u64 {
-                a.convert_to_uint::<u64>()
-            }
+            const EXP_BITS: u32 = $exp;
+            const MANT_BITS: u32 = $mant;
             fn from_i32(v: u32) -> $soft {
                 <$soft>::convert_from_sint::<u32>(v)
             }
@@ -179,9 +168,105 @@ format_impl!(
     1 << 31,
     |b: u64| (b & 0xffff_ffff) | BOX,
     |r: u64| unbox(r) as u64,
-    CANON32 as u64
+    CANON32 as u64,
+    8,
+    23
 );
-format_impl!(D, F64, u64, 1 << 63, |b: u64| b, |r: u64| r, CANON64);
+format_impl!(
+    D,
+    F64,
+    u64,
+    1 << 63,
+    |b: u64| b,
+    |r: u64| r,
+    CANON64,
+    11,
+    52
+);
+
+/// Convert a float (its bits) to an integer of `width` bits, as FCVT.{W,WU,L,LU} do: rounded
+/// by `rm`; NaN and values out of range saturate and raise NV; inexact results raise NX.
+/// (softfp's conversion wraps around for some out-of-range values, so ftvm has its own.)
+fn float_to_int<F: Format>(bits: u64, rm: RoundingMode, signed: bool, width: u32) -> u64 {
+    let mant_mask = (1u64 << F::MANT_BITS) - 1;
+    let exp_max = (1u64 << F::EXP_BITS) - 1;
+    let sign = bits >> (F::EXP_BITS + F::MANT_BITS) & 1 != 0;
+    let exp = (bits >> F::MANT_BITS) & exp_max;
+    let frac = bits & mant_mask;
+    let umax: u128 = if width == 64 {
+        u64::MAX as u128
+    } else {
+        (1u128 << width) - 1
+    };
+    let (max, min): (u128, u128) = if signed {
+        ((umax >> 1), (umax >> 1) + 1) // largest magnitude positive, negative
+    } else {
+        (umax, 0)
+    };
+    let saturate = |neg: bool| -> u64 {
+        set_flags(ExceptionFlags::INVALID_OPERATION);
+        let v: u128 = if neg && !signed {
+            0
+        } else if neg {
+            (1u128 << 64) - min // two's complement of -min in 64 bits
+        } else {
+            max
+        };
+        v as u64
+    };
+    if exp == exp_max {
+        // NaN saturates to the largest positive value, infinities by their sign.
+        return saturate(sign && frac == 0);
+    }
+    if exp == 0 && frac == 0 {
+        return 0;
+    }
+    // value = m * 2^e exactly.
+    let (m, e) = if exp == 0 {
+        (
+            frac as u128,
+            1 - (exp_max as i64 >> 1) - F::MANT_BITS as i64,
+        )
+    } else {
+        (
+            (frac | (1 << F::MANT_BITS)) as u128,
+            exp as i64 - (exp_max as i64 >> 1) - F::MANT_BITS as i64,
+        )
+    };
+    let (int, rest, half, inexact) = if e >= 0 {
+        if e > 70 {
+            return saturate(sign);
+        }
+        (m << e, 0u128, 1u128, false)
+    } else if -e >= 127 {
+        (0u128, m, u128::MAX, true) // tiny: below one half in any case
+    } else {
+        let sh = (-e) as u32;
+        let rest = m & ((1u128 << sh) - 1);
+        (m >> sh, rest, 1u128 << (sh - 1), rest != 0)
+    };
+    let round_up = inexact
+        && match rm {
+            RoundingMode::TiesToEven => rest > half || (rest == half && int & 1 == 1),
+            RoundingMode::TiesToAway => rest >= half,
+            RoundingMode::TowardZero => false,
+            RoundingMode::TowardNegative => sign,
+            RoundingMode::TowardPositive => !sign,
+        };
+    let mag = int + round_up as u128;
+    let limit = if sign { min } else { max };
+    if mag > limit {
+        return saturate(sign);
+    }
+    if inexact {
+        set_flags(ExceptionFlags::INEXACT);
+    }
+    if sign {
+        (mag as u64).wrapping_neg()
+    } else {
+        mag as u64
+    }
+}
 
 /// Result of an FP instruction: where it goes.
 enum Out {
@@ -267,12 +352,32 @@ impl Hart {
         let op = insn & 0x7f;
         if op != 0x53 {
             let c = F::soft(F::from_reg(self.f[(insn >> 27) as usize]));
-            let r = match op {
-                0x43 => F::fma(a, b, c),
-                0x47 => F::fma(a, b, F::neg(c)),
-                0x4b => F::fma(F::neg(a), b, c),
-                _ => F::fma(F::neg(a), b, F::neg(c)),
+            let (a, c) = match op {
+                0x43 => (a, c),
+                0x47 => (a, F::neg(c)),
+                0x4b => (F::neg(a), c),
+                _ => (F::neg(a), F::neg(c)),
             };
+            let r = F::fma(a, b, c);
+            // An exact zero sum of a zero product and a zero addend: softfp gets the sign
+            // wrong; IEEE 754 keeps a common sign, else +0 (-0 when rounding down).
+            let s = F::sign_bit();
+            let is_zero = |v: F::Soft| F::bits(v) & !s == 0;
+            if (is_zero(a) || is_zero(b))
+                && is_zero(c)
+                && !(F::is_nan(a) || F::is_nan(b))
+                && matches!(F::class(a), c if c != Class::NegativeInfinity && c != Class::PositiveInfinity)
+                && matches!(F::class(b), c if c != Class::NegativeInfinity && c != Class::PositiveInfinity)
+            {
+                let psign = (F::bits(a) ^ F::bits(b)) & s != 0;
+                let csign = F::bits(c) & s != 0;
+                let neg = if psign == csign {
+                    psign
+                } else {
+                    get_rm() == RoundingMode::TowardNegative
+                };
+                return Some(Out::F(F::to_reg(if neg { s } else { 0 })));
+            }
             return ret(r);
         }
         match insn >> 27 {
@@ -280,7 +385,16 @@ impl Hart {
             0x01 => ret(F::sub(a, b)),
             0x02 => ret(F::mul(a, b)),
             0x03 => ret(F::div(a, b)),
-            0x0b if r2 == 0 => ret(F::sqrt(a)),
+            0x0b if r2 == 0 => {
+                // softfp raises DZ for a signalling NaN here: handle NaNs first.
+                if F::is_nan(a) {
+                    if F::is_snan(a) {
+                        set_flags(ExceptionFlags::INVALID_OPERATION);
+                    }
+                    return Some(Out::F(F::to_reg(F::canonical())));
+                }
+                ret(F::sqrt(a))
+            }
             0x04 => {
                 let (ab, bb) = (F::bits(a), F::bits(b));
                 let s = F::sign_bit();
@@ -348,11 +462,13 @@ impl Hart {
             }
             0x1e if r2 == 0 && f3 == 0 => Some(Out::F(F::to_reg(x1))),
             0x18 => {
+                let rm = get_rm();
+                let bits = F::bits(a);
                 let v = match r2 {
-                    0 => F::to_i32(a) as i32 as i64 as u64,
-                    1 => F::to_u32(a) as i32 as i64 as u64,
-                    2 => F::to_i64(a),
-                    3 => F::to_u64(a),
+                    0 => float_to_int::<F>(bits, rm, true, 32) as i32 as i64 as u64,
+                    1 => float_to_int::<F>(bits, rm, false, 32) as i32 as i64 as u64,
+                    2 => float_to_int::<F>(bits, rm, true, 64),
+                    3 => float_to_int::<F>(bits, rm, false, 64),
                     _ => return None,
                 };
                 Some(Out::X(v))

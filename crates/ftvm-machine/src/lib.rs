@@ -208,6 +208,9 @@ impl Machine {
         h.csr.medeleg = 0xb1ff;
         h.csr.mideleg = irq::SSIP | irq::STIP | irq::SEIP;
         h.csr.mcounteren = 7;
+        // Linux 6.1 never writes scounteren but its vDSO reads `time` from U-mode, as QEMU
+        // and OpenSBI machines allow: start with cycle, time and instret open to U-mode.
+        h.csr.scounteren = 7;
         h.x[10] = 0;
         h.x[11] = boot.dtb;
         h.pc = boot.entry;

@@ -56,7 +56,6 @@ fn enter_raw_mode() -> bool {
 }
 
 pub struct Console {
-    tty: bool,
     rx: Receiver<Msg>,
     pending: VecDeque<u8>,
     open: bool,
@@ -106,18 +105,12 @@ impl Console {
                 }
             })?;
         Ok(Console {
-            tty,
             rx,
             pending: VecDeque::new(),
             open: true,
             quit: false,
             out: std::io::stdout(),
         })
-    }
-
-    /// Whether a person is at the console.
-    pub fn interactive(&self) -> bool {
-        self.tty
     }
 
     /// Whether more input may still come.

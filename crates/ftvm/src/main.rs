@@ -158,6 +158,9 @@ fn build_machine(a: &RunArgs) -> Result<Machine> {
 
 /// Steps between looks at the host (console I/O).
 const CHUNK: u64 = 2_000_000;
+/// Longest real-time wait while the guest is idle, before looking again.
+const MAX_IDLE_WAIT: Duration = Duration::from_millis(50);
+const NANOS_PER_TICK: u64 = 1_000_000_000 / TIMEBASE_HZ;
 
 fn run(a: RunArgs) -> Result<u8> {
     let mut m = build_machine(&a)?;
@@ -184,19 +187,18 @@ fn run(a: RunArgs) -> Result<u8> {
                 break (v >> 1).min(255) as u8;
             }
             RunExit::Idle { ticks } => {
-                if con.interactive() {
-                    // Wait in real time for input or for the timer, and let the same time pass
-                    // in the machine.
-                    let wait = ticks.map_or(Duration::from_millis(100), |t| {
-                        Duration::from_nanos(t.saturating_mul(1_000_000_000 / TIMEBASE_HZ))
+                if con.input_open() {
+                    // Input may come: wait for it in real time, up to the next timer, and let
+                    // the time waited pass in the machine.
+                    let wait = ticks.map_or(MAX_IDLE_WAIT, |t| {
+                        Duration::from_nanos(t.saturating_mul(NANOS_PER_TICK)).min(MAX_IDLE_WAIT)
                     });
-                    let waited = con.wait_input(wait.min(Duration::from_millis(100)));
-                    let passed = (waited.as_nanos() / (1_000_000_000 / TIMEBASE_HZ) as u128) as u64;
+                    let waited = con.wait_input(wait);
+                    let passed = (waited.as_nanos() / NANOS_PER_TICK as u128) as u64;
                     m.advance_idle(ticks.map_or(passed, |t| passed.min(t)));
                 } else if let Some(t) = ticks {
+                    // No input can come: skip the idle time at once.
                     m.advance_idle(t);
-                } else if con.input_open() {
-                    con.wait_input(Duration::from_millis(100));
                 } else {
                     bail!("the guest is idle with no timer armed and no input to come: it would wait forever");
                 }

@@ -1,0 +1,57 @@
+//! Boot the real guest to `ftvm-guest: ready`, power it off from the shell.
+
+mod common;
+
+use std::io::Write;
+use std::process::Stdio;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::*;
+
+#[test]
+fn boots_to_ready_and_powers_off() {
+    let out = guest_out();
+    let mut child = ftvm()
+        .args(["run", "--kernel"])
+        .arg(out.join("Image"))
+        .arg("--initrd")
+        .arg(out.join("initramfs.cpio.gz"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ftvm");
+    let mut stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let r = read_until(&mut stdout, "ftvm-guest: ready", Duration::from_secs(120));
+        let ok = r.is_ok();
+        let _ = tx.send(r);
+        if ok {
+            // Keep draining so the guest never blocks on a full pipe.
+            let _ = std::io::copy(&mut stdout, &mut std::io::sink());
+        }
+    });
+    let seen = rx
+        .recv_timeout(Duration::from_secs(130))
+        .expect("console reader")
+        .unwrap_or_else(|seen| {
+            let _ = child.kill();
+            panic!("no ready line; console was:\n{seen}")
+        });
+    assert!(seen.contains("Linux version 6.1"), "{seen}");
+    child
+        .stdin
+        .as_mut()
+        .unwrap()
+        .write_all(b"poweroff\n")
+        .unwrap();
+    let done = wait_limited(child, Duration::from_secs(60), "guest poweroff");
+    assert!(
+        done.status.success(),
+        "ftvm exit {:?}, stderr: {}",
+        done.status,
+        String::from_utf8_lossy(&done.stderr)
+    );
+}

@@ -1,0 +1,99 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+pub fn ftvm() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_ftvm"))
+}
+
+/// Make sure guest/out holds the guest images (building them if needed), return its path.
+pub fn guest_out() -> PathBuf {
+    static BUILD: Once = Once::new();
+    let out = repo().join("guest/out");
+    BUILD.call_once(|| {
+        if !out.join("Image").is_file() || !out.join("initramfs.cpio.gz").is_file() {
+            let st = Command::new("bash")
+                .arg(repo().join("guest/build.sh"))
+                .status()
+                .expect("run guest/build.sh");
+            assert!(st.success(), "guest/build.sh failed");
+        }
+    });
+    out
+}
+
+/// Wait for a child with a time limit; kill it and panic if it runs over.
+pub fn wait_limited(mut child: Child, limit: Duration, what: &str) -> Output {
+    let t0 = Instant::now();
+    loop {
+        if child.try_wait().expect("try_wait").is_some() {
+            return child.wait_with_output().expect("collect output");
+        }
+        if t0.elapsed() > limit {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("collect output");
+            panic!(
+                "{what} did not finish within {limit:?}\nstdout:\n{}\nstderr:\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Run ftvm with these arguments and no input, within a time limit.
+pub fn run_ftvm(args: &[&str], limit: Duration) -> Output {
+    let child = ftvm()
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ftvm");
+    wait_limited(child, limit, &format!("ftvm {}", args.join(" ")))
+}
+
+/// The `digest <hex>` line of a run's output.
+pub fn digest_of(out: &Output) -> String {
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .filter_map(|l| l.strip_prefix("digest "))
+        .last()
+        .unwrap_or_else(|| {
+            panic!(
+                "no digest line in output:\n{text}\nstderr:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+        .to_string()
+}
+
+/// Read from `r` until `needle` appears (returns everything read) or the limit passes.
+pub fn read_until(r: &mut impl Read, needle: &str, limit: Duration) -> Result<String, String> {
+    let t0 = Instant::now();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while t0.elapsed() < limit {
+        match r.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                seen.extend_from_slice(&buf[..n]);
+                if String::from_utf8_lossy(&seen).contains(needle) {
+                    return Ok(String::from_utf8_lossy(&seen).into_owned());
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    Err(String::from_utf8_lossy(&seen).into_owned())
+}
