@@ -53,8 +53,12 @@ on_err() {
 		exit "$rc"
 	fi
 	trap - ERR
+	local i where="line $line"
+	for ((i = 1; i < ${#FUNCNAME[@]} - 1; i++)); do
+		where+=" in ${FUNCNAME[i]}, called from line ${BASH_LINENO[i]}"
+	done
 	echo >&2
-	echo "guest/build.sh: FAILED in step '$STEP' (exit status $rc, build.sh line $line)" >&2
+	echo "guest/build.sh: FAILED in step '$STEP' (exit status $rc; $where)" >&2
 	if [ "$LOG" != /dev/null ] && [ -s "$LOG" ]; then
 		echo "---- last lines of $LOG ----" >&2
 		tail -n 40 "$LOG" >&2

@@ -328,6 +328,7 @@ impl Hart {
     }
 
     /// Execute a Zicsr instruction.
+    #[inline(never)]
     pub(crate) fn exec_csr<B: Bus>(
         &mut self,
         bus: &mut B,
@@ -365,6 +366,8 @@ impl Hart {
                 _ => old & !src,
             };
             self.csr_write(n, new).map_err(|_| illegal)?;
+            // The write may have unmasked an interrupt.
+            self.brk = true;
         }
         if rd != 0 {
             self.x[rd] = old;

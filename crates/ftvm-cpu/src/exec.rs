@@ -310,12 +310,12 @@ impl Hart {
                 self.count += 1;
                 return Ok(());
             }
-            Beq => return Ok(self.branch(a == b, pc, imm, next)),
-            Bne => return Ok(self.branch(a != b, pc, imm, next)),
-            Blt => return Ok(self.branch((a as i64) < (b as i64), pc, imm, next)),
-            Bge => return Ok(self.branch((a as i64) >= (b as i64), pc, imm, next)),
-            Bltu => return Ok(self.branch(a < b, pc, imm, next)),
-            Bgeu => return Ok(self.branch(a >= b, pc, imm, next)),
+            Beq => return self.branch(a == b, pc, imm, next),
+            Bne => return self.branch(a != b, pc, imm, next),
+            Blt => return self.branch((a as i64) < (b as i64), pc, imm, next),
+            Bge => return self.branch((a as i64) >= (b as i64), pc, imm, next),
+            Bltu => return self.branch(a < b, pc, imm, next),
+            Bgeu => return self.branch(a >= b, pc, imm, next),
             Lb => self.load(bus, addr, 1)? as i8 as i64 as u64,
             Lh => self.load(bus, addr, 2)? as i16 as i64 as u64,
             Lw => self.load(bus, addr, 4)? as i32 as i64 as u64,
@@ -427,11 +427,13 @@ impl Hart {
     }
 
     #[inline(always)]
-    fn branch(&mut self, taken: bool, pc: u64, imm: u64, next: u64) {
+    fn branch(&mut self, taken: bool, pc: u64, imm: u64, next: u64) -> Result<(), Trap> {
         self.pc = if taken { pc.wrapping_add(imm) } else { next };
         self.count += 1;
+        Ok(())
     }
 
+    #[inline(never)]
     fn exec_system(&mut self, op: Op) -> Result<(), Trap> {
         let insn = op.insn;
         let illegal = Trap::new(cause::ILLEGAL_INSN, op.raw());
@@ -448,7 +450,7 @@ impl Hart {
                     Priv::Machine => cause::ECALL_M,
                 };
                 if c == cause::ECALL_S && self.host_sbi {
-                    self.exit = Some(Exit::Sbi);
+                    self.stop(Exit::Sbi);
                     return Ok(());
                 }
                 Err(Trap::new(c, 0))
@@ -475,6 +477,7 @@ impl Hart {
                 }
                 self.pc = s.sepc;
                 self.count += 1;
+                self.brk = true;
                 self.set_priv(spp);
                 self.mmu.flush();
                 Ok(())
@@ -497,6 +500,7 @@ impl Hart {
                 }
                 self.pc = s.mepc;
                 self.count += 1;
+                self.brk = true;
                 self.set_priv(mpp);
                 self.mmu.flush();
                 Ok(())
@@ -511,7 +515,7 @@ impl Hart {
                 self.pc = self.pc.wrapping_add(len);
                 self.count += 1;
                 if self.mip() & self.csr.mie == 0 {
-                    self.exit = Some(Exit::Wfi);
+                    self.stop(Exit::Wfi);
                 }
                 Ok(())
             }
@@ -531,6 +535,7 @@ impl Hart {
         }
     }
 
+    #[inline(never)]
     fn exec_amo<B: Bus>(
         &mut self,
         bus: &mut B,

@@ -276,6 +276,7 @@ enum Out {
 
 impl Hart {
     /// Execute an F/D instruction (loads, stores, arithmetic, conversions, moves).
+    #[inline(never)]
     pub(crate) fn exec_fp<B: Bus>(
         &mut self,
         bus: &mut B,

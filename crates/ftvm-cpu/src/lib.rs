@@ -131,6 +131,9 @@ pub struct Hart {
     pub tohost: Option<u64>,
     mmu: mmu::Mmu,
     exit: Option<Exit>,
+    /// Leave the inner loop after this instruction: an exit is pending, or an interrupt may
+    /// have become takeable (CSR write, xRET).
+    brk: bool,
     /// The trap of the last instruction fetch that faulted.
     fetch_fault: Trap,
 }
@@ -158,6 +161,7 @@ impl Hart {
             tohost: None,
             mmu: mmu::Mmu::new(),
             exit: None,
+            brk: false,
             fetch_fault: Trap::new(0, 0),
         }
     }
@@ -192,22 +196,35 @@ impl Hart {
     /// Run at most `budget` steps. Returns early when the board must look at the hart.
     pub fn run<B: Bus>(&mut self, bus: &mut B, budget: u64) -> Exit {
         let end = self.count.saturating_add(budget);
-        while self.count < end {
+        loop {
+            if let Some(e) = self.exit.take() {
+                return e;
+            }
+            if self.count >= end {
+                return Exit::Budget;
+            }
+            // Interrupts are looked at here only: nothing inside the loop below can make one
+            // takeable without setting `brk` (CSR writes and xRET do; trap entry only masks).
             if self.mip() & self.csr.mie != 0 {
                 if let Some(c) = self.pending_interrupt() {
                     self.take_trap(Trap::new(cause::INTERRUPT | c, 0));
                 }
             }
-            let op = self.fetch_op(bus);
-            if let Err(t) = self.exec(bus, op) {
-                self.take_trap(t);
-                self.count += 1;
-            }
-            if self.exit.is_some() {
-                return self.exit.take().unwrap_or(Exit::Budget);
+            self.brk = false;
+            while self.count < end && !self.brk {
+                let op = self.fetch_op(bus);
+                if let Err(t) = self.exec(bus, op) {
+                    self.take_trap(t);
+                    self.count += 1;
+                }
             }
         }
-        Exit::Budget
+    }
+
+    /// End the current run with `e` after this instruction.
+    pub(crate) fn stop(&mut self, e: Exit) {
+        self.exit = Some(e);
+        self.brk = true;
     }
 
     /// The highest-priority interrupt that is pending, enabled and not masked, if any.

@@ -54,6 +54,7 @@ impl Tlb {
 
 /// Ops per page of the decoded-instruction cache (one slot per 2 bytes).
 const OPS_PER_PAGE: usize = 2048;
+const VTLB_SIZE: usize = 64;
 
 /// Decoded ops of the RAM pages that hold code, indexed by RAM page number.
 ///
@@ -61,6 +62,8 @@ const OPS_PER_PAGE: usize = 2048;
 /// every store to it takes the slow path, which drops the page's ops first.
 struct CodeCache {
     pages: Vec<Option<Box<[Op; OPS_PER_PAGE]>>>,
+    /// Recently executed virtual pages and their RAM pages, to switch pages without a walk.
+    vtlb: [(u64, usize); VTLB_SIZE],
     /// The virtual page the hart executes from (`INVALID` if none), its RAM page, and that
     /// page's ops. Invariant: when `cur_vpn != INVALID`, `cur_ops` points into the live box
     /// `pages[cur_page]`; every path that drops a box or changes translation resets `cur_vpn`.
@@ -73,6 +76,7 @@ impl Default for CodeCache {
     fn default() -> Self {
         CodeCache {
             pages: Vec::new(),
+            vtlb: [(INVALID, 0); VTLB_SIZE],
             cur_vpn: INVALID,
             cur_page: 0,
             cur_ops: std::ptr::null(),
@@ -117,12 +121,18 @@ impl Mmu {
         self.store.flush();
         self.fetch.flush();
         self.code.cur_vpn = INVALID;
+        self.code.vtlb = [(INVALID, 0); VTLB_SIZE];
     }
     /// Drop the decoded ops of RAM page `page`, if it has any.
     fn invalidate_code_page(&mut self, page: usize) {
         if let Some(slot) = self.code.pages.get_mut(page) {
-            if slot.take().is_some() && self.code.cur_page == page {
-                self.code.cur_vpn = INVALID;
+            if slot.take().is_some() {
+                if self.code.cur_page == page {
+                    self.code.cur_vpn = INVALID;
+                }
+                for e in self.code.vtlb.iter_mut().filter(|e| e.1 == page) {
+                    e.0 = INVALID;
+                }
             }
         }
     }
@@ -345,7 +355,7 @@ impl Hart {
                 ram_read(bus.ram(), off, size).ok_or(Trap::new(cause::LOAD_ACCESS, vaddr))
             }
             Pa::Io(paddr) => {
-                self.exit = Some(crate::Exit::Mmio);
+                self.stop(crate::Exit::Mmio);
                 bus.mmio_read(paddr, size, self.count)
                     .ok_or(Trap::new(cause::LOAD_ACCESS, vaddr))
             }
@@ -398,7 +408,7 @@ impl Hart {
                     self.mmu.invalidate_code_page(off >> 12);
                     ram_write(bus.ram(), off, size, v);
                     if v != 0 {
-                        self.exit = Some(crate::Exit::ToHost(v));
+                        self.stop(crate::Exit::ToHost(v));
                     }
                     return Ok(());
                 }
@@ -407,7 +417,7 @@ impl Hart {
                     return ram_write(bus.ram(), off, size, v)
                         .ok_or(Trap::new(cause::STORE_ACCESS, vaddr));
                 }
-                self.exit = Some(crate::Exit::Mmio);
+                self.stop(crate::Exit::Mmio);
                 if bus.mmio_write(paddr, size, v, self.count) {
                     Ok(())
                 } else {
@@ -445,6 +455,20 @@ impl Hart {
     #[inline(never)]
     fn fetch_op_slow<B: Bus>(&mut self, bus: &mut B) -> Result<Op, Trap> {
         let pc = self.pc;
+        let vpn = pc >> 12;
+        let code = &mut self.mmu.code;
+        let (tag, page) = code.vtlb[(vpn as usize) & (VTLB_SIZE - 1)];
+        if tag == vpn {
+            if let Some(Some(ops)) = code.pages.get(page) {
+                let op = ops[((pc >> 1) as usize) & (OPS_PER_PAGE - 1)];
+                if op.kind != Kind::Undecoded {
+                    code.cur_ops = ops.as_ptr();
+                    code.cur_vpn = vpn;
+                    code.cur_page = page;
+                    return Ok(op);
+                }
+            }
+        }
         if pc & 0xfff == 0xffe {
             // A 32-bit instruction here crosses into the next page: it is not cached.
             let raw = self.fetch(bus)?;
@@ -486,6 +510,7 @@ impl Hart {
         }
         let op = ops[slot];
         code.cur_ops = ops.as_ptr();
+        code.vtlb[(vpn as usize) & (VTLB_SIZE - 1)] = (vpn, page);
         code.cur_vpn = pc >> 12;
         code.cur_page = page;
         Ok(op)
@@ -581,7 +606,7 @@ impl Hart {
             self.mmu.invalidate_code_page(off >> 12);
             ram_write(bus.ram(), off, size, v);
             if Some(paddr) == self.tohost && v != 0 {
-                self.exit = Some(crate::Exit::ToHost(v));
+                self.stop(crate::Exit::ToHost(v));
             }
         }
     }

@@ -88,3 +88,53 @@ fn fp_add_rounding_and_flags() {
     assert_eq!(h.f[0] >> 32, 0xffff_ffff, "NaN-boxed");
     assert_eq!(h.csr.fflags, 1, "inexact only");
 }
+
+/// A small deterministic generator for the random-program test.
+fn xorshift(s: &mut u64) -> u64 {
+    *s ^= *s << 13;
+    *s ^= *s >> 7;
+    *s ^= *s << 17;
+    *s
+}
+
+#[test]
+fn random_programs_never_panic_and_always_progress() {
+    // Whatever the guest executes (random words, random CSR state, the MMU on with random page
+    // tables), the hart must neither panic nor stop making progress.
+    for seed in 1..=200u64 {
+        let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        let mut bus = FlatBus {
+            ram: vec![0; 1 << 16],
+        };
+        for chunk in bus.ram.chunks_mut(8) {
+            chunk.copy_from_slice(&xorshift(&mut s).to_le_bytes());
+        }
+        let mut h = Hart::new(0);
+        for r in 1..32 {
+            h.x[r] = match xorshift(&mut s) % 3 {
+                0 => 0x8000_0000 + (xorshift(&mut s) % (1 << 16)),
+                1 => xorshift(&mut s),
+                _ => xorshift(&mut s) % 64,
+            };
+        }
+        h.pc = 0x8000_0000 + (xorshift(&mut s) % (1 << 16)) & !1;
+        h.csr.mtvec = 0x8000_0000 + (xorshift(&mut s) % (1 << 16)) & !3;
+        h.csr.stvec = 0x8000_0000 + (xorshift(&mut s) % (1 << 16)) & !3;
+        h.csr.medeleg = xorshift(&mut s);
+        h.csr.mstatus |= csr::MSTATUS_FS;
+        h.csr.satp = (8 + xorshift(&mut s) % 2) << 60 | (0x8000_0 + xorshift(&mut s) % 16);
+        h.set_priv([Priv::User, Priv::Supervisor, Priv::Machine][(seed % 3) as usize]);
+        let target = 20_000;
+        let mut calls = 0;
+        while h.count < target {
+            let before = h.count;
+            h.run(&mut bus, target - h.count);
+            calls += 1;
+            assert!(
+                h.count > before || calls < 10 * target,
+                "seed {seed}: no progress"
+            );
+        }
+        assert_eq!(h.count, target, "seed {seed}: the budget is exact");
+    }
+}

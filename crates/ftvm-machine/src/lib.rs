@@ -98,7 +98,7 @@ pub struct Machine {
 impl Machine {
     /// A machine with `ram_size` bytes of zeroed RAM and a hart in reset.
     pub fn new(ram_size: u64) -> Result<Machine, MachineError> {
-        if !(MIN_RAM..=MAX_RAM).contains(&ram_size) || ram_size % 4096 != 0 {
+        if !(MIN_RAM..=MAX_RAM).contains(&ram_size) || !ram_size.is_multiple_of(4096) {
             return Err(MachineError::RamSize(ram_size));
         }
         Ok(Machine {

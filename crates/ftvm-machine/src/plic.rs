@@ -57,7 +57,7 @@ impl Plic {
             0x1001..=0x1fff => 0,
             0x2000..=0x1f_ffff => {
                 let ctx = (off as usize - 0x2000) / 0x80;
-                if (off - 0x2000) % 0x80 == 0 && ctx < NCTX {
+                if (off - 0x2000).is_multiple_of(0x80) && ctx < NCTX {
                     self.enable[ctx]
                 } else {
                     0
@@ -92,7 +92,7 @@ impl Plic {
             }
             0x2000..=0x1f_ffff => {
                 let ctx = (off as usize - 0x2000) / 0x80;
-                if (off - 0x2000) % 0x80 == 0 && ctx < NCTX {
+                if (off - 0x2000).is_multiple_of(0x80) && ctx < NCTX {
                     self.enable[ctx] = v & !1;
                 }
             }

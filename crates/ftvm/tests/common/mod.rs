@@ -67,8 +67,8 @@ pub fn run_ftvm(args: &[&str], limit: Duration) -> Output {
 pub fn digest_of(out: &Output) -> String {
     let text = String::from_utf8_lossy(&out.stdout);
     text.lines()
-        .filter_map(|l| l.strip_prefix("digest "))
-        .last()
+        .rev()
+        .find_map(|l| l.strip_prefix("digest "))
         .unwrap_or_else(|| {
             panic!(
                 "no digest line in output:\n{text}\nstderr:\n{}",
