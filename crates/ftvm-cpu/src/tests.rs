@@ -117,12 +117,12 @@ fn random_programs_never_panic_and_always_progress() {
                 _ => xorshift(&mut s) % 64,
             };
         }
-        h.pc = 0x8000_0000 + (xorshift(&mut s) % (1 << 16)) & !1;
-        h.csr.mtvec = 0x8000_0000 + (xorshift(&mut s) % (1 << 16)) & !3;
-        h.csr.stvec = 0x8000_0000 + (xorshift(&mut s) % (1 << 16)) & !3;
+        h.pc = (0x8000_0000 + (xorshift(&mut s) % (1 << 16))) & !1;
+        h.csr.mtvec = (0x8000_0000 + (xorshift(&mut s) % (1 << 16))) & !3;
+        h.csr.stvec = (0x8000_0000 + (xorshift(&mut s) % (1 << 16))) & !3;
         h.csr.medeleg = xorshift(&mut s);
         h.csr.mstatus |= csr::MSTATUS_FS;
-        h.csr.satp = (8 + xorshift(&mut s) % 2) << 60 | (0x8000_0 + xorshift(&mut s) % 16);
+        h.csr.satp = ((8 + xorshift(&mut s) % 2) << 60) | (0x80000 + xorshift(&mut s) % 16);
         h.set_priv([Priv::User, Priv::Supervisor, Priv::Machine][(seed % 3) as usize]);
         let target = 20_000;
         let mut calls = 0;
