@@ -358,10 +358,13 @@ build_redis() {
 	# The Debian source keeps redis' bundled deps (lua, hiredis, linenoise,
 	# hdr_histogram, jemalloc); Debian's own build links the system jemalloc
 	# and systemd (debian/rules), which we do not: libc malloc, no TLS/systemd.
+	# No -g (DEBUG=, DEBUG_FLAGS= for hiredis): debug info holds the build
+	# path, which would leak into the GNU build-id and make the binary
+	# depend on where it was built.
 	run make -C "$work/src" -j"$JOBS" \
 		CC=${CROSS}gcc AR=${CROSS}ar RANLIB=${CROSS}ranlib \
 		MALLOC=libc USE_SYSTEMD=no BUILD_TLS=no USE_SYSTEM_JEMALLOC=no \
-		OPT=-O2 LDFLAGS=-static \
+		OPT=-O2 DEBUG= DEBUG_FLAGS= LDFLAGS=-static \
 		redis-server redis-cli
 	${CROSS}strip -o "$BIN/redis-server.tmp" "$work/src/redis-server"
 	${CROSS}strip -o "$BIN/redis-cli.tmp" "$work/src/redis-cli"

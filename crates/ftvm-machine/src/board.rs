@@ -4,8 +4,12 @@ use ftvm_cpu::Bus;
 
 use crate::plic::Plic;
 use crate::uart::Uart;
+use crate::virtio::queue::GuestRam;
+use crate::virtio::{DeviceOutput, VirtioMmio, MAX_SLOTS, MMIO_BASE, MMIO_SIZE};
 
 pub const TEST_BASE: u64 = 0x0010_0000;
+pub const RTC_BASE: u64 = 0x0010_1000;
+pub const RTC_IRQ: usize = 11;
 pub const CLINT_BASE: u64 = 0x0200_0000;
 pub const PLIC_BASE: u64 = 0x0c00_0000;
 pub const UART_BASE: u64 = 0x1000_0000;
@@ -38,6 +42,15 @@ pub struct Board {
     /// Bytes the guest wrote to its console, not yet taken by the host.
     pub console_out: Vec<u8>,
     pub power: Option<PowerEvent>,
+    pub virtio: Vec<VirtioMmio>,
+    /// Frames and disk requests the devices sent, not yet taken by the host.
+    pub outbox: Vec<DeviceOutput>,
+    /// RAM ranges (offset, length) that devices wrote since the hart last looked.
+    pub dma: Vec<(usize, usize)>,
+    /// Wall-clock time (ns since the Unix epoch) that the RTC shows at mtime 0.
+    pub rtc_base_ns: u64,
+    /// TIME_HIGH as latched by the last TIME_LOW read.
+    pub rtc_high: u64,
 }
 
 impl Board {
@@ -52,7 +65,24 @@ impl Board {
             time_offset: 0,
             console_out: Vec::new(),
             power: None,
+            virtio: Vec::new(),
+            outbox: Vec::new(),
+            dma: Vec::new(),
+            rtc_base_ns: 0,
+            rtc_high: 0,
         }
+    }
+
+    /// The RTC's time in ns at step count `count` (mtime ticks are 100 ns).
+    pub fn rtc_ns(&self, count: u64) -> u64 {
+        self.rtc_base_ns
+            .wrapping_add(self.mtime(count).wrapping_mul(1_000_000_000 / TIMEBASE_HZ))
+    }
+
+    fn virtio_slot(paddr: u64) -> Option<(usize, u64)> {
+        let off = paddr.checked_sub(MMIO_BASE)?;
+        let slot = (off / MMIO_SIZE) as usize;
+        (slot < MAX_SLOTS).then_some((slot, off % MMIO_SIZE))
     }
 
     /// mtime at step count `count`.
@@ -106,13 +136,24 @@ impl Bus for Board {
     }
 
     fn mmio_read(&mut self, paddr: u64, size: u8, count: u64) -> Option<u64> {
+        if paddr == RTC_BASE {
+            let t = self.rtc_ns(count);
+            self.rtc_high = t >> 32;
+            return Some(t & 0xffff_ffff);
+        }
         let b = self;
         match paddr {
             UART_BASE..=0x1000_00ff => Some(b.uart.read(paddr - UART_BASE) as u64),
             CLINT_BASE..=0x0200_ffff => Some(b.clint_read(paddr - CLINT_BASE, count)),
             PLIC_BASE..=0x0c5f_ffff if size == 4 => Some(b.plic.read(paddr - PLIC_BASE) as u64),
             TEST_BASE..=0x0010_0fff => Some(0),
-            _ => None,
+            // Goldfish RTC: TIME_LOW then TIME_HIGH; no alarms.
+            RTC_BASE..=0x0010_1fff => Some(if paddr - RTC_BASE == 4 { b.rtc_high } else { 0 }),
+            _ => match Self::virtio_slot(paddr) {
+                Some((slot, off)) if size == 4 => b.virtio.get(slot).map(|d| d.read(off) as u64),
+                Some((slot, _)) if slot < b.virtio.len() => Some(0),
+                _ => None,
+            },
         }
     }
 
@@ -132,7 +173,17 @@ impl Bus for Board {
                 0x7777 => b.power = Some(PowerEvent::Reset(0)),
                 _ => {}
             },
-            _ => return false,
+            RTC_BASE..=0x0010_1fff => {}
+            _ => match Self::virtio_slot(paddr) {
+                Some((slot, off)) if slot < b.virtio.len() => {
+                    if size == 4 {
+                        let mut ram = GuestRam::new(&mut b.ram);
+                        b.virtio[slot].write(off, v as u32, &mut ram, &mut b.outbox);
+                        b.dma.extend(ram.1);
+                    }
+                }
+                _ => return false,
+            },
         }
         true
     }

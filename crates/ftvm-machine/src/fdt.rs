@@ -2,8 +2,11 @@
 
 use vm_fdt::{FdtWriter, FdtWriterResult};
 
-use crate::board::{CLINT_BASE, PLIC_BASE, TEST_BASE, TIMEBASE_HZ, UART_BASE, UART_IRQ};
+use crate::board::{
+    CLINT_BASE, PLIC_BASE, RTC_BASE, RTC_IRQ, TEST_BASE, TIMEBASE_HZ, UART_BASE, UART_IRQ,
+};
 use crate::plic::NSRC;
+use crate::virtio;
 use crate::RAM_BASE;
 
 const PH_CPU0_INTC: u32 = 1;
@@ -20,6 +23,7 @@ pub fn build(
     ram_size: u64,
     cmdline: &str,
     initrd: Option<InitrdRange>,
+    virtio_slots: usize,
 ) -> FdtWriterResult<Vec<u8>> {
     let mut f = FdtWriter::new()?;
     let root = f.begin_node("")?;
@@ -98,6 +102,23 @@ pub fn build(
     f.property_u32("interrupts", UART_IRQ as u32)?;
     f.property_u32("interrupt-parent", PH_PLIC)?;
     f.end_node(uart)?;
+
+    let rtc = f.begin_node(&format!("rtc@{RTC_BASE:x}"))?;
+    f.property_string("compatible", "google,goldfish-rtc")?;
+    f.property_array_u64("reg", &[RTC_BASE, 0x1000])?;
+    f.property_u32("interrupts", RTC_IRQ as u32)?;
+    f.property_u32("interrupt-parent", PH_PLIC)?;
+    f.end_node(rtc)?;
+
+    for slot in 0..virtio_slots {
+        let base = virtio::MMIO_BASE + slot as u64 * virtio::MMIO_SIZE;
+        let n = f.begin_node(&format!("virtio_mmio@{base:x}"))?;
+        f.property_string("compatible", "virtio,mmio")?;
+        f.property_array_u64("reg", &[base, virtio::MMIO_SIZE])?;
+        f.property_u32("interrupts", (virtio::FIRST_IRQ + slot) as u32)?;
+        f.property_u32("interrupt-parent", PH_PLIC)?;
+        f.end_node(n)?;
+    }
 
     let test = f.begin_node(&format!("test@{TEST_BASE:x}"))?;
     f.property_string_list(

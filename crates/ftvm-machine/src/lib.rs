@@ -13,12 +13,14 @@ pub mod plic;
 mod sbi;
 pub mod snapshot;
 pub mod uart;
+pub mod virtio;
 
 use ftvm_cpu::{irq, Exit, Hart, Priv};
 use thiserror::Error;
 
 pub use board::{Board, PowerEvent};
 use snapshot::{Reader, SnapshotError, Writer};
+pub use virtio::{DeviceOutput, DiskOp, DiskRequest};
 
 /// Physical address of the first byte of RAM.
 pub const RAM_BASE: u64 = 0x8000_0000;
@@ -38,8 +40,52 @@ pub enum MachineError {
     Fdt(String),
     #[error("RAM size {0} is out of range (16 MiB to 64 GiB, a multiple of 4 KiB)")]
     RamSize(u64),
+    #[error("too many devices (at most {0})")]
+    Devices(usize),
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
+}
+
+/// A device on a virtio-mmio slot, as configured at boot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DeviceSpec {
+    /// A disk of `bytes` bytes (a multiple of 512); `serial` is what GET_ID returns.
+    Disk {
+        bytes: u64,
+        serial: String,
+    },
+    Net {
+        mac: [u8; 6],
+    },
+    Rng,
+}
+
+/// Everything that enters the machine from outside. Each input takes effect at the step count
+/// at which it is applied ([`Machine::apply`]): this is the environment boundary.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Input {
+    /// One byte for the console (only when [`Machine::console_ready`]).
+    Console(u8),
+    /// A frame received for the network device in `slot` (only when [`Machine::net_ready`]).
+    Frame { slot: usize, frame: Vec<u8> },
+    /// The host finished disk request `id` of `slot`; `data` is what a read returned.
+    DiskDone {
+        slot: usize,
+        id: u64,
+        ok: bool,
+        data: Vec<u8>,
+    },
+    /// Random bytes for the entropy device in `slot` (when [`Machine::entropy_wanted`]).
+    Entropy { slot: usize, bytes: Vec<u8> },
+    /// Machine time passes without instructions: idle time, or catching up with a host clock.
+    Time { ticks: u64 },
+}
+
+/// Something that leaves the machine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    Console(Vec<u8>),
+    Device(DeviceOutput),
 }
 
 /// Why [`Machine::run`] returned.
@@ -56,6 +102,8 @@ pub enum RunExit {
     /// The hart waits for an interrupt and none is pending. `ticks` is how long until the next
     /// timer fires (None: no timer is armed, only outside input can wake it).
     Idle { ticks: Option<u64> },
+    /// A device sent something (a frame, a disk request): take it with `take_outputs`.
+    Output,
 }
 
 /// The CSR fields that make up a hart's CSR state, in snapshot order.
@@ -121,6 +169,9 @@ impl Machine {
         h.set_ext_irq(irq::MTIP, now >= b.mtimecmp);
         h.set_ext_irq(irq::STIP, now >= b.stimecmp);
         h.set_ext_irq(irq::MSIP, b.msip);
+        for d in &b.virtio {
+            b.plic.set_level(virtio::FIRST_IRQ + d.slot, d.irq());
+        }
         h.set_ext_irq(irq::MEIP, b.plic.irq(0));
         h.set_ext_irq(irq::SEIP, b.plic.irq(1));
     }
@@ -156,8 +207,15 @@ impl Machine {
                 Some(d) => d.min(chunk_end),
                 None => chunk_end,
             };
-            match self.hart.run(&mut self.board, end - now) {
-                Exit::Budget | Exit::Mmio => {}
+            let exit = self.hart.run(&mut self.board, end - now);
+            self.invalidate_dma();
+            match exit {
+                Exit::Budget => {}
+                Exit::Mmio => {
+                    if !self.board.outbox.is_empty() {
+                        return RunExit::Output;
+                    }
+                }
                 Exit::Sbi => self.handle_sbi(),
                 Exit::ToHost(v) => return RunExit::ToHost(v),
                 Exit::Wfi => {
@@ -173,35 +231,111 @@ impl Machine {
         }
     }
 
-    /// Let `ticks` of machine time pass while the hart is idle (no instruction runs).
-    pub fn advance_idle(&mut self, ticks: u64) {
-        self.board.time_offset = self.board.time_offset.saturating_add(ticks);
-    }
-
-    /// Offer a byte of console input; false when the UART cannot take it now.
-    pub fn console_input(&mut self, b: u8) -> bool {
-        if self.board.uart.rx_ready() {
-            self.board.uart.push_rx(b);
-            true
-        } else {
-            false
+    /// Drop decoded instructions where devices wrote guest RAM.
+    fn invalidate_dma(&mut self) {
+        for (off, len) in self.board.dma.drain(..) {
+            self.hart.invalidate_code(off, len);
         }
     }
 
-    /// Take the console bytes the guest wrote since the last call.
-    pub fn take_console_output(&mut self) -> Vec<u8> {
-        std::mem::take(&mut self.board.console_out)
+    /// Apply an input from outside at the current step count.
+    pub fn apply(&mut self, input: Input) {
+        let b = &mut self.board;
+        let mut ram = virtio::queue::GuestRam::new(&mut b.ram);
+        match input {
+            Input::Console(byte) => b.uart.push_rx(byte),
+            Input::Frame { slot, frame } => {
+                if let Some(d) = b.virtio.get_mut(slot) {
+                    d.net_receive(&mut ram, &frame);
+                }
+            }
+            Input::DiskDone { slot, id, ok, data } => {
+                if let Some(d) = b.virtio.get_mut(slot) {
+                    d.disk_done(&mut ram, id, ok, &data);
+                }
+            }
+            Input::Entropy { slot, bytes } => {
+                if let Some(d) = b.virtio.get_mut(slot) {
+                    d.rng_fill(&mut ram, &bytes);
+                }
+            }
+            Input::Time { ticks } => b.time_offset = b.time_offset.saturating_add(ticks),
+        }
+        b.dma.extend(ram.1);
+        self.invalidate_dma();
+    }
+
+    /// Whether the machine has disks or network devices, whose host side a snapshot cannot hold.
+    pub fn has_host_devices(&self) -> bool {
+        self.board
+            .virtio
+            .iter()
+            .any(|d| !matches!(d.dev, virtio::Device::Rng))
+    }
+
+    /// Whether the console can take a byte now (the driver listens and has room).
+    pub fn console_ready(&self) -> bool {
+        self.board.uart.rx_ready()
+    }
+
+    /// Whether the network device in `slot` has a receive buffer for a frame now.
+    pub fn net_ready(&mut self, slot: usize) -> bool {
+        let b = &mut self.board;
+        let ram = virtio::queue::GuestRam::new(&mut b.ram);
+        b.virtio.get(slot).is_some_and(|d| d.net_rx_ready(&ram))
+    }
+
+    /// An entropy device waiting for bytes: its slot and how many it wants.
+    pub fn entropy_wanted(&mut self) -> Option<(usize, usize)> {
+        let b = &mut self.board;
+        let ram = virtio::queue::GuestRam::new(&mut b.ram);
+        b.virtio
+            .iter()
+            .map(|d| (d.slot, d.rng_wanted(&ram)))
+            .find(|&(_, n)| n > 0)
+    }
+
+    /// Take everything the machine sent out since the last call, console first.
+    pub fn take_outputs(&mut self) -> Vec<Output> {
+        let b = &mut self.board;
+        let mut out = Vec::with_capacity(1 + b.outbox.len());
+        if !b.console_out.is_empty() {
+            out.push(Output::Console(std::mem::take(&mut b.console_out)));
+        }
+        out.extend(b.outbox.drain(..).map(Output::Device));
+        out
+    }
+
+    /// Let `ticks` of machine time pass while the hart is idle (no instruction runs).
+    pub fn advance_idle(&mut self, ticks: u64) {
+        self.apply(Input::Time { ticks });
     }
 
     /// Boot a Linux kernel Image in S-mode, with ftvm serving the SBI.
+    /// `devices` go on the virtio-mmio slots in order; the RTC starts at `rtc_base_ns`.
     pub fn boot_linux(
         ram_size: u64,
         kernel: &[u8],
         initrd: Option<&[u8]>,
         cmdline: &str,
+        devices: &[DeviceSpec],
+        rtc_base_ns: u64,
     ) -> Result<Machine, MachineError> {
         let mut m = Machine::new(ram_size)?;
-        let boot = loader::load_linux(&mut m.board.ram, kernel, initrd, cmdline)?;
+        if devices.len() > virtio::MAX_SLOTS {
+            return Err(MachineError::Devices(virtio::MAX_SLOTS));
+        }
+        for (slot, d) in devices.iter().enumerate() {
+            m.board.virtio.push(match d {
+                DeviceSpec::Disk { bytes, serial } => virtio::VirtioMmio::blk(slot, *bytes, serial),
+                DeviceSpec::Net { mac } => {
+                    virtio::VirtioMmio::new(slot, virtio::Device::Net { mac: *mac })
+                }
+                DeviceSpec::Rng => virtio::VirtioMmio::new(slot, virtio::Device::Rng),
+            });
+        }
+        m.board.rtc_base_ns = rtc_base_ns;
+        let boot = loader::load_linux(&mut m.board.ram, kernel, initrd, cmdline, devices.len())?;
         let h = &mut m.hart;
         h.host_sbi = true;
         // Everything the guest kernel handles itself is delegated to S-mode.
@@ -254,6 +388,12 @@ impl Machine {
         w.u64(b.time_offset);
         b.uart.save(w);
         b.plic.save(w);
+        w.u64(b.rtc_base_ns);
+        w.u64(b.rtc_high);
+        w.u64(b.virtio.len() as u64);
+        for d in &b.virtio {
+            d.save(w);
+        }
         w.bytes(&b.console_out);
         snapshot::save_ram(w, &b.ram);
     }
@@ -310,6 +450,15 @@ impl Machine {
         b.time_offset = r.u64()?;
         b.uart = uart::Uart::load(&mut r)?;
         b.plic = plic::Plic::load(&mut r)?;
+        b.rtc_base_ns = r.u64()?;
+        b.rtc_high = r.u64()?;
+        let n = r.u64()?;
+        if n > virtio::MAX_SLOTS as u64 {
+            return Err(SnapshotError::Invalid("too many devices").into());
+        }
+        for slot in 0..n as usize {
+            b.virtio.push(virtio::VirtioMmio::load(slot, &mut r)?);
+        }
         b.console_out = r.bytes()?;
         snapshot::load_ram(&mut r, &mut b.ram)?;
         if !r.is_empty() {

@@ -37,6 +37,7 @@ pub fn load_linux(
     kernel: &[u8],
     initrd: Option<&[u8]>,
     cmdline: &str,
+    virtio_slots: usize,
 ) -> Result<LinuxBoot, MachineError> {
     if kernel.len() < 64 || &kernel[56..60] != IMAGE_MAGIC2 {
         return Err(MachineError::Kernel(
@@ -82,7 +83,7 @@ pub fn load_linux(
         }
         None => None,
     };
-    let dtb = fdt::build(ram_size, cmdline, initrd_range)
+    let dtb = fdt::build(ram_size, cmdline, initrd_range, virtio_slots)
         .map_err(|e| MachineError::Fdt(e.to_string()))?;
     if dtb.len() as u64 > DTB_SPACE {
         return Err(MachineError::Fdt("device tree too large".into()));

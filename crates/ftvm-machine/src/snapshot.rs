@@ -15,7 +15,7 @@ use thiserror::Error;
 pub const MAGIC: &[u8; 8] = b"FTVMSNAP";
 pub const SNAPSHOT_VERSION: u32 = 1;
 
-#[derive(Debug, Error)]
+#[derive(Debug, Clone, Error)]
 pub enum SnapshotError {
     #[error("not an ftvm snapshot (bad magic)")]
     BadMagic,

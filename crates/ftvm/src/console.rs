@@ -1,25 +1,12 @@
 //! The guest console on the host terminal: raw mode on a TTY with Ctrl-A x to quit (as in
 //! QEMU), or plain bytes from a pipe. A thread reads stdin so the machine never blocks on it.
 
-use std::collections::VecDeque;
 use std::io::{Read, Write};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::mpsc::Sender;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use ftvm_machine::Machine;
-
-enum Msg {
-    Data(Vec<u8>),
-    Eof,
-    Quit,
-}
-
-pub enum Input {
-    Continue,
-    Quit,
-}
+use ftvm_host::HostEvent;
 
 /// The terminal settings to put back on exit, when raw mode is on.
 static SAVED: Mutex<Option<libc::termios>> = Mutex::new(None);
@@ -55,18 +42,15 @@ fn enter_raw_mode() -> bool {
     true
 }
 
+/// The console on the host terminal: raw mode on a TTY, restored on drop.
 pub struct Console {
-    rx: Receiver<Msg>,
-    pending: VecDeque<u8>,
-    open: bool,
-    quit: bool,
     out: std::io::Stdout,
 }
 
 impl Console {
-    pub fn start() -> Result<Console> {
+    /// Start reading stdin on a thread of its own; its bytes arrive as `HostEvent::Console`.
+    pub fn start(events: Sender<HostEvent>) -> Result<Console> {
         let tty = enter_raw_mode();
-        let (tx, rx) = mpsc::channel();
         std::thread::Builder::new()
             .name("stdin".into())
             .spawn(move || {
@@ -76,7 +60,7 @@ impl Console {
                 loop {
                     let n = match stdin.read(&mut buf) {
                         Ok(0) | Err(_) => {
-                            let _ = tx.send(Msg::Eof);
+                            let _ = events.send(HostEvent::ConsoleEof);
                             return;
                         }
                         Ok(n) => n,
@@ -87,7 +71,7 @@ impl Console {
                             ctrl_a = false;
                             match b {
                                 b'x' | b'X' => {
-                                    let _ = tx.send(Msg::Quit);
+                                    let _ = events.send(HostEvent::Quit);
                                     return;
                                 }
                                 0x01 => data.push(0x01),
@@ -99,73 +83,19 @@ impl Console {
                             data.push(b);
                         }
                     }
-                    if tx.send(Msg::Data(data)).is_err() {
+                    if events.send(HostEvent::Console(data)).is_err() {
                         return;
                     }
                 }
             })?;
         Ok(Console {
-            rx,
-            pending: VecDeque::new(),
-            open: true,
-            quit: false,
             out: std::io::stdout(),
         })
     }
 
-    /// Whether more input may still come.
-    pub fn input_open(&self) -> bool {
-        self.open || !self.pending.is_empty()
-    }
-
-    fn take(&mut self, m: Msg) {
-        match m {
-            Msg::Data(d) => self.pending.extend(d),
-            Msg::Eof => self.open = false,
-            Msg::Quit => self.quit = true,
-        }
-    }
-
-    /// Wait up to `timeout` for input; returns how long it waited.
-    pub fn wait_input(&mut self, timeout: Duration) -> Duration {
-        let t0 = Instant::now();
-        if !self.pending.is_empty() || self.quit {
-            return Duration::ZERO;
-        }
-        match self.rx.recv_timeout(timeout) {
-            Ok(m) => self.take(m),
-            Err(RecvTimeoutError::Disconnected) => {
-                self.open = false;
-                std::thread::sleep(timeout);
-            }
-            Err(RecvTimeoutError::Timeout) => {}
-        }
-        t0.elapsed()
-    }
-
-    /// Hand the guest as much pending input as its UART takes now.
-    pub fn feed(&mut self, m: &mut Machine) -> Input {
-        while let Ok(msg) = self.rx.try_recv() {
-            self.take(msg);
-        }
-        if self.quit {
-            return Input::Quit;
-        }
-        while let Some(&b) = self.pending.front() {
-            if !m.console_input(b) {
-                break;
-            }
-            self.pending.pop_front();
-        }
-        Input::Continue
-    }
-
-    pub fn write_output(&mut self, bytes: &[u8]) -> Result<()> {
-        if !bytes.is_empty() {
-            // A closed stdout (the reader went away) must not stop the machine.
-            let _ = self.out.write_all(bytes).and_then(|_| self.out.flush());
-        }
-        Ok(())
+    pub fn write_output(&mut self, bytes: &[u8]) {
+        // A closed stdout (the reader went away) must not stop the machine.
+        let _ = self.out.write_all(bytes).and_then(|_| self.out.flush());
     }
 }
 

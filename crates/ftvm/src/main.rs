@@ -2,16 +2,21 @@
 
 mod console;
 
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::mpsc::{self, Sender};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use ftvm_host::disk::Disk;
+use ftvm_host::tap::Tap;
+use ftvm_host::{DetEntropy, HostEvent};
 use ftvm_machine::board::TIMEBASE_HZ;
-use ftvm_machine::{Machine, PowerEvent, RunExit};
+use ftvm_machine::{DeviceOutput, DeviceSpec, Input, Machine, Output, PowerEvent, RunExit};
 
-use console::{Console, Input};
+use console::Console;
 
 #[derive(Parser)]
 #[command(
@@ -59,6 +64,59 @@ struct RunArgs {
     /// Resume from a snapshot written by --snapshot-out.
     #[arg(long, value_name = "FILE")]
     restore: Option<PathBuf>,
+    /// A raw disk image for a virtio-blk device (repeatable; the first is /dev/vda).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["elf", "restore"])]
+    disk: Vec<PathBuf>,
+    /// A virtio-net device on a TAP interface: tap=IFNAME[,mac=MAC] (repeatable).
+    #[arg(long, value_name = "SPEC", value_parser = parse_net, conflicts_with_all = ["elf", "restore"])]
+    net: Vec<NetArg>,
+    /// Guest time: `host` follows the host clock (idle waits in real time, the RTC starts at the
+    /// host's date); `virtual` is a pure function of the instruction count (idle is skipped,
+    /// the RTC starts at 2026-01-01, entropy is a fixed stream), so runs are reproducible.
+    #[arg(long, value_enum, default_value_t = ClockMode::Host)]
+    clock: ClockMode,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+enum ClockMode {
+    #[default]
+    Host,
+    Virtual,
+}
+
+#[derive(Clone, Debug)]
+struct NetArg {
+    tap: String,
+    mac: [u8; 6],
+}
+
+fn parse_net(s: &str) -> Result<NetArg, String> {
+    let mut tap = None;
+    let mut mac = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+    for part in s.split(',') {
+        match part.split_once('=') {
+            Some(("tap", v)) if !v.is_empty() => tap = Some(v.to_string()),
+            Some(("mac", v)) => {
+                let bytes: Vec<u8> = v
+                    .split(':')
+                    .map(|h| u8::from_str_radix(h, 16))
+                    .collect::<Result<_, _>>()
+                    .map_err(|_| format!("invalid MAC address {v:?}"))?;
+                mac = bytes.try_into().map_err(|_| {
+                    format!("invalid MAC address {v:?} (six bytes: 52:54:00:12:34:56)")
+                })?;
+            }
+            _ => {
+                return Err(format!(
+                    "invalid --net part {part:?} (expected tap=IFNAME[,mac=MAC])"
+                ))
+            }
+        }
+    }
+    Ok(NetArg {
+        tap: tap.ok_or("--net needs tap=IFNAME")?,
+        mac,
+    })
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -121,15 +179,31 @@ fn read(path: &Path, what: &str) -> Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("cannot read {what} {}", path.display()))
 }
 
-fn build_machine(a: &RunArgs) -> Result<Machine> {
+/// The live backends of a machine's devices, by virtio slot.
+#[derive(Default)]
+struct Backends {
+    disks: HashMap<usize, Disk>,
+    taps: HashMap<usize, Tap>,
+}
+
+/// 2026-01-01T00:00:00Z: where the RTC starts under the virtual clock.
+const VIRTUAL_EPOCH_NS: u64 = 1_767_225_600 * 1_000_000_000;
+
+fn build_machine(a: &RunArgs, events: &Sender<HostEvent>) -> Result<(Machine, Backends)> {
+    let mut backends = Backends::default();
     if let Some(snap) = &a.restore {
         let bytes = read(snap, "snapshot")?;
-        return Machine::restore(&bytes)
-            .with_context(|| format!("cannot restore {}", snap.display()));
+        let m = Machine::restore(&bytes)
+            .with_context(|| format!("cannot restore {}", snap.display()))?;
+        if m.has_host_devices() {
+            bail!("snapshots of machines with disks or network devices cannot be resumed yet");
+        }
+        return Ok((m, backends));
     }
     if let Some(elf) = &a.elf {
         let bytes = read(elf, "ELF program")?;
-        return Machine::boot_elf(a.mem, &bytes).with_context(|| format!("{}", elf.display()));
+        let m = Machine::boot_elf(a.mem, &bytes).with_context(|| format!("{}", elf.display()))?;
+        return Ok((m, backends));
     }
     let (kernel, initrd) = match &a.kernel {
         Some(k) => (k.clone(), a.initrd.clone()),
@@ -152,18 +226,81 @@ fn build_machine(a: &RunArgs) -> Result<Machine> {
     };
     let k = read(&kernel, "kernel")?;
     let i = initrd.as_deref().map(|p| read(p, "initrd")).transpose()?;
-    Machine::boot_linux(a.mem, &k, i.as_deref(), &a.append)
-        .with_context(|| format!("cannot boot {}", kernel.display()))
+    let mut devices = Vec::new();
+    for (n, path) in a.disk.iter().enumerate() {
+        let slot = devices.len();
+        let disk = Disk::open(path, slot, events.clone())?;
+        devices.push(DeviceSpec::Disk {
+            bytes: disk.bytes,
+            serial: format!("ftvm-disk{n}"),
+        });
+        backends.disks.insert(slot, disk);
+    }
+    for net in &a.net {
+        let slot = devices.len();
+        backends
+            .taps
+            .insert(slot, Tap::open(&net.tap, slot, events.clone())?);
+        devices.push(DeviceSpec::Net { mac: net.mac });
+    }
+    devices.push(DeviceSpec::Rng);
+    let rtc = match a.clock {
+        ClockMode::Host => ftvm_host::wall_clock_ns(),
+        ClockMode::Virtual => VIRTUAL_EPOCH_NS,
+    };
+    let m = Machine::boot_linux(a.mem, &k, i.as_deref(), &a.append, &devices, rtc)
+        .with_context(|| format!("cannot boot {}", kernel.display()))?;
+    Ok((m, backends))
 }
 
-/// Steps between looks at the host (console I/O).
-const CHUNK: u64 = 2_000_000;
+/// Steps between looks at the host (I/O, the clock): 5 ms of guest time.
+const CHUNK: u64 = 500_000;
 /// Longest real-time wait while the guest is idle, before looking again.
 const MAX_IDLE_WAIT: Duration = Duration::from_millis(50);
 const NANOS_PER_TICK: u64 = 1_000_000_000 / TIMEBASE_HZ;
+/// Fixed seed of the entropy stream under the virtual clock.
+const VIRTUAL_ENTROPY_SEED: u64 = 0x6674_766d_2026;
+
+/// Host events not yet handed to the machine.
+#[derive(Default)]
+struct Pending {
+    console: VecDeque<u8>,
+    frames: HashMap<usize, VecDeque<Vec<u8>>>,
+    disk_done: VecDeque<HostEvent>,
+    console_open: bool,
+    quit: bool,
+    disk_in_flight: usize,
+}
+
+impl Pending {
+    fn take(&mut self, ev: HostEvent) {
+        match ev {
+            HostEvent::Console(d) => self.console.extend(d),
+            HostEvent::ConsoleEof => self.console_open = false,
+            HostEvent::Quit => self.quit = true,
+            HostEvent::Frame { slot, frame } => {
+                let q = self.frames.entry(slot).or_default();
+                // A NIC's receive queue is finite: beyond it, frames are dropped.
+                if q.len() < 1024 {
+                    q.push_back(frame);
+                }
+            }
+            e @ HostEvent::DiskDone { .. } => self.disk_done.push_back(e),
+        }
+    }
+
+    /// Whether anything may still arrive from outside.
+    fn input_possible(&self, b: &Backends) -> bool {
+        self.console_open
+            || !self.console.is_empty()
+            || !b.taps.is_empty()
+            || self.disk_in_flight > 0
+    }
+}
 
 fn run(a: RunArgs) -> Result<u8> {
-    let mut m = build_machine(&a)?;
+    let (events_tx, events) = mpsc::channel::<HostEvent>();
+    let (mut m, backends) = build_machine(&a, &events_tx)?;
     let stop_at = a.stop_at.unwrap_or(u64::MAX);
     if stop_at < m.count() {
         bail!(
@@ -171,13 +308,37 @@ fn run(a: RunArgs) -> Result<u8> {
             m.count()
         );
     }
-    let mut con = Console::start()?;
+    let virtual_clock = a.clock == ClockMode::Virtual;
+    let mut con = Console::start(events_tx.clone())?;
+    drop(events_tx);
+    let mut pending = Pending {
+        console_open: true,
+        ..Default::default()
+    };
+    let mut entropy = DetEntropy::new(VIRTUAL_ENTROPY_SEED);
     let started = Instant::now();
+    // Under the host clock, machine time may not fall behind the host's.
+    let start_ticks = m.board.mtime(m.count());
     let code = loop {
         let exit = m.run(stop_at, CHUNK);
-        con.write_output(&m.take_console_output())?;
+        for out in m.take_outputs() {
+            match out {
+                Output::Console(bytes) => con.write_output(&bytes),
+                Output::Device(DeviceOutput::Frame { slot, frame }) => {
+                    if let Some(t) = backends.taps.get(&slot) {
+                        t.send(frame);
+                    }
+                }
+                Output::Device(DeviceOutput::Disk(req)) => {
+                    if let Some(d) = backends.disks.get(&req.slot) {
+                        pending.disk_in_flight += 1;
+                        d.submit(req);
+                    }
+                }
+            }
+        }
         match exit {
-            RunExit::Yield => {}
+            RunExit::Yield | RunExit::Output => {}
             RunExit::StopAt => break 0,
             RunExit::Power(PowerEvent::Off(c) | PowerEvent::Reset(c)) => break c.min(255) as u8,
             RunExit::ToHost(v) => {
@@ -187,32 +348,87 @@ fn run(a: RunArgs) -> Result<u8> {
                 break (v >> 1).min(255) as u8;
             }
             RunExit::Idle { ticks } => {
-                if con.input_open() {
-                    // Input may come: wait for it in real time, up to the next timer, and let
-                    // the time waited pass in the machine.
+                let something_pending = !pending.disk_done.is_empty()
+                    || pending.frames.values().any(|q| !q.is_empty())
+                    || (!pending.console.is_empty() && m.console_ready());
+                if something_pending {
+                    // Inputs are waiting: deliver them below, no time passes.
+                } else if virtual_clock && pending.disk_in_flight == 0 && ticks.is_some() {
+                    // Idle time is skipped at once.
+                    m.advance_idle(ticks.unwrap_or(0));
+                } else if pending.input_possible(&backends) || ticks.is_some() {
+                    // Wait in real time for input or the next timer; the time waited passes
+                    // in the machine (under the virtual clock only while disk I/O is pending).
                     let wait = ticks.map_or(MAX_IDLE_WAIT, |t| {
                         Duration::from_nanos(t.saturating_mul(NANOS_PER_TICK)).min(MAX_IDLE_WAIT)
                     });
-                    let waited = con.wait_input(wait);
-                    let passed = (waited.as_nanos() / NANOS_PER_TICK as u128) as u64;
-                    m.advance_idle(ticks.map_or(passed, |t| passed.min(t)));
-                } else if let Some(t) = ticks {
-                    // No input can come: skip the idle time at once.
-                    m.advance_idle(t);
+                    let t0 = Instant::now();
+                    if let Ok(ev) = events.recv_timeout(wait) {
+                        pending.take(ev);
+                    }
+                    if !virtual_clock {
+                        let passed = (t0.elapsed().as_nanos() / NANOS_PER_TICK as u128) as u64;
+                        m.advance_idle(ticks.map_or(passed, |t| passed.min(t)));
+                    }
                 } else {
                     bail!("the guest is idle with no timer armed and no input to come: it would wait forever");
                 }
             }
         }
-        match con.feed(&mut m) {
-            Input::Continue => {}
-            Input::Quit => {
-                eprintln!("\r\nftvm: quit at instruction {}\r", m.count());
-                break 0;
+        // Gather what the host has, then hand the machine what it can take now.
+        while let Ok(ev) = events.try_recv() {
+            pending.take(ev);
+        }
+        if virtual_clock {
+            // Reproducible runs complete each disk request before the guest goes on.
+            while pending.disk_in_flight > pending.disk_done.len() {
+                match events.recv() {
+                    Ok(ev) => pending.take(ev),
+                    Err(_) => bail!("a disk worker stopped"),
+                }
+            }
+        }
+        if pending.quit {
+            eprintln!("\r\nftvm: quit at instruction {}\r", m.count());
+            break 0;
+        }
+        while let Some(HostEvent::DiskDone { slot, id, ok, data }) = pending.disk_done.pop_front() {
+            pending.disk_in_flight -= 1;
+            m.apply(Input::DiskDone { slot, id, ok, data });
+        }
+        for (&slot, q) in pending.frames.iter_mut() {
+            while !q.is_empty() && m.net_ready(slot) {
+                let frame = q.pop_front().expect("not empty");
+                m.apply(Input::Frame { slot, frame });
+            }
+        }
+        while !pending.console.is_empty() && m.console_ready() {
+            let b = pending.console.pop_front().expect("not empty");
+            m.apply(Input::Console(b));
+        }
+        if let Some((slot, n)) = m.entropy_wanted() {
+            let bytes = if virtual_clock {
+                entropy.bytes(n)
+            } else {
+                ftvm_host::host_entropy(n).context("cannot read host entropy")?
+            };
+            m.apply(Input::Entropy { slot, bytes });
+        }
+        if !virtual_clock {
+            let host = start_ticks + (started.elapsed().as_nanos() / NANOS_PER_TICK as u128) as u64;
+            let guest = m.board.mtime(m.count());
+            if host > guest + TIMEBASE_HZ / 100 {
+                m.apply(Input::Time {
+                    ticks: host - guest,
+                });
             }
         }
     };
-    con.write_output(&m.take_console_output())?;
+    for out in m.take_outputs() {
+        if let Output::Console(bytes) = out {
+            con.write_output(&bytes);
+        }
+    }
     drop(con);
     let secs = started.elapsed().as_secs_f64();
     tracing::info!(
@@ -225,6 +441,9 @@ fn run(a: RunArgs) -> Result<u8> {
         println!("digest {}", m.digest().to_hex());
     }
     if let Some(path) = &a.snapshot_out {
+        if m.has_host_devices() {
+            bail!("snapshots of machines with disks or network devices are not supported yet");
+        }
         let tmp = path.with_extension("tmp");
         std::fs::write(&tmp, m.save())
             .and_then(|_| std::fs::rename(&tmp, path))

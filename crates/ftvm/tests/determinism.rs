@@ -16,6 +16,8 @@ fn boot_args(out: &std::path::Path) -> Vec<String> {
         out.join("Image").display().to_string(),
         "--initrd".into(),
         out.join("initramfs.cpio.gz").display().to_string(),
+        "--clock".into(),
+        "virtual".into(),
     ]
 }
 
