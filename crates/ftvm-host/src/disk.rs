@@ -39,7 +39,7 @@ impl Disk {
                 source,
             })?;
         let bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
-        if bytes == 0 || bytes % 512 != 0 {
+        if bytes == 0 || !bytes.is_multiple_of(512) {
             return Err(DiskError::Size(path.display().to_string()));
         }
         let (tx, rx) = mpsc::channel::<DiskRequest>();

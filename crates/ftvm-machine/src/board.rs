@@ -150,7 +150,10 @@ impl Bus for Board {
             // Goldfish RTC: TIME_LOW then TIME_HIGH; no alarms.
             RTC_BASE..=0x0010_1fff => Some(if paddr - RTC_BASE == 4 { b.rtc_high } else { 0 }),
             _ => match Self::virtio_slot(paddr) {
-                Some((slot, off)) if size == 4 => b.virtio.get(slot).map(|d| d.read(off) as u64),
+                Some((slot, off)) if size == 4 || off >= 0x100 => b
+                    .virtio
+                    .get(slot)
+                    .map(|d| d.read(off) as u64 & (u64::MAX >> (64 - 8 * size as u32))),
                 Some((slot, _)) if slot < b.virtio.len() => Some(0),
                 _ => None,
             },

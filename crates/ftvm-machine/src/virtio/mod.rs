@@ -338,7 +338,7 @@ impl VirtioMmio {
             let sector = u64::from_le_bytes(hdr[8..16].try_into().unwrap());
             let data_len = chain.writable_len() - 1;
             let in_range = |len: usize| {
-                len % 512 == 0
+                len.is_multiple_of(512)
                     && sector
                         .checked_add(len as u64 / 512)
                         .is_some_and(|end| end <= *sectors)

@@ -1,0 +1,198 @@
+//! Network: redis in the guest serves a real client over a TAP device, and its data survives a
+//! power cycle on the same disk. The test builds its own network: a host namespace holding a
+//! bridge, the TAP and one end of a veth pair, and a client namespace holding the other end.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const GUEST_IP: &str = "10.77.0.10";
+const CLIENT_IP: &str = "10.77.0.2";
+
+fn sh(args: &[&str]) {
+    let st = Command::new(args[0])
+        .args(&args[1..])
+        .status()
+        .expect(args[0]);
+    assert!(st.success(), "{args:?} failed");
+}
+
+/// Two namespaces joined by a bridge; removed on drop.
+struct Net {
+    host: String,
+    client: String,
+    tap: String,
+}
+
+impl Net {
+    fn new() -> Net {
+        let id = std::process::id() % 100_000;
+        let n = Net {
+            host: format!("ftvm-h{id}"),
+            client: format!("ftvm-c{id}"),
+            tap: "ftap0".into(),
+        };
+        n.cleanup();
+        let (h, c) = (n.host.as_str(), n.client.as_str());
+        let (va, vb) = (format!("fv{id}a"), format!("fv{id}b"));
+        sh(&["ip", "netns", "add", h]);
+        sh(&["ip", "netns", "add", c]);
+        sh(&[
+            "ip", "link", "add", &va, "type", "veth", "peer", "name", &vb,
+        ]);
+        sh(&["ip", "link", "set", &va, "netns", h]);
+        sh(&["ip", "link", "set", &vb, "netns", c]);
+        let hx = |args: &[&str]| {
+            let mut v = vec!["ip", "netns", "exec", h];
+            v.extend_from_slice(args);
+            sh(&v)
+        };
+        hx(&["ip", "link", "add", "fbr0", "type", "bridge"]);
+        hx(&["ip", "tuntap", "add", "dev", &n.tap, "mode", "tap"]);
+        hx(&["ip", "link", "set", &n.tap, "master", "fbr0"]);
+        hx(&["ip", "link", "set", &va, "master", "fbr0"]);
+        for dev in ["fbr0", n.tap.as_str(), va.as_str(), "lo"] {
+            hx(&["ip", "link", "set", dev, "up"]);
+        }
+        let cx = |args: &[&str]| {
+            let mut v = vec!["ip", "netns", "exec", c];
+            v.extend_from_slice(args);
+            sh(&v)
+        };
+        cx(&["ip", "addr", "add", &format!("{CLIENT_IP}/24"), "dev", &vb]);
+        cx(&["ip", "link", "set", &vb, "up"]);
+        cx(&["ip", "link", "set", "lo", "up"]);
+        n
+    }
+
+    fn cleanup(&self) {
+        for ns in [&self.host, &self.client] {
+            let _ = Command::new("ip")
+                .args(["netns", "del", ns])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+
+    /// redis-cli in the client namespace.
+    fn redis(&self, args: &[&str]) -> String {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.client, "redis-cli", "-h", GUEST_IP])
+            .args(args)
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        self.cleanup();
+    }
+}
+
+/// A running guest, killed if the test fails before powering it off.
+struct Guest(Option<std::process::Child>);
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Boot the guest in the host namespace with the disk and the TAP; returns once it is ready.
+fn boot(net: &Net, disk: &std::path::Path) -> Guest {
+    let out = guest_out();
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &net.host])
+        .arg(env!("CARGO_BIN_EXE_ftvm"))
+        .arg("run")
+        .arg("--kernel")
+        .arg(out.join("Image"))
+        .arg("--initrd")
+        .arg(out.join("initramfs.cpio.gz"))
+        .arg("--disk")
+        .arg(disk)
+        .arg("--net")
+        .arg(format!("tap={},mac=52:54:00:77:00:10", net.tap))
+        .arg("--append")
+        .arg(format!("console=ttyS0 ftvm.ip={GUEST_IP}/24"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn ftvm");
+    let mut stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let r = read_until(&mut stdout, "ftvm-guest: ready", Duration::from_secs(120));
+        let ok = r.is_ok();
+        let _ = tx.send(r);
+        if ok {
+            let _ = std::io::copy(&mut stdout, &mut std::io::sink());
+        }
+    });
+    match rx.recv_timeout(Duration::from_secs(130)) {
+        Ok(Ok(_)) => Guest(Some(child)),
+        other => {
+            let _ = child.kill();
+            panic!("guest did not get ready: {other:?}");
+        }
+    }
+}
+
+fn power_off(mut guest: Guest) {
+    let mut child = guest.0.take().unwrap();
+    child
+        .stdin
+        .as_mut()
+        .unwrap()
+        .write_all(b"poweroff\n")
+        .unwrap();
+    let out = wait_limited(child, Duration::from_secs(60), "guest poweroff");
+    assert!(out.status.success(), "ftvm exit {:?}", out.status);
+}
+
+/// Poll until redis in the guest answers (ARP and the first connection can take a moment).
+fn wait_redis(net: &Net) {
+    let t0 = Instant::now();
+    while net.redis(&["ping"]) != "PONG" {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "redis never answered over the network"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn redis_over_tap_keeps_its_data_across_a_power_cycle() {
+    let net = Net::new();
+    let dir = std::env::temp_dir().join(format!("ftvm-net-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let disk = dir.join("data.img");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+
+    let guest = boot(&net, &disk);
+    wait_redis(&net);
+    assert_eq!(net.redis(&["set", "ftvm-key", "survives"]), "OK");
+    assert_eq!(net.redis(&["get", "ftvm-key"]), "survives");
+    power_off(guest);
+
+    let guest = boot(&net, &disk);
+    wait_redis(&net);
+    assert_eq!(net.redis(&["get", "ftvm-key"]), "survives");
+    power_off(guest);
+    let _ = std::fs::remove_dir_all(&dir);
+}
