@@ -188,6 +188,41 @@ fn redis_over_tap_keeps_its_data_across_a_power_cycle() {
     wait_redis(&net);
     assert_eq!(net.redis(&["set", "ftvm-key", "survives"]), "OK");
     assert_eq!(net.redis(&["get", "ftvm-key"]), "survives");
+
+    // Real load from Debian's redis-benchmark: every request must succeed.
+    let bench = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &net.client,
+            "redis-benchmark",
+            "-h",
+            GUEST_IP,
+        ])
+        .args(["-c", "10", "-n", "2000", "-t", "set,get", "--csv"])
+        .output()
+        .expect("redis-benchmark");
+    let report = String::from_utf8_lossy(&bench.stdout);
+    let errors = String::from_utf8_lossy(&bench.stderr);
+    assert!(bench.status.success(), "redis-benchmark failed: {errors}");
+    assert!(
+        !errors.contains("rror") && !report.contains("rror"),
+        "{errors}{report}"
+    );
+    for test in ["\"SET\"", "\"GET\""] {
+        let line = report
+            .lines()
+            .find(|l| l.starts_with(test))
+            .unwrap_or_else(|| panic!("no {test} result in {report}"));
+        let rps: f64 = line
+            .split(',')
+            .nth(1)
+            .unwrap()
+            .trim_matches('"')
+            .parse()
+            .unwrap();
+        assert!(rps > 0.0, "{line}");
+    }
     power_off(guest);
 
     let guest = boot(&net, &disk);

@@ -6,6 +6,7 @@
 //! outbox. A driver that breaks the protocol (a malformed descriptor chain) puts the device in
 //! DEVICE_NEEDS_RESET; it then ignores the driver until it is reset.
 
+pub mod exercise;
 pub mod queue;
 
 use std::collections::VecDeque;

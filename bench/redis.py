@@ -1,0 +1,118 @@
+#!/usr/bin/env python3
+"""redis-benchmark against redis in the guest, on ftvm and on qemu-system-riscv64, both with a
+virtio-net device on a TAP interface in a network of namespaces built for the run.
+
+usage: bench/redis.py [--requests N] [--clients C] [--repeat R] [--json FILE]
+Needs root (namespaces, TAP), Debian's redis-tools and qemu-system-misc.
+"""
+import argparse, json, os, statistics, subprocess, sys, time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GUEST = os.path.join(ROOT, "guest", "out")
+FTVM = os.path.join(ROOT, "target", "release", "ftvm")
+HOST_NS, CLIENT_NS, TAP = "ftvmb-h", "ftvmb-c", "ftapb0"
+GUEST_IP, CLIENT_IP = "10.78.0.10", "10.78.0.2"
+APPEND = f"console=ttyS0 ftvm.ip={GUEST_IP}/24"
+MAC = "52:54:00:78:00:10"
+
+
+def sh(*args, check=True):
+    return subprocess.run(list(args), check=check, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def net_up():
+    net_down()
+    sh("ip", "netns", "add", HOST_NS)
+    sh("ip", "netns", "add", CLIENT_NS)
+    sh("ip", "link", "add", "fvb-a", "type", "veth", "peer", "name", "fvb-b")
+    sh("ip", "link", "set", "fvb-a", "netns", HOST_NS)
+    sh("ip", "link", "set", "fvb-b", "netns", CLIENT_NS)
+    h = ["ip", "netns", "exec", HOST_NS]
+    sh(*h, "ip", "link", "add", "fbr0", "type", "bridge")
+    sh(*h, "ip", "tuntap", "add", "dev", TAP, "mode", "tap")
+    sh(*h, "ip", "link", "set", TAP, "master", "fbr0")
+    sh(*h, "ip", "link", "set", "fvb-a", "master", "fbr0")
+    for d in ["fbr0", TAP, "fvb-a", "lo"]:
+        sh(*h, "ip", "link", "set", d, "up")
+    c = ["ip", "netns", "exec", CLIENT_NS]
+    sh(*c, "ip", "addr", "add", f"{CLIENT_IP}/24", "dev", "fvb-b")
+    sh(*c, "ip", "link", "set", "fvb-b", "up")
+    sh(*c, "ip", "link", "set", "lo", "up")
+
+
+def net_down():
+    for ns in (HOST_NS, CLIENT_NS):
+        sh("ip", "netns", "del", ns, check=False)
+
+
+def engine_cmd(engine):
+    images = ["--kernel", os.path.join(GUEST, "Image"), "--initrd", os.path.join(GUEST, "initramfs.cpio.gz")]
+    if engine == "ftvm":
+        return [FTVM, "run", *images, "--append", APPEND, "--net", f"tap={TAP},mac={MAC}"]
+    return ["qemu-system-riscv64", "-M", "virt", "-m", "256M", "-display", "none", "-serial", "stdio",
+            "-monitor", "none", "-kernel", images[1], "-initrd", images[3], "-append", APPEND,
+            "-netdev", f"tap,id=n0,ifname={TAP},script=no,downscript=no",
+            "-device", f"virtio-net-device,netdev=n0,mac={MAC}"]
+
+
+def bench(engine, requests, clients):
+    p = subprocess.Popen(["ip", "netns", "exec", HOST_NS, *engine_cmd(engine)], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    buf, t0 = b"", time.monotonic()
+    while b"ftvm-guest: ready" not in buf:
+        chunk = p.stdout.read1(65536)
+        if not chunk or time.monotonic() - t0 > 300:
+            p.kill()
+            sys.exit(f"{engine}: guest did not get ready:\n{buf[-2000:].decode(errors='replace')}")
+        buf += chunk
+    c = ["ip", "netns", "exec", CLIENT_NS]
+    for _ in range(100):
+        if sh(*c, "redis-cli", "-h", GUEST_IP, "ping", check=False).stdout.strip() == b"PONG":
+            break
+        time.sleep(0.2)
+    r = sh(*c, "redis-benchmark", "-h", GUEST_IP, "-c", str(clients), "-n", str(requests),
+           "-t", "set,get", "--csv", check=False)
+    p.stdin.write(b"poweroff\n")
+    p.stdin.flush()
+    try:
+        p.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        p.kill()
+    res = {}
+    for line in r.stdout.decode().splitlines():
+        f = [x.strip('"') for x in line.split(",")]
+        if f[0] in ("SET", "GET"):
+            res[f[0]] = {"rps": float(f[1]), "p50_ms": float(f[5])}
+    if r.returncode != 0 or len(res) != 2 or b"rror" in r.stderr:
+        sys.exit(f"{engine}: redis-benchmark failed: {r.stderr.decode()[-500:]}")
+    return res
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--requests", type=int, default=20000)
+    ap.add_argument("--clients", type=int, default=10)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--json", default=os.path.join(ROOT, "bench", "out", "redis.json"))
+    a = ap.parse_args()
+    os.makedirs(os.path.dirname(a.json), exist_ok=True)
+    subprocess.run(["cargo", "build", "--release", "-q", "-p", "ftvm"], cwd=ROOT, check=True)
+    net_up()
+    try:
+        results = {}
+        for engine in ("ftvm", "qemu"):
+            runs = [bench(engine, a.requests, a.clients) for _ in range(a.repeat)]
+            results[engine] = {op: {k: statistics.median(r[op][k] for r in runs) for k in ("rps", "p50_ms")}
+                               for op in ("SET", "GET")}
+    finally:
+        net_down()
+    with open(a.json, "w") as f:
+        json.dump({"requests": a.requests, "clients": a.clients, "repeat": a.repeat, "results": results}, f, indent=2)
+    print(f"\nredis-benchmark -c {a.clients} -n {a.requests} over TAP (median of {a.repeat})")
+    print(f"{'engine':<8} {'SET/s':>9} {'SET p50 ms':>11} {'GET/s':>9} {'GET p50 ms':>11}")
+    for e, r in results.items():
+        print(f"{e:<8} {r['SET']['rps']:>9.0f} {r['SET']['p50_ms']:>11.2f} {r['GET']['rps']:>9.0f} {r['GET']['p50_ms']:>11.2f}")
+
+
+if __name__ == "__main__":
+    main()
