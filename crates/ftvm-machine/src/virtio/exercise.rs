@@ -113,7 +113,7 @@ mod tests {
                     s ^= s >> 7;
                     s ^= s << 17;
                     // Mostly small numbers: valid-looking indices, lengths and flags.
-                    if s % 3 == 0 {
+                    if s.is_multiple_of(3) {
                         (s >> 8) as u8 & 7
                     } else {
                         (s >> 16) as u8
