@@ -42,9 +42,11 @@ fn enter_raw_mode() -> bool {
     true
 }
 
-/// The console on the host terminal: raw mode on a TTY, restored on drop.
+/// The console on the host terminal: raw mode on a TTY, restored on drop. Output goes through
+/// a writer thread, so a slow reader of stdout never stalls the guest.
 pub struct Console {
-    out: std::io::Stdout,
+    out: Option<Sender<Vec<u8>>>,
+    writer: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Console {
@@ -88,19 +90,36 @@ impl Console {
                     }
                 }
             })?;
+        let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+        let writer = std::thread::Builder::new()
+            .name("stdout".into())
+            .spawn(move || {
+                let mut out = std::io::stdout();
+                for bytes in rx {
+                    // A closed stdout (the reader went away) must not stop the machine.
+                    let _ = out.write_all(&bytes).and_then(|_| out.flush());
+                }
+            })?;
         Ok(Console {
-            out: std::io::stdout(),
+            out: Some(tx),
+            writer: Some(writer),
         })
     }
 
     pub fn write_output(&mut self, bytes: &[u8]) {
-        // A closed stdout (the reader went away) must not stop the machine.
-        let _ = self.out.write_all(bytes).and_then(|_| self.out.flush());
+        if let Some(tx) = &self.out {
+            let _ = tx.send(bytes.to_vec());
+        }
     }
 }
 
 impl Drop for Console {
     fn drop(&mut self) {
+        // Let the writer finish what the guest wrote, then put the terminal back.
+        self.out.take();
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
         restore_terminal();
     }
 }

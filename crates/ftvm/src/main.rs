@@ -1,6 +1,7 @@
 //! The ftvm command line.
 
 mod console;
+mod replay;
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -13,6 +14,7 @@ use clap::{Parser, Subcommand};
 use ftvm_host::disk::Disk;
 use ftvm_host::tap::Tap;
 use ftvm_host::{DetEntropy, HostEvent};
+use ftvm_log::{LogWriter, Record};
 use ftvm_machine::board::TIMEBASE_HZ;
 use ftvm_machine::{DeviceOutput, DeviceSpec, Input, Machine, Output, PowerEvent, RunExit};
 
@@ -33,6 +35,44 @@ struct Cli {
 enum Cmd {
     /// Boot a guest (by default the images in guest/out/) or run a bare-metal ELF.
     Run(RunArgs),
+    /// Run live, writing every input and periodic state digests to a log.
+    Record(RecordArgs),
+    /// Re-execute a recorded log offline and check every digest.
+    Replay(ReplayArgs),
+}
+
+#[derive(clap::Args)]
+struct RecordArgs {
+    /// The log file to write.
+    #[arg(long, value_name = "FILE")]
+    log: PathBuf,
+    /// Write a state digest every N instructions.
+    #[arg(long, value_name = "N", default_value_t = 1_000_000_000)]
+    digest_every: u64,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(clap::Args)]
+struct ReplayArgs {
+    /// The log to replay.
+    #[arg(long, value_name = "FILE")]
+    log: PathBuf,
+    /// Stop at this instruction count.
+    #[arg(long, value_name = "N")]
+    until: Option<u64>,
+    /// Print `digest <hex>` of the machine state where the replay ends.
+    #[arg(long)]
+    digest: bool,
+    /// Write the machine state where the replay ends.
+    #[arg(long, value_name = "FILE")]
+    snapshot_out: Option<PathBuf>,
+    /// Write what the guest printed on its console during the replay (`-`: standard output).
+    #[arg(long, value_name = "FILE")]
+    console_out: Option<PathBuf>,
+    /// Write the frames the guest sent, as a pcap file.
+    #[arg(long, value_name = "FILE")]
+    frames_out: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Default)]
@@ -143,12 +183,17 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.cmd {
-        Some(Cmd::Run(args)) => run(args),
-        None => run(RunArgs {
-            append: "console=ttyS0 earlycon".into(),
-            mem: 256 << 20,
-            ..Default::default()
-        }),
+        Some(Cmd::Run(args)) => run(args, None),
+        Some(Cmd::Record(r)) => run(r.run, Some((r.log, r.digest_every.max(1)))),
+        Some(Cmd::Replay(r)) => replay::replay(r),
+        None => run(
+            RunArgs {
+                append: "console=ttyS0 earlycon".into(),
+                mem: 256 << 20,
+                ..Default::default()
+            },
+            None,
+        ),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -298,9 +343,44 @@ impl Pending {
     }
 }
 
-fn run(a: RunArgs) -> Result<u8> {
+/// Applies inputs to the machine, writing each to the log first when recording.
+struct Feeder {
+    log: Option<LogWriter>,
+    digest_every: u64,
+    next_digest: u64,
+}
+
+impl Feeder {
+    fn feed(&mut self, m: &mut Machine, input: Input) -> Result<()> {
+        if let Some(log) = &mut self.log {
+            log.input(m.count(), &input)?;
+        }
+        m.apply(input);
+        Ok(())
+    }
+}
+
+fn run(a: RunArgs, record: Option<(PathBuf, u64)>) -> Result<u8> {
     let (events_tx, events) = mpsc::channel::<HostEvent>();
     let (mut m, backends) = build_machine(&a, &events_tx)?;
+    let mut feed = Feeder {
+        log: None,
+        digest_every: u64::MAX,
+        next_digest: u64::MAX,
+    };
+    if let Some((path, every)) = &record {
+        let header = Record::Header {
+            count: m.count(),
+            snapshot: m.save(),
+            digest_every: *every,
+        };
+        feed.log = Some(
+            LogWriter::create(path, header)
+                .with_context(|| format!("cannot write log {}", path.display()))?,
+        );
+        feed.digest_every = *every;
+        feed.next_digest = m.count().saturating_add(*every);
+    }
     let stop_at = a.stop_at.unwrap_or(u64::MAX);
     if stop_at < m.count() {
         bail!(
@@ -320,7 +400,7 @@ fn run(a: RunArgs) -> Result<u8> {
     // Under the host clock, machine time may not fall behind the host's.
     let start_ticks = m.board.mtime(m.count());
     let code = loop {
-        let exit = m.run(stop_at, CHUNK);
+        let exit = m.run(stop_at.min(feed.next_digest), CHUNK);
         for out in m.take_outputs() {
             match out {
                 Output::Console(bytes) => con.write_output(&bytes),
@@ -339,6 +419,17 @@ fn run(a: RunArgs) -> Result<u8> {
         }
         match exit {
             RunExit::Yield | RunExit::Output => {}
+            RunExit::StopAt if m.count() == feed.next_digest => {
+                let digest = *m.digest().as_bytes();
+                let count = m.count();
+                if let Some(log) = &mut feed.log {
+                    log.record(Record::Digest { count, digest })?;
+                }
+                feed.next_digest = count.saturating_add(feed.digest_every);
+                if count >= stop_at {
+                    break 0;
+                }
+            }
             RunExit::StopAt => break 0,
             RunExit::Power(PowerEvent::Off(c) | PowerEvent::Reset(c)) => break c.min(255) as u8,
             RunExit::ToHost(v) => {
@@ -355,7 +446,12 @@ fn run(a: RunArgs) -> Result<u8> {
                     // Inputs are waiting: deliver them below, no time passes.
                 } else if virtual_clock && pending.disk_in_flight == 0 && ticks.is_some() {
                     // Idle time is skipped at once.
-                    m.advance_idle(ticks.unwrap_or(0));
+                    feed.feed(
+                        &mut m,
+                        Input::Time {
+                            ticks: ticks.unwrap_or(0),
+                        },
+                    )?;
                 } else if pending.input_possible(&backends) || ticks.is_some() {
                     // Wait in real time for input or the next timer; the time waited passes
                     // in the machine (under the virtual clock only while disk I/O is pending).
@@ -368,7 +464,8 @@ fn run(a: RunArgs) -> Result<u8> {
                     }
                     if !virtual_clock {
                         let passed = (t0.elapsed().as_nanos() / NANOS_PER_TICK as u128) as u64;
-                        m.advance_idle(ticks.map_or(passed, |t| passed.min(t)));
+                        let ticks = ticks.map_or(passed, |t| passed.min(t));
+                        feed.feed(&mut m, Input::Time { ticks })?;
                     }
                 } else {
                     bail!("the guest is idle with no timer armed and no input to come: it would wait forever");
@@ -394,17 +491,17 @@ fn run(a: RunArgs) -> Result<u8> {
         }
         while let Some(HostEvent::DiskDone { slot, id, ok, data }) = pending.disk_done.pop_front() {
             pending.disk_in_flight -= 1;
-            m.apply(Input::DiskDone { slot, id, ok, data });
+            feed.feed(&mut m, Input::DiskDone { slot, id, ok, data })?;
         }
         for (&slot, q) in pending.frames.iter_mut() {
             while !q.is_empty() && m.net_ready(slot) {
                 let frame = q.pop_front().expect("not empty");
-                m.apply(Input::Frame { slot, frame });
+                feed.feed(&mut m, Input::Frame { slot, frame })?;
             }
         }
         while !pending.console.is_empty() && m.console_ready() {
             let b = pending.console.pop_front().expect("not empty");
-            m.apply(Input::Console(b));
+            feed.feed(&mut m, Input::Console(b))?;
         }
         if let Some((slot, n)) = m.entropy_wanted() {
             let bytes = if virtual_clock {
@@ -412,15 +509,18 @@ fn run(a: RunArgs) -> Result<u8> {
             } else {
                 ftvm_host::host_entropy(n).context("cannot read host entropy")?
             };
-            m.apply(Input::Entropy { slot, bytes });
+            feed.feed(&mut m, Input::Entropy { slot, bytes })?;
         }
         if !virtual_clock {
             let host = start_ticks + (started.elapsed().as_nanos() / NANOS_PER_TICK as u128) as u64;
             let guest = m.board.mtime(m.count());
             if host > guest + TIMEBASE_HZ / 100 {
-                m.apply(Input::Time {
-                    ticks: host - guest,
-                });
+                feed.feed(
+                    &mut m,
+                    Input::Time {
+                        ticks: host - guest,
+                    },
+                )?;
             }
         }
     };
@@ -437,8 +537,22 @@ fn run(a: RunArgs) -> Result<u8> {
         mips = m.count() as f64 / secs / 1e6,
         "run ended"
     );
+    let digest = m.digest();
+    if let Some(log) = &mut feed.log {
+        log.record(Record::End {
+            count: m.count(),
+            digest: *digest.as_bytes(),
+            code: code as u32,
+        })?;
+        eprintln!(
+            "ftvm: recorded {} instructions, {} events, {} bytes of log",
+            m.count(),
+            log.events,
+            log.bytes
+        );
+    }
     if a.digest {
-        println!("digest {}", m.digest().to_hex());
+        println!("digest {}", digest.to_hex());
     }
     if let Some(path) = &a.snapshot_out {
         if m.has_host_devices() {

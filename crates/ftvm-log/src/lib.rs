@@ -1,0 +1,568 @@
+//! The input log: everything that crossed the environment boundary, each input with the
+//! instruction count at which it took effect, plus digests of the machine state.
+//!
+//! Layout (see docs/log-format.md):
+//! ```text
+//! file   := "FTVMLOG\0" version:u32le frame*
+//! frame  := len:u32le body crc32c(body):u32le
+//! body   := kind:u8 payload
+//! ```
+//! The first frame is the header (the initial machine state as a snapshot). Counts are varints,
+//! each relative to the previous frame's count. A reader can follow a log while it is written:
+//! a frame is only ever appended whole, and a trailing partial frame is "not there yet" (or, for
+//! a log cut short by a crash, the end).
+
+use std::fs::File;
+use std::io::{BufWriter, Read, Write};
+use std::path::Path;
+
+use ftvm_machine::Input;
+use thiserror::Error;
+
+pub const MAGIC: &[u8; 8] = b"FTVMLOG\0";
+pub const VERSION: u32 = 1;
+/// Frames larger than this are taken as damage.
+pub const MAX_FRAME: u32 = 1 << 30;
+
+const K_HEADER: u8 = 1;
+const K_INPUT: u8 = 2;
+const K_DIGEST: u8 = 3;
+const K_END: u8 = 4;
+
+const I_CONSOLE: u8 = 0;
+const I_FRAME: u8 = 1;
+const I_DISK: u8 = 2;
+const I_ENTROPY: u8 = 3;
+const I_TIME: u8 = 4;
+
+#[derive(Debug, Error)]
+pub enum LogError {
+    #[error("I/O error on the log: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("not an ftvm log (bad magic)")]
+    BadMagic,
+    #[error("log version {0} is not supported (this ftvm reads version {VERSION})")]
+    Version(u32),
+    #[error("log frame {index} at byte {offset} is damaged: {what}")]
+    Damaged {
+        index: u64,
+        offset: u64,
+        what: &'static str,
+    },
+    #[error("the log has no header frame")]
+    NoHeader,
+}
+
+/// One record of the log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Record {
+    /// The initial state: a snapshot file, and the interval of digest records.
+    Header {
+        count: u64,
+        snapshot: Vec<u8>,
+        digest_every: u64,
+    },
+    /// Inputs applied at `count`, in order.
+    Input { count: u64, inputs: Vec<Input> },
+    /// The machine's state digest at `count`.
+    Digest { count: u64, digest: [u8; 32] },
+    /// The run ended at `count` with this state and exit code.
+    End {
+        count: u64,
+        digest: [u8; 32],
+        code: u32,
+    },
+}
+
+impl Record {
+    pub fn count(&self) -> u64 {
+        match self {
+            Record::Header { count, .. }
+            | Record::Input { count, .. }
+            | Record::Digest { count, .. }
+            | Record::End { count, .. } => *count,
+        }
+    }
+}
+
+fn put_varint(b: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        b.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    b.push(v as u8);
+}
+
+fn put_bytes(b: &mut Vec<u8>, d: &[u8]) {
+    put_varint(b, d.len() as u64);
+    b.extend_from_slice(d);
+}
+
+/// A cursor over a frame body; every read is checked.
+struct Cur<'a>(&'a [u8]);
+
+impl<'a> Cur<'a> {
+    fn u8(&mut self) -> Option<u8> {
+        let (&v, rest) = self.0.split_first()?;
+        self.0 = rest;
+        Some(v)
+    }
+    fn varint(&mut self) -> Option<u64> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = self.u8()?;
+            v |= ((b & 0x7f) as u64) << shift;
+            if b & 0x80 == 0 {
+                return Some(v);
+            }
+        }
+        None
+    }
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Some(a)
+    }
+    fn bytes(&mut self) -> Option<Vec<u8>> {
+        let n = self.varint()?;
+        self.take(usize::try_from(n).ok()?).map(<[u8]>::to_vec)
+    }
+    fn usize(&mut self) -> Option<usize> {
+        usize::try_from(self.varint()?).ok()
+    }
+}
+
+fn encode_input(b: &mut Vec<u8>, i: &Input) {
+    match i {
+        Input::Console(c) => {
+            b.push(I_CONSOLE);
+            b.push(*c);
+        }
+        Input::Frame { slot, frame } => {
+            b.push(I_FRAME);
+            put_varint(b, *slot as u64);
+            put_bytes(b, frame);
+        }
+        Input::DiskDone { slot, id, ok, data } => {
+            b.push(I_DISK);
+            put_varint(b, *slot as u64);
+            put_varint(b, *id);
+            b.push(*ok as u8);
+            put_bytes(b, data);
+        }
+        Input::Entropy { slot, bytes } => {
+            b.push(I_ENTROPY);
+            put_varint(b, *slot as u64);
+            put_bytes(b, bytes);
+        }
+        Input::Time { ticks } => {
+            b.push(I_TIME);
+            put_varint(b, *ticks);
+        }
+    }
+}
+
+fn decode_input(c: &mut Cur) -> Option<Input> {
+    Some(match c.u8()? {
+        I_CONSOLE => Input::Console(c.u8()?),
+        I_FRAME => Input::Frame {
+            slot: c.usize()?,
+            frame: c.bytes()?,
+        },
+        I_DISK => Input::DiskDone {
+            slot: c.usize()?,
+            id: c.varint()?,
+            ok: c.u8()? != 0,
+            data: c.bytes()?,
+        },
+        I_ENTROPY => Input::Entropy {
+            slot: c.usize()?,
+            bytes: c.bytes()?,
+        },
+        I_TIME => Input::Time { ticks: c.varint()? },
+        _ => return None,
+    })
+}
+
+/// Encode a record's frame body, counts relative to `prev`.
+fn encode(r: &Record, prev: u64) -> Vec<u8> {
+    let mut b = Vec::new();
+    let delta = r.count().wrapping_sub(prev);
+    match r {
+        Record::Header {
+            count,
+            snapshot,
+            digest_every,
+        } => {
+            b.push(K_HEADER);
+            put_varint(&mut b, *count);
+            put_varint(&mut b, *digest_every);
+            b.extend_from_slice(snapshot);
+        }
+        Record::Input { inputs, .. } => {
+            b.push(K_INPUT);
+            put_varint(&mut b, delta);
+            put_varint(&mut b, inputs.len() as u64);
+            for i in inputs {
+                encode_input(&mut b, i);
+            }
+        }
+        Record::Digest { digest, .. } => {
+            b.push(K_DIGEST);
+            put_varint(&mut b, delta);
+            b.extend_from_slice(digest);
+        }
+        Record::End { digest, code, .. } => {
+            b.push(K_END);
+            put_varint(&mut b, delta);
+            b.extend_from_slice(digest);
+            b.extend_from_slice(&code.to_le_bytes());
+        }
+    }
+    b
+}
+
+fn decode(body: &[u8], prev: u64) -> Option<Record> {
+    let mut c = Cur(body);
+    let kind = c.u8()?;
+    if kind == K_HEADER {
+        let count = c.varint()?;
+        let digest_every = c.varint()?;
+        return Some(Record::Header {
+            count,
+            digest_every,
+            snapshot: c.0.to_vec(),
+        });
+    }
+    let count = prev.checked_add(c.varint()?)?;
+    let r = match kind {
+        K_INPUT => {
+            let n = c.usize()?;
+            let mut inputs = Vec::with_capacity(n.min(4096));
+            for _ in 0..n {
+                inputs.push(decode_input(&mut c)?);
+            }
+            Record::Input { count, inputs }
+        }
+        K_DIGEST => Record::Digest {
+            count,
+            digest: c.take(32)?.try_into().ok()?,
+        },
+        K_END => Record::End {
+            count,
+            digest: c.take(32)?.try_into().ok()?,
+            code: u32::from_le_bytes(c.take(4)?.try_into().ok()?),
+        },
+        _ => return None,
+    };
+    c.0.is_empty().then_some(r)
+}
+
+/// Appends records to a log file. Inputs at the same count are gathered into one frame.
+pub struct LogWriter {
+    out: BufWriter<File>,
+    prev: u64,
+    batch: Option<(u64, Vec<Input>)>,
+    pub bytes: u64,
+    pub events: u64,
+}
+
+impl LogWriter {
+    pub fn create(path: &Path, header: Record) -> Result<LogWriter, LogError> {
+        let mut out = BufWriter::new(File::create(path)?);
+        out.write_all(MAGIC)?;
+        out.write_all(&VERSION.to_le_bytes())?;
+        let mut w = LogWriter {
+            out,
+            prev: header.count(),
+            batch: None,
+            bytes: 12,
+            events: 0,
+        };
+        w.frame(&encode(&header, 0))?;
+        w.out.flush()?;
+        Ok(w)
+    }
+
+    fn frame(&mut self, body: &[u8]) -> Result<(), LogError> {
+        self.out.write_all(&(body.len() as u32).to_le_bytes())?;
+        self.out.write_all(body)?;
+        self.out.write_all(&crc32c::crc32c(body).to_le_bytes())?;
+        self.bytes += body.len() as u64 + 8;
+        Ok(())
+    }
+
+    fn flush_batch(&mut self) -> Result<(), LogError> {
+        if let Some((count, inputs)) = self.batch.take() {
+            let r = Record::Input { count, inputs };
+            let body = encode(&r, self.prev);
+            self.prev = count;
+            self.frame(&body)?;
+        }
+        Ok(())
+    }
+
+    /// An input applied at `count`.
+    pub fn input(&mut self, count: u64, input: &Input) -> Result<(), LogError> {
+        self.events += 1;
+        match &mut self.batch {
+            Some((c, v)) if *c == count => v.push(input.clone()),
+            _ => {
+                self.flush_batch()?;
+                self.batch = Some((count, vec![input.clone()]));
+            }
+        }
+        Ok(())
+    }
+
+    /// A digest (or the end) record; written through to the file.
+    pub fn record(&mut self, r: Record) -> Result<(), LogError> {
+        self.flush_batch()?;
+        let body = encode(&r, self.prev);
+        self.prev = r.count();
+        self.frame(&body)?;
+        self.out.flush()?;
+        Ok(())
+    }
+
+    /// Push everything buffered to the file.
+    pub fn flush(&mut self) -> Result<(), LogError> {
+        self.flush_batch()?;
+        self.out.flush()?;
+        Ok(())
+    }
+}
+
+/// How a read ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Next {
+    Record(Record),
+    /// The end of the data: nothing more (yet).
+    Eof,
+    /// The data ends inside a frame: not written yet, or cut short by a crash.
+    Partial,
+}
+
+/// Reads records from a log (a file, or bytes that grow as a writer appends).
+pub struct LogReader<R> {
+    src: R,
+    buf: Vec<u8>,
+    pos: usize,
+    offset: u64,
+    index: u64,
+    prev: u64,
+}
+
+impl LogReader<File> {
+    pub fn open(path: &Path) -> Result<LogReader<File>, LogError> {
+        LogReader::new(File::open(path)?)
+    }
+}
+
+impl<R: Read> LogReader<R> {
+    pub fn new(mut src: R) -> Result<LogReader<R>, LogError> {
+        let mut head = [0u8; 12];
+        let mut got = 0;
+        while got < 12 {
+            match src.read(&mut head[got..])? {
+                0 => return Err(LogError::BadMagic),
+                n => got += n,
+            }
+        }
+        if &head[..8] != MAGIC {
+            return Err(LogError::BadMagic);
+        }
+        let v = u32::from_le_bytes(head[8..12].try_into().unwrap());
+        if v != VERSION {
+            return Err(LogError::Version(v));
+        }
+        Ok(LogReader {
+            src,
+            buf: Vec::new(),
+            pos: 0,
+            offset: 12,
+            index: 0,
+            prev: 0,
+        })
+    }
+
+    /// Make `n` bytes available from `pos`; false if the source has no more now.
+    fn fill(&mut self, n: usize) -> Result<bool, LogError> {
+        if self.pos > 0 && self.pos == self.buf.len() {
+            self.buf.clear();
+            self.pos = 0;
+        }
+        while self.buf.len() - self.pos < n {
+            let mut chunk = vec![0u8; (n - (self.buf.len() - self.pos)).max(1 << 16)];
+            let got = self.src.read(&mut chunk)?;
+            if got == 0 {
+                return Ok(false);
+            }
+            self.buf.extend_from_slice(&chunk[..got]);
+        }
+        Ok(true)
+    }
+
+    /// The next record. A damaged frame is an error that names it.
+    pub fn next_record(&mut self) -> Result<Next, LogError> {
+        if !self.fill(4)? {
+            return Ok(if self.buf.len() == self.pos {
+                Next::Eof
+            } else {
+                Next::Partial
+            });
+        }
+        let len = u32::from_le_bytes(self.buf[self.pos..self.pos + 4].try_into().unwrap());
+        let (index, offset) = (self.index, self.offset);
+        let damaged = |what| LogError::Damaged {
+            index,
+            offset,
+            what,
+        };
+        if len == 0 || len > MAX_FRAME {
+            return Err(damaged("impossible frame length"));
+        }
+        let total = len as usize + 8;
+        if !self.fill(total)? {
+            return Ok(Next::Partial);
+        }
+        let body = &self.buf[self.pos + 4..self.pos + 4 + len as usize];
+        let crc = u32::from_le_bytes(
+            self.buf[self.pos + 4 + len as usize..self.pos + total]
+                .try_into()
+                .unwrap(),
+        );
+        if crc32c::crc32c(body) != crc {
+            return Err(damaged("checksum mismatch"));
+        }
+        let r = decode(body, self.prev).ok_or_else(|| damaged("undecodable record"))?;
+        if (self.index == 0) != matches!(r, Record::Header { .. }) {
+            return Err(if self.index == 0 {
+                LogError::NoHeader
+            } else {
+                damaged("a second header")
+            });
+        }
+        self.prev = r.count();
+        self.pos += total;
+        self.offset += total as u64;
+        self.index += 1;
+        Ok(Next::Record(r))
+    }
+
+    /// Index of the next frame.
+    pub fn index(&self) -> u64 {
+        self.index
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(path: &Path) -> Vec<Record> {
+        let recs = vec![
+            Record::Header {
+                count: 5,
+                snapshot: b"snapshot bytes".to_vec(),
+                digest_every: 1000,
+            },
+            Record::Input {
+                count: 7,
+                inputs: vec![
+                    Input::Console(b'a'),
+                    Input::Frame {
+                        slot: 1,
+                        frame: vec![1, 2, 3],
+                    },
+                ],
+            },
+            Record::Input {
+                count: 900,
+                inputs: vec![
+                    Input::DiskDone {
+                        slot: 0,
+                        id: 42,
+                        ok: true,
+                        data: vec![9; 512],
+                    },
+                    Input::Entropy {
+                        slot: 2,
+                        bytes: vec![7; 64],
+                    },
+                    Input::Time { ticks: 123456 },
+                ],
+            },
+            Record::Digest {
+                count: 1000,
+                digest: [3; 32],
+            },
+            Record::End {
+                count: 1500,
+                digest: [4; 32],
+                code: 0,
+            },
+        ];
+        let mut w = LogWriter::create(path, recs[0].clone()).unwrap();
+        for r in &recs[1..] {
+            match r {
+                Record::Input { count, inputs } => {
+                    for i in inputs {
+                        w.input(*count, i).unwrap();
+                    }
+                }
+                r => w.record(r.clone()).unwrap(),
+            }
+        }
+        w.flush().unwrap();
+        recs
+    }
+
+    fn read_all(bytes: &[u8]) -> Result<(Vec<Record>, Next), LogError> {
+        let mut r = LogReader::new(bytes)?;
+        let mut v = Vec::new();
+        loop {
+            match r.next_record()? {
+                Next::Record(x) => v.push(x),
+                end => return Ok((v, end)),
+            }
+        }
+    }
+
+    #[test]
+    fn round_trip_cut_short_and_damage() {
+        let dir = std::env::temp_dir().join(format!("ftvm-log-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("t.log");
+        let recs = sample(&path);
+        let bytes = std::fs::read(&path).unwrap();
+        let (got, end) = read_all(&bytes).unwrap();
+        assert_eq!(got, recs);
+        assert_eq!(end, Next::Eof);
+
+        // Cut short anywhere: the whole frames before the cut are read, then Partial.
+        for cut in 13..bytes.len() {
+            let (got, end) = read_all(&bytes[..cut]).unwrap();
+            assert!(got.len() < recs.len());
+            assert_eq!(got[..], recs[..got.len()]);
+            assert!(end == Next::Partial || end == Next::Eof);
+        }
+
+        // Flip any byte after the magic: an error naming a frame (or a bad header), never a
+        // silently different record.
+        for i in 12..bytes.len() {
+            let mut b = bytes.clone();
+            b[i] ^= 0x10;
+            match read_all(&b) {
+                Err(LogError::Damaged { .. }) | Err(LogError::NoHeader) => {}
+                Ok((got, _)) => assert!(got.len() < recs.len(), "flip at {i} went unnoticed"),
+                Err(e) => panic!("flip at {i}: unexpected {e}"),
+            }
+        }
+        assert!(matches!(read_all(b"FTVMSNAP...."), Err(LogError::BadMagic)));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,182 @@
+//! `ftvm replay`: re-execute a log with no live device, feeding each input at its count and
+//! checking every digest.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use ftvm_log::{LogReader, Next, Record};
+use ftvm_machine::{DeviceOutput, Machine, Output, RunExit};
+
+use crate::ReplayArgs;
+
+/// Where the guest's outputs go during a replay.
+struct Sinks {
+    console: Option<Box<dyn Write>>,
+    pcap: Option<File>,
+}
+
+impl Sinks {
+    fn open(a: &ReplayArgs) -> Result<Sinks> {
+        let console: Option<Box<dyn Write>> = match &a.console_out {
+            Some(p) if p == Path::new("-") => Some(Box::new(std::io::stdout())),
+            Some(p) => Some(Box::new(
+                File::create(p).with_context(|| format!("cannot write {}", p.display()))?,
+            )),
+            None => None,
+        };
+        let pcap = match &a.frames_out {
+            Some(p) => {
+                let mut f =
+                    File::create(p).with_context(|| format!("cannot write {}", p.display()))?;
+                // pcap global header: version 2.4, snaplen 65535, Ethernet.
+                let mut h = Vec::new();
+                for v in [0xa1b2_c3d4u32] {
+                    h.extend_from_slice(&v.to_le_bytes());
+                }
+                h.extend_from_slice(&2u16.to_le_bytes());
+                h.extend_from_slice(&4u16.to_le_bytes());
+                h.extend_from_slice(&[0; 8]);
+                h.extend_from_slice(&65535u32.to_le_bytes());
+                h.extend_from_slice(&1u32.to_le_bytes());
+                f.write_all(&h)?;
+                Some(f)
+            }
+            None => None,
+        };
+        Ok(Sinks { console, pcap })
+    }
+
+    fn take(&mut self, m: &mut Machine) -> Result<()> {
+        for out in m.take_outputs() {
+            match out {
+                Output::Console(bytes) => {
+                    if let Some(c) = &mut self.console {
+                        c.write_all(&bytes)?;
+                    }
+                }
+                Output::Device(DeviceOutput::Frame { frame, .. }) => {
+                    if let Some(f) = &mut self.pcap {
+                        // Time stamps are the guest's: mtime in 100 ns ticks.
+                        let ns = m.board.mtime(m.count()) * 100;
+                        let mut h = Vec::with_capacity(16);
+                        h.extend_from_slice(&((ns / 1_000_000_000) as u32).to_le_bytes());
+                        h.extend_from_slice(&(((ns / 1000) % 1_000_000) as u32).to_le_bytes());
+                        h.extend_from_slice(&(frame.len() as u32).to_le_bytes());
+                        h.extend_from_slice(&(frame.len() as u32).to_le_bytes());
+                        f.write_all(&h)?;
+                        f.write_all(&frame)?;
+                    }
+                }
+                // Disk requests were served when the log was recorded: their results are in it.
+                Output::Device(DeviceOutput::Disk(_)) => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Run the machine to exactly `target`, as the recorded run did.
+fn run_to(m: &mut Machine, target: u64, sinks: &mut Sinks) -> Result<()> {
+    loop {
+        let exit = m.run(target, u64::MAX);
+        sinks.take(m)?;
+        match exit {
+            RunExit::StopAt => return Ok(()),
+            RunExit::Yield | RunExit::Output => {}
+            RunExit::Idle { .. } | RunExit::Power(_) | RunExit::ToHost(_) => {
+                if m.count() == target {
+                    return Ok(());
+                }
+                bail!(
+                    "diverged at instruction {}: the machine stopped ({exit:?}) before the log's next record at {target}",
+                    m.count()
+                );
+            }
+        }
+    }
+}
+
+pub fn replay(a: ReplayArgs) -> Result<u8> {
+    let mut log =
+        LogReader::open(&a.log).with_context(|| format!("cannot read log {}", a.log.display()))?;
+    let Next::Record(Record::Header {
+        count,
+        snapshot,
+        digest_every,
+    }) = log.next_record()?
+    else {
+        bail!("the log has no header");
+    };
+    let mut m = Machine::restore(&snapshot).context("the log's initial state")?;
+    if m.count() != count {
+        bail!("the log's header does not match its initial state");
+    }
+    tracing::info!(digest_every, "replaying {}", a.log.display());
+    let until = a.until.unwrap_or(u64::MAX);
+    let mut sinks = Sinks::open(&a)?;
+    let mut events = 0u64;
+    let mut digests = 0u64;
+    let mut ended = false;
+    let started = std::time::Instant::now();
+    loop {
+        let r = match log.next_record()? {
+            Next::Record(r) => r,
+            Next::Eof | Next::Partial => break,
+        };
+        if r.count() > until {
+            break;
+        }
+        run_to(&mut m, r.count(), &mut sinks)?;
+        match r {
+            Record::Input { inputs, .. } => {
+                for i in inputs {
+                    events += 1;
+                    m.apply(i);
+                }
+            }
+            Record::Digest { count, digest } | Record::End { count, digest, .. } => {
+                let ours = m.digest();
+                if ours.as_bytes() != &digest {
+                    bail!(
+                        "diverged at instruction {count}: state digest {} differs from the recorded {}",
+                        ours.to_hex(),
+                        blake3::Hash::from(digest).to_hex()
+                    );
+                }
+                digests += 1;
+                if matches!(r, Record::End { .. }) {
+                    ended = true;
+                    break;
+                }
+            }
+            Record::Header { .. } => bail!("a second header in the log"),
+        }
+    }
+    if until != u64::MAX && !ended && m.count() < until {
+        run_to(&mut m, until, &mut sinks)?;
+    }
+    sinks.take(&mut m)?;
+    if let Some(c) = &mut sinks.console {
+        c.flush()?;
+    }
+    tracing::info!(seconds = started.elapsed().as_secs_f64(), "replay ended");
+    if !ended && a.until.is_none() {
+        eprintln!(
+            "ftvm: the log ends without an end record (cut short?): replayed up to its last whole frame"
+        );
+    }
+    println!(
+        "replay verified: {} instructions, {events} events, {digests} digests",
+        m.count()
+    );
+    if a.digest {
+        println!("digest {}", m.digest().to_hex());
+    }
+    if let Some(path) = &a.snapshot_out {
+        std::fs::write(path, m.save())
+            .with_context(|| format!("cannot write snapshot {}", path.display()))?;
+    }
+    Ok(0)
+}
