@@ -32,9 +32,7 @@ impl Sinks {
                     File::create(p).with_context(|| format!("cannot write {}", p.display()))?;
                 // pcap global header: version 2.4, snaplen 65535, Ethernet.
                 let mut h = Vec::new();
-                for v in [0xa1b2_c3d4u32] {
-                    h.extend_from_slice(&v.to_le_bytes());
-                }
+                h.extend_from_slice(&0xa1b2_c3d4u32.to_le_bytes());
                 h.extend_from_slice(&2u16.to_le_bytes());
                 h.extend_from_slice(&4u16.to_le_bytes());
                 h.extend_from_slice(&[0; 8]);
@@ -120,11 +118,7 @@ pub fn replay(a: ReplayArgs) -> Result<u8> {
     let mut digests = 0u64;
     let mut ended = false;
     let started = std::time::Instant::now();
-    loop {
-        let r = match log.next_record()? {
-            Next::Record(r) => r,
-            Next::Eof | Next::Partial => break,
-        };
+    while let Next::Record(r) = log.next_record()? {
         if r.count() > until {
             break;
         }
