@@ -147,7 +147,8 @@ fn record_replay_verify_and_detect() {
     let (pos, count) = changed_recs
         .iter()
         .enumerate()
-        .filter_map(|(i, r)| match r {
+        .rev()
+        .find_map(|(i, r)| match r {
             Record::Input { count, inputs }
                 if inputs.iter().any(|x| matches!(x, Input::Entropy { .. })) =>
             {
@@ -155,7 +156,6 @@ fn record_replay_verify_and_detect() {
             }
             _ => None,
         })
-        .last()
         .expect("an entropy input");
     if let Record::Input { inputs, .. } = &mut changed_recs[pos] {
         for x in inputs.iter_mut() {
