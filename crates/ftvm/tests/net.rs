@@ -31,15 +31,20 @@ struct Net {
 
 impl Net {
     fn new() -> Net {
-        let id = std::process::id() % 100_000;
+        Self::new_named("n")
+    }
+
+    /// Namespaces and links named after `tag` and this process, so tests can run side by side.
+    fn new_named(tag: &str) -> Net {
+        let id = std::process::id() % 10_000;
         let n = Net {
-            host: format!("ftvm-h{id}"),
-            client: format!("ftvm-c{id}"),
+            host: format!("ftvm-h{tag}{id}"),
+            client: format!("ftvm-c{tag}{id}"),
             tap: "ftap0".into(),
         };
         n.cleanup();
         let (h, c) = (n.host.as_str(), n.client.as_str());
-        let (va, vb) = (format!("fv{id}a"), format!("fv{id}b"));
+        let (va, vb) = (format!("fv{tag}{id}a"), format!("fv{tag}{id}b"));
         sh(&["ip", "netns", "add", h]);
         sh(&["ip", "netns", "add", c]);
         sh(&[
@@ -110,11 +115,17 @@ impl Drop for Guest {
 
 /// Boot the guest in the host namespace with the disk and the TAP; returns once it is ready.
 fn boot(net: &Net, disk: &std::path::Path) -> Guest {
+    boot_with(net, disk, &["run"]).0
+}
+
+/// Boot with `ftvm <how...>`; also returns the console output seen so far and a handle on the
+/// rest of it.
+fn boot_with(net: &Net, disk: &std::path::Path, how: &[&str]) -> (Guest, mpsc::Receiver<Vec<u8>>) {
     let out = guest_out();
     let mut child = Command::new("ip")
         .args(["netns", "exec", &net.host])
         .arg(env!("CARGO_BIN_EXE_ftvm"))
-        .arg("run")
+        .args(how)
         .arg("--kernel")
         .arg(out.join("Image"))
         .arg("--initrd")
@@ -132,16 +143,19 @@ fn boot(net: &Net, disk: &std::path::Path) -> Guest {
         .expect("spawn ftvm");
     let mut stdout = child.stdout.take().unwrap();
     let (tx, rx) = mpsc::channel();
+    let (all_tx, all_rx) = mpsc::channel();
     std::thread::spawn(move || {
         let r = read_until(&mut stdout, "ftvm-guest: ready", Duration::from_secs(120));
         let ok = r.is_ok();
+        let mut seen = r.clone().unwrap_or_default().into_bytes();
         let _ = tx.send(r);
         if ok {
-            let _ = std::io::copy(&mut stdout, &mut std::io::sink());
+            let _ = std::io::Read::read_to_end(&mut stdout, &mut seen);
         }
+        let _ = all_tx.send(seen);
     });
     match rx.recv_timeout(Duration::from_secs(130)) {
-        Ok(Ok(_)) => Guest(Some(child)),
+        Ok(Ok(_)) => (Guest(Some(child)), all_rx),
         other => {
             let _ = child.kill();
             panic!("guest did not get ready: {other:?}");
@@ -229,5 +243,88 @@ fn redis_over_tap_keeps_its_data_across_a_power_cycle() {
     wait_redis(&net);
     assert_eq!(net.redis(&["get", "ftvm-key"]), "survives");
     power_off(guest);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_networked_session_replays_offline() {
+    let net = Net::new_named("r");
+    let dir = std::env::temp_dir().join(format!("ftvm-netrec-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let disk = dir.join("data.img");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    let log = dir.join("session.log");
+    let (guest, console) = boot_with(
+        &net,
+        &disk,
+        &[
+            "record",
+            "--log",
+            log.to_str().unwrap(),
+            "--digest-every",
+            "50000000",
+        ],
+    );
+    wait_redis(&net);
+    for i in 0..20 {
+        assert_eq!(
+            net.redis(&["set", &format!("key{i}"), &format!("value{i}")]),
+            "OK"
+        );
+    }
+    assert_eq!(net.redis(&["get", "key7"]), "value7");
+    let bench = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &net.client,
+            "redis-benchmark",
+            "-h",
+            GUEST_IP,
+        ])
+        .args(["-c", "4", "-n", "500", "-t", "set,get", "-q"])
+        .output()
+        .expect("redis-benchmark");
+    assert!(bench.status.success());
+    power_off(guest);
+    let recorded_console = console.recv_timeout(Duration::from_secs(30)).unwrap();
+    drop(net);
+
+    // Offline: no TAP, no disk, no terminal.
+    let replay_console = dir.join("console.txt");
+    let frames = dir.join("frames.pcap");
+    let out = run_ftvm(
+        &[
+            "replay",
+            "--log",
+            log.to_str().unwrap(),
+            "--console-out",
+            replay_console.to_str().unwrap(),
+            "--frames-out",
+            frames.to_str().unwrap(),
+        ],
+        Duration::from_secs(300),
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("replay verified:"), "{text}");
+    let digests: u64 = text
+        .split(", ")
+        .find_map(|p| p.trim().strip_suffix(" digests"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(digests >= 2, "{text}");
+    assert_eq!(std::fs::read(&replay_console).unwrap(), recorded_console);
+    assert!(
+        std::fs::metadata(&frames).unwrap().len() > 24 + 20 * 60,
+        "the sent frames were written"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
