@@ -102,7 +102,8 @@ pub enum RunExit {
     /// The hart waits for an interrupt and none is pending. `ticks` is how long until the next
     /// timer fires (None: no timer is armed, only outside input can wake it).
     Idle { ticks: Option<u64> },
-    /// A device sent something (a frame, a disk request): take it with `take_outputs`.
+    /// A device sent something (a frame, a disk request: take it with `take_outputs`), or
+    /// waits for entropy (`entropy_wanted`).
     Output,
 }
 
@@ -212,7 +213,9 @@ impl Machine {
             match exit {
                 Exit::Budget => {}
                 Exit::Mmio => {
-                    if !self.board.outbox.is_empty() {
+                    // Device output, or a device waiting for input the host can give at once:
+                    // let the host act at this exact count.
+                    if !self.board.outbox.is_empty() || self.entropy_wanted().is_some() {
                         return RunExit::Output;
                     }
                 }

@@ -395,7 +395,6 @@ fn run(a: RunArgs, record: Option<(PathBuf, u64)>) -> Result<u8> {
         console_open: true,
         ..Default::default()
     };
-    let mut entropy = DetEntropy::new(VIRTUAL_ENTROPY_SEED);
     let started = Instant::now();
     // Under the host clock, machine time may not fall behind the host's.
     let start_ticks = m.board.mtime(m.count());
@@ -505,7 +504,12 @@ fn run(a: RunArgs, record: Option<(PathBuf, u64)>) -> Result<u8> {
         }
         if let Some((slot, n)) = m.entropy_wanted() {
             let bytes = if virtual_clock {
-                entropy.bytes(n)
+                // A function of the count alone, so a run resumed from a snapshot gets the
+                // same bytes as an uninterrupted one.
+                DetEntropy::new(
+                    VIRTUAL_ENTROPY_SEED ^ m.count().wrapping_mul(0x9e37_79b9_7f4a_7c15),
+                )
+                .bytes(n)
             } else {
                 ftvm_host::host_entropy(n).context("cannot read host entropy")?
             };

@@ -68,6 +68,8 @@ fn snapshot_and_restore_continue_exactly() {
             "--stop-at",
             "80000000",
             "--digest",
+            "--clock",
+            "virtual",
         ],
         LIMIT,
     );
