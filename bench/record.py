@@ -4,7 +4,7 @@
 
 usage: bench/record.py [--repeat N]   (root: it builds a network of namespaces like redis.py)
 """
-import argparse, os, statistics, subprocess, sys, tempfile, time
+import argparse, json, os, statistics, subprocess, sys, tempfile, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import redis as rb  # noqa: E402  (the network helpers of bench/redis.py)
@@ -54,6 +54,7 @@ def redis_rps():
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--json", default=os.path.join(rb.ROOT, "bench", "out", "record.json"))
     a = ap.parse_args()
     subprocess.run(["cargo", "build", "--release", "-q", "-p", "ftvm"], cwd=rb.ROOT, check=True)
     rb.net_up()
@@ -78,6 +79,9 @@ def main():
                              "get": statistics.median(gets), "log_bytes": statistics.median(sizes) if sizes else 0}
     finally:
         rb.net_down()
+    os.makedirs(os.path.dirname(a.json), exist_ok=True)
+    with open(a.json, "w") as f:
+        json.dump({"repeat": a.repeat, "results": out}, f, indent=2)
     r, c = out["run"], out["record"]
     print(f"\n{'':<8} {'cpubench s':>11} {'SET/s':>8} {'GET/s':>8} {'log MB':>8}")
     for m in ("run", "record"):

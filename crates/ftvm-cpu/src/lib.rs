@@ -322,3 +322,9 @@ fn vector(tvec: u64, interrupt: bool, code: u64) -> u64 {
 
 #[cfg(test)]
 mod tests;
+
+/// Decode one instruction and return its op kind (for the decode micro-benchmark).
+#[doc(hidden)]
+pub fn bench_decode(raw: u32) -> u8 {
+    exec::decode(raw).kind as u8
+}
