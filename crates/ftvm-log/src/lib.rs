@@ -28,6 +28,7 @@ const K_HEADER: u8 = 1;
 const K_INPUT: u8 = 2;
 const K_DIGEST: u8 = 3;
 const K_END: u8 = 4;
+const K_MARK: u8 = 5;
 
 const I_CONSOLE: u8 = 0;
 const I_FRAME: u8 = 1;
@@ -72,6 +73,8 @@ pub enum Record {
         digest: [u8; 32],
         code: u32,
     },
+    /// The log is complete up to `count` (the replication stream marks where outputs wait).
+    Mark { count: u64 },
 }
 
 impl Record {
@@ -80,7 +83,8 @@ impl Record {
             Record::Header { count, .. }
             | Record::Input { count, .. }
             | Record::Digest { count, .. }
-            | Record::End { count, .. } => *count,
+            | Record::End { count, .. }
+            | Record::Mark { count } => *count,
         }
     }
 }
@@ -221,6 +225,10 @@ fn encode(r: &Record, prev: u64) -> Vec<u8> {
             b.extend_from_slice(digest);
             b.extend_from_slice(&code.to_le_bytes());
         }
+        Record::Mark { .. } => {
+            b.push(K_MARK);
+            put_varint(&mut b, delta);
+        }
     }
     b
 }
@@ -256,14 +264,16 @@ fn decode(body: &[u8], prev: u64) -> Option<Record> {
             digest: c.take(32)?.try_into().ok()?,
             code: u32::from_le_bytes(c.take(4)?.try_into().ok()?),
         },
+        K_MARK => Record::Mark { count },
         _ => return None,
     };
     c.0.is_empty().then_some(r)
 }
 
-/// Appends records to a log file. Inputs at the same count are gathered into one frame.
-pub struct LogWriter {
-    out: BufWriter<File>,
+/// Appends records to a log (a file, or a replication stream). Inputs at the same count are
+/// gathered into one frame.
+pub struct LogWriter<W: Write = BufWriter<File>> {
+    out: W,
     prev: u64,
     batch: Option<(u64, Vec<Input>)>,
     pub bytes: u64,
@@ -272,7 +282,13 @@ pub struct LogWriter {
 
 impl LogWriter {
     pub fn create(path: &Path, header: Record) -> Result<LogWriter, LogError> {
-        let mut out = BufWriter::new(File::create(path)?);
+        LogWriter::new(BufWriter::new(File::create(path)?), header)
+    }
+}
+
+impl<W: Write> LogWriter<W> {
+    /// Start a log on `out` with its header.
+    pub fn new(mut out: W, header: Record) -> Result<LogWriter<W>, LogError> {
         out.write_all(MAGIC)?;
         out.write_all(&VERSION.to_le_bytes())?;
         let mut w = LogWriter {
@@ -326,6 +342,11 @@ impl LogWriter {
         self.frame(&body)?;
         self.out.flush()?;
         Ok(())
+    }
+
+    /// Mark the log complete up to `count` and push it out.
+    pub fn mark(&mut self, count: u64) -> Result<(), LogError> {
+        self.record(Record::Mark { count })
     }
 
     /// Push everything buffered to the file.
@@ -451,6 +472,11 @@ impl<R: Read> LogReader<R> {
         self.offset += total as u64;
         self.index += 1;
         Ok(Next::Record(r))
+    }
+
+    /// The source, to append to it when following a stream.
+    pub fn source_mut(&mut self) -> &mut R {
+        &mut self.src
     }
 
     /// Index of the next frame.

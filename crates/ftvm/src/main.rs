@@ -1,6 +1,7 @@
 //! The ftvm command line.
 
 mod console;
+mod pair;
 mod replay;
 
 use std::collections::{HashMap, VecDeque};
@@ -39,6 +40,78 @@ enum Cmd {
     Record(RecordArgs),
     /// Re-execute a recorded log offline and check every digest.
     Replay(ReplayArgs),
+    /// Run the guest as the primary of a fault-tolerant pair (waits for a backup first).
+    Primary {
+        /// Address to accept the backup on, e.g. 10.0.0.1:7700.
+        #[arg(long, value_name = "ADDR")]
+        listen: String,
+        #[command(flatten)]
+        pair: PairArgs,
+        #[command(flatten)]
+        run: RunArgs,
+    },
+    /// Follow a primary in lockstep; go live when it dies.
+    Backup {
+        /// The primary's address.
+        #[arg(long, value_name = "ADDR")]
+        primary: String,
+        #[command(flatten)]
+        pair: PairArgs,
+        #[command(flatten)]
+        run: RunArgs,
+    },
+}
+
+#[derive(clap::Args)]
+struct PairArgs {
+    /// File holding the pre-shared key (at least 16 bytes) that both sides use.
+    #[arg(long, value_name = "FILE")]
+    psk: PathBuf,
+    /// The arbiter both sides race for before going live: file:PATH on storage both see.
+    #[arg(long, value_name = "SPEC")]
+    arbiter: String,
+    /// Heartbeat interval in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 10)]
+    heartbeat_ms: u64,
+    /// The peer is dead after this many heartbeat intervals without a word from it.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    heartbeat_misses: u64,
+    /// A state digest in the log every N instructions (the backup checks it).
+    #[arg(long, value_name = "N", default_value_t = 1_000_000_000)]
+    digest_every: u64,
+}
+
+impl PairArgs {
+    fn beat(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_ms.max(1))
+    }
+    fn timeout_ms(&self) -> u64 {
+        self.heartbeat_ms.max(1) * self.heartbeat_misses.max(1)
+    }
+}
+
+/// A gratuitous ARP for the guest's address (`ftvm.ip=` on its command line) from the MAC of
+/// the network device in `slot`.
+fn emit_frame_arp(a: &RunArgs, slot: usize) -> Option<Vec<u8>> {
+    let net = a.net.get(slot.checked_sub(a.disk.len())?)?;
+    let ip = a
+        .append
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("ftvm.ip="))?
+        .split(['/', ','])
+        .next()?
+        .parse::<std::net::Ipv4Addr>()
+        .ok()?
+        .octets();
+    let mut f = vec![0xff; 6];
+    f.extend_from_slice(&net.mac);
+    f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
+    f.extend_from_slice(&net.mac);
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&[0; 6]);
+    f.extend_from_slice(&ip);
+    f.resize(60, 0);
+    Some(f)
 }
 
 #[derive(clap::Args)]
@@ -76,7 +149,7 @@ struct ReplayArgs {
 }
 
 #[derive(clap::Args, Default)]
-struct RunArgs {
+pub(crate) struct RunArgs {
     /// Linux kernel Image (default: guest/out/Image).
     #[arg(long, conflicts_with_all = ["elf", "restore"])]
     kernel: Option<PathBuf>,
@@ -186,6 +259,8 @@ fn main() -> ExitCode {
         Some(Cmd::Run(args)) => run(args, None),
         Some(Cmd::Record(r)) => run(r.run, Some((r.log, r.digest_every.max(1)))),
         Some(Cmd::Replay(r)) => replay::replay(r),
+        Some(Cmd::Primary { listen, pair, run }) => pair::primary(&listen, pair, run),
+        Some(Cmd::Backup { primary, pair, run }) => pair::backup(&primary, pair, run),
         None => run(
             RunArgs {
                 append: "console=ttyS0 earlycon".into(),
@@ -226,9 +301,9 @@ fn read(path: &Path, what: &str) -> Result<Vec<u8>> {
 
 /// The live backends of a machine's devices, by virtio slot.
 #[derive(Default)]
-struct Backends {
-    disks: HashMap<usize, Disk>,
-    taps: HashMap<usize, Tap>,
+pub(crate) struct Backends {
+    pub disks: HashMap<usize, Disk>,
+    pub taps: HashMap<usize, Tap>,
 }
 
 /// 2026-01-01T00:00:00Z: where the RTC starts under the virtual clock.
@@ -343,11 +418,40 @@ impl Pending {
     }
 }
 
-/// Applies inputs to the machine, writing each to the log first when recording.
-struct Feeder {
-    log: Option<LogWriter>,
-    digest_every: u64,
-    next_digest: u64,
+/// Applies inputs to the machine, writing each to the log first when recording (to a file) or
+/// when primary (to the backup).
+pub(crate) struct Feeder {
+    pub log: Option<LogWriter<Box<dyn std::io::Write>>>,
+    pub digest_every: u64,
+    pub next_digest: u64,
+}
+
+/// Output commit: what the guest sends out waits until the backup holds the log that produced
+/// it. With no backup (or unprotected), outputs leave at once.
+pub(crate) struct Gate {
+    pub link: Option<pair::PrimaryLink>,
+    held: VecDeque<(u64, Output)>,
+}
+
+impl Gate {
+    pub fn open() -> Gate {
+        Gate {
+            link: None,
+            held: VecDeque::new(),
+        }
+    }
+}
+
+fn emit(out: Output, con: &mut Console, backends: &Backends) {
+    match out {
+        Output::Console(bytes) => con.write_output(&bytes),
+        Output::Device(DeviceOutput::Frame { slot, frame }) => {
+            if let Some(t) = backends.taps.get(&slot) {
+                t.send(frame);
+            }
+        }
+        Output::Device(DeviceOutput::Disk(_)) => {}
+    }
 }
 
 impl Feeder {
@@ -362,7 +466,7 @@ impl Feeder {
 
 fn run(a: RunArgs, record: Option<(PathBuf, u64)>) -> Result<u8> {
     let (events_tx, events) = mpsc::channel::<HostEvent>();
-    let (mut m, backends) = build_machine(&a, &events_tx)?;
+    let (m, backends) = build_machine(&a, &events_tx)?;
     let mut feed = Feeder {
         log: None,
         digest_every: u64::MAX,
@@ -374,13 +478,38 @@ fn run(a: RunArgs, record: Option<(PathBuf, u64)>) -> Result<u8> {
             snapshot: m.save(),
             digest_every: *every,
         };
-        feed.log = Some(
-            LogWriter::create(path, header)
-                .with_context(|| format!("cannot write log {}", path.display()))?,
-        );
+        let file = std::fs::File::create(path)
+            .with_context(|| format!("cannot write log {}", path.display()))?;
+        let out: Box<dyn std::io::Write> = Box::new(std::io::BufWriter::new(file));
+        feed.log = Some(LogWriter::new(out, header)?);
         feed.digest_every = *every;
         feed.next_digest = m.count().saturating_add(*every);
     }
+    live(
+        &a,
+        m,
+        backends,
+        events_tx,
+        events,
+        feed,
+        Gate::open(),
+        Vec::new(),
+    )
+}
+
+/// The live loop: run the machine, feed it the host's events through the boundary, send its
+/// outputs out (through the gate). `resubmit` are disk requests to serve before anything else.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn live(
+    a: &RunArgs,
+    mut m: Machine,
+    backends: Backends,
+    events_tx: Sender<HostEvent>,
+    events: mpsc::Receiver<HostEvent>,
+    mut feed: Feeder,
+    mut gate: Gate,
+    resubmit: Vec<ftvm_machine::DiskRequest>,
+) -> Result<u8> {
     let stop_at = a.stop_at.unwrap_or(u64::MAX);
     if stop_at < m.count() {
         bail!(
@@ -395,24 +524,55 @@ fn run(a: RunArgs, record: Option<(PathBuf, u64)>) -> Result<u8> {
         console_open: true,
         ..Default::default()
     };
+    for req in resubmit {
+        if let Some(d) = backends.disks.get(&req.slot) {
+            pending.disk_in_flight += 1;
+            d.submit(req);
+        }
+    }
     let started = Instant::now();
     // Under the host clock, machine time may not fall behind the host's.
     let start_ticks = m.board.mtime(m.count());
     let code = loop {
         let exit = m.run(stop_at.min(feed.next_digest), CHUNK);
+        let count = m.count();
+        let mut held_new = false;
         for out in m.take_outputs() {
             match out {
-                Output::Console(bytes) => con.write_output(&bytes),
-                Output::Device(DeviceOutput::Frame { slot, frame }) => {
-                    if let Some(t) = backends.taps.get(&slot) {
-                        t.send(frame);
-                    }
-                }
                 Output::Device(DeviceOutput::Disk(req)) => {
                     if let Some(d) = backends.disks.get(&req.slot) {
                         pending.disk_in_flight += 1;
                         d.submit(req);
                     }
+                }
+                out if gate.link.is_some() => {
+                    gate.held.push_back((count, out));
+                    held_new = true;
+                }
+                out => emit(out, &mut con, &backends),
+            }
+        }
+        if held_new {
+            if let Some(log) = &mut feed.log {
+                log.mark(count)?;
+            }
+        }
+        if let Some(link) = &mut gate.link {
+            match link.check()? {
+                pair::LinkState::Protected(acked) => {
+                    while gate.held.front().is_some_and(|(c, _)| *c <= acked) {
+                        let (c, out) = gate.held.pop_front().expect("not empty");
+                        link.released(c);
+                        emit(out, &mut con, &backends);
+                    }
+                }
+                pair::LinkState::Unprotected => {
+                    eprintln!("\r\nftvm: the backup is gone; running on unprotected\r");
+                    for (_, out) in gate.held.drain(..) {
+                        emit(out, &mut con, &backends);
+                    }
+                    gate.link = None;
+                    feed.log = None;
                 }
             }
         }
@@ -528,6 +688,26 @@ fn run(a: RunArgs, record: Option<(PathBuf, u64)>) -> Result<u8> {
             }
         }
     };
+    // What the guest sent last still waits for the backup (a short while at most).
+    if let (Some(link), Some(log)) = (&mut gate.link, &mut feed.log) {
+        log.mark(m.count())?;
+        let t0 = Instant::now();
+        while !gate.held.is_empty() && t0.elapsed() < Duration::from_secs(5) {
+            match link.check()? {
+                pair::LinkState::Protected(acked) => {
+                    while gate.held.front().is_some_and(|(c, _)| *c <= acked) {
+                        let (_, out) = gate.held.pop_front().expect("not empty");
+                        emit(out, &mut con, &backends);
+                    }
+                }
+                pair::LinkState::Unprotected => break,
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    for (_, out) in gate.held.drain(..) {
+        emit(out, &mut con, &backends);
+    }
     for out in m.take_outputs() {
         if let Output::Console(bytes) = out {
             con.write_output(&bytes);

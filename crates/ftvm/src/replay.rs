@@ -145,6 +145,7 @@ pub fn replay(a: ReplayArgs) -> Result<u8> {
                     break;
                 }
             }
+            Record::Mark { .. } => {}
             Record::Header { .. } => bail!("a second header in the log"),
         }
     }

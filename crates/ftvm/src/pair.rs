@@ -1,0 +1,537 @@
+//! `ftvm primary` and `ftvm backup`: a backup replays the primary's input log in lockstep
+//! behind it and goes live when the primary dies.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::Write;
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Sender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use ftvm_host::disk::Disk;
+use ftvm_host::tap::Tap;
+use ftvm_host::HostEvent;
+use ftvm_log::{LogReader, LogWriter, Next, Record};
+use ftvm_machine::{DeviceOutput, DiskOp, DiskRequest, Machine, Output, RunExit};
+use ftvm_replication::{Arbiter, Channel, Msg, Psk, Role};
+
+use crate::{build_machine, emit_frame_arp, live, Backends, Feeder, Gate, PairArgs, RunArgs};
+
+/// Milliseconds since `epoch`, for lock-free liveness stamps.
+fn ms_since(epoch: Instant) -> u64 {
+    epoch.elapsed().as_millis() as u64
+}
+
+/// What the sending thread sends.
+enum Out {
+    Log(Vec<u8>),
+    Ack(u64),
+    Heartbeat,
+}
+
+/// The liveness of the peer, shared by the threads of a link.
+struct Liveness {
+    epoch: Instant,
+    last_heard: AtomicU64,
+    dead: AtomicBool,
+}
+
+impl Liveness {
+    fn new() -> Arc<Liveness> {
+        Arc::new(Liveness {
+            epoch: Instant::now(),
+            last_heard: AtomicU64::new(0),
+            dead: AtomicBool::new(false),
+        })
+    }
+    fn heard(&self) {
+        self.last_heard
+            .store(ms_since(self.epoch), Ordering::Relaxed);
+    }
+    fn is_dead(&self, timeout_ms: u64) -> bool {
+        self.dead.load(Ordering::Relaxed)
+            || ms_since(self.epoch).saturating_sub(self.last_heard.load(Ordering::Relaxed))
+                > timeout_ms
+    }
+}
+
+/// Start the sending thread (log bytes, acks, heartbeats every `beat`) of a channel half.
+fn start_sender(
+    mut tx: Channel,
+    beat: Duration,
+    released: Arc<AtomicU64>,
+    live: Arc<Liveness>,
+) -> Sender<Out> {
+    let (out_tx, out_rx) = mpsc::channel::<Out>();
+    let beat_tx = out_tx.clone();
+    std::thread::spawn(move || loop {
+        std::thread::sleep(beat);
+        if beat_tx.send(Out::Heartbeat).is_err() {
+            return;
+        }
+    });
+    std::thread::spawn(move || {
+        for m in out_rx {
+            let msg = match m {
+                Out::Log(b) => Msg::Log(b),
+                Out::Ack(c) => Msg::Ack(c),
+                Out::Heartbeat => Msg::Heartbeat(released.load(Ordering::Relaxed)),
+            };
+            if tx.send(&msg).is_err() {
+                live.dead.store(true, Ordering::Relaxed);
+                tx.shutdown();
+                return;
+            }
+        }
+    });
+    out_tx
+}
+
+/// Log bytes for the backup: buffered, sent as one message on flush.
+struct LinkWriter {
+    buf: Vec<u8>,
+    out: Sender<Out>,
+}
+
+impl Write for LinkWriter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        if !self.buf.is_empty() {
+            let _ = self.out.send(Out::Log(std::mem::take(&mut self.buf)));
+        }
+        Ok(())
+    }
+}
+
+pub(crate) enum LinkState {
+    /// The backup holds the log up to this count.
+    Protected(u64),
+    /// The backup is gone and this side won the arbiter.
+    Unprotected,
+}
+
+/// The primary's view of its backup.
+pub(crate) struct PrimaryLink {
+    acked: Arc<AtomicU64>,
+    released: Arc<AtomicU64>,
+    live: Arc<Liveness>,
+    timeout_ms: u64,
+    arbiter: Arbiter,
+}
+
+impl PrimaryLink {
+    pub fn check(&mut self) -> Result<LinkState> {
+        if self.live.is_dead(self.timeout_ms) {
+            if self.arbiter.test_and_set("primary")? {
+                return Ok(LinkState::Unprotected);
+            }
+            bail!("the backup won the arbiter: this primary stops its guest");
+        }
+        Ok(LinkState::Protected(self.acked.load(Ordering::Relaxed)))
+    }
+    pub fn released(&self, count: u64) {
+        self.released.store(count, Ordering::Relaxed);
+    }
+}
+
+fn psk_and_arbiter(p: &PairArgs) -> Result<(Psk, Arbiter)> {
+    let psk = Psk::from_file(&p.psk)?;
+    let arbiter = Arbiter::parse(&p.arbiter)?;
+    if arbiter.taken() {
+        bail!(
+            "the arbiter {} was already won: a new pair needs a fresh arbiter",
+            p.arbiter
+        );
+    }
+    Ok((psk, arbiter))
+}
+
+pub fn primary(listen: &str, p: PairArgs, a: RunArgs) -> Result<u8> {
+    let (psk, arbiter) = psk_and_arbiter(&p)?;
+    let listener =
+        TcpListener::bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
+    eprintln!("ftvm: primary waiting for a backup on {listen}");
+    let (rx_half, tx_half) = loop {
+        let (s, peer) = listener.accept()?;
+        match Channel::handshake(s, Role::Primary, &psk) {
+            Ok((tx, rx)) => {
+                eprintln!("ftvm: backup {peer} attached");
+                break (rx, tx);
+            }
+            Err(e) => eprintln!("ftvm: refused {peer}: {e}"),
+        }
+    };
+    let (events_tx, events) = mpsc::channel::<HostEvent>();
+    let (m, backends) = build_machine(&a, &events_tx)?;
+    // Tell the network where the guest is now (a previous incarnation may have been elsewhere).
+    for (slot, tap) in &backends.taps {
+        if let Some(frame) = emit_frame_arp(&a, *slot) {
+            tap.send(frame);
+        }
+    }
+    let live_state = Liveness::new();
+    live_state.heard();
+    let released = Arc::new(AtomicU64::new(0));
+    let acked = Arc::new(AtomicU64::new(0));
+    let out = start_sender(tx_half, p.beat(), released.clone(), live_state.clone());
+    {
+        let (acked, live_state) = (acked.clone(), live_state.clone());
+        let mut rx = rx_half;
+        std::thread::spawn(move || loop {
+            match rx.recv() {
+                Ok(Msg::Ack(c)) => {
+                    acked.fetch_max(c, Ordering::Relaxed);
+                    live_state.heard();
+                }
+                Ok(_) => live_state.heard(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "replication channel closed");
+                    live_state.dead.store(true, Ordering::Relaxed);
+                    return;
+                }
+            }
+        });
+    }
+    let header = Record::Header {
+        count: m.count(),
+        snapshot: m.save(),
+        digest_every: p.digest_every,
+    };
+    let writer: Box<dyn Write> = Box::new(LinkWriter {
+        buf: Vec::new(),
+        out,
+    });
+    let feed = Feeder {
+        log: Some(LogWriter::new(writer, header)?),
+        digest_every: p.digest_every,
+        next_digest: m.count().saturating_add(p.digest_every),
+    };
+    let mut gate = Gate::open();
+    gate.link = Some(PrimaryLink {
+        acked,
+        released,
+        live: live_state,
+        timeout_ms: p.timeout_ms(),
+        arbiter,
+    });
+    live(&a, m, backends, events_tx, events, feed, gate, Vec::new())
+}
+
+/// Log bytes as they arrive, for a LogReader that follows the stream.
+#[derive(Default)]
+struct Incoming(VecDeque<u8>);
+
+impl std::io::Read for Incoming {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = buf.len().min(self.0.len());
+        for (d, s) in buf.iter_mut().zip(self.0.drain(..n)) {
+            *d = s;
+        }
+        Ok(n)
+    }
+}
+
+enum FromPrimary {
+    Record(Record),
+    Released(u64),
+    Gone,
+}
+
+/// Open the live backends of a restored machine: disks then networks, in slot order.
+fn open_backends(a: &RunArgs, events: &Sender<HostEvent>) -> Result<Backends> {
+    let mut b = Backends::default();
+    let mut slot = 0;
+    for path in &a.disk {
+        b.disks
+            .insert(slot, Disk::open(path, slot, events.clone())?);
+        slot += 1;
+    }
+    for net in &a.net {
+        b.taps
+            .insert(slot, Tap::open(&net.tap, slot, events.clone())?);
+        slot += 1;
+    }
+    Ok(b)
+}
+
+pub fn backup(primary_addr: &str, p: PairArgs, a: RunArgs) -> Result<u8> {
+    let (psk, arbiter) = psk_and_arbiter(&p)?;
+    let t0 = Instant::now();
+    let stream = loop {
+        match TcpStream::connect(primary_addr) {
+            Ok(s) => break s,
+            Err(e) if t0.elapsed() < Duration::from_secs(30) => {
+                tracing::debug!(error = %e, "primary not there yet");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => bail!("cannot reach the primary at {primary_addr}: {e}"),
+        }
+    };
+    let (tx_half, mut rx_half) = Channel::handshake(stream, Role::Backup, &psk)?;
+    eprintln!("ftvm: backup attached to {primary_addr}");
+    let live_state = Liveness::new();
+    live_state.heard();
+    let out = start_sender(
+        tx_half,
+        p.beat(),
+        Arc::new(AtomicU64::new(0)),
+        live_state.clone(),
+    );
+    let (rec_tx, rec_rx) = mpsc::channel::<FromPrimary>();
+    {
+        let live_state = live_state.clone();
+        std::thread::spawn(move || {
+            let mut reader: Option<LogReader<Incoming>> = None;
+            let mut pending = Incoming::default();
+            loop {
+                let msg = match rx_half.recv() {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "replication channel closed");
+                        let _ = rec_tx.send(FromPrimary::Gone);
+                        return;
+                    }
+                };
+                live_state.heard();
+                match msg {
+                    Msg::Log(bytes) => {
+                        let r = match &mut reader {
+                            Some(r) => {
+                                r.source_mut().0.extend(bytes);
+                                r
+                            }
+                            None => {
+                                pending.0.extend(bytes);
+                                if pending.0.len() < 12 {
+                                    continue;
+                                }
+                                match LogReader::new(std::mem::take(&mut pending)) {
+                                    Ok(r) => reader.insert(r),
+                                    Err(e) => {
+                                        tracing::error!(error = %e, "bad log stream");
+                                        let _ = rec_tx.send(FromPrimary::Gone);
+                                        return;
+                                    }
+                                }
+                            }
+                        };
+                        let mut last = None;
+                        loop {
+                            match r.next_record() {
+                                Ok(Next::Record(rec)) => {
+                                    last = Some(rec.count());
+                                    if rec_tx.send(FromPrimary::Record(rec)).is_err() {
+                                        return;
+                                    }
+                                }
+                                Ok(_) => break,
+                                Err(e) => {
+                                    tracing::error!(error = %e, "bad log stream");
+                                    let _ = rec_tx.send(FromPrimary::Gone);
+                                    return;
+                                }
+                            }
+                        }
+                        // The log is held here up to `last`: acknowledge on receipt.
+                        if let Some(c) = last {
+                            let _ = out.send(Out::Ack(c));
+                        }
+                    }
+                    Msg::Heartbeat(released) => {
+                        let _ = rec_tx.send(FromPrimary::Released(released));
+                    }
+                    Msg::Ack(_) => {}
+                }
+            }
+        });
+    }
+
+    // The primary's initial state.
+    let mut m = loop {
+        match rec_rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(FromPrimary::Record(Record::Header { snapshot, .. })) => {
+                break Machine::restore(&snapshot).context("the primary's state")?
+            }
+            Ok(FromPrimary::Released(_)) => {}
+            _ => bail!("the primary sent no initial state"),
+        }
+    };
+    // The backup's own disk copies receive the same writes, by replay.
+    let mut disks: HashMap<usize, std::fs::File> = HashMap::new();
+    for (slot, path) in a.disk.iter().enumerate() {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .with_context(|| format!("cannot open disk {}", path.display()))?;
+        disks.insert(slot, f);
+    }
+    let mut outstanding: HashMap<(usize, u64), DiskRequest> = HashMap::new();
+    // Outputs of the replay the primary may not have released yet.
+    let mut unreleased: VecDeque<(u64, Output)> = VecDeque::new();
+    let mut released = 0u64;
+    let timeout = p.timeout_ms();
+    let mut gone = false;
+    loop {
+        let msg = match rec_rx.recv_timeout(p.beat()) {
+            Ok(m) => Some(m),
+            Err(mpsc::RecvTimeoutError::Timeout) => None,
+            Err(mpsc::RecvTimeoutError::Disconnected) => Some(FromPrimary::Gone),
+        };
+        match msg {
+            Some(FromPrimary::Record(r)) => {
+                let target = r.count();
+                replay_to(
+                    &mut m,
+                    target,
+                    &mut disks,
+                    &mut outstanding,
+                    &mut unreleased,
+                )?;
+                match r {
+                    Record::Input { inputs, .. } => {
+                        for i in inputs {
+                            if let ftvm_machine::Input::DiskDone { slot, id, .. } = &i {
+                                outstanding.remove(&(*slot, *id));
+                            }
+                            m.apply(i);
+                        }
+                    }
+                    Record::Digest { count, digest } if m.digest().as_bytes() != &digest => {
+                        bail!("diverged from the primary at instruction {count}");
+                    }
+                    Record::End { code, .. } => {
+                        eprintln!("ftvm: the primary's guest stopped (exit {code}); backup done");
+                        return Ok(code.min(255) as u8);
+                    }
+                    _ => {}
+                }
+            }
+            Some(FromPrimary::Released(c)) => {
+                released = released.max(c);
+                while unreleased.front().is_some_and(|(c, _)| *c <= released) {
+                    unreleased.pop_front();
+                }
+            }
+            Some(FromPrimary::Gone) => gone = true,
+            None => {}
+        }
+        if gone || live_state.is_dead(timeout) {
+            break;
+        }
+    }
+    // The primary is gone. Everything received is in the queue: replay it all.
+    let detected = Instant::now();
+    while let Ok(msg) = rec_rx.try_recv() {
+        if let FromPrimary::Record(r) = msg {
+            replay_to(
+                &mut m,
+                r.count(),
+                &mut disks,
+                &mut outstanding,
+                &mut unreleased,
+            )?;
+            if let Record::Input { inputs, .. } = r {
+                for i in inputs {
+                    if let ftvm_machine::Input::DiskDone { slot, id, .. } = &i {
+                        outstanding.remove(&(*slot, *id));
+                    }
+                    m.apply(i);
+                }
+            }
+        }
+    }
+    if !arbiter.test_and_set("backup")? {
+        bail!("the primary won the arbiter: this backup stops");
+    }
+    for f in disks.values() {
+        let _ = f.sync_data();
+    }
+    drop(disks);
+    eprintln!(
+        "ftvm: primary lost; backup live at instruction {} ({} ms after detection)",
+        m.count(),
+        detected.elapsed().as_millis()
+    );
+    let (events_tx, events) = mpsc::channel::<HostEvent>();
+    let backends = open_backends(&a, &events_tx)?;
+    // Announce the guest's address from here on, then produce the unreleased outputs again.
+    for (slot, tap) in &backends.taps {
+        if let Some(frame) = emit_frame_arp(&a, *slot) {
+            tap.send(frame);
+        }
+    }
+    for (_, out) in unreleased.drain(..) {
+        if let Output::Device(DeviceOutput::Frame { slot, frame }) = out {
+            if let Some(t) = backends.taps.get(&slot) {
+                t.send(frame);
+            }
+        } else if let Output::Console(b) = out {
+            let _ = std::io::stdout().write_all(&b);
+        }
+    }
+    let feed = Feeder {
+        log: None,
+        digest_every: u64::MAX,
+        next_digest: u64::MAX,
+    };
+    let mut resubmit: Vec<DiskRequest> = outstanding.into_values().collect();
+    resubmit.sort_by_key(|r| (r.slot, r.id));
+    live(
+        &a,
+        m,
+        backends,
+        events_tx,
+        events,
+        feed,
+        Gate::open(),
+        resubmit,
+    )
+}
+
+/// Replay to `target`, making the disk writes on this side's copies and keeping the outputs.
+fn replay_to(
+    m: &mut Machine,
+    target: u64,
+    disks: &mut HashMap<usize, std::fs::File>,
+    outstanding: &mut HashMap<(usize, u64), DiskRequest>,
+    unreleased: &mut VecDeque<(u64, Output)>,
+) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    loop {
+        let exit = m.run(target, u64::MAX);
+        let count = m.count();
+        for out in m.take_outputs() {
+            match out {
+                Output::Device(DeviceOutput::Disk(req)) => {
+                    if let (DiskOp::Write { sector, data }, Some(f)) =
+                        (&req.op, disks.get(&req.slot))
+                    {
+                        f.write_all_at(data, sector * 512)
+                            .context("writing the backup's disk copy")?;
+                    }
+                    outstanding.insert((req.slot, req.id), req);
+                }
+                out => unreleased.push_back((count, out)),
+            }
+        }
+        match exit {
+            RunExit::StopAt => return Ok(()),
+            RunExit::Yield | RunExit::Output => {}
+            other => {
+                if m.count() == target {
+                    return Ok(());
+                }
+                bail!(
+                    "diverged from the primary at instruction {}: stopped ({other:?}) before {target}",
+                    m.count()
+                );
+            }
+        }
+    }
+}
