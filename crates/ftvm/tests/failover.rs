@@ -30,15 +30,18 @@ fn sh(args: &[&str]) {
 struct Lab {
     ns: Vec<String>,
     dir: PathBuf,
+    id: String,
 }
 
 impl Lab {
-    fn new() -> Lab {
-        let id = std::process::id() % 10_000;
+    /// A lab of its own for each test (`tag`: one letter), so tests can run side by side.
+    fn new(tag: &str) -> Lab {
+        let id = format!("{tag}{}", std::process::id() % 10_000);
         let name = |t: &str| format!("ftvm-f{t}{id}");
         let lab = Lab {
             ns: ["sw", "ph", "bh", "cl"].iter().map(|t| name(t)).collect(),
-            dir: std::env::temp_dir().join(format!("ftvm-failover-{}", std::process::id())),
+            dir: std::env::temp_dir().join(format!("ftvm-failover-{id}")),
+            id: id.clone(),
         };
         lab.cleanup();
         std::fs::create_dir_all(&lab.dir).unwrap();
@@ -90,8 +93,51 @@ impl Lab {
                 }
             }
         }
+        // A dedicated replication link between the two hosts (as an FT logging network).
+        let (ra, rb) = (format!("fr{id}a"), format!("fr{id}b"));
+        sh(&[
+            "ip", "link", "add", &ra, "type", "veth", "peer", "name", &rb,
+        ]);
+        sh(&["ip", "link", "set", &ra, "netns", &lab.ns[1]]);
+        sh(&["ip", "link", "set", &rb, "netns", &lab.ns[2]]);
+        for (ns, dev, ip) in [
+            (&lab.ns[1], &ra, "10.80.0.1/24"),
+            (&lab.ns[2], &rb, "10.80.0.2/24"),
+        ] {
+            sh(&[
+                "ip", "netns", "exec", ns, "ip", "addr", "add", ip, "dev", dev,
+            ]);
+            sh(&["ip", "netns", "exec", ns, "ip", "link", "set", dev, "up"]);
+        }
         std::fs::write(lab.dir.join("psk"), b"ftvm test pre-shared key 0123456789").unwrap();
         lab
+    }
+
+    /// Cut the replication link, both ways.
+    fn partition(&self) {
+        let id = &self.id;
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &self.ns[1],
+            "ip",
+            "link",
+            "set",
+            &format!("fr{id}a"),
+            "down",
+        ]);
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &self.ns[2],
+            "ip",
+            "link",
+            "set",
+            &format!("fr{id}b"),
+            "down",
+        ]);
     }
 
     fn cleanup(&self) {
@@ -193,11 +239,16 @@ print("done", i, flush=True)
 
 fn wait_ready(p: &mut Proc) {
     let mut out = p.c().stdout.take().unwrap();
-    let r = read_until(&mut out, "ftvm-guest: ready", Duration::from_secs(120));
-    assert!(r.is_ok(), "primary never ready: {r:?}");
+    let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
+        let r = read_until(&mut out, "ftvm-guest: ready", Duration::from_secs(120));
+        let _ = tx.send(r);
         let _ = std::io::copy(&mut out, &mut std::io::sink());
     });
+    match rx.recv_timeout(Duration::from_secs(150)) {
+        Ok(Ok(_)) => {}
+        other => panic!("primary never ready: {other:?}"),
+    }
 }
 
 fn trial(lab: &Lab, n: u32, seed: u64) {
@@ -210,7 +261,7 @@ fn trial(lab: &Lab, n: u32, seed: u64) {
     let mut primary = side(
         lab,
         1,
-        &["primary", "--listen", "10.79.0.1:7700"],
+        &["primary", "--listen", "10.80.0.1:7700"],
         &disk_p,
         &arbiter,
     );
@@ -218,7 +269,7 @@ fn trial(lab: &Lab, n: u32, seed: u64) {
     let mut backup = side(
         lab,
         2,
-        &["backup", "--primary", "10.79.0.1:7700"],
+        &["backup", "--primary", "10.80.0.1:7700"],
         &disk_b,
         &arbiter,
     );
@@ -304,7 +355,7 @@ fn primary_killed_the_client_connection_survives() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10);
-    let lab = Lab::new();
+    let lab = Lab::new("k");
     let mut seed = std::process::id() as u64 ^ 0x9e37_79b9;
     for n in 0..trials {
         seed ^= seed << 13;
@@ -312,4 +363,83 @@ fn primary_killed_the_client_connection_survives() {
         seed ^= seed << 17;
         trial(&lab, n, seed);
     }
+}
+
+#[test]
+fn a_partition_leaves_exactly_one_side_live() {
+    let lab = Lab::new("p");
+    let disk_p = lab.dir.join("pp.img");
+    let disk_b = lab.dir.join("pb.img");
+    for d in [&disk_p, &disk_b] {
+        std::fs::File::create(d).unwrap().set_len(32 << 20).unwrap();
+    }
+    let arbiter = lab.dir.join("arbiter-partition");
+    let mut primary = side(
+        &lab,
+        1,
+        &["primary", "--listen", "10.80.0.1:7700"],
+        &disk_p,
+        &arbiter,
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let mut backup = side(
+        &lab,
+        2,
+        &["backup", "--primary", "10.80.0.1:7700"],
+        &disk_b,
+        &arbiter,
+    );
+    let mut backup_out = backup.c().stdout.take().unwrap();
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut backup_out, &mut std::io::sink());
+    });
+    wait_ready(&mut primary);
+    std::thread::sleep(Duration::from_secs(1));
+    lab.partition();
+    // Both sides see the other go silent; one wins the arbiter, the other stops its guest.
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(20) {
+        let running = (
+            primary.c().try_wait().unwrap().is_none(),
+            backup.c().try_wait().unwrap().is_none(),
+        );
+        if running.0 != running.1 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Give a late exit a moment, then look again: exactly one side must still run.
+    std::thread::sleep(Duration::from_secs(1));
+    let alive = (
+        primary.c().try_wait().unwrap().is_none(),
+        backup.c().try_wait().unwrap().is_none(),
+    );
+    assert!(alive.0 ^ alive.1, "exactly one side live, got {alive:?}");
+    let winner = std::fs::read_to_string(&arbiter).unwrap();
+    assert_eq!(winner.trim(), if alive.0 { "primary" } else { "backup" });
+    // And the guest still serves its clients.
+    let t0 = Instant::now();
+    loop {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &lab.ns[3],
+                "redis-cli",
+                "-h",
+                GUEST_IP,
+                "ping",
+            ])
+            .output()
+            .unwrap();
+        if String::from_utf8_lossy(&out.stdout).trim() == "PONG" {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the live side does not serve"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!("partition: the {} stayed live", winner.trim());
 }
