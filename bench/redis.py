@@ -45,10 +45,20 @@ def net_down():
         sh("ip", "netns", "del", ns, check=False)
 
 
+PSK = os.path.join(ROOT, "bench", "out", "bench.psk")
+
+
 def engine_cmd(engine):
     images = ["--kernel", os.path.join(GUEST, "Image"), "--initrd", os.path.join(GUEST, "initramfs.cpio.gz")]
+    common = [*images, "--append", APPEND, "--net", f"tap={TAP},mac={MAC}"]
     if engine == "ftvm":
-        return [FTVM, "run", *images, "--append", APPEND, "--net", f"tap={TAP},mac={MAC}"]
+        return [FTVM, "run", *common]
+    if engine.startswith("ftvm-pair"):
+        pair = ["--psk", PSK, "--arbiter", "file:" + os.path.join(ROOT, "bench", "out", f"arbiter-{time.time_ns()}")]
+        if engine.endswith("epoch"):
+            pair += ["--delivery", "epoch", "--epoch", "1000000"]
+        return [FTVM, "primary", "--listen", "127.0.0.1:7701", *pair, *common], \
+            [FTVM, "backup", "--primary", "127.0.0.1:7701", *pair, *common]
     return ["qemu-system-riscv64", "-M", "virt", "-m", "256M", "-display", "none", "-serial", "stdio",
             "-monitor", "none", "-kernel", images[1], "-initrd", images[3], "-append", APPEND,
             "-netdev", f"tap,id=n0,ifname={TAP},script=no,downscript=no",
@@ -56,8 +66,15 @@ def engine_cmd(engine):
 
 
 def bench(engine, requests, clients):
-    p = subprocess.Popen(["ip", "netns", "exec", HOST_NS, *engine_cmd(engine)], stdin=subprocess.PIPE,
-                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    cmd = engine_cmd(engine)
+    backup = None
+    if isinstance(cmd, tuple):
+        cmd, bcmd = cmd
+        # The backup shares the host here: only the replication stream matters for throughput.
+        backup = subprocess.Popen(["ip", "netns", "exec", HOST_NS, *bcmd], stdin=subprocess.DEVNULL,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    p = subprocess.Popen(["ip", "netns", "exec", HOST_NS, *cmd], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     buf, t0 = b"", time.monotonic()
     while b"ftvm-guest: ready" not in buf:
         chunk = p.stdout.read1(65536)
@@ -78,12 +95,22 @@ def bench(engine, requests, clients):
         p.wait(timeout=60)
     except subprocess.TimeoutExpired:
         p.kill()
+    err = p.stderr.read().decode(errors="replace")
+    if backup:
+        try:
+            backup.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            backup.kill()
     res = {}
+    import re
+    m = re.search(r"logged \d+ instructions, \d+ events, (\d+) bytes of log in ([0-9.]+) s", err)
+    if m:
+        res["log_mbit_s"] = int(m.group(1)) * 8 / float(m.group(2)) / 1e6
     for line in r.stdout.decode().splitlines():
         f = [x.strip('"') for x in line.split(",")]
         if f[0] in ("SET", "GET"):
             res[f[0]] = {"rps": float(f[1]), "p50_ms": float(f[5])}
-    if r.returncode != 0 or len(res) != 2 or b"rror" in r.stderr:
+    if r.returncode != 0 or "SET" not in res or "GET" not in res or b"rror" in r.stderr:
         sys.exit(f"{engine}: redis-benchmark failed: {r.stderr.decode()[-500:]}")
     return res
 
@@ -94,24 +121,30 @@ def main():
     ap.add_argument("--clients", type=int, default=10)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--json", default=os.path.join(ROOT, "bench", "out", "redis.json"))
+    ap.add_argument("--engines", default="ftvm,ftvm-pair,ftvm-pair-epoch,qemu")
     a = ap.parse_args()
     os.makedirs(os.path.dirname(a.json), exist_ok=True)
+    with open(PSK, "wb") as f:
+        f.write(os.urandom(32))
     subprocess.run(["cargo", "build", "--release", "-q", "-p", "ftvm"], cwd=ROOT, check=True)
     net_up()
     try:
         results = {}
-        for engine in ("ftvm", "qemu"):
+        for engine in a.engines.split(","):
             runs = [bench(engine, a.requests, a.clients) for _ in range(a.repeat)]
             results[engine] = {op: {k: statistics.median(r[op][k] for r in runs) for k in ("rps", "p50_ms")}
                                for op in ("SET", "GET")}
+            if any("log_mbit_s" in r for r in runs):
+                results[engine]["log_mbit_s"] = statistics.median(r["log_mbit_s"] for r in runs if "log_mbit_s" in r)
     finally:
         net_down()
     with open(a.json, "w") as f:
         json.dump({"requests": a.requests, "clients": a.clients, "repeat": a.repeat, "results": results}, f, indent=2)
     print(f"\nredis-benchmark -c {a.clients} -n {a.requests} over TAP (median of {a.repeat})")
-    print(f"{'engine':<8} {'SET/s':>9} {'SET p50 ms':>11} {'GET/s':>9} {'GET p50 ms':>11}")
+    print(f"{'engine':<16} {'SET/s':>9} {'SET p50 ms':>11} {'GET/s':>9} {'GET p50 ms':>11} {'log Mbit/s':>11}")
     for e, r in results.items():
-        print(f"{e:<8} {r['SET']['rps']:>9.0f} {r['SET']['p50_ms']:>11.2f} {r['GET']['rps']:>9.0f} {r['GET']['p50_ms']:>11.2f}")
+        lb = f"{r['log_mbit_s']:.2f}" if "log_mbit_s" in r else "-"
+        print(f"{e:<16} {r['SET']['rps']:>9.0f} {r['SET']['p50_ms']:>11.2f} {r['GET']['rps']:>9.0f} {r['GET']['p50_ms']:>11.2f} {lb:>11}")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,8 @@ pub enum HostEvent {
     Quit,
     /// A frame arrived on the TAP device of virtio slot `slot`.
     Frame { slot: usize, frame: Vec<u8> },
+    /// Something the runner should look at now (the backup acknowledged the log).
+    Wake,
     /// A disk request finished.
     DiskDone {
         slot: usize,

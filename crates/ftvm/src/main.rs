@@ -79,6 +79,19 @@ struct PairArgs {
     /// A state digest in the log every N instructions (the backup checks it).
     #[arg(long, value_name = "N", default_value_t = 1_000_000_000)]
     digest_every: u64,
+    /// When inputs take effect: `precise` (at the instruction the primary chooses) or `epoch`
+    /// (only at multiples of --epoch instructions, as in Bressoud and Schneider).
+    #[arg(long, value_enum, default_value_t = Delivery::Precise)]
+    delivery: Delivery,
+    /// The epoch length in instructions, for --delivery epoch.
+    #[arg(long, value_name = "N", default_value_t = 1_000_000)]
+    epoch: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Delivery {
+    Precise,
+    Epoch,
 }
 
 impl PairArgs {
@@ -87,6 +100,9 @@ impl PairArgs {
     }
     fn timeout_ms(&self) -> u64 {
         self.heartbeat_ms.max(1) * self.heartbeat_misses.max(1)
+    }
+    fn epoch(&self) -> Option<u64> {
+        (self.delivery == Delivery::Epoch).then_some(self.epoch.max(1))
     }
 }
 
@@ -398,6 +414,7 @@ impl Pending {
             HostEvent::Console(d) => self.console.extend(d),
             HostEvent::ConsoleEof => self.console_open = false,
             HostEvent::Quit => self.quit = true,
+            HostEvent::Wake => {}
             HostEvent::Frame { slot, frame } => {
                 let q = self.frames.entry(slot).or_default();
                 // A NIC's receive queue is finite: beyond it, frames are dropped.
@@ -424,6 +441,9 @@ pub(crate) struct Feeder {
     pub log: Option<LogWriter<Box<dyn std::io::Write>>>,
     pub digest_every: u64,
     pub next_digest: u64,
+    /// Epoch delivery: inputs take effect only at multiples of this count (or while the guest
+    /// is idle, when the count does not move). None: precise delivery, at once.
+    pub epoch: Option<u64>,
 }
 
 /// Output commit: what the guest sends out waits until the backup holds the log that produced
@@ -471,6 +491,7 @@ fn run(a: RunArgs, record: Option<(PathBuf, u64)>) -> Result<u8> {
         log: None,
         digest_every: u64::MAX,
         next_digest: u64::MAX,
+        epoch: None,
     };
     if let Some((path, every)) = &record {
         let header = Record::Header {
@@ -534,7 +555,11 @@ pub(crate) fn live(
     // Under the host clock, machine time may not fall behind the host's.
     let start_ticks = m.board.mtime(m.count());
     let code = loop {
-        let exit = m.run(stop_at.min(feed.next_digest), CHUNK);
+        let next_epoch = feed
+            .epoch
+            .map_or(u64::MAX, |e| (m.count() / e + 1).saturating_mul(e));
+        let exit = m.run(stop_at.min(feed.next_digest).min(next_epoch), CHUNK);
+        let was_idle = matches!(exit, RunExit::Idle { .. });
         let count = m.count();
         let mut held_new = false;
         for out in m.take_outputs() {
@@ -578,6 +603,8 @@ pub(crate) fn live(
         }
         match exit {
             RunExit::Yield | RunExit::Output => {}
+            RunExit::StopAt
+                if m.count() == next_epoch && m.count() < stop_at.min(feed.next_digest) => {}
             RunExit::StopAt if m.count() == feed.next_digest => {
                 let digest = *m.digest().as_bytes();
                 let count = m.count();
@@ -647,6 +674,10 @@ pub(crate) fn live(
         if pending.quit {
             eprintln!("\r\nftvm: quit at instruction {}\r", m.count());
             break 0;
+        }
+        let deliver = feed.epoch.is_none_or(|e| was_idle || m.count() % e == 0);
+        if !deliver {
+            continue;
         }
         while let Some(HostEvent::DiskDone { slot, id, ok, data }) = pending.disk_done.pop_front() {
             pending.disk_in_flight -= 1;
@@ -729,10 +760,11 @@ pub(crate) fn live(
             code: code as u32,
         })?;
         eprintln!(
-            "ftvm: recorded {} instructions, {} events, {} bytes of log",
+            "ftvm: logged {} instructions, {} events, {} bytes of log in {:.1} s",
             m.count(),
             log.events,
-            log.bytes
+            log.bytes,
+            started.elapsed().as_secs_f64()
         );
     }
     if a.digest {

@@ -181,12 +181,15 @@ pub fn primary(listen: &str, p: PairArgs, a: RunArgs) -> Result<u8> {
     let out = start_sender(tx_half, p.beat(), released.clone(), live_state.clone());
     {
         let (acked, live_state) = (acked.clone(), live_state.clone());
+        let wake = events_tx.clone();
         let mut rx = rx_half;
         std::thread::spawn(move || loop {
             match rx.recv() {
                 Ok(Msg::Ack(c)) => {
                     acked.fetch_max(c, Ordering::Relaxed);
                     live_state.heard();
+                    // Held outputs may leave now: wake the runner if it waits.
+                    let _ = wake.send(HostEvent::Wake);
                 }
                 Ok(_) => live_state.heard(),
                 Err(e) => {
@@ -210,6 +213,7 @@ pub fn primary(listen: &str, p: PairArgs, a: RunArgs) -> Result<u8> {
         log: Some(LogWriter::new(writer, header)?),
         digest_every: p.digest_every,
         next_digest: m.count().saturating_add(p.digest_every),
+        epoch: p.epoch(),
     };
     let mut gate = Gate::open();
     gate.link = Some(PrimaryLink {
@@ -479,6 +483,7 @@ pub fn backup(primary_addr: &str, p: PairArgs, a: RunArgs) -> Result<u8> {
         log: None,
         digest_every: u64::MAX,
         next_digest: u64::MAX,
+        epoch: None,
     };
     let mut resubmit: Vec<DiskRequest> = outstanding.into_values().collect();
     resubmit.sort_by_key(|r| (r.slot, r.id));
