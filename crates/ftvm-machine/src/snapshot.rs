@@ -125,22 +125,33 @@ pub fn unframe(file: &[u8]) -> Result<&[u8], SnapshotError> {
     Ok(&file[20..file.len() - 4])
 }
 
-/// Store RAM as a bitmap of non-zero pages followed by those pages.
-pub fn save_ram(w: &mut Writer, ram: &[u8]) {
-    let pages: Vec<&[u8]> = ram.chunks(4096).collect();
-    w.u64(ram.len() as u64);
-    let mut bitmap = vec![0u8; pages.len().div_ceil(8)];
-    for (i, p) in pages.iter().enumerate() {
-        if p.iter().any(|&b| b != 0) {
+fn page_is_zero(p: &[u8]) -> bool {
+    p.chunks_exact(8)
+        .all(|c| u64::from_ne_bytes(c.try_into().expect("8 bytes")) == 0)
+        && p.chunks_exact(8).remainder().iter().all(|&b| b == 0)
+}
+
+/// The serialized form of RAM, piece by piece: its size, a bitmap of the pages that are not all
+/// zero, then those pages. `save_ram` stores the pieces, `Machine::digest` hashes them.
+pub fn ram_pieces(ram: &[u8], mut piece: impl FnMut(&[u8])) {
+    piece(&(ram.len() as u64).to_le_bytes());
+    let mut bitmap = vec![0u8; ram.len().div_ceil(4096).div_ceil(8)];
+    for (i, p) in ram.chunks(4096).enumerate() {
+        if !page_is_zero(p) {
             bitmap[i / 8] |= 1 << (i % 8);
         }
     }
-    w.buf.extend_from_slice(&bitmap);
-    for (i, p) in pages.iter().enumerate() {
+    piece(&bitmap);
+    for (i, p) in ram.chunks(4096).enumerate() {
         if bitmap[i / 8] & (1 << (i % 8)) != 0 {
-            w.buf.extend_from_slice(p);
+            piece(p);
         }
     }
+}
+
+/// Store RAM as a bitmap of non-zero pages followed by those pages.
+pub fn save_ram(w: &mut Writer, ram: &[u8]) {
+    ram_pieces(ram, |b| w.buf.extend_from_slice(b));
 }
 
 pub fn load_ram(r: &mut Reader, ram: &mut [u8]) -> Result<(), SnapshotError> {

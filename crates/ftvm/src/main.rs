@@ -675,7 +675,9 @@ pub(crate) fn live(
             eprintln!("\r\nftvm: quit at instruction {}\r", m.count());
             break 0;
         }
-        let deliver = feed.epoch.is_none_or(|e| was_idle || m.count().is_multiple_of(e));
+        let deliver = feed
+            .epoch
+            .is_none_or(|e| was_idle || m.count().is_multiple_of(e));
         if !deliver {
             continue;
         }
