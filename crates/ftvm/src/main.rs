@@ -50,6 +50,12 @@ enum Cmd {
         #[command(flatten)]
         run: RunArgs,
     },
+    /// Show the role, lag and protection of pair members from their --status-file.
+    Status {
+        /// Status files written by `ftvm primary/backup --status-file`.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
     /// Follow a primary in lockstep; go live when it dies.
     Backup {
         /// The primary's address.
@@ -86,6 +92,9 @@ struct PairArgs {
     /// The epoch length in instructions, for --delivery epoch.
     #[arg(long, value_name = "N", default_value_t = 1_000_000)]
     epoch: u64,
+    /// Report this side's role, lag and protection in FILE (read it with `ftvm status`).
+    #[arg(long, value_name = "FILE")]
+    status_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -277,6 +286,7 @@ fn main() -> ExitCode {
         Some(Cmd::Replay(r)) => replay::replay(r),
         Some(Cmd::Primary { listen, pair, run }) => pair::primary(&listen, pair, run),
         Some(Cmd::Backup { primary, pair, run }) => pair::backup(&primary, pair, run),
+        Some(Cmd::Status { files }) => pair::status(&files),
         None => run(
             RunArgs {
                 append: "console=ttyS0 earlycon".into(),
@@ -451,6 +461,8 @@ pub(crate) struct Feeder {
 pub(crate) struct Gate {
     pub link: Option<pair::PrimaryLink>,
     held: VecDeque<(u64, Output)>,
+    /// Where this side reports its role and lag (`ftvm status`).
+    pub status: Option<pair::StatusFile>,
 }
 
 impl Gate {
@@ -458,6 +470,7 @@ impl Gate {
         Gate {
             link: None,
             held: VecDeque::new(),
+            status: None,
         }
     }
 }
@@ -581,6 +594,13 @@ pub(crate) fn live(
             if let Some(log) = &mut feed.log {
                 log.mark(count)?;
             }
+        }
+        if let Some(st) = &mut gate.status {
+            let (role, peer) = match &gate.link {
+                Some(l) => ("primary", Some(l.acked())),
+                None => ("live", None),
+            };
+            st.update(role, m.count(), peer);
         }
         if let Some(link) = &mut gate.link {
             match link.check()? {

@@ -137,6 +137,76 @@ impl PrimaryLink {
     pub fn released(&self, count: u64) {
         self.released.store(count, Ordering::Relaxed);
     }
+    pub fn acked(&self) -> u64 {
+        self.acked.load(Ordering::Relaxed)
+    }
+}
+
+/// A side's status, rewritten (atomically) at most every 100 ms.
+pub(crate) struct StatusFile {
+    path: std::path::PathBuf,
+    last: Option<Instant>,
+}
+
+impl StatusFile {
+    pub fn new(path: &std::path::Path) -> StatusFile {
+        StatusFile {
+            path: path.to_path_buf(),
+            last: None,
+        }
+    }
+
+    /// `peer`: the count the other side is at (the backup's acknowledged log for a primary,
+    /// the primary's latest record for a backup); None when unprotected.
+    pub fn update(&mut self, role: &str, count: u64, peer: Option<u64>) {
+        if self
+            .last
+            .is_some_and(|t| t.elapsed() < Duration::from_millis(100))
+        {
+            return;
+        }
+        self.last = Some(Instant::now());
+        let lag = peer.map(|p| count.abs_diff(p));
+        let text = format!(
+            "role={role}\ninstructions={count}\nprotected={}\nlag_instructions={}\nlag_ms={}\n",
+            if peer.is_some() { "yes" } else { "no" },
+            lag.map_or("-".into(), |l| l.to_string()),
+            // 100 million instructions per second of guest time.
+            lag.map_or("-".into(), |l| format!("{:.1}", l as f64 / 100_000.0)),
+        );
+        let tmp = self.path.with_extension("tmp");
+        if std::fs::write(&tmp, text).is_ok() {
+            let _ = std::fs::rename(&tmp, &self.path);
+        }
+    }
+}
+
+/// `ftvm status FILE...`
+pub fn status(files: &[std::path::PathBuf]) -> Result<u8> {
+    println!(
+        "{:<28} {:<10} {:>14} {:>10} {:>16} {:>10}",
+        "status file", "role", "instructions", "protected", "lag instructions", "lag ms"
+    );
+    for f in files {
+        let text = std::fs::read_to_string(f)
+            .with_context(|| format!("cannot read status file {}", f.display()))?;
+        let get = |k: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(k)?.strip_prefix('='))
+                .unwrap_or("?")
+                .to_string()
+        };
+        println!(
+            "{:<28} {:<10} {:>14} {:>10} {:>16} {:>10}",
+            f.display().to_string(),
+            get("role"),
+            get("instructions"),
+            get("protected"),
+            get("lag_instructions"),
+            get("lag_ms")
+        );
+    }
+    Ok(0)
 }
 
 fn psk_and_arbiter(p: &PairArgs) -> Result<(Psk, Arbiter)> {
@@ -216,6 +286,7 @@ pub fn primary(listen: &str, p: PairArgs, a: RunArgs) -> Result<u8> {
         epoch: p.epoch(),
     };
     let mut gate = Gate::open();
+    gate.status = p.status_file.as_deref().map(StatusFile::new);
     gate.link = Some(PrimaryLink {
         acked,
         released,
@@ -287,8 +358,11 @@ pub fn backup(primary_addr: &str, p: PairArgs, a: RunArgs) -> Result<u8> {
         live_state.clone(),
     );
     let (rec_tx, rec_rx) = mpsc::channel::<FromPrimary>();
+    // The count of the newest record received (the primary's progress as this side knows it).
+    let latest = Arc::new(AtomicU64::new(0));
     {
         let live_state = live_state.clone();
+        let latest = latest.clone();
         std::thread::spawn(move || {
             let mut reader: Option<LogReader<Incoming>> = None;
             let mut pending = Incoming::default();
@@ -329,6 +403,7 @@ pub fn backup(primary_addr: &str, p: PairArgs, a: RunArgs) -> Result<u8> {
                             match r.next_record() {
                                 Ok(Next::Record(rec)) => {
                                     last = Some(rec.count());
+                                    latest.fetch_max(rec.count(), Ordering::Relaxed);
                                     if rec_tx.send(FromPrimary::Record(rec)).is_err() {
                                         return;
                                     }
@@ -381,6 +456,7 @@ pub fn backup(primary_addr: &str, p: PairArgs, a: RunArgs) -> Result<u8> {
     let mut released = 0u64;
     let timeout = p.timeout_ms();
     let mut gone = false;
+    let mut status = p.status_file.as_deref().map(StatusFile::new);
     loop {
         let msg = match rec_rx.recv_timeout(p.beat()) {
             Ok(m) => Some(m),
@@ -424,6 +500,10 @@ pub fn backup(primary_addr: &str, p: PairArgs, a: RunArgs) -> Result<u8> {
             }
             Some(FromPrimary::Gone) => gone = true,
             None => {}
+        }
+        if let Some(st) = &mut status {
+            let primary_at = latest.load(Ordering::Relaxed).max(m.count());
+            st.update("backup", m.count(), Some(primary_at));
         }
         if gone || live_state.is_dead(timeout) {
             break;
@@ -487,16 +567,9 @@ pub fn backup(primary_addr: &str, p: PairArgs, a: RunArgs) -> Result<u8> {
     };
     let mut resubmit: Vec<DiskRequest> = outstanding.into_values().collect();
     resubmit.sort_by_key(|r| (r.slot, r.id));
-    live(
-        &a,
-        m,
-        backends,
-        events_tx,
-        events,
-        feed,
-        Gate::open(),
-        resubmit,
-    )
+    let mut gate = Gate::open();
+    gate.status = status;
+    live(&a, m, backends, events_tx, events, feed, gate, resubmit)
 }
 
 /// Replay to `target`, making the disk writes on this side's copies and keeping the outputs.

@@ -181,6 +181,8 @@ fn side(lab: &Lab, ns: usize, role: &[&str], disk: &Path, arbiter: &Path) -> Pro
         .args(["netns", "exec", &lab.ns[ns]])
         .arg(env!("CARGO_BIN_EXE_ftvm"))
         .args(role)
+        .arg("--status-file")
+        .arg(lab.dir.join(format!("{}.status", role[0])))
         .arg("--psk")
         .arg(lab.dir.join("psk"))
         .arg("--arbiter")
@@ -236,6 +238,21 @@ for j in range(i):
         print("missing", j, flush=True)
 print("done", i, flush=True)
 "#;
+
+fn pair_status(lab: &Lab) -> String {
+    let out = ftvm()
+        .arg("status")
+        .arg(lab.dir.join("primary.status"))
+        .arg(lab.dir.join("backup.status"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
 
 fn wait_ready(p: &mut Proc) {
     let mut out = p.c().stdout.take().unwrap();
@@ -301,6 +318,13 @@ fn trial(lab: &Lab, n: u32, seed: u64) {
             _ => break,
         }
     }
+    if n == 0 {
+        // `ftvm status` shows a protected primary and a backup close behind it.
+        let st = pair_status(lab);
+        assert!(st.contains("primary") && st.contains("backup"), "{st}");
+        let primary_line = st.lines().find(|l| l.contains("primary.status")).unwrap();
+        assert!(primary_line.contains(" yes "), "protected: {st}");
+    }
     let _ = primary.c().kill();
     let _ = primary.c().wait();
     let killed_at = Instant::now();
@@ -322,6 +346,17 @@ fn trial(lab: &Lab, n: u32, seed: u64) {
     let mut err = String::new();
     let _ = std::io::Read::read_to_string(client.c().stderr.as_mut().unwrap(), &mut err);
     let backup_err = std::fs::read_to_string(lab.dir.join("backup.stderr")).unwrap_or_default();
+    if n == 0 && done {
+        // After the failover the backup reports itself live and unprotected.
+        std::thread::sleep(Duration::from_millis(300));
+        let st = pair_status(lab);
+        let line = st
+            .lines()
+            .find(|l| l.contains("backup.status"))
+            .unwrap()
+            .to_string();
+        assert!(line.contains(" live ") && line.contains(" no "), "{st}");
+    }
     assert!(
         status.success() && done,
         "trial {n}: the client's connection did not survive ({status}): {err}\nbackup: {backup_err}"
