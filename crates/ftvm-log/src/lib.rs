@@ -344,6 +344,19 @@ impl<W: Write> LogWriter<W> {
         Ok(())
     }
 
+    /// Append any record after the header: inputs one by one, the others whole.
+    pub fn append(&mut self, r: &Record) -> Result<(), LogError> {
+        match r {
+            Record::Input { count, inputs } => {
+                for i in inputs {
+                    self.input(*count, i)?;
+                }
+                Ok(())
+            }
+            r => self.record(r.clone()),
+        }
+    }
+
     /// Mark the log complete up to `count` and push it out.
     pub fn mark(&mut self, count: u64) -> Result<(), LogError> {
         self.record(Record::Mark { count })
@@ -534,14 +547,7 @@ mod tests {
         ];
         let mut w = LogWriter::create(path, recs[0].clone()).unwrap();
         for r in &recs[1..] {
-            match r {
-                Record::Input { count, inputs } => {
-                    for i in inputs {
-                        w.input(*count, i).unwrap();
-                    }
-                }
-                r => w.record(r.clone()).unwrap(),
-            }
+            w.append(r).unwrap();
         }
         w.flush().unwrap();
         recs

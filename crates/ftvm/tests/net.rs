@@ -84,6 +84,22 @@ impl Net {
         }
     }
 
+    /// redis-benchmark against the guest, from the client namespace.
+    fn redis_benchmark(&self, args: &[&str]) -> std::process::Output {
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.client,
+                "redis-benchmark",
+                "-h",
+                GUEST_IP,
+            ])
+            .args(args)
+            .output()
+            .expect("redis-benchmark")
+    }
+
     /// redis-cli in the client namespace.
     fn redis(&self, args: &[&str]) -> String {
         let out = Command::new("ip")
@@ -204,18 +220,7 @@ fn redis_over_tap_keeps_its_data_across_a_power_cycle() {
     assert_eq!(net.redis(&["get", "ftvm-key"]), "survives");
 
     // Real load from Debian's redis-benchmark: every request must succeed.
-    let bench = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &net.client,
-            "redis-benchmark",
-            "-h",
-            GUEST_IP,
-        ])
-        .args(["-c", "10", "-n", "2000", "-t", "set,get", "--csv"])
-        .output()
-        .expect("redis-benchmark");
+    let bench = net.redis_benchmark(&["-c", "10", "-n", "2000", "-t", "set,get", "--csv"]);
     let report = String::from_utf8_lossy(&bench.stdout);
     let errors = String::from_utf8_lossy(&bench.stderr);
     assert!(bench.status.success(), "redis-benchmark failed: {errors}");
@@ -276,18 +281,7 @@ fn a_networked_session_replays_offline() {
         );
     }
     assert_eq!(net.redis(&["get", "key7"]), "value7");
-    let bench = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &net.client,
-            "redis-benchmark",
-            "-h",
-            GUEST_IP,
-        ])
-        .args(["-c", "4", "-n", "500", "-t", "set,get", "-q"])
-        .output()
-        .expect("redis-benchmark");
+    let bench = net.redis_benchmark(&["-c", "4", "-n", "500", "-t", "set,get", "-q"]);
     assert!(bench.status.success());
     power_off(guest);
     let recorded_console = console.recv_timeout(Duration::from_secs(30)).unwrap();

@@ -87,14 +87,7 @@ fn records(log: &Path) -> Vec<Record> {
 fn write_log(path: &Path, recs: &[Record]) {
     let mut w = LogWriter::create(path, recs[0].clone()).unwrap();
     for r in &recs[1..] {
-        match r {
-            Record::Input { count, inputs } => {
-                for i in inputs {
-                    w.input(*count, i).unwrap();
-                }
-            }
-            r => w.record(r.clone()).unwrap(),
-        }
+        w.append(r).unwrap();
     }
     w.flush().unwrap();
 }
