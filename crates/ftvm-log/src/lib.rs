@@ -491,11 +491,6 @@ impl<R: Read> LogReader<R> {
     pub fn source_mut(&mut self) -> &mut R {
         &mut self.src
     }
-
-    /// Index of the next frame.
-    pub fn index(&self) -> u64 {
-        self.index
-    }
 }
 
 #[cfg(test)]

@@ -309,11 +309,6 @@ impl Machine {
         out
     }
 
-    /// Let `ticks` of machine time pass while the hart is idle (no instruction runs).
-    pub fn advance_idle(&mut self, ticks: u64) {
-        self.apply(Input::Time { ticks });
-    }
-
     /// Boot a Linux kernel Image in S-mode, with ftvm serving the SBI.
     /// `devices` go on the virtio-mmio slots in order; the RTC starts at `rtc_base_ns`.
     pub fn boot_linux(

@@ -4,7 +4,6 @@ mod common;
 
 use std::io::Write;
 use std::process::Stdio;
-use std::sync::mpsc;
 use std::time::Duration;
 
 use common::*;
@@ -22,24 +21,10 @@ fn boots_to_ready_and_powers_off() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn ftvm");
-    let mut stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let r = read_until(&mut stdout, "ftvm-guest: ready", Duration::from_secs(120));
-        let ok = r.is_ok();
-        let _ = tx.send(r);
-        if ok {
-            // Keep draining so the guest never blocks on a full pipe.
-            let _ = std::io::copy(&mut stdout, &mut std::io::sink());
-        }
+    let (seen, _console) = await_ready(&mut child).unwrap_or_else(|seen| {
+        let _ = child.kill();
+        panic!("no ready line; console was:\n{seen}")
     });
-    let seen = rx
-        .recv_timeout(Duration::from_secs(130))
-        .expect("console reader")
-        .unwrap_or_else(|seen| {
-            let _ = child.kill();
-            panic!("no ready line; console was:\n{seen}")
-        });
     assert!(seen.contains("Linux version 6.1"), "{seen}");
     child
         .stdin

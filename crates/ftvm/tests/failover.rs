@@ -255,16 +255,8 @@ fn pair_status(lab: &Lab) -> String {
 }
 
 fn wait_ready(p: &mut Proc) {
-    let mut out = p.c().stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let r = read_until(&mut out, "ftvm-guest: ready", Duration::from_secs(120));
-        let _ = tx.send(r);
-        let _ = std::io::copy(&mut out, &mut std::io::sink());
-    });
-    match rx.recv_timeout(Duration::from_secs(150)) {
-        Ok(Ok(_)) => {}
-        other => panic!("primary never ready: {other:?}"),
+    if let Err(seen) = await_ready(p.c()) {
+        panic!("primary never ready; console was:\n{seen}");
     }
 }
 

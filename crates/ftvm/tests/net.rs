@@ -157,24 +157,11 @@ fn boot_with(net: &Net, disk: &std::path::Path, how: &[&str]) -> (Guest, mpsc::R
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn ftvm");
-    let mut stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    let (all_tx, all_rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let r = read_until(&mut stdout, "ftvm-guest: ready", Duration::from_secs(120));
-        let ok = r.is_ok();
-        let mut seen = r.clone().unwrap_or_default().into_bytes();
-        let _ = tx.send(r);
-        if ok {
-            let _ = std::io::Read::read_to_end(&mut stdout, &mut seen);
-        }
-        let _ = all_tx.send(seen);
-    });
-    match rx.recv_timeout(Duration::from_secs(130)) {
-        Ok(Ok(_)) => (Guest(Some(child)), all_rx),
-        other => {
+    match await_ready(&mut child) {
+        Ok((_, console)) => (Guest(Some(child)), console),
+        Err(seen) => {
             let _ = child.kill();
-            panic!("guest did not get ready: {other:?}");
+            panic!("guest did not get ready; console was:\n{seen}");
         }
     }
 }

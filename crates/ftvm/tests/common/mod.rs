@@ -4,6 +4,7 @@
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
@@ -96,4 +97,28 @@ pub fn read_until(r: &mut impl Read, needle: &str, limit: Duration) -> Result<St
         }
     }
     Err(String::from_utf8_lossy(&seen).into_owned())
+}
+
+/// Wait (at most two minutes) for the guest on `child`'s console to print its ready line.
+/// Returns the console so far and a channel that delivers the whole console output once the
+/// child closes it; the console is drained meanwhile, so the guest never blocks on a full pipe.
+pub fn await_ready(child: &mut Child) -> Result<(String, mpsc::Receiver<Vec<u8>>), String> {
+    let mut stdout = child.stdout.take().expect("stdout is piped");
+    let (tx, rx) = mpsc::channel();
+    let (all_tx, all_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let r = read_until(&mut stdout, "ftvm-guest: ready", Duration::from_secs(120));
+        let ok = r.is_ok();
+        let mut seen = r.clone().unwrap_or_else(|e| e).into_bytes();
+        let _ = tx.send(r);
+        if ok {
+            let _ = stdout.read_to_end(&mut seen);
+        }
+        let _ = all_tx.send(seen);
+    });
+    match rx.recv_timeout(Duration::from_secs(130)) {
+        Ok(Ok(seen)) => Ok((seen, all_rx)),
+        Ok(Err(seen)) => Err(seen),
+        Err(_) => Err("no console output in time".into()),
+    }
 }
