@@ -268,6 +268,26 @@ impl Machine {
         self.invalidate_dma();
     }
 
+    /// The devices on the virtio-mmio slots, in slot order, as they were configured at boot.
+    pub fn devices(&self) -> Vec<DeviceSpec> {
+        self.board
+            .virtio
+            .iter()
+            .map(|d| match &d.dev {
+                virtio::Device::Blk {
+                    sectors, serial, ..
+                } => DeviceSpec::Disk {
+                    bytes: sectors * 512,
+                    serial: String::from_utf8_lossy(serial)
+                        .trim_end_matches('\0')
+                        .to_string(),
+                },
+                virtio::Device::Net { mac } => DeviceSpec::Net { mac: *mac },
+                virtio::Device::Rng => DeviceSpec::Rng,
+            })
+            .collect()
+    }
+
     /// Whether the machine has disks or network devices, whose host side a snapshot cannot hold.
     pub fn has_host_devices(&self) -> bool {
         self.board
@@ -491,11 +511,27 @@ mod tests {
         let mut m = Machine::new(MIN_RAM).unwrap();
         m.board.ram[5 * 4096 + 3] = 7;
         m.hart.x[5] = 42;
+        m.board
+            .virtio
+            .push(virtio::VirtioMmio::blk(0, 1 << 20, "ftvm-disk0"));
+        let mac = [2, 0, 0, 0, 0, 9];
+        m.board
+            .virtio
+            .push(virtio::VirtioMmio::new(1, virtio::Device::Net { mac }));
+        let expected = vec![
+            DeviceSpec::Disk {
+                bytes: 1 << 20,
+                serial: "ftvm-disk0".into(),
+            },
+            DeviceSpec::Net { mac },
+        ];
+        assert_eq!(m.devices(), expected);
         let mut w = Writer::default();
         m.save_state(&mut w, true);
         assert_eq!(m.digest(), blake3::hash(&w.buf));
         let back = Machine::restore(&m.save()).unwrap();
         assert_eq!(back.digest(), m.digest());
+        assert_eq!(back.devices(), m.devices());
         m.board.ram[9 * 4096] = 1;
         assert_ne!(back.digest(), m.digest());
     }

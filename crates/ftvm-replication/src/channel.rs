@@ -14,6 +14,7 @@ use std::path::Path;
 use thiserror::Error;
 
 const MAX_MSG: u32 = 64 << 20;
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 #[derive(Debug, Error)]
 pub enum ChannelError {
@@ -70,8 +71,19 @@ pub enum Msg {
     Log(Vec<u8>),
     /// The backup holds the log up to this count.
     Ack(u64),
-    /// Liveness; from the primary it also says up to which count outputs were released.
+    /// Liveness. From the primary it also says up to which count outputs were released; from
+    /// the backup, up to which count it has replayed.
     Heartbeat(u64),
+    /// The first message to a backup: the pair's generation (see the arbiter) and the size of
+    /// each of the primary's disks, whose contents follow as `Disk` messages, then the log.
+    Attach { generation: u64, disks: Vec<u64> },
+    /// Disk contents at `offset` of disk `index` (disks in the order of `Attach`); ranges not
+    /// sent are zero.
+    Disk {
+        index: u32,
+        offset: u64,
+        data: Vec<u8>,
+    },
 }
 
 fn random_nonce() -> Result<[u8; 32], ChannelError> {
@@ -89,13 +101,15 @@ pub struct Channel {
 }
 
 impl Channel {
-    /// Authenticate `stream` as `role` with `psk`.
+    /// Authenticate `stream` as `role` with `psk`. A peer that does not complete the handshake
+    /// within HANDSHAKE_TIMEOUT is refused.
     pub fn handshake(
         mut stream: TcpStream,
         role: Role,
         psk: &Psk,
     ) -> Result<(Channel, Channel), ChannelError> {
         stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
         let mine = random_nonce()?;
         stream.write_all(&mine)?;
         let mut theirs = [0u8; 32];
@@ -127,6 +141,8 @@ impl Channel {
         h.update(&p_nonce);
         h.update(&b_nonce);
         let key = *h.finalize().as_bytes();
+        // From here on the peer's liveness is judged by heartbeats, not by socket timeouts.
+        stream.set_read_timeout(None)?;
         let rx = stream.try_clone()?;
         Ok((
             Channel {
@@ -159,6 +175,24 @@ impl Channel {
             Msg::Log(b) => (1, b.clone()),
             Msg::Ack(c) => (2, c.to_le_bytes().to_vec()),
             Msg::Heartbeat(c) => (3, c.to_le_bytes().to_vec()),
+            Msg::Attach { generation, disks } => {
+                let mut p = generation.to_le_bytes().to_vec();
+                for d in disks {
+                    p.extend_from_slice(&d.to_le_bytes());
+                }
+                (4, p)
+            }
+            Msg::Disk {
+                index,
+                offset,
+                data,
+            } => {
+                let mut p = Vec::with_capacity(12 + data.len());
+                p.extend_from_slice(&index.to_le_bytes());
+                p.extend_from_slice(&offset.to_le_bytes());
+                p.extend_from_slice(data);
+                (5, p)
+            }
         };
         self.seq += 1;
         let mac = self.mac(self.seq, kind, &payload);
@@ -202,6 +236,18 @@ impl Channel {
             1 => Msg::Log(payload),
             2 => Msg::Ack(u64_of(&payload)?),
             3 => Msg::Heartbeat(u64_of(&payload)?),
+            4 if payload.len() >= 8 && payload.len() % 8 == 0 => {
+                let mut words = payload.chunks_exact(8).map(u64_of);
+                Msg::Attach {
+                    generation: words.next().expect("one word")?,
+                    disks: words.collect::<Result<_, _>>()?,
+                }
+            }
+            5 if payload.len() >= 12 => Msg::Disk {
+                index: u32::from_le_bytes(payload[..4].try_into().expect("4 bytes")),
+                offset: u64_of(&payload[4..12])?,
+                data: payload[12..].to_vec(),
+            },
             _ => return Err(ChannelError::Bad("type")),
         })
     }
@@ -242,6 +288,24 @@ mod tests {
         assert_eq!(brx.recv().unwrap(), Msg::Heartbeat(7));
         btx.send(&Msg::Ack(42)).unwrap();
         assert_eq!(prx.recv().unwrap(), Msg::Ack(42));
+        for m in [
+            Msg::Attach {
+                generation: 3,
+                disks: vec![1 << 20, 512],
+            },
+            Msg::Attach {
+                generation: 0,
+                disks: vec![],
+            },
+            Msg::Disk {
+                index: 1,
+                offset: 4096,
+                data: vec![7; 300],
+            },
+        ] {
+            ptx.send(&m).unwrap();
+            assert_eq!(brx.recv().unwrap(), m);
+        }
     }
 
     #[test]

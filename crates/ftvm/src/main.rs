@@ -61,6 +61,9 @@ enum Cmd {
         /// The primary's address.
         #[arg(long, value_name = "ADDR")]
         primary: String,
+        /// Once live, accept a new backup on this address (re-protection).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
         #[command(flatten)]
         pair: PairArgs,
         #[command(flatten)]
@@ -73,7 +76,8 @@ struct PairArgs {
     /// File holding the pre-shared key (at least 16 bytes) that both sides use.
     #[arg(long, value_name = "FILE")]
     psk: PathBuf,
-    /// The arbiter both sides race for before going live: file:PATH on storage both see.
+    /// The arbiter both sides race for before going live: file:PATH on storage both see, or
+    /// etcd:http://HOST:PORT[/PREFIX] for a lease-backed key in an etcd cluster.
     #[arg(long, value_name = "SPEC")]
     arbiter: String,
     /// Heartbeat interval in milliseconds.
@@ -92,6 +96,10 @@ struct PairArgs {
     /// The epoch length in instructions, for --delivery epoch.
     #[arg(long, value_name = "N", default_value_t = 1_000_000)]
     epoch: u64,
+    /// The backup's replay may trail the guest by at most this much guest time; beyond it the
+    /// guest waits. It bounds the replay a failover needs first.
+    #[arg(long, value_name = "MS", default_value_t = 50)]
+    max_lag_ms: u64,
     /// Report this side's role, lag and protection in FILE (read it with `ftvm status`).
     #[arg(long, value_name = "FILE")]
     status_file: Option<PathBuf>,
@@ -285,7 +293,12 @@ fn main() -> ExitCode {
         Some(Cmd::Record(r)) => run(r.run, Some((r.log, r.digest_every.max(1)))),
         Some(Cmd::Replay(r)) => replay::replay(r),
         Some(Cmd::Primary { listen, pair, run }) => pair::primary(&listen, pair, run),
-        Some(Cmd::Backup { primary, pair, run }) => pair::backup(&primary, pair, run),
+        Some(Cmd::Backup {
+            primary,
+            listen,
+            pair,
+            run,
+        }) => pair::backup(&primary, listen.as_deref(), pair, run),
         Some(Cmd::Status { files }) => pair::status(&files),
         None => run(
             RunArgs {
@@ -335,6 +348,37 @@ pub(crate) struct Backends {
 /// 2026-01-01T00:00:00Z: where the RTC starts under the virtual clock.
 const VIRTUAL_EPOCH_NS: u64 = 1_767_225_600 * 1_000_000_000;
 
+/// Open the live backends of the run options' devices: disks then networks, in slot order.
+pub(crate) fn open_backends(a: &RunArgs, events: &Sender<HostEvent>) -> Result<Backends> {
+    let mut b = Backends::default();
+    for (slot, path) in a.disk.iter().enumerate() {
+        b.disks
+            .insert(slot, Disk::open(path, slot, events.clone())?);
+    }
+    for (i, net) in a.net.iter().enumerate() {
+        let slot = a.disk.len() + i;
+        b.taps
+            .insert(slot, Tap::open(&net.tap, slot, events.clone())?);
+    }
+    Ok(b)
+}
+
+/// The virtio devices that the run options give, in slot order: the disks (of `disk_sizes`
+/// bytes), the networks, then the entropy source.
+pub(crate) fn expected_devices(a: &RunArgs, disk_sizes: &[u64]) -> Vec<DeviceSpec> {
+    let mut devices: Vec<DeviceSpec> = disk_sizes
+        .iter()
+        .enumerate()
+        .map(|(n, &bytes)| DeviceSpec::Disk {
+            bytes,
+            serial: format!("ftvm-disk{n}"),
+        })
+        .collect();
+    devices.extend(a.net.iter().map(|n| DeviceSpec::Net { mac: n.mac }));
+    devices.push(DeviceSpec::Rng);
+    devices
+}
+
 fn build_machine(a: &RunArgs, events: &Sender<HostEvent>) -> Result<(Machine, Backends)> {
     let mut backends = Backends::default();
     if let Some(snap) = &a.restore {
@@ -372,24 +416,11 @@ fn build_machine(a: &RunArgs, events: &Sender<HostEvent>) -> Result<(Machine, Ba
     };
     let k = read(&kernel, "kernel")?;
     let i = initrd.as_deref().map(|p| read(p, "initrd")).transpose()?;
-    let mut devices = Vec::new();
-    for (n, path) in a.disk.iter().enumerate() {
-        let slot = devices.len();
-        let disk = Disk::open(path, slot, events.clone())?;
-        devices.push(DeviceSpec::Disk {
-            bytes: disk.bytes,
-            serial: format!("ftvm-disk{n}"),
-        });
-        backends.disks.insert(slot, disk);
-    }
-    for net in &a.net {
-        let slot = devices.len();
-        backends
-            .taps
-            .insert(slot, Tap::open(&net.tap, slot, events.clone())?);
-        devices.push(DeviceSpec::Net { mac: net.mac });
-    }
-    devices.push(DeviceSpec::Rng);
+    backends = open_backends(a, events)?;
+    let sizes: Vec<u64> = (0..a.disk.len())
+        .map(|s| backends.disks[&s].bytes)
+        .collect();
+    let devices = expected_devices(a, &sizes);
     let rtc = match a.clock {
         ClockMode::Host => ftvm_host::wall_clock_ns(),
         ClockMode::Virtual => VIRTUAL_EPOCH_NS,
@@ -436,6 +467,48 @@ impl Pending {
         }
     }
 
+    /// Hand the machine the disk completions that arrived.
+    fn deliver_disk_done(&mut self, m: &mut Machine, feed: &mut Feeder) -> Result<()> {
+        while let Some(HostEvent::DiskDone { slot, id, ok, data }) = self.disk_done.pop_front() {
+            self.disk_in_flight -= 1;
+            feed.feed(m, Input::DiskDone { slot, id, ok, data })?;
+        }
+        Ok(())
+    }
+
+    /// Complete every disk request in flight, without running the guest.
+    fn drain_disks(
+        &mut self,
+        m: &mut Machine,
+        events: &mpsc::Receiver<HostEvent>,
+        feed: &mut Feeder,
+        backends: &Backends,
+        con: &mut Console,
+    ) -> Result<()> {
+        loop {
+            self.deliver_disk_done(m, feed)?;
+            // A completion may let the device start the next queued request.
+            for out in m.take_outputs() {
+                match out {
+                    Output::Device(DeviceOutput::Disk(req)) => {
+                        if let Some(d) = backends.disks.get(&req.slot) {
+                            self.disk_in_flight += 1;
+                            d.submit(req);
+                        }
+                    }
+                    out => emit(out, con, backends),
+                }
+            }
+            if self.disk_in_flight == 0 {
+                return Ok(());
+            }
+            match events.recv_timeout(Duration::from_secs(30)) {
+                Ok(ev) => self.take(ev),
+                Err(_) => bail!("a disk request did not complete within 30 s"),
+            }
+        }
+    }
+
     /// Whether anything may still arrive from outside.
     fn input_possible(&self, b: &Backends) -> bool {
         self.console_open
@@ -460,6 +533,8 @@ pub(crate) struct Feeder {
 /// it. With no backup (or unprotected), outputs leave at once.
 pub(crate) struct Gate {
     pub link: Option<pair::PrimaryLink>,
+    /// Where new backups come from (a primary, or a backup gone live with --listen).
+    pub protect: Option<pair::Protector>,
     held: VecDeque<(u64, Output)>,
     /// Where this side reports its role and lag (`ftvm status`).
     pub status: Option<pair::StatusFile>,
@@ -469,6 +544,7 @@ impl Gate {
     pub fn open() -> Gate {
         Gate {
             link: None,
+            protect: None,
             held: VecDeque::new(),
             status: None,
         }
@@ -567,11 +643,32 @@ pub(crate) fn live(
     let started = Instant::now();
     // Under the host clock, machine time may not fall behind the host's.
     let start_ticks = m.board.mtime(m.count());
+    // Where the log was last pushed out to the backup.
+    let mut last_mark = m.count();
     let code = loop {
         let next_epoch = feed
             .epoch
             .map_or(u64::MAX, |e| (m.count() / e + 1).saturating_mul(e));
-        let exit = m.run(stop_at.min(feed.next_digest).min(next_epoch), CHUNK);
+        let exit = if gate
+            .link
+            .as_ref()
+            .is_some_and(|l| l.too_far_ahead(m.count()))
+        {
+            // The backup's replay trails too far: wait for it (and look at the host meanwhile),
+            // once the log up to here is out so that it can catch up.
+            if last_mark < m.count() {
+                if let Some(log) = &mut feed.log {
+                    log.mark(m.count())?;
+                }
+                last_mark = m.count();
+            }
+            if let Ok(ev) = events.recv_timeout(Duration::from_millis(1)) {
+                pending.take(ev);
+            }
+            RunExit::Yield
+        } else {
+            m.run(stop_at.min(feed.next_digest).min(next_epoch), CHUNK)
+        };
         let was_idle = matches!(exit, RunExit::Idle { .. });
         let count = m.count();
         let mut held_new = false;
@@ -594,6 +691,7 @@ pub(crate) fn live(
             if let Some(log) = &mut feed.log {
                 log.mark(count)?;
             }
+            last_mark = count;
         }
         if let Some(st) = &mut gate.status {
             let (role, peer) = match &gate.link {
@@ -601,6 +699,31 @@ pub(crate) fn live(
                 None => ("live", None),
             };
             st.update(role, m.count(), peer);
+        }
+        if let Some(backup) = gate.protect.as_ref().and_then(|p| p.waiting()) {
+            if gate.link.is_some() {
+                eprintln!("\r\nftvm: refused a second backup: the guest is protected\r");
+                backup.0.shutdown();
+            } else {
+                // Bring the new backup up to date: no disk request may be in flight while the
+                // guest's state and the disks are copied.
+                let t0 = Instant::now();
+                pending.drain_disks(&mut m, &events, &mut feed, &backends, &mut con)?;
+                let protect = gate.protect.as_mut().expect("checked");
+                match protect.attach(&m, backup) {
+                    Ok((link, log)) => {
+                        feed.log = Some(log);
+                        feed.digest_every = protect.digest_every;
+                        feed.next_digest = m.count().saturating_add(feed.digest_every);
+                        gate.link = Some(link);
+                        eprintln!(
+                            "\r\nftvm: protected again; the guest paused {} ms\r",
+                            t0.elapsed().as_millis()
+                        );
+                    }
+                    Err(e) => eprintln!("\r\nftvm: a backup could not attach: {e:#}\r"),
+                }
+            }
         }
         if let Some(link) = &mut gate.link {
             match link.check()? {
@@ -701,10 +824,7 @@ pub(crate) fn live(
         if !deliver {
             continue;
         }
-        while let Some(HostEvent::DiskDone { slot, id, ok, data }) = pending.disk_done.pop_front() {
-            pending.disk_in_flight -= 1;
-            feed.feed(&mut m, Input::DiskDone { slot, id, ok, data })?;
-        }
+        pending.deliver_disk_done(&mut m, &mut feed)?;
         for (&slot, q) in pending.frames.iter_mut() {
             while !q.is_empty() && m.net_ready(slot) {
                 let frame = q.pop_front().expect("not empty");

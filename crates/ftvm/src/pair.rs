@@ -10,14 +10,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use ftvm_host::disk::Disk;
-use ftvm_host::tap::Tap;
 use ftvm_host::HostEvent;
 use ftvm_log::{LogReader, LogWriter, Next, Record};
 use ftvm_machine::{DeviceOutput, DiskOp, DiskRequest, Machine, Output, RunExit};
 use ftvm_replication::{Arbiter, Channel, Msg, Psk, Role};
 
-use crate::{build_machine, emit_frame_arp, live, Backends, Feeder, Gate, PairArgs, RunArgs};
+use crate::{
+    build_machine, emit_frame_arp, expected_devices, live, open_backends, Feeder, Gate, PairArgs,
+    RunArgs,
+};
 
 /// Milliseconds since `epoch`, for lock-free liveness stamps.
 fn ms_since(epoch: Instant) -> u64 {
@@ -117,8 +118,14 @@ pub(crate) enum LinkState {
 
 /// The primary's view of its backup.
 pub(crate) struct PrimaryLink {
+    /// The pair's generation: the arbiter key this side races for if the backup dies.
+    generation: u64,
     acked: Arc<AtomicU64>,
     released: Arc<AtomicU64>,
+    /// Up to where the backup has replayed (from its heartbeats).
+    replayed: Arc<AtomicU64>,
+    /// How far (in instructions) the backup's replay may trail before the guest waits.
+    max_lag: u64,
     live: Arc<Liveness>,
     timeout_ms: u64,
     arbiter: Arbiter,
@@ -127,7 +134,7 @@ pub(crate) struct PrimaryLink {
 impl PrimaryLink {
     pub fn check(&mut self) -> Result<LinkState> {
         if self.live.is_dead(self.timeout_ms) {
-            if self.arbiter.test_and_set("primary")? {
+            if self.arbiter.test_and_set(self.generation, "primary")? {
                 return Ok(LinkState::Unprotected);
             }
             bail!("the backup won the arbiter: this primary stops its guest");
@@ -140,7 +147,201 @@ impl PrimaryLink {
     pub fn acked(&self) -> u64 {
         self.acked.load(Ordering::Relaxed)
     }
+    /// Whether the guest at `count` is so far ahead of the backup's replay that a failover
+    /// would pause longer than --max-lag-ms: it then waits for the backup.
+    pub fn too_far_ahead(&self, count: u64) -> bool {
+        count.saturating_sub(self.replayed.load(Ordering::Relaxed)) > self.max_lag
+    }
 }
+
+/// Disk contents travel in pieces of this size; pieces that are all zero are not sent.
+const DISK_PIECE: usize = 1 << 20;
+
+/// What a side needs to protect its guest with a backup: the backups that connect, and
+/// how to bring one up to date (the guest's state, the disks' contents, then the log).
+pub(crate) struct Protector {
+    incoming: mpsc::Receiver<(Channel, Channel)>,
+    /// The generation the next backup starts.
+    next_generation: u64,
+    arbiter: Arbiter,
+    disks: Vec<std::path::PathBuf>,
+    beat: Duration,
+    timeout_ms: u64,
+    pub digest_every: u64,
+    max_lag: u64,
+    wake: Sender<HostEvent>,
+}
+
+impl Protector {
+    /// Accept backups on `listen` (authenticated with `psk`) from now on.
+    pub fn start(
+        listen: &str,
+        psk: Psk,
+        arbiter: Arbiter,
+        next_generation: u64,
+        p: &PairArgs,
+        a: &RunArgs,
+        wake: Sender<HostEvent>,
+    ) -> Result<Protector> {
+        let listener =
+            TcpListener::bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
+        let (tx, incoming) = mpsc::channel();
+        let waker = wake.clone();
+        std::thread::spawn(move || {
+            for s in listener.incoming() {
+                let Ok(s) = s else { continue };
+                let peer = s.peer_addr().map_or("?".to_string(), |a| a.to_string());
+                match Channel::handshake(s, Role::Primary, &psk) {
+                    Ok(halves) => {
+                        eprintln!("ftvm: backup {peer} connected");
+                        if tx.send(halves).is_err() {
+                            return;
+                        }
+                        let _ = waker.send(HostEvent::Wake);
+                    }
+                    Err(e) => eprintln!("ftvm: refused {peer}: {e}"),
+                }
+            }
+        });
+        Ok(Protector {
+            incoming,
+            next_generation,
+            arbiter,
+            disks: a.disk.clone(),
+            beat: p.beat(),
+            timeout_ms: p.timeout_ms(),
+            digest_every: p.digest_every,
+            max_lag: p.max_lag_ms.saturating_mul(INSTRUCTIONS_PER_MS),
+            wake,
+        })
+    }
+
+    /// A backup that connected and waits to attach, if any.
+    pub fn waiting(&self) -> Option<(Channel, Channel)> {
+        self.incoming.try_recv().ok()
+    }
+
+    /// Block until a backup connects.
+    pub fn wait(&self) -> Result<(Channel, Channel)> {
+        self.incoming
+            .recv()
+            .context("the listener for backups stopped")
+    }
+
+    /// Bring a backup up to date with the machine as it is now (no disk request may be in
+    /// flight): the generation, the disks' contents, then a log whose header is the machine's
+    /// state. Returns the link to the backup and the log to write the inputs to.
+    pub fn attach(
+        &mut self,
+        m: &Machine,
+        (mut tx, rx): (Channel, Channel),
+    ) -> Result<(PrimaryLink, LogWriter<Box<dyn Write>>)> {
+        use std::os::unix::fs::FileExt;
+        let generation = self.next_generation;
+        if self.arbiter.taken(generation)? {
+            bail!("generation {generation} of the arbiter was already won: refusing the backup");
+        }
+        let t0 = Instant::now();
+        let mut files = Vec::new();
+        for path in &self.disks {
+            let f = std::fs::File::open(path)
+                .with_context(|| format!("cannot read disk {}", path.display()))?;
+            let len = f.metadata()?.len();
+            files.push((f, len));
+        }
+        tx.send(&Msg::Attach {
+            generation,
+            disks: files.iter().map(|(_, len)| *len).collect(),
+        })?;
+        // The backup heartbeats from its handshake on: listen to it while its state is sent.
+        let live_state = Liveness::new();
+        live_state.heard();
+        let released = Arc::new(AtomicU64::new(0));
+        let acked = Arc::new(AtomicU64::new(0));
+        let replayed = Arc::new(AtomicU64::new(m.count()));
+        {
+            let (acked, replayed, live_state) =
+                (acked.clone(), replayed.clone(), live_state.clone());
+            let wake = self.wake.clone();
+            let mut rx = rx;
+            std::thread::spawn(move || loop {
+                match rx.recv() {
+                    Ok(Msg::Ack(c)) => {
+                        acked.fetch_max(c, Ordering::Relaxed);
+                        live_state.heard();
+                        // Held outputs may leave now: wake the runner if it waits.
+                        let _ = wake.send(HostEvent::Wake);
+                    }
+                    Ok(Msg::Heartbeat(c)) => {
+                        replayed.fetch_max(c, Ordering::Relaxed);
+                        live_state.heard();
+                    }
+                    Ok(other) => {
+                        tracing::warn!(?other, "unexpected message from the backup");
+                        live_state.heard();
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "replication channel closed");
+                        live_state.dead.store(true, Ordering::Relaxed);
+                        return;
+                    }
+                }
+            });
+        }
+        let mut sent = 0u64;
+        let mut piece = vec![0u8; DISK_PIECE];
+        for (index, (f, len)) in files.iter().enumerate() {
+            let mut offset = 0u64;
+            while offset < *len {
+                let n = (*len - offset).min(DISK_PIECE as u64) as usize;
+                f.read_exact_at(&mut piece[..n], offset)?;
+                if piece[..n].iter().any(|&b| b != 0) {
+                    tx.send(&Msg::Disk {
+                        index: index as u32,
+                        offset,
+                        data: piece[..n].to_vec(),
+                    })?;
+                    sent += n as u64;
+                }
+                offset += n as u64;
+            }
+        }
+        let out = start_sender(tx, self.beat, released.clone(), live_state.clone());
+        let header = Record::Header {
+            count: m.count(),
+            snapshot: m.save(),
+            digest_every: self.digest_every,
+        };
+        let writer: Box<dyn Write> = Box::new(LinkWriter {
+            buf: Vec::new(),
+            out,
+        });
+        let log = LogWriter::new(writer, header)?;
+        eprintln!(
+            "ftvm: backup attached (generation {generation}) at instruction {}: {} KiB of disk sent, state sent in {} ms",
+            m.count(),
+            sent >> 10,
+            t0.elapsed().as_millis()
+        );
+        self.next_generation = generation + 1;
+        Ok((
+            PrimaryLink {
+                generation,
+                acked,
+                released,
+                replayed,
+                max_lag: self.max_lag,
+                live: live_state,
+                timeout_ms: self.timeout_ms,
+                arbiter: self.arbiter.clone(),
+            },
+            log,
+        ))
+    }
+}
+
+/// Guest time: the timebase runs at 10 MHz and ticks once per 10 instructions.
+const INSTRUCTIONS_PER_MS: u64 = 100_000;
 
 /// A side's status, rewritten (atomically) at most every 100 ms.
 pub(crate) struct StatusFile {
@@ -171,8 +372,9 @@ impl StatusFile {
             "role={role}\ninstructions={count}\nprotected={}\nlag_instructions={}\nlag_ms={}\n",
             if peer.is_some() { "yes" } else { "no" },
             lag.map_or("-".into(), |l| l.to_string()),
-            // 100 million instructions per second of guest time.
-            lag.map_or("-".into(), |l| format!("{:.1}", l as f64 / 100_000.0)),
+            lag.map_or("-".into(), |l| {
+                format!("{:.1}", l as f64 / INSTRUCTIONS_PER_MS as f64)
+            }),
         );
         let tmp = self.path.with_extension("tmp");
         if std::fs::write(&tmp, text).is_ok() {
@@ -209,91 +411,42 @@ pub fn status(files: &[std::path::PathBuf]) -> Result<u8> {
     Ok(0)
 }
 
-fn psk_and_arbiter(p: &PairArgs) -> Result<(Psk, Arbiter)> {
+pub fn primary(listen: &str, p: PairArgs, a: RunArgs) -> Result<u8> {
     let psk = Psk::from_file(&p.psk)?;
     let arbiter = Arbiter::parse(&p.arbiter)?;
-    if arbiter.taken() {
+    if arbiter.taken(0)? {
         bail!(
             "the arbiter {} was already won: a new pair needs a fresh arbiter",
             p.arbiter
         );
     }
-    Ok((psk, arbiter))
-}
-
-pub fn primary(listen: &str, p: PairArgs, a: RunArgs) -> Result<u8> {
-    let (psk, arbiter) = psk_and_arbiter(&p)?;
-    let listener =
-        TcpListener::bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
+    let (events_tx, events) = mpsc::channel::<HostEvent>();
+    let mut protect = Protector::start(listen, psk, arbiter, 0, &p, &a, events_tx.clone())?;
+    let (m, backends) = build_machine(&a, &events_tx)?;
     eprintln!("ftvm: primary waiting for a backup on {listen}");
-    let (rx_half, tx_half) = loop {
-        let (s, peer) = listener.accept()?;
-        match Channel::handshake(s, Role::Primary, &psk) {
-            Ok((tx, rx)) => {
-                eprintln!("ftvm: backup {peer} attached");
-                break (rx, tx);
-            }
-            Err(e) => eprintln!("ftvm: refused {peer}: {e}"),
+    let (link, log) = loop {
+        let halves = protect.wait()?;
+        match protect.attach(&m, halves) {
+            Ok(attached) => break attached,
+            Err(e) => eprintln!("ftvm: the backup could not attach: {e:#}"),
         }
     };
-    let (events_tx, events) = mpsc::channel::<HostEvent>();
-    let (m, backends) = build_machine(&a, &events_tx)?;
     // Tell the network where the guest is now (a previous incarnation may have been elsewhere).
     for (slot, tap) in &backends.taps {
         if let Some(frame) = emit_frame_arp(&a, *slot) {
             tap.send(frame);
         }
     }
-    let live_state = Liveness::new();
-    live_state.heard();
-    let released = Arc::new(AtomicU64::new(0));
-    let acked = Arc::new(AtomicU64::new(0));
-    let out = start_sender(tx_half, p.beat(), released.clone(), live_state.clone());
-    {
-        let (acked, live_state) = (acked.clone(), live_state.clone());
-        let wake = events_tx.clone();
-        let mut rx = rx_half;
-        std::thread::spawn(move || loop {
-            match rx.recv() {
-                Ok(Msg::Ack(c)) => {
-                    acked.fetch_max(c, Ordering::Relaxed);
-                    live_state.heard();
-                    // Held outputs may leave now: wake the runner if it waits.
-                    let _ = wake.send(HostEvent::Wake);
-                }
-                Ok(_) => live_state.heard(),
-                Err(e) => {
-                    tracing::warn!(error = %e, "replication channel closed");
-                    live_state.dead.store(true, Ordering::Relaxed);
-                    return;
-                }
-            }
-        });
-    }
-    let header = Record::Header {
-        count: m.count(),
-        snapshot: m.save(),
-        digest_every: p.digest_every,
-    };
-    let writer: Box<dyn Write> = Box::new(LinkWriter {
-        buf: Vec::new(),
-        out,
-    });
     let feed = Feeder {
-        log: Some(LogWriter::new(writer, header)?),
+        log: Some(log),
         digest_every: p.digest_every,
         next_digest: m.count().saturating_add(p.digest_every),
         epoch: p.epoch(),
     };
     let mut gate = Gate::open();
     gate.status = p.status_file.as_deref().map(StatusFile::new);
-    gate.link = Some(PrimaryLink {
-        acked,
-        released,
-        live: live_state,
-        timeout_ms: p.timeout_ms(),
-        arbiter,
-    });
+    gate.link = Some(link);
+    gate.protect = Some(protect);
     live(&a, m, backends, events_tx, events, feed, gate, Vec::new())
 }
 
@@ -317,25 +470,90 @@ enum FromPrimary {
     Gone,
 }
 
-/// Open the live backends of a restored machine: disks then networks, in slot order.
-fn open_backends(a: &RunArgs, events: &Sender<HostEvent>) -> Result<Backends> {
-    let mut b = Backends::default();
-    let mut slot = 0;
-    for path in &a.disk {
-        b.disks
-            .insert(slot, Disk::open(path, slot, events.clone())?);
-        slot += 1;
+/// Receive the pair's generation and the primary's disks (written over this side's images),
+/// up to the first bytes of the log, which are returned.
+fn receive_state(
+    rx: &mut Channel,
+    a: &RunArgs,
+    arbiter: &Arbiter,
+) -> Result<(u64, Vec<u64>, Vec<u8>)> {
+    use std::os::unix::fs::FileExt;
+    let (generation, sizes) = match rx.recv()? {
+        Msg::Attach { generation, disks } => (generation, disks),
+        other => bail!("the primary sent {} before its state", msg_name(&other)),
+    };
+    if sizes.len() != a.disk.len() {
+        bail!(
+            "the primary has {} disks and this backup {}: give both sides the same --disk and --net options, in the same order",
+            sizes.len(),
+            a.disk.len()
+        );
     }
-    for net in &a.net {
-        b.taps
-            .insert(slot, Tap::open(&net.tap, slot, events.clone())?);
-        slot += 1;
+    if arbiter.taken(generation)? {
+        bail!("generation {generation} of the arbiter was already won: this backup comes too late");
     }
-    Ok(b)
+    let mut files = Vec::new();
+    for (path, &len) in a.disk.iter().zip(&sizes) {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+            .with_context(|| format!("cannot write disk {}", path.display()))?;
+        f.set_len(len)
+            .with_context(|| format!("cannot size disk {}", path.display()))?;
+        files.push((f, len));
+    }
+    let t0 = Instant::now();
+    let mut got = 0u64;
+    loop {
+        match rx.recv()? {
+            Msg::Disk {
+                index,
+                offset,
+                data,
+            } => {
+                let Some((f, len)) = files.get(index as usize) else {
+                    bail!("the primary sent contents of disk {index}, which it does not have");
+                };
+                if offset.saturating_add(data.len() as u64) > *len {
+                    bail!("the primary sent disk contents beyond the end of disk {index}");
+                }
+                f.write_all_at(&data, offset)
+                    .context("writing this backup's disk copy")?;
+                got += data.len() as u64;
+            }
+            Msg::Log(first) => {
+                for (f, _) in &files {
+                    f.sync_data().context("writing this backup's disk copy")?;
+                }
+                eprintln!(
+                    "ftvm: received generation {generation}: {} KiB of disk in {} ms",
+                    got >> 10,
+                    t0.elapsed().as_millis()
+                );
+                return Ok((generation, sizes, first));
+            }
+            Msg::Heartbeat(_) => {}
+            other => bail!("the primary sent {} during its state", msg_name(&other)),
+        }
+    }
 }
 
-pub fn backup(primary_addr: &str, p: PairArgs, a: RunArgs) -> Result<u8> {
-    let (psk, arbiter) = psk_and_arbiter(&p)?;
+fn msg_name(m: &Msg) -> &'static str {
+    match m {
+        Msg::Log(_) => "log bytes",
+        Msg::Ack(_) => "an acknowledgement",
+        Msg::Heartbeat(_) => "a heartbeat",
+        Msg::Attach { .. } => "an attach message",
+        Msg::Disk { .. } => "disk contents",
+    }
+}
+
+pub fn backup(primary_addr: &str, listen: Option<&str>, p: PairArgs, a: RunArgs) -> Result<u8> {
+    let psk = Psk::from_file(&p.psk)?;
+    let arbiter = Arbiter::parse(&p.arbiter)?;
     let t0 = Instant::now();
     let stream = loop {
         match TcpStream::connect(primary_addr) {
@@ -348,15 +566,14 @@ pub fn backup(primary_addr: &str, p: PairArgs, a: RunArgs) -> Result<u8> {
         }
     };
     let (tx_half, mut rx_half) = Channel::handshake(stream, Role::Backup, &psk)?;
-    eprintln!("ftvm: backup attached to {primary_addr}");
+    eprintln!("ftvm: backup connected to {primary_addr}");
     let live_state = Liveness::new();
+    // Heartbeats (from now on, so the primary knows this side is there while it sends its
+    // state) tell the primary how far this side has replayed.
+    let replayed = Arc::new(AtomicU64::new(0));
+    let out = start_sender(tx_half, p.beat(), replayed.clone(), live_state.clone());
+    let (generation, disk_sizes, first_log) = receive_state(&mut rx_half, &a, &arbiter)?;
     live_state.heard();
-    let out = start_sender(
-        tx_half,
-        p.beat(),
-        Arc::new(AtomicU64::new(0)),
-        live_state.clone(),
-    );
     let (rec_tx, rec_rx) = mpsc::channel::<FromPrimary>();
     // The count of the newest record received (the primary's progress as this side knows it).
     let latest = Arc::new(AtomicU64::new(0));
@@ -366,8 +583,9 @@ pub fn backup(primary_addr: &str, p: PairArgs, a: RunArgs) -> Result<u8> {
         std::thread::spawn(move || {
             let mut reader: Option<LogReader<Incoming>> = None;
             let mut pending = Incoming::default();
+            let mut first = Some(Msg::Log(first_log));
             loop {
-                let msg = match rx_half.recv() {
+                let msg = match first.take().map_or_else(|| rx_half.recv(), Ok) {
                     Ok(m) => m,
                     Err(e) => {
                         tracing::warn!(error = %e, "replication channel closed");
@@ -424,7 +642,11 @@ pub fn backup(primary_addr: &str, p: PairArgs, a: RunArgs) -> Result<u8> {
                     Msg::Heartbeat(released) => {
                         let _ = rec_tx.send(FromPrimary::Released(released));
                     }
-                    Msg::Ack(_) => {}
+                    other => {
+                        tracing::error!("the primary sent {} in its log stream", msg_name(&other));
+                        let _ = rec_tx.send(FromPrimary::Gone);
+                        return;
+                    }
                 }
             }
         });
@@ -440,6 +662,16 @@ pub fn backup(primary_addr: &str, p: PairArgs, a: RunArgs) -> Result<u8> {
             _ => bail!("the primary sent no initial state"),
         }
     };
+    // This side must be able to take over the guest's devices as they are.
+    let expected = expected_devices(&a, &disk_sizes);
+    if m.devices() != expected {
+        bail!(
+            "the primary's guest has the devices {:?}, this backup's options give {:?}: give both sides the same --disk and --net options (MACs included), in the same order",
+            m.devices(),
+            expected
+        );
+    }
+    replayed.store(m.count(), Ordering::Relaxed);
     // The backup's own disk copies receive the same writes, by replay.
     let mut disks: HashMap<usize, std::fs::File> = HashMap::new();
     for (slot, path) in a.disk.iter().enumerate() {
@@ -473,6 +705,7 @@ pub fn backup(primary_addr: &str, p: PairArgs, a: RunArgs) -> Result<u8> {
                     &mut outstanding,
                     &mut unreleased,
                 )?;
+                replayed.store(m.count(), Ordering::Relaxed);
                 match r {
                     Record::Input { inputs, .. } => {
                         for i in inputs {
@@ -530,7 +763,7 @@ pub fn backup(primary_addr: &str, p: PairArgs, a: RunArgs) -> Result<u8> {
             }
         }
     }
-    if !arbiter.test_and_set("backup")? {
+    if !arbiter.test_and_set(generation, "backup")? {
         bail!("the primary won the arbiter: this backup stops");
     }
     for f in disks.values() {
@@ -563,12 +796,25 @@ pub fn backup(primary_addr: &str, p: PairArgs, a: RunArgs) -> Result<u8> {
         log: None,
         digest_every: u64::MAX,
         next_digest: u64::MAX,
-        epoch: None,
+        epoch: p.epoch(),
     };
     let mut resubmit: Vec<DiskRequest> = outstanding.into_values().collect();
     resubmit.sort_by_key(|r| (r.slot, r.id));
     let mut gate = Gate::open();
     gate.status = status;
+    if let Some(listen) = listen {
+        // This side is the primary now: a new backup may attach and start the next generation.
+        gate.protect = Some(Protector::start(
+            listen,
+            psk,
+            arbiter,
+            generation + 1,
+            &p,
+            &a,
+            events_tx.clone(),
+        )?);
+        eprintln!("ftvm: waiting for a new backup on {listen}");
+    }
     live(&a, m, backends, events_tx, events, feed, gate, resubmit)
 }
 

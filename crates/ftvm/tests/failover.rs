@@ -153,7 +153,9 @@ impl Lab {
 impl Drop for Lab {
     fn drop(&mut self) {
         self.cleanup();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if std::env::var_os("FTVM_KEEP_LAB").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
