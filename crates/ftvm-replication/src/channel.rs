@@ -236,7 +236,7 @@ impl Channel {
             1 => Msg::Log(payload),
             2 => Msg::Ack(u64_of(&payload)?),
             3 => Msg::Heartbeat(u64_of(&payload)?),
-            4 if payload.len() >= 8 && payload.len() % 8 == 0 => {
+            4 if payload.len() >= 8 && payload.len().is_multiple_of(8) => {
                 let mut words = payload.chunks_exact(8).map(u64_of);
                 Msg::Attach {
                     generation: words.next().expect("one word")?,
