@@ -432,6 +432,8 @@ fn build_machine(a: &RunArgs, events: &Sender<HostEvent>) -> Result<(Machine, Ba
 
 /// Steps between looks at the host (I/O, the clock): 5 ms of guest time.
 const CHUNK: u64 = 500_000;
+/// Steps between looks while outputs are held for the backup: 0.5 ms of guest time.
+const HELD_CHUNK: u64 = 50_000;
 /// Longest real-time wait while the guest is idle, before looking again.
 const MAX_IDLE_WAIT: Duration = Duration::from_millis(50);
 const NANOS_PER_TICK: u64 = 1_000_000_000 / TIMEBASE_HZ;
@@ -667,7 +669,13 @@ pub(crate) fn live(
             }
             RunExit::Yield
         } else {
-            m.run(stop_at.min(feed.next_digest).min(next_epoch), CHUNK)
+            // While outputs wait for the backup's acknowledgement, look for it more often.
+            let chunk = if gate.held.is_empty() {
+                CHUNK
+            } else {
+                HELD_CHUNK
+            };
+            m.run(stop_at.min(feed.next_digest).min(next_epoch), chunk)
         };
         let was_idle = matches!(exit, RunExit::Idle { .. });
         let count = m.count();

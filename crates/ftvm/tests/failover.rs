@@ -14,6 +14,16 @@ use std::time::{Duration, Instant};
 use common::*;
 
 const GUEST_IP: &str = "10.79.0.10";
+const ETCD_ADDR: &str = "10.79.0.3:2379";
+
+/// Read a key through etcd's JSON gateway: prints its value, or nothing.
+const ETCD_GET: &str = r#"
+import base64, json, sys, urllib.request
+body = json.dumps({"key": base64.b64encode(sys.argv[2].encode()).decode()}).encode()
+r = json.load(urllib.request.urlopen("http://%s/v3/kv/range" % sys.argv[1], body, timeout=2))
+for kv in r.get("kvs", []):
+    print(base64.b64decode(kv["value"]).decode())
+"#;
 
 fn sh(args: &[&str]) {
     let out = Command::new(args[0])
@@ -113,6 +123,44 @@ impl Lab {
         lab
     }
 
+    /// An etcd server (Debian's etcd-server) on the client host, which both hosts reach over
+    /// the bridge: the arbiter `etcd:http://10.79.0.3:2379/...`.
+    fn etcd(&self) -> Proc {
+        let client = format!("http://{ETCD_ADDR}");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ns[3], "etcd", "--name", "lab"])
+            .arg("--data-dir")
+            .arg(self.dir.join("etcd"))
+            .args(["--listen-client-urls", &client])
+            .args(["--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", "http://127.0.0.1:2380"])
+            .args(["--initial-advertise-peer-urls", "http://127.0.0.1:2380"])
+            .args(["--initial-cluster", "lab=http://127.0.0.1:2380"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(self.dir.join("etcd.log")).unwrap())
+            .spawn()
+            .expect("etcd (Debian's etcd-server) is needed: scripts/setup.sh installs it");
+        let p = Proc(Some(child));
+        let t0 = Instant::now();
+        while self.etcd_get("/ready/0").is_none() {
+            assert!(t0.elapsed() < Duration::from_secs(20), "etcd did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        p
+    }
+
+    /// The value of `key` in the lab's etcd ("" when absent), None if etcd does not answer.
+    fn etcd_get(&self, key: &str) -> Option<String> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.ns[3], "python3", "-c", ETCD_GET])
+            .args([ETCD_ADDR, key])
+            .output()
+            .unwrap();
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
     /// Cut the replication link, both ways.
     fn partition(&self) {
         let id = &self.id;
@@ -177,18 +225,19 @@ impl Drop for Proc {
     }
 }
 
-fn side(lab: &Lab, ns: usize, role: &[&str], disk: &Path, arbiter: &Path) -> Proc {
+/// One side of the pair in host namespace `ns`; `name` names its status and stderr files.
+fn side(lab: &Lab, ns: usize, name: &str, role: &[&str], disk: &Path, arbiter: &str) -> Proc {
     let out = guest_out();
     let child = Command::new("ip")
         .args(["netns", "exec", &lab.ns[ns]])
         .arg(env!("CARGO_BIN_EXE_ftvm"))
         .args(role)
         .arg("--status-file")
-        .arg(lab.dir.join(format!("{}.status", role[0])))
+        .arg(lab.dir.join(format!("{name}.status")))
         .arg("--psk")
         .arg(lab.dir.join("psk"))
         .arg("--arbiter")
-        .arg(format!("file:{}", arbiter.display()))
+        .arg(arbiter)
         .arg("--kernel")
         .arg(out.join("Image"))
         .arg("--initrd")
@@ -205,7 +254,7 @@ fn side(lab: &Lab, ns: usize, role: &[&str], disk: &Path, arbiter: &Path) -> Pro
     let mut p = Proc(Some(child));
     // Keep the side's diagnostics; never let a full pipe stall it.
     let mut err = p.c().stderr.take().unwrap();
-    let log = lab.dir.join(format!("{}.stderr", role[0]));
+    let log = lab.dir.join(format!("{name}.stderr"));
     std::thread::spawn(move || {
         if let Ok(mut f) = std::fs::File::create(log) {
             let _ = std::io::copy(&mut err, &mut f);
@@ -262,16 +311,22 @@ fn wait_ready(p: &mut Proc) {
     }
 }
 
+/// One trial; odd trials use the etcd arbiter, even ones the file arbiter.
 fn trial(lab: &Lab, n: u32, seed: u64) {
     let disk_p = lab.dir.join(format!("p{n}.img"));
     let disk_b = lab.dir.join(format!("b{n}.img"));
     for d in [&disk_p, &disk_b] {
         std::fs::File::create(d).unwrap().set_len(32 << 20).unwrap();
     }
-    let arbiter = lab.dir.join(format!("arbiter{n}"));
+    let arbiter = if n % 2 == 1 {
+        format!("etcd:http://{ETCD_ADDR}/trial{n}")
+    } else {
+        format!("file:{}", lab.dir.join(format!("arbiter{n}")).display())
+    };
     let mut primary = side(
         lab,
         1,
+        "primary",
         &["primary", "--listen", "10.80.0.1:7700"],
         &disk_p,
         &arbiter,
@@ -280,6 +335,7 @@ fn trial(lab: &Lab, n: u32, seed: u64) {
     let mut backup = side(
         lab,
         2,
+        "backup",
         &["backup", "--primary", "10.80.0.1:7700"],
         &disk_b,
         &arbiter,
@@ -373,6 +429,13 @@ fn trial(lab: &Lab, n: u32, seed: u64) {
         "trial {n}: killed after {:?} ({acked_before} keys), {total} keys acknowledged and read back, longest pause {:?}; {takeover}",
         kill_after, max_gap
     );
+    if n % 2 == 1 {
+        assert_eq!(
+            lab.etcd_get(&format!("/trial{n}/0")).as_deref(),
+            Some("backup"),
+            "trial {n}: the backup holds the etcd arbiter"
+        );
+    }
     let _ = backup.c().stdin.as_mut().unwrap().write_all(b"poweroff\n");
     let child = backup.0.take().expect("running");
     let _ = wait_limited(child, Duration::from_secs(60), "backup poweroff");
@@ -385,6 +448,7 @@ fn primary_killed_the_client_connection_survives() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(10);
     let lab = Lab::new("k");
+    let _etcd = lab.etcd();
     let mut seed = std::process::id() as u64 ^ 0x9e37_79b9;
     for n in 0..trials {
         seed ^= seed << 13;
@@ -402,10 +466,12 @@ fn a_partition_leaves_exactly_one_side_live() {
     for d in [&disk_p, &disk_b] {
         std::fs::File::create(d).unwrap().set_len(32 << 20).unwrap();
     }
-    let arbiter = lab.dir.join("arbiter-partition");
+    let _etcd = lab.etcd();
+    let arbiter = format!("etcd:http://{ETCD_ADDR}/partition");
     let mut primary = side(
         &lab,
         1,
+        "primary",
         &["primary", "--listen", "10.80.0.1:7700"],
         &disk_p,
         &arbiter,
@@ -414,6 +480,7 @@ fn a_partition_leaves_exactly_one_side_live() {
     let mut backup = side(
         &lab,
         2,
+        "backup",
         &["backup", "--primary", "10.80.0.1:7700"],
         &disk_b,
         &arbiter,
@@ -444,8 +511,8 @@ fn a_partition_leaves_exactly_one_side_live() {
         backup.c().try_wait().unwrap().is_none(),
     );
     assert!(alive.0 ^ alive.1, "exactly one side live, got {alive:?}");
-    let winner = std::fs::read_to_string(&arbiter).unwrap();
-    assert_eq!(winner.trim(), if alive.0 { "primary" } else { "backup" });
+    let winner = lab.etcd_get("/partition/0").expect("etcd answers");
+    assert_eq!(winner, if alive.0 { "primary" } else { "backup" });
     // And the guest still serves its clients.
     let t0 = Instant::now();
     loop {
@@ -471,4 +538,174 @@ fn a_partition_leaves_exactly_one_side_live() {
         std::thread::sleep(Duration::from_millis(200));
     }
     eprintln!("partition: the {} stayed live", winner.trim());
+}
+
+/// The value of `key=` in a side's status file.
+fn status_of(lab: &Lab, name: &str, key: &str) -> String {
+    std::fs::read_to_string(lab.dir.join(format!("{name}.status")))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix('=').map(str::to_string))
+        .unwrap_or_default()
+}
+
+fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !cond() {
+        assert!(t0.elapsed() < limit, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn backup_killed_a_new_backup_attaches_and_the_pair_survives_a_second_failure() {
+    let lab = Lab::new("r");
+    let disk_p = lab.dir.join("rp.img");
+    let disk_b1 = lab.dir.join("rb1.img");
+    std::fs::File::create(&disk_p)
+        .unwrap()
+        .set_len(32 << 20)
+        .unwrap();
+    std::fs::File::create(&disk_b1)
+        .unwrap()
+        .set_len(32 << 20)
+        .unwrap();
+    // The second backup's host has no image yet: it receives the primary's.
+    let disk_b2 = lab.dir.join("rb2.img");
+    let arbiter_path = lab.dir.join("arbiter-r");
+    let arbiter = format!("file:{}", arbiter_path.display());
+    let mut primary = side(
+        &lab,
+        1,
+        "primary",
+        &["primary", "--listen", "10.80.0.1:7700"],
+        &disk_p,
+        &arbiter,
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let mut backup1 = side(
+        &lab,
+        2,
+        "backup1",
+        &["backup", "--primary", "10.80.0.1:7700"],
+        &disk_b1,
+        &arbiter,
+    );
+    wait_ready(&mut primary);
+    let mut client = Proc(Some(
+        Command::new("ip")
+            .args([
+                "netns", "exec", &lab.ns[3], "python3", "-c", CLIENT, GUEST_IP, "14",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("client"),
+    ));
+    let (acks_tx, acks) = std::sync::mpsc::channel::<String>();
+    let out = client.c().stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines().map_while(Result::ok) {
+            if acks_tx.send(l).is_err() {
+                return;
+            }
+        }
+    });
+    let count_acks = |d: Duration| {
+        let t0 = Instant::now();
+        let mut n = 0;
+        while let Some(left) = d.checked_sub(t0.elapsed()) {
+            match acks.recv_timeout(left) {
+                Ok(l) if l.starts_with("acked") => n += 1,
+                Ok(l) => panic!("client: {l}"),
+                Err(_) => break,
+            }
+        }
+        n
+    };
+    assert!(count_acks(Duration::from_secs(2)) > 0, "no keys written");
+
+    // First failure: the backup. The primary wins generation 0 and serves on, unprotected.
+    let _ = backup1.c().kill();
+    let _ = backup1.c().wait();
+    wait_for(
+        "the primary runs on unprotected",
+        Duration::from_secs(10),
+        || status_of(&lab, "primary", "protected") == "no",
+    );
+    assert_eq!(
+        std::fs::read_to_string(&arbiter_path).unwrap().trim(),
+        "primary"
+    );
+    assert!(
+        count_acks(Duration::from_secs(1)) > 0,
+        "the primary stopped serving without its backup"
+    );
+
+    // A new backup attaches to the running primary (generation 1).
+    let mut backup2 = side(
+        &lab,
+        2,
+        "backup2",
+        &["backup", "--primary", "10.80.0.1:7700"],
+        &disk_b2,
+        &arbiter,
+    );
+    let mut b2_out = backup2.c().stdout.take().unwrap();
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut b2_out, &mut std::io::sink());
+    });
+    wait_for(
+        "the new backup protects the guest",
+        Duration::from_secs(30),
+        || status_of(&lab, "primary", "protected") == "yes",
+    );
+    assert!(
+        count_acks(Duration::from_secs(2)) > 0,
+        "no progress once protected again"
+    );
+
+    // Second failure: the primary. The new backup wins generation 1 and goes live.
+    let _ = primary.c().kill();
+    let _ = primary.c().wait();
+    let (mut missing, mut total) = (Vec::new(), None);
+    while let Ok(l) = acks.recv_timeout(Duration::from_secs(60)) {
+        if let Some(k) = l.strip_prefix("missing ") {
+            missing.push(k.to_string());
+        } else if let Some(k) = l.strip_prefix("done ") {
+            total = Some(k.parse::<u64>().unwrap());
+            break;
+        }
+    }
+    let primary_err = std::fs::read_to_string(lab.dir.join("primary.stderr")).unwrap_or_default();
+    let b2_err = std::fs::read_to_string(lab.dir.join("backup2.stderr")).unwrap_or_default();
+    let total = total.unwrap_or_else(|| {
+        panic!("the client's connection did not survive\nprimary: {primary_err}\nbackup2: {b2_err}")
+    });
+    assert!(missing.is_empty(), "acknowledged keys lost: {missing:?}");
+    assert!(client.c().wait().unwrap().success());
+    let won = file_winner(&arbiter_path, 1);
+    assert_eq!(
+        won.as_deref(),
+        Some("backup"),
+        "generation 1 of the arbiter"
+    );
+    let paused = primary_err
+        .lines()
+        .find(|l| l.contains("protected again"))
+        .unwrap_or("")
+        .trim()
+        .to_string();
+    eprintln!("re-protection: {total} keys read back; {paused}");
+    let _ = backup2.c().stdin.as_mut().unwrap().write_all(b"poweroff\n");
+    let child = backup2.0.take().expect("running");
+    let _ = wait_limited(child, Duration::from_secs(60), "backup poweroff");
+}
+
+/// The file arbiter's winner of `generation` (its key for generation G > 0 is PATH.G).
+fn file_winner(path: &Path, generation: u64) -> Option<String> {
+    let p = PathBuf::from(format!("{}.{generation}", path.display()));
+    std::fs::read_to_string(p)
+        .ok()
+        .map(|s| s.trim().to_string())
 }
