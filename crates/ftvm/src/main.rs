@@ -529,6 +529,8 @@ pub(crate) struct Feeder {
     /// Epoch delivery: inputs take effect only at multiples of this count (or while the guest
     /// is idle, when the count does not move). None: precise delivery, at once.
     pub epoch: Option<u64>,
+    /// Inputs applied so far.
+    pub fed: u64,
 }
 
 /// Output commit: what the guest sends out waits until the backup holds the log that produced
@@ -570,6 +572,7 @@ impl Feeder {
         if let Some(log) = &mut self.log {
             log.input(m.count(), &input)?;
         }
+        self.fed += 1;
         m.apply(input);
         Ok(())
     }
@@ -583,6 +586,7 @@ fn run(a: RunArgs, record: Option<(PathBuf, u64)>) -> Result<u8> {
         digest_every: u64::MAX,
         next_digest: u64::MAX,
         epoch: None,
+        fed: 0,
     };
     if let Some((path, every)) = &record {
         let header = Record::Header {
@@ -648,6 +652,7 @@ pub(crate) fn live(
     // Where the log was last pushed out to the backup.
     let mut last_mark = m.count();
     let code = loop {
+        let fed_before = feed.fed;
         let next_epoch = feed
             .epoch
             .map_or(u64::MAX, |e| (m.count() / e + 1).saturating_mul(e));
@@ -777,7 +782,10 @@ pub(crate) fn live(
             }
             RunExit::Idle { ticks } => {
                 let something_pending = !pending.disk_done.is_empty()
-                    || pending.frames.values().any(|q| !q.is_empty())
+                    || pending
+                        .frames
+                        .iter()
+                        .any(|(&slot, q)| !q.is_empty() && m.net_ready(slot))
                     || (!pending.console.is_empty() && m.console_ready());
                 if something_pending {
                     // Inputs are waiting: deliver them below, no time passes.
@@ -867,6 +875,11 @@ pub(crate) fn live(
                     },
                 )?;
             }
+        }
+        if was_idle && feed.fed == fed_before {
+            // An idle guest leaves its WFI only through an input, so that a replay, which
+            // runs to the next input, finds it exactly where this run did.
+            feed.feed(&mut m, Input::Time { ticks: 0 })?;
         }
     };
     // What the guest sent last still waits for the backup (a short while at most).

@@ -442,6 +442,7 @@ pub fn primary(listen: &str, p: PairArgs, a: RunArgs) -> Result<u8> {
         digest_every: p.digest_every,
         next_digest: m.count().saturating_add(p.digest_every),
         epoch: p.epoch(),
+        fed: 0,
     };
     let mut gate = Gate::open();
     gate.status = p.status_file.as_deref().map(StatusFile::new);
@@ -797,6 +798,7 @@ pub fn backup(primary_addr: &str, listen: Option<&str>, p: PairArgs, a: RunArgs)
         digest_every: u64::MAX,
         next_digest: u64::MAX,
         epoch: p.epoch(),
+        fed: 0,
     };
     let mut resubmit: Vec<DiskRequest> = outstanding.into_values().collect();
     resubmit.sort_by_key(|r| (r.slot, r.id));
