@@ -432,8 +432,8 @@ fn build_machine(a: &RunArgs, events: &Sender<HostEvent>) -> Result<(Machine, Ba
 
 /// Steps between looks at the host (I/O, the clock): 5 ms of guest time.
 const CHUNK: u64 = 500_000;
-/// Steps between looks while outputs are held for the backup: 0.5 ms of guest time.
-const HELD_CHUNK: u64 = 50_000;
+/// Steps between looks while outputs are held for the backup: 0.1 ms of guest time.
+const HELD_CHUNK: u64 = 10_000;
 /// Longest real-time wait while the guest is idle, before looking again.
 const MAX_IDLE_WAIT: Duration = Duration::from_millis(50);
 const NANOS_PER_TICK: u64 = 1_000_000_000 / TIMEBASE_HZ;
