@@ -5,7 +5,7 @@ virtio-net device on a TAP interface in a network of namespaces built for the ru
 usage: bench/redis.py [--requests N] [--clients C] [--repeat R] [--json FILE]
 Needs root (namespaces, TAP), Debian's redis-tools and qemu-system-misc.
 """
-import argparse, json, os, statistics, subprocess, sys, time
+import argparse, atexit, json, os, shutil, statistics, subprocess, sys, tempfile, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GUEST = os.path.join(ROOT, "guest", "out")
@@ -46,6 +46,9 @@ def net_down():
 
 
 PSK = os.path.join(ROOT, "bench", "out", "bench.psk")
+# Each pair's arbiter (a fresh path per pair), removed when the process ends.
+ARBITERS = tempfile.mkdtemp(prefix="ftvm-bench-arbiters-")
+atexit.register(shutil.rmtree, ARBITERS, True)
 
 
 def engine_cmd(engine):
@@ -54,7 +57,7 @@ def engine_cmd(engine):
     if engine == "ftvm":
         return [FTVM, "run", *common]
     if engine.startswith("ftvm-pair"):
-        pair = ["--psk", PSK, "--arbiter", "file:" + os.path.join(ROOT, "bench", "out", f"arbiter-{time.time_ns()}")]
+        pair = ["--psk", PSK, "--arbiter", "file:" + os.path.join(ARBITERS, f"arbiter-{time.time_ns()}")]
         if engine.endswith("epoch"):
             pair += ["--delivery", "epoch", "--epoch", "1000000"]
         return [FTVM, "primary", "--listen", "127.0.0.1:7701", *pair, *common], \

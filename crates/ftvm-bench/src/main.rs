@@ -28,7 +28,7 @@ fn metrics(v: &Value) -> Vec<(String, Vec<(String, f64)>)> {
     }
     let redis = &v["redis"]["results"];
     for op in ["SET", "GET"] {
-        let vals: Vec<(String, f64)> = ["ftvm", "qemu"]
+        let vals: Vec<(String, f64)> = ["ftvm", "ftvm-pair", "ftvm-pair-epoch", "qemu"]
             .iter()
             .filter_map(|e| Some((e.to_string(), redis[e][op]["rps"].as_f64()?)))
             .collect();
@@ -53,14 +53,22 @@ fn main() -> Result<()> {
     if ms.is_empty() {
         bail!("no results to draw");
     }
-    let engines = ["ftvm", "qemu", "qemu-icount"];
+    let engines = [
+        "ftvm",
+        "ftvm-pair",
+        "ftvm-pair-epoch",
+        "qemu",
+        "qemu-icount",
+    ];
     let colors = [
         RGBColor(200, 60, 40),
+        RGBColor(230, 130, 60),
+        RGBColor(240, 180, 90),
         RGBColor(60, 100, 200),
         RGBColor(120, 160, 220),
     ];
     let rows = ms.len();
-    let root = SVGBackend::new(&args[2], (900, 120 + 60 * rows as u32)).into_drawing_area();
+    let root = SVGBackend::new(&args[2], (900, 120 + 75 * rows as u32)).into_drawing_area();
     root.fill(&WHITE)?;
     let max = ms
         .iter()
@@ -93,14 +101,18 @@ fn main() -> Result<()> {
     for (row, (_, vals)) in ms.iter().enumerate() {
         let base = vals.iter().find(|(e, _)| e == "qemu").map_or(1.0, |x| x.1);
         let y0 = (rows - 1 - row) as f64;
-        for (k, e) in engines.iter().enumerate() {
-            let Some(&(_, x)) = vals.iter().find(|(n, _)| n == e) else {
-                continue;
-            };
+        // The row's bars, top to bottom in the order of `engines`.
+        let bars: Vec<(usize, &str, f64)> = engines
+            .iter()
+            .enumerate()
+            .filter_map(|(k, e)| Some((k, *e, vals.iter().find(|(n, _)| n == e)?.1)))
+            .collect();
+        let h = 0.8 / bars.len() as f64;
+        for (i, &(k, e, x)) in bars.iter().rev().enumerate() {
             let r = x / base;
             let (a, b) = (
-                y0 + 0.1 + 0.27 * k as f64,
-                y0 + 0.1 + 0.27 * (k + 1) as f64 - 0.03,
+                y0 + 0.1 + h * i as f64,
+                y0 + 0.1 + h * (i + 1) as f64 - 0.03,
             );
             chart.draw_series(std::iter::once(Rectangle::new(
                 [(0.0, a), (r, b)],

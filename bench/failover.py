@@ -1,0 +1,174 @@
+#!/usr/bin/env python3
+"""The pauses a client of a replicated guest sees: at failover, and when a new backup attaches.
+
+usage: bench/failover.py [--repeat R] [--json FILE]
+Each repetition: a pair boots (primary and backup on one host namespace, replication over
+loopback), a client in another namespace writes keys over one TCP connection, each SET
+acknowledged before the next, with a timestamp per acknowledgement;
+  1. the backup is SIGKILLed; a new backup attaches (re-protection): the guest's pause is what
+     the primary reports ("the guest paused X ms");
+  2. the primary is SIGKILLed at a random moment: the failover pause is the longest gap between
+     two acknowledgements around the kill, as the client saw it; the takeover is what the
+     backup reports (from detecting the loss to running live).
+Every acknowledged key must read back on the same connection. Needs root (namespaces, TAP).
+"""
+import argparse, json, os, random, re, statistics, subprocess, sys, time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import redis as lab  # the namespaces, TAP and engine command lines of the redis benchmark
+
+ROOT = lab.ROOT
+ADDR = "127.0.0.1:7702"
+
+CLIENT = r"""
+import socket, sys, time
+s = socket.create_connection((sys.argv[1], 6379), timeout=30)
+f = s.makefile("rb")
+def cmd(*a):
+    s.sendall(b"*%d\r\n" % len(a) + b"".join(b"$%d\r\n%s\r\n" % (len(x), x) for x in a))
+    line = f.readline()
+    if line.startswith(b"$"):
+        n = int(line[1:])
+        return None if n < 0 else f.read(n + 2)[:-2]
+    return line.strip()
+i = 0
+while not sys.stdin.readline().startswith("stop"):
+    assert cmd(b"SET", b"k%d" % i, b"v%d" % i) == b"+OK"
+    i += 1
+    print("acked", i, time.monotonic(), flush=True)
+missing = sum(cmd(b"GET", b"k%d" % j) != b"v%d" % j for j in range(i))
+print("done", i, missing, flush=True)
+"""
+
+
+def side(role, arbiter, stderr):
+    cmd = lab.engine_cmd("ftvm-pair")
+    primary, backup = cmd
+    # engine_cmd gives both sides their own arbiter path; this run shares one and its address.
+    def fix(c):
+        c = [ADDR if x == "127.0.0.1:7701" else x for x in c]
+        i = c.index("--arbiter")
+        c[i + 1] = arbiter
+        return c
+    c = fix(primary if role == "primary" else backup)
+    return subprocess.Popen(["ip", "netns", "exec", lab.HOST_NS, *c], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE if role == "primary" else subprocess.DEVNULL,
+                            stderr=stderr)
+
+
+def wait_line(path, pattern, limit):
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < limit:
+        m = re.search(pattern, open(path, errors="replace").read())
+        if m:
+            return m
+        time.sleep(0.02)
+    sys.exit(f"timed out waiting for {pattern!r} in {path}:\n{open(path).read()[-2000:]}")
+
+
+def trial(n, out):
+    arbiter = "file:" + os.path.join(lab.ARBITERS, f"arbiter-{time.time_ns()}")
+    logs = {k: os.path.join(out, f"failover-{k}.stderr") for k in ("primary", "backup1", "backup2")}
+    files = {k: open(v, "w") for k, v in logs.items()}
+    procs = []
+    try:
+        p = side("primary", arbiter, files["primary"])
+        procs.append(p)
+        time.sleep(0.3)
+        b1 = side("backup", arbiter, files["backup1"])
+        procs.append(b1)
+        buf = b""
+        while b"ftvm-guest: ready" not in buf:
+            chunk = p.stdout.read1(65536)
+            if not chunk:
+                sys.exit(f"the primary stopped:\n{open(logs['primary']).read()}")
+            buf += chunk
+        subprocess.Popen(["sh", "-c", "cat > /dev/null"], stdin=p.stdout)  # keep draining
+        c = subprocess.Popen(["ip", "netns", "exec", lab.CLIENT_NS, "python3", "-c", CLIENT, lab.GUEST_IP],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        procs.append(c)
+        acks = []
+
+        def read_acks(secs):
+            t0 = time.monotonic()
+            while time.monotonic() - t0 < secs:
+                c.stdin.write("go\n")
+                c.stdin.flush()
+                line = c.stdout.readline()
+                if not line.startswith("acked"):
+                    sys.exit(f"client: {line!r}")
+                acks.append(float(line.split()[2]))
+        read_acks(1.5)
+        # 1. The backup dies; a new one attaches.
+        b1.kill()
+        b1.wait()
+        wait_line(logs["primary"], r"running on unprotected", 10)
+        read_acks(0.5)
+        b2 = side("backup", arbiter, files["backup2"])
+        procs.append(b2)
+        attach_mark = len(acks)
+        while not re.search(r"paused (\d+) ms", open(logs["primary"]).read()):
+            read_acks(0.05)
+        attach_gap = max((b - a for a, b in zip(acks[attach_mark - 1:], acks[attach_mark:])), default=0)
+        reprotect = int(re.search(r"paused (\d+) ms", open(logs["primary"]).read()).group(1))
+        read_acks(1.0 + random.random() * 2)
+        # 2. The primary dies at a random moment.
+        killed = time.monotonic()
+        p.kill()
+        p.wait()
+        before = len(acks)
+        read_acks(3.0)
+        around = acks[before - 1:]
+        pause = max(b - a for a, b in zip(around, around[1:]))
+        m = wait_line(logs["backup2"], r"backup live at instruction \d+ \((\d+) ms after detection\)", 10)
+        takeover = int(m.group(1))
+        c.stdin.write("stop\n")
+        c.stdin.flush()
+        done = c.stdout.readline().split()
+        if done[0] != "done" or done[2] != "0":
+            sys.exit(f"acknowledged keys lost: {done}")
+        b2.stdin.write(b"poweroff\n")
+        b2.stdin.flush()
+        b2.wait(timeout=60)
+        r = {"failover_pause_ms": pause * 1000, "takeover_ms": takeover,
+             "reprotect_pause_ms": reprotect, "reprotect_client_gap_ms": attach_gap * 1000,
+             "keys": int(done[1]), "since_kill_ms": (acks[before] - killed) * 1000 if len(acks) > before else None}
+        print(f"trial {n}: failover pause {r['failover_pause_ms']:.0f} ms (takeover {takeover} ms), "
+              f"re-protection pause {reprotect} ms (client gap {r['reprotect_client_gap_ms']:.0f} ms), "
+              f"{r['keys']} keys read back", flush=True)
+        return r
+    finally:
+        for q in procs:
+            if q.poll() is None:
+                q.kill()
+                q.wait()
+        for f in files.values():
+            f.close()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--json", default=os.path.join(ROOT, "bench", "out", "failover.json"))
+    a = ap.parse_args()
+    out = os.path.dirname(a.json)
+    os.makedirs(out, exist_ok=True)
+    with open(lab.PSK, "wb") as f:
+        f.write(os.urandom(32))
+    subprocess.run(["cargo", "build", "--release", "-q", "-p", "ftvm"], cwd=ROOT, check=True)
+    lab.net_up()
+    try:
+        runs = [trial(n, out) for n in range(a.repeat)]
+    finally:
+        lab.net_down()
+    keys = ("failover_pause_ms", "takeover_ms", "reprotect_pause_ms", "reprotect_client_gap_ms")
+    res = {k: statistics.median(r[k] for r in runs) for k in keys}
+    with open(a.json, "w") as f:
+        json.dump({"repeat": a.repeat, "results": res, "runs": runs}, f, indent=2)
+    print(f"\nfailover (median of {a.repeat}): client pause {res['failover_pause_ms']:.0f} ms, "
+          f"takeover {res['takeover_ms']:.0f} ms; re-protection: guest paused {res['reprotect_pause_ms']:.0f} ms, "
+          f"client gap {res['reprotect_client_gap_ms']:.0f} ms")
+
+
+if __name__ == "__main__":
+    main()
