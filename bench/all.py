@@ -76,6 +76,7 @@ def summary(r):
         rows.append(("recorded CPU program, s", {"ftvm": rec["record"]["cpu_s"]}))
     fo = r["failover"]["results"]
     rows.append(("failover pause (client), ms", {"ftvm-pair": fo["failover_pause_ms"]}))
+    rows.append(("  with client rto_min 20ms, ms", {"ftvm-pair": fo.get("failover_pause_rto20_ms")}))
     rows.append(("failover takeover, ms", {"ftvm-pair": fo["takeover_ms"]}))
     rows.append(("re-protection pause, ms", {"ftvm-pair": fo["reprotect_pause_ms"]}))
     cols = ("ftvm", "ftvm-pair", "ftvm-pair-epoch", "qemu", "qemu-icount")

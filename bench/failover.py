@@ -11,6 +11,11 @@ acknowledged before the next, with a timestamp per acknowledgement;
      two acknowledgements around the kill, as the client saw it; the takeover is what the
      backup reports (from detecting the loss to running live).
 Every acknowledged key must read back on the same connection. Needs root (namespaces, TAP).
+
+A request that met the dead primary is sent again only after the client's TCP retransmission
+timeout, at least 200 ms on Linux by default: that floor, not ftvm, dominates the pause. The
+same trials are then run with the client's route set to `rto_min 20ms` (a common data-center
+setting), which shows the pause ftvm itself causes.
 """
 import argparse, json, os, random, re, statistics, subprocess, sys, time
 
@@ -159,15 +164,21 @@ def main():
     lab.net_up()
     try:
         runs = [trial(n, out) for n in range(a.repeat)]
+        subprocess.run(["ip", "netns", "exec", lab.CLIENT_NS, "ip", "route", "replace",
+                        f"{lab.GUEST_IP.rsplit('.', 1)[0]}.0/24", "dev", "fvb-b", "rto_min", "20ms"], check=True)
+        fast = [trial(n, out) for n in range(a.repeat)]
     finally:
         lab.net_down()
     keys = ("failover_pause_ms", "takeover_ms", "reprotect_pause_ms", "reprotect_client_gap_ms")
     res = {k: statistics.median(r[k] for r in runs) for k in keys}
+    res["failover_pause_rto20_ms"] = statistics.median(r["failover_pause_ms"] for r in fast)
+    res["failover_pause_max_ms"] = max(r["failover_pause_ms"] for r in runs)
     with open(a.json, "w") as f:
-        json.dump({"repeat": a.repeat, "results": res, "runs": runs}, f, indent=2)
-    print(f"\nfailover (median of {a.repeat}): client pause {res['failover_pause_ms']:.0f} ms, "
-          f"takeover {res['takeover_ms']:.0f} ms; re-protection: guest paused {res['reprotect_pause_ms']:.0f} ms, "
-          f"client gap {res['reprotect_client_gap_ms']:.0f} ms")
+        json.dump({"repeat": a.repeat, "results": res, "runs": runs, "runs_rto_min_20ms": fast}, f, indent=2)
+    print(f"\nfailover (median of {a.repeat}): client pause {res['failover_pause_ms']:.0f} ms "
+          f"(longest {res['failover_pause_max_ms']:.0f} ms; {res['failover_pause_rto20_ms']:.0f} ms with the "
+          f"client's rto_min at 20 ms), takeover {res['takeover_ms']:.0f} ms; re-protection: guest paused "
+          f"{res['reprotect_pause_ms']:.0f} ms, client gap {res['reprotect_client_gap_ms']:.0f} ms")
 
 
 if __name__ == "__main__":

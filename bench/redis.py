@@ -83,7 +83,8 @@ def bench(engine, requests, clients):
         chunk = p.stdout.read1(65536)
         if not chunk or time.monotonic() - t0 > 300:
             p.kill()
-            sys.exit(f"{engine}: guest did not get ready:\n{buf[-2000:].decode(errors='replace')}")
+            err = p.stderr.read().decode(errors="replace")
+            sys.exit(f"{engine}: guest did not get ready:\n{buf[-2000:].decode(errors='replace')}\n{err[-2000:]}")
         buf += chunk
     c = ["ip", "netns", "exec", CLIENT_NS]
     for _ in range(100):

@@ -930,6 +930,13 @@ pub(crate) fn live(
             started.elapsed().as_secs_f64()
         );
     }
+    if let Some(link) = &gate.link {
+        // The backup stops once it has the End record; leaving earlier could lose the record
+        // (it may still be on its way) and make the backup take over a guest that stopped.
+        if !link.hung_up(Duration::from_secs(5)) {
+            eprintln!("ftvm: the backup did not confirm the end of the run");
+        }
+    }
     if a.digest {
         println!("digest {}", digest.to_hex());
     }

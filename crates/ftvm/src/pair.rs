@@ -147,6 +147,18 @@ impl PrimaryLink {
     pub fn acked(&self) -> u64 {
         self.acked.load(Ordering::Relaxed)
     }
+    /// Wait up to `limit` for the backup to close the channel (as it does at the end of the
+    /// log); whether it did.
+    pub fn hung_up(&self, limit: Duration) -> bool {
+        let t0 = Instant::now();
+        while !self.live.dead.load(Ordering::Relaxed) {
+            if t0.elapsed() > limit {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        true
+    }
     /// Whether the guest at `count` is so far ahead of the backup's replay that a failover
     /// would pause longer than --max-lag-ms: it then waits for the backup.
     pub fn too_far_ahead(&self, count: u64) -> bool {

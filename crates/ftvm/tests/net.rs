@@ -137,6 +137,17 @@ fn boot(net: &Net, disk: &std::path::Path) -> Guest {
 /// Boot with `ftvm <how...>`; also returns the console output seen so far and a handle on the
 /// rest of it.
 fn boot_with(net: &Net, disk: &std::path::Path, how: &[&str]) -> (Guest, mpsc::Receiver<Vec<u8>>) {
+    let append = format!("console=ttyS0 ftvm.ip={GUEST_IP}/24");
+    boot_append(net, disk, how, &append)
+}
+
+/// Boot with `ftvm <how...>` and the kernel command line `append`.
+fn boot_append(
+    net: &Net,
+    disk: &std::path::Path,
+    how: &[&str],
+    append: &str,
+) -> (Guest, mpsc::Receiver<Vec<u8>>) {
     let out = guest_out();
     let mut child = Command::new("ip")
         .args(["netns", "exec", &net.host])
@@ -151,7 +162,7 @@ fn boot_with(net: &Net, disk: &std::path::Path, how: &[&str]) -> (Guest, mpsc::R
         .arg("--net")
         .arg(format!("tap={},mac=52:54:00:77:00:10", net.tap))
         .arg("--append")
-        .arg(format!("console=ttyS0 ftvm.ip={GUEST_IP}/24"))
+        .arg(append)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -306,6 +317,55 @@ fn a_networked_session_replays_offline() {
     assert!(
         std::fs::metadata(&frames).unwrap().len() > 24 + 20 * 60,
         "the sent frames were written"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A guest that never brings its network interface up has no receive buffers: frames that
+/// arrive wait on the host while the guest idles. The recorded run must still replay exactly
+/// (an idle guest may leave its WFI only through a logged input).
+#[test]
+fn frames_waiting_for_a_guest_whose_network_is_down_replay() {
+    let net = Net::new_named("d");
+    let dir = std::env::temp_dir().join(format!("ftvm-netdown-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let disk = dir.join("data.img");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(16 << 20)
+        .unwrap();
+    let log = dir.join("down.log");
+    let (guest, _console) = boot_append(
+        &net,
+        &disk,
+        &["record", "--log", log.to_str().unwrap()],
+        "console=ttyS0",
+    );
+    // Broadcasts from the client reach the TAP; the guest cannot take them.
+    let sent = Command::new("ip")
+        .args(["netns", "exec", &net.client, "python3", "-c"])
+        .arg(
+            "import socket, time\n\
+             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+             s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)\n\
+             for i in range(40):\n\
+             \x20   s.sendto(b'frame %d' % i, ('10.77.0.255', 9))\n\
+             \x20   time.sleep(0.05)\n",
+        )
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    power_off(guest);
+    drop(net);
+    let out = run_ftvm(
+        &["replay", "--log", log.to_str().unwrap()],
+        Duration::from_secs(300),
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("replay verified:"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
