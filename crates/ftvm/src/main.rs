@@ -539,6 +539,8 @@ pub(crate) struct Gate {
     pub link: Option<pair::PrimaryLink>,
     /// Where new backups come from (a primary, or a backup gone live with --listen).
     pub protect: Option<pair::Protector>,
+    /// A backup that connected while another protected the guest: it attaches next.
+    standby: Option<(ftvm_replication::Channel, ftvm_replication::Channel)>,
     held: VecDeque<(u64, Output)>,
     /// Where this side reports its role and lag (`ftvm status`).
     pub status: Option<pair::StatusFile>,
@@ -549,6 +551,7 @@ impl Gate {
         Gate {
             link: None,
             protect: None,
+            standby: None,
             held: VecDeque::new(),
             status: None,
         }
@@ -713,29 +716,39 @@ pub(crate) fn live(
             };
             st.update(role, m.count(), peer);
         }
-        if let Some(backup) = gate.protect.as_ref().and_then(|p| p.waiting()) {
-            if gate.link.is_some() {
-                eprintln!("\r\nftvm: refused a second backup: the guest is protected\r");
-                backup.0.shutdown();
-            } else {
-                // Bring the new backup up to date: no disk request may be in flight while the
-                // guest's state and the disks are copied.
-                let t0 = Instant::now();
-                pending.drain_disks(&mut m, &events, &mut feed, &backends, &mut con)?;
-                let protect = gate.protect.as_mut().expect("checked");
-                match protect.attach(&m, backup) {
-                    Ok((link, log)) => {
-                        feed.log = Some(log);
-                        feed.digest_every = protect.digest_every;
-                        feed.next_digest = m.count().saturating_add(feed.digest_every);
-                        gate.link = Some(link);
-                        eprintln!(
-                            "\r\nftvm: protected again; the guest paused {} ms\r",
-                            t0.elapsed().as_millis()
-                        );
-                    }
-                    Err(e) => eprintln!("\r\nftvm: a backup could not attach: {e:#}\r"),
+        if let Some(p) = &gate.protect {
+            // One backup may wait while another protects the guest; it attaches when that one
+            // is gone. More are refused.
+            while let Some(backup) = p.waiting() {
+                if gate.standby.is_none() {
+                    gate.standby = Some(backup);
+                } else {
+                    eprintln!("\r\nftvm: refused a backup: another one already waits\r");
+                    backup.0.shutdown();
                 }
+            }
+        }
+        if let Some(backup) = gate.standby.take_if(|_| gate.link.is_none()) {
+            // Bring the new backup up to date: no disk request may be in flight while the
+            // guest's state and the disks are copied.
+            let t0 = Instant::now();
+            pending.drain_disks(&mut m, &events, &mut feed, &backends, &mut con)?;
+            let protect = gate
+                .protect
+                .as_mut()
+                .expect("a waiting backup has a protector");
+            match protect.attach(&m, backup) {
+                Ok((link, log)) => {
+                    feed.log = Some(log);
+                    feed.digest_every = protect.digest_every;
+                    feed.next_digest = m.count().saturating_add(feed.digest_every);
+                    gate.link = Some(link);
+                    eprintln!(
+                        "\r\nftvm: protected again; the guest paused {} ms\r",
+                        t0.elapsed().as_millis()
+                    );
+                }
+                Err(e) => eprintln!("\r\nftvm: a backup could not attach: {e:#}\r"),
             }
         }
         if let Some(link) = &mut gate.link {

@@ -789,7 +789,18 @@ pub fn backup(primary_addr: &str, listen: Option<&str>, p: PairArgs, a: RunArgs)
         detected.elapsed().as_millis()
     );
     let (events_tx, events) = mpsc::channel::<HostEvent>();
-    let backends = open_backends(&a, &events_tx)?;
+    // The dead primary's TAP may take a moment to be released on a shared host: retry briefly.
+    let t_open = Instant::now();
+    let backends = loop {
+        match open_backends(&a, &events_tx) {
+            Ok(b) => break b,
+            Err(e) if t_open.elapsed() < Duration::from_secs(3) => {
+                tracing::debug!(error = %e, "devices not free yet");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => return Err(e.context("cannot take over the guest's devices")),
+        }
+    };
     // Announce the guest's address from here on, then produce the unreleased outputs again.
     for (slot, tap) in &backends.taps {
         if let Some(frame) = emit_frame_arp(&a, *slot) {

@@ -121,3 +121,79 @@ fn bad_sizes_are_refused() {
         "out of range",
     );
 }
+
+/// A backup whose options give other devices than the primary's guest is refused at attach,
+/// before it could ever go live with the wrong ones; so is a backup with the wrong key.
+#[test]
+fn a_backup_with_other_devices_or_key_is_refused() {
+    let out = guest_out();
+    let (kernel, initrd) = (out.join("Image"), out.join("initramfs.cpio.gz"));
+    let disk = tmp("primary.img", &[]);
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    let psk = tmp("psk", b"the errors test pre-shared key");
+    let other_psk = tmp("other.psk", b"another pre-shared key entirely");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let arbiter = format!("file:{}", tmp("arb", b"").with_extension("none").display());
+    let images = [
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--initrd",
+        initrd.to_str().unwrap(),
+    ];
+    let mut primary = ftvm()
+        .args(["primary", "--listen", &addr, "--psk", psk.to_str().unwrap()])
+        .args(["--arbiter", &arbiter])
+        .args(images)
+        .args(["--disk", disk.to_str().unwrap()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let backup = |psk: &std::path::Path, extra: &[&str]| {
+        let mut args = vec!["backup", "--primary", &addr, "--psk", psk.to_str().unwrap()];
+        args.extend(["--arbiter", &arbiter]);
+        args.extend(images);
+        args.extend(extra);
+        args.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    };
+    let run = |args: Vec<String>, message: &str| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        expect_error(&args, message);
+    };
+    // No disk where the primary has one.
+    run(
+        backup(&psk, &[]),
+        "the primary has 1 disks and this backup 0",
+    );
+    // The same disk, but a network device the primary's guest does not have.
+    let bdisk = tmp("backup.img", &[]);
+    run(
+        backup(
+            &psk,
+            &[
+                "--disk",
+                bdisk.to_str().unwrap(),
+                "--net",
+                "tap=nosuchtap0,mac=52:54:00:00:00:01",
+            ],
+        ),
+        "give both sides the same --disk and --net options",
+    );
+    // The wrong key.
+    run(
+        backup(&other_psk, &["--disk", bdisk.to_str().unwrap()]),
+        "failed authentication",
+    );
+    let _ = primary.kill();
+    let _ = primary.wait();
+}

@@ -311,50 +311,75 @@ fn wait_ready(p: &mut Proc) {
     }
 }
 
-/// One trial; odd trials use the etcd arbiter, even ones the file arbiter.
-fn trial(lab: &Lab, n: u32, seed: u64) {
-    let disk_p = lab.dir.join(format!("p{n}.img"));
-    let disk_b = lab.dir.join(format!("b{n}.img"));
-    for d in [&disk_p, &disk_b] {
-        std::fs::File::create(d).unwrap().set_len(32 << 20).unwrap();
-    }
-    let arbiter = if n % 2 == 1 {
-        format!("etcd:http://{ETCD_ADDR}/trial{n}")
-    } else {
-        format!("file:{}", lab.dir.join(format!("arbiter{n}")).display())
-    };
+/// A blank disk image of 32 MiB.
+fn blank_disk(path: &Path) {
+    std::fs::File::create(path)
+        .unwrap()
+        .set_len(32 << 20)
+        .unwrap();
+}
+
+/// Start a pair: the primary on host 1, then a backup named `backup` on host 2 (its console
+/// output drained), and wait until the guest is ready.
+fn start_pair(lab: &Lab, tag: &str, backup: &str, arbiter: &str) -> (Proc, Proc) {
+    let disk_p = lab.dir.join(format!("{tag}p.img"));
+    let disk_b = lab.dir.join(format!("{tag}b.img"));
+    blank_disk(&disk_p);
+    blank_disk(&disk_b);
     let mut primary = side(
         lab,
         1,
         "primary",
         &["primary", "--listen", "10.80.0.1:7700"],
         &disk_p,
-        &arbiter,
+        arbiter,
     );
     std::thread::sleep(Duration::from_millis(300));
-    let mut backup = side(
+    let b = start_backup(lab, backup, &disk_b, arbiter);
+    wait_ready(&mut primary);
+    (primary, b)
+}
+
+/// A backup named `name` on host 2, attaching to the primary; its console output is drained.
+fn start_backup(lab: &Lab, name: &str, disk: &Path, arbiter: &str) -> Proc {
+    let mut b = side(
         lab,
         2,
-        "backup",
+        name,
         &["backup", "--primary", "10.80.0.1:7700"],
-        &disk_b,
-        &arbiter,
+        disk,
+        arbiter,
     );
-    let mut backup_out = backup.c().stdout.take().unwrap();
+    let mut out = b.c().stdout.take().unwrap();
     std::thread::spawn(move || {
-        let _ = std::io::copy(&mut backup_out, &mut std::io::sink());
+        let _ = std::io::copy(&mut out, &mut std::io::sink());
     });
-    wait_ready(&mut primary);
-    let mut client = Proc(Some(
+    b
+}
+
+/// The client (CLIENT) on the client host, writing keys for `secs` seconds.
+fn start_client(lab: &Lab, secs: &str) -> Proc {
+    Proc(Some(
         Command::new("ip")
             .args([
-                "netns", "exec", &lab.ns[3], "python3", "-c", CLIENT, GUEST_IP, "8",
+                "netns", "exec", &lab.ns[3], "python3", "-c", CLIENT, GUEST_IP, secs,
             ])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("client"),
-    ));
+    ))
+}
+
+/// One trial; odd trials use the etcd arbiter, even ones the file arbiter.
+fn trial(lab: &Lab, n: u32, seed: u64) {
+    let arbiter = if n % 2 == 1 {
+        format!("etcd:http://{ETCD_ADDR}/trial{n}")
+    } else {
+        format!("file:{}", lab.dir.join(format!("arbiter{n}")).display())
+    };
+    let (mut primary, mut backup) = start_pair(lab, &format!("t{n}"), "backup", &arbiter);
+    let mut client = start_client(lab, "8");
     let reader = BufReader::new(client.c().stdout.take().unwrap());
     let mut lines = reader.lines();
     // Kill the primary at a random moment while keys are being written.
@@ -461,35 +486,9 @@ fn primary_killed_the_client_connection_survives() {
 #[test]
 fn a_partition_leaves_exactly_one_side_live() {
     let lab = Lab::new("p");
-    let disk_p = lab.dir.join("pp.img");
-    let disk_b = lab.dir.join("pb.img");
-    for d in [&disk_p, &disk_b] {
-        std::fs::File::create(d).unwrap().set_len(32 << 20).unwrap();
-    }
     let _etcd = lab.etcd();
     let arbiter = format!("etcd:http://{ETCD_ADDR}/partition");
-    let mut primary = side(
-        &lab,
-        1,
-        "primary",
-        &["primary", "--listen", "10.80.0.1:7700"],
-        &disk_p,
-        &arbiter,
-    );
-    std::thread::sleep(Duration::from_millis(300));
-    let mut backup = side(
-        &lab,
-        2,
-        "backup",
-        &["backup", "--primary", "10.80.0.1:7700"],
-        &disk_b,
-        &arbiter,
-    );
-    let mut backup_out = backup.c().stdout.take().unwrap();
-    std::thread::spawn(move || {
-        let _ = std::io::copy(&mut backup_out, &mut std::io::sink());
-    });
-    wait_ready(&mut primary);
+    let (mut primary, mut backup) = start_pair(&lab, "part", "backup", &arbiter);
     std::thread::sleep(Duration::from_secs(1));
     lab.partition();
     // Both sides see the other go silent; one wins the arbiter, the other stops its guest.
@@ -560,48 +559,10 @@ fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
 #[test]
 fn backup_killed_a_new_backup_attaches_and_the_pair_survives_a_second_failure() {
     let lab = Lab::new("r");
-    let disk_p = lab.dir.join("rp.img");
-    let disk_b1 = lab.dir.join("rb1.img");
-    std::fs::File::create(&disk_p)
-        .unwrap()
-        .set_len(32 << 20)
-        .unwrap();
-    std::fs::File::create(&disk_b1)
-        .unwrap()
-        .set_len(32 << 20)
-        .unwrap();
-    // The second backup's host has no image yet: it receives the primary's.
-    let disk_b2 = lab.dir.join("rb2.img");
     let arbiter_path = lab.dir.join("arbiter-r");
     let arbiter = format!("file:{}", arbiter_path.display());
-    let mut primary = side(
-        &lab,
-        1,
-        "primary",
-        &["primary", "--listen", "10.80.0.1:7700"],
-        &disk_p,
-        &arbiter,
-    );
-    std::thread::sleep(Duration::from_millis(300));
-    let mut backup1 = side(
-        &lab,
-        2,
-        "backup1",
-        &["backup", "--primary", "10.80.0.1:7700"],
-        &disk_b1,
-        &arbiter,
-    );
-    wait_ready(&mut primary);
-    let mut client = Proc(Some(
-        Command::new("ip")
-            .args([
-                "netns", "exec", &lab.ns[3], "python3", "-c", CLIENT, GUEST_IP, "14",
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("client"),
-    ));
+    let (mut primary, mut backup1) = start_pair(&lab, "r", "backup1", &arbiter);
+    let mut client = start_client(&lab, "14");
     let (acks_tx, acks) = std::sync::mpsc::channel::<String>();
     let out = client.c().stdout.take().unwrap();
     std::thread::spawn(move || {
@@ -643,18 +604,8 @@ fn backup_killed_a_new_backup_attaches_and_the_pair_survives_a_second_failure() 
     );
 
     // A new backup attaches to the running primary (generation 1).
-    let mut backup2 = side(
-        &lab,
-        2,
-        "backup2",
-        &["backup", "--primary", "10.80.0.1:7700"],
-        &disk_b2,
-        &arbiter,
-    );
-    let mut b2_out = backup2.c().stdout.take().unwrap();
-    std::thread::spawn(move || {
-        let _ = std::io::copy(&mut b2_out, &mut std::io::sink());
-    });
+    // Its host has no image yet: it receives the primary's.
+    let mut backup2 = start_backup(&lab, "backup2", &lab.dir.join("rb2.img"), &arbiter);
     wait_for(
         "the new backup protects the guest",
         Duration::from_secs(30),
