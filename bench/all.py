@@ -2,8 +2,8 @@
 """Every ftvm benchmark in one run, beside qemu-system-riscv64, with a table, JSON and a chart.
 
 usage: bench/all.py [--quick]
-  full:    3 repetitions of everything (about 15 minutes on a 2-core machine)
-  --quick: one repetition, no guest CPU program, shorter redis runs (about 3 minutes)
+  full:    3 repetitions of everything (about 11 minutes on a 2-core machine)
+  --quick: one repetition, no guest CPU program, shorter redis runs (about 1.5 minutes)
 
 Measures: instructions per second (bare-metal loop, the guest CPU program), boot-to-ready
 time, redis-benchmark plain, replicated (precise and epoch delivery) and on QEMU (bench/cpu.py,
