@@ -64,9 +64,9 @@ def summary(r):
         rows.append((label, {e: cpu.get(e, {}).get(key) for e in ("ftvm", "qemu", "qemu-icount")}))
     for op in ("SET", "GET"):
         rows.append((f"redis {op}, req/s", {e: redis.get(e, {}).get(op, {}).get("rps")
-                                            for e in ("ftvm", "ftvm-pair", "ftvm-pair-epoch", "qemu")}))
+                                            for e in ("ftvm", "ftvm-pair", "ftvm-pair-epoch", "qemu", "qemu-icount")}))
         rows.append((f"redis {op} p50, ms", {e: redis.get(e, {}).get(op, {}).get("p50_ms")
-                                             for e in ("ftvm", "ftvm-pair", "ftvm-pair-epoch", "qemu")}))
+                                             for e in ("ftvm", "ftvm-pair", "ftvm-pair-epoch", "qemu", "qemu-icount")}))
     rows.append(("replication log, Mbit/s", {e: redis.get(e, {}).get("log_mbit_s")
                                               for e in ("ftvm-pair", "ftvm-pair-epoch")}))
     rec = r["record"]["results"]

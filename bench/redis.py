@@ -62,7 +62,8 @@ def engine_cmd(engine):
             pair += ["--delivery", "epoch", "--epoch", "1000000"]
         return [FTVM, "primary", "--listen", "127.0.0.1:7701", *pair, *common], \
             [FTVM, "backup", "--primary", "127.0.0.1:7701", *pair, *common]
-    return ["qemu-system-riscv64", "-M", "virt", "-m", "256M", "-display", "none", "-serial", "stdio",
+    icount = ["-icount", "shift=0"] if engine == "qemu-icount" else []
+    return ["qemu-system-riscv64", *icount, "-M", "virt", "-m", "256M", "-display", "none", "-serial", "stdio",
             "-monitor", "none", "-kernel", images[1], "-initrd", images[3], "-append", APPEND,
             "-netdev", f"tap,id=n0,ifname={TAP},script=no,downscript=no",
             "-device", f"virtio-net-device,netdev=n0,mac={MAC}"]
@@ -125,7 +126,7 @@ def main():
     ap.add_argument("--clients", type=int, default=10)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--json", default=os.path.join(ROOT, "bench", "out", "redis.json"))
-    ap.add_argument("--engines", default="ftvm,ftvm-pair,ftvm-pair-epoch,qemu")
+    ap.add_argument("--engines", default="ftvm,ftvm-pair,ftvm-pair-epoch,qemu,qemu-icount")
     a = ap.parse_args()
     os.makedirs(os.path.dirname(a.json), exist_ok=True)
     with open(PSK, "wb") as f:

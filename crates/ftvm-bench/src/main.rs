@@ -28,7 +28,7 @@ fn metrics(v: &Value) -> Vec<(String, Vec<(String, f64)>)> {
     }
     let redis = &v["redis"]["results"];
     for op in ["SET", "GET"] {
-        let vals: Vec<(String, f64)> = ["ftvm", "ftvm-pair", "ftvm-pair-epoch", "qemu"]
+        let vals: Vec<(String, f64)> = ["ftvm", "ftvm-pair", "ftvm-pair-epoch", "qemu", "qemu-icount"]
             .iter()
             .filter_map(|e| Some((e.to_string(), redis[e][op]["rps"].as_f64()?)))
             .collect();
