@@ -28,10 +28,16 @@ fn metrics(v: &Value) -> Vec<(String, Vec<(String, f64)>)> {
     }
     let redis = &v["redis"]["results"];
     for op in ["SET", "GET"] {
-        let vals: Vec<(String, f64)> = ["ftvm", "ftvm-pair", "ftvm-pair-epoch", "qemu", "qemu-icount"]
-            .iter()
-            .filter_map(|e| Some((e.to_string(), redis[e][op]["rps"].as_f64()?)))
-            .collect();
+        let vals: Vec<(String, f64)> = [
+            "ftvm",
+            "ftvm-pair",
+            "ftvm-pair-epoch",
+            "qemu",
+            "qemu-icount",
+        ]
+        .iter()
+        .filter_map(|e| Some((e.to_string(), redis[e][op]["rps"].as_f64()?)))
+        .collect();
         // Relative figures need QEMU's.
         if vals.iter().any(|(e, _)| e == "qemu") {
             out.push((format!("redis {op} (req/s)"), vals));
