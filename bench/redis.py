@@ -9,7 +9,7 @@ import argparse, atexit, json, os, shutil, statistics, subprocess, sys, tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GUEST = os.path.join(ROOT, "guest", "out")
-FTVM = os.path.join(ROOT, "target", "release", "ftvm")
+FTVM = os.environ.get("FTVM", os.path.join(ROOT, "target", "release", "ftvm"))
 HOST_NS, CLIENT_NS, TAP = "ftvmb-h", "ftvmb-c", "ftapb0"
 GUEST_IP, CLIENT_IP = "10.78.0.10", "10.78.0.2"
 APPEND = f"console=ttyS0 ftvm.ip={GUEST_IP}/24"
@@ -69,15 +69,18 @@ def engine_cmd(engine):
             "-device", f"virtio-net-device,netdev=n0,mac={MAC}"]
 
 
-def bench(engine, requests, clients):
+def bench(engine, requests, clients, pin=False):
     cmd = engine_cmd(engine)
+    # --pin: the guest's engine and the client on CPU 0, a backup on CPU 1, as if the backup
+    # had a host of its own; the unreplicated engines get the same CPU 0 and leave CPU 1 idle.
+    main_cpu, backup_cpu = (["taskset", "-c", "0"], ["taskset", "-c", "1"]) if pin else ([], [])
     backup = None
     if isinstance(cmd, tuple):
         cmd, bcmd = cmd
         # The backup shares the host here: only the replication stream matters for throughput.
-        backup = subprocess.Popen(["ip", "netns", "exec", HOST_NS, *bcmd], stdin=subprocess.DEVNULL,
+        backup = subprocess.Popen(["ip", "netns", "exec", HOST_NS, *backup_cpu, *bcmd], stdin=subprocess.DEVNULL,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    p = subprocess.Popen(["ip", "netns", "exec", HOST_NS, *cmd], stdin=subprocess.PIPE,
+    p = subprocess.Popen(["ip", "netns", "exec", HOST_NS, *main_cpu, *cmd], stdin=subprocess.PIPE,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     buf, t0 = b"", time.monotonic()
     while b"ftvm-guest: ready" not in buf:
@@ -92,7 +95,7 @@ def bench(engine, requests, clients):
         if sh(*c, "redis-cli", "-h", GUEST_IP, "ping", check=False).stdout.strip() == b"PONG":
             break
         time.sleep(0.2)
-    r = sh(*c, "redis-benchmark", "-h", GUEST_IP, "-c", str(clients), "-n", str(requests),
+    r = sh(*c, *main_cpu, "redis-benchmark", "-h", GUEST_IP, "-c", str(clients), "-n", str(requests),
            "-t", "set,get", "--csv", check=False)
     p.stdin.write(b"poweroff\n")
     p.stdin.flush()
@@ -111,6 +114,9 @@ def bench(engine, requests, clients):
     m = re.search(r"logged \d+ instructions, \d+ events, (\d+) bytes of log in ([0-9.]+) s", err)
     if m:
         res["log_mbit_s"] = int(m.group(1)) * 8 / float(m.group(2)) / 1e6
+    m = re.search(r"outputs held for the backup: \d+ outputs, median ([0-9.]+) ms, p99 ([0-9.]+) ms", err)
+    if m:
+        res["hold_p50_ms"], res["hold_p99_ms"] = float(m.group(1)), float(m.group(2))
     for line in r.stdout.decode().splitlines():
         f = [x.strip('"') for x in line.split(",")]
         if f[0] in ("SET", "GET"):
@@ -127,6 +133,8 @@ def main():
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--json", default=os.path.join(ROOT, "bench", "out", "redis.json"))
     ap.add_argument("--engines", default="ftvm,ftvm-pair,ftvm-pair-epoch,qemu,qemu-icount")
+    ap.add_argument("--pin", action="store_true",
+                    help="engine and client on CPU 0, the backup alone on CPU 1")
     a = ap.parse_args()
     os.makedirs(os.path.dirname(a.json), exist_ok=True)
     with open(PSK, "wb") as f:
@@ -136,20 +144,23 @@ def main():
     try:
         results = {}
         for engine in a.engines.split(","):
-            runs = [bench(engine, a.requests, a.clients) for _ in range(a.repeat)]
+            runs = [bench(engine, a.requests, a.clients, a.pin) for _ in range(a.repeat)]
             results[engine] = {op: {k: statistics.median(r[op][k] for r in runs) for k in ("rps", "p50_ms")}
                                for op in ("SET", "GET")}
-            if any("log_mbit_s" in r for r in runs):
-                results[engine]["log_mbit_s"] = statistics.median(r["log_mbit_s"] for r in runs if "log_mbit_s" in r)
+            for k in ("log_mbit_s", "hold_p50_ms", "hold_p99_ms"):
+                if any(k in r for r in runs):
+                    results[engine][k] = statistics.median(r[k] for r in runs if k in r)
     finally:
         net_down()
     with open(a.json, "w") as f:
         json.dump({"requests": a.requests, "clients": a.clients, "repeat": a.repeat, "results": results}, f, indent=2)
     print(f"\nredis-benchmark -c {a.clients} -n {a.requests} over TAP (median of {a.repeat})")
-    print(f"{'engine':<16} {'SET/s':>9} {'SET p50 ms':>11} {'GET/s':>9} {'GET p50 ms':>11} {'log Mbit/s':>11}")
+    print(f"{'engine':<16} {'SET/s':>9} {'SET p50 ms':>11} {'GET/s':>9} {'GET p50 ms':>11} {'log Mbit/s':>11}"
+          f" {'held p50 ms':>12} {'held p99 ms':>12}")
     for e, r in results.items():
-        lb = f"{r['log_mbit_s']:.2f}" if "log_mbit_s" in r else "-"
-        print(f"{e:<16} {r['SET']['rps']:>9.0f} {r['SET']['p50_ms']:>11.2f} {r['GET']['rps']:>9.0f} {r['GET']['p50_ms']:>11.2f} {lb:>11}")
+        opt = [f"{r[k]:.2f}" if k in r else "-" for k in ("log_mbit_s", "hold_p50_ms", "hold_p99_ms")]
+        print(f"{e:<16} {r['SET']['rps']:>9.0f} {r['SET']['p50_ms']:>11.2f} {r['GET']['rps']:>9.0f} {r['GET']['p50_ms']:>11.2f}"
+              f" {opt[0]:>11} {opt[1]:>12} {opt[2]:>12}")
 
 
 if __name__ == "__main__":

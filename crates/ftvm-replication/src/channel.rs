@@ -255,6 +255,15 @@ impl Channel {
     pub fn shutdown(&self) {
         let _ = self.stream.shutdown(std::net::Shutdown::Both);
     }
+
+    /// Bound how long a send may block on a peer that stops reading (`None`: forever). A send
+    /// that times out fails; the channel is then unusable and should be shut down.
+    pub fn set_write_timeout(
+        &self,
+        limit: Option<std::time::Duration>,
+    ) -> Result<(), ChannelError> {
+        Ok(self.stream.set_write_timeout(limit)?)
+    }
 }
 
 #[cfg(test)]

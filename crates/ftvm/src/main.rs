@@ -541,7 +541,10 @@ pub(crate) struct Gate {
     pub protect: Option<pair::Protector>,
     /// A backup that connected while another protected the guest: it attaches next.
     standby: Option<(ftvm_replication::Channel, ftvm_replication::Channel)>,
-    held: VecDeque<(u64, Output)>,
+    /// Outputs waiting for the backup: the count that produced each, and since when it waits.
+    held: VecDeque<(u64, Instant, Output)>,
+    /// How long released outputs waited for the backup's acknowledgement.
+    pub hold_times: pair::HoldTimes,
     /// Where this side reports its role and lag (`ftvm status`).
     pub status: Option<pair::StatusFile>,
 }
@@ -553,6 +556,7 @@ impl Gate {
             protect: None,
             standby: None,
             held: VecDeque::new(),
+            hold_times: pair::HoldTimes::default(),
             status: None,
         }
     }
@@ -687,6 +691,7 @@ pub(crate) fn live(
         };
         let was_idle = matches!(exit, RunExit::Idle { .. });
         let count = m.count();
+        let now = Instant::now();
         let mut held_new = false;
         for out in m.take_outputs() {
             match out {
@@ -697,7 +702,7 @@ pub(crate) fn live(
                     }
                 }
                 out if gate.link.is_some() => {
-                    gate.held.push_back((count, out));
+                    gate.held.push_back((count, now, out));
                     held_new = true;
                 }
                 out => emit(out, &mut con, &backends),
@@ -754,15 +759,16 @@ pub(crate) fn live(
         if let Some(link) = &mut gate.link {
             match link.check()? {
                 pair::LinkState::Protected(acked) => {
-                    while gate.held.front().is_some_and(|(c, _)| *c <= acked) {
-                        let (c, out) = gate.held.pop_front().expect("not empty");
+                    while gate.held.front().is_some_and(|(c, _, _)| *c <= acked) {
+                        let (c, since, out) = gate.held.pop_front().expect("not empty");
                         link.released(c);
+                        gate.hold_times.record(since.elapsed());
                         emit(out, &mut con, &backends);
                     }
                 }
                 pair::LinkState::Unprotected => {
                     eprintln!("\r\nftvm: the backup is gone; running on unprotected\r");
-                    for (_, out) in gate.held.drain(..) {
+                    for (_, _, out) in gate.held.drain(..) {
                         emit(out, &mut con, &backends);
                     }
                     gate.link = None;
@@ -902,8 +908,8 @@ pub(crate) fn live(
         while !gate.held.is_empty() && t0.elapsed() < Duration::from_secs(5) {
             match link.check()? {
                 pair::LinkState::Protected(acked) => {
-                    while gate.held.front().is_some_and(|(c, _)| *c <= acked) {
-                        let (_, out) = gate.held.pop_front().expect("not empty");
+                    while gate.held.front().is_some_and(|(c, _, _)| *c <= acked) {
+                        let (_, _, out) = gate.held.pop_front().expect("not empty");
                         emit(out, &mut con, &backends);
                     }
                 }
@@ -912,7 +918,7 @@ pub(crate) fn live(
             std::thread::sleep(Duration::from_millis(1));
         }
     }
-    for (_, out) in gate.held.drain(..) {
+    for (_, _, out) in gate.held.drain(..) {
         emit(out, &mut con, &backends);
     }
     for out in m.take_outputs() {
@@ -942,6 +948,9 @@ pub(crate) fn live(
             log.bytes,
             started.elapsed().as_secs_f64()
         );
+    }
+    if let Some(summary) = gate.hold_times.summary() {
+        eprintln!("ftvm: outputs held for the backup: {summary}");
     }
     if let Some(link) = &gate.link {
         // The backup stops once it has the End record; leaving earlier could lose the record

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Sender};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -23,13 +23,6 @@ use crate::{
 /// Milliseconds since `epoch`, for lock-free liveness stamps.
 fn ms_since(epoch: Instant) -> u64 {
     epoch.elapsed().as_millis() as u64
-}
-
-/// What the sending thread sends.
-enum Out {
-    Log(Vec<u8>),
-    Ack(u64),
-    Heartbeat,
 }
 
 /// The liveness of the peer, shared by the threads of a link.
@@ -58,42 +51,66 @@ impl Liveness {
     }
 }
 
-/// Start the sending thread (log bytes, acks, heartbeats every `beat`) of a channel half.
-fn start_sender(
-    mut tx: Channel,
-    beat: Duration,
-    released: Arc<AtomicU64>,
+/// The sending half of a link, shared by whoever sends: the runner (log bytes), the receiving
+/// thread (acknowledgements) and the heartbeat thread. Each writes from its own thread, so
+/// the output-commit path (log out, acknowledgement back) crosses no extra thread. A write
+/// blocks at most the peer's dead timeout; a failed write marks the peer dead.
+#[derive(Clone)]
+struct SendHalf {
+    tx: Arc<Mutex<Channel>>,
     live: Arc<Liveness>,
-) -> Sender<Out> {
-    let (out_tx, out_rx) = mpsc::channel::<Out>();
-    let beat_tx = out_tx.clone();
-    std::thread::spawn(move || loop {
-        std::thread::sleep(beat);
-        if beat_tx.send(Out::Heartbeat).is_err() {
-            return;
-        }
-    });
-    std::thread::spawn(move || {
-        for m in out_rx {
-            let msg = match m {
-                Out::Log(b) => Msg::Log(b),
-                Out::Ack(c) => Msg::Ack(c),
-                Out::Heartbeat => Msg::Heartbeat(released.load(Ordering::Relaxed)),
+}
+
+impl SendHalf {
+    /// Start sending heartbeats (every `beat`, carrying `progress`) on `tx` while this half
+    /// (or a clone of it) is kept.
+    fn start(
+        tx: Channel,
+        beat: Duration,
+        timeout_ms: u64,
+        progress: Arc<AtomicU64>,
+        live: Arc<Liveness>,
+    ) -> Result<SendHalf> {
+        tx.set_write_timeout(Some(Duration::from_millis(timeout_ms.max(1))))?;
+        let half = SendHalf {
+            tx: Arc::new(Mutex::new(tx)),
+            live,
+        };
+        let weak = Arc::downgrade(&half.tx);
+        let live = half.live.clone();
+        std::thread::spawn(move || loop {
+            std::thread::sleep(beat);
+            let Some(tx) = weak.upgrade() else { return };
+            let beat = SendHalf {
+                tx,
+                live: live.clone(),
             };
-            if tx.send(&msg).is_err() {
-                live.dead.store(true, Ordering::Relaxed);
-                tx.shutdown();
+            if !beat.send(&Msg::Heartbeat(progress.load(Ordering::Relaxed))) {
                 return;
             }
+        });
+        Ok(half)
+    }
+
+    /// Send `m`; false if the peer is (now) known dead.
+    fn send(&self, m: &Msg) -> bool {
+        if self.live.dead.load(Ordering::Relaxed) {
+            return false;
         }
-    });
-    out_tx
+        let mut tx = self.tx.lock().unwrap_or_else(|e| e.into_inner());
+        if tx.send(m).is_err() {
+            self.live.dead.store(true, Ordering::Relaxed);
+            tx.shutdown();
+            return false;
+        }
+        true
+    }
 }
 
 /// Log bytes for the backup: buffered, sent as one message on flush.
 struct LinkWriter {
     buf: Vec<u8>,
-    out: Sender<Out>,
+    out: SendHalf,
 }
 
 impl Write for LinkWriter {
@@ -103,7 +120,8 @@ impl Write for LinkWriter {
     }
     fn flush(&mut self) -> std::io::Result<()> {
         if !self.buf.is_empty() {
-            let _ = self.out.send(Out::Log(std::mem::take(&mut self.buf)));
+            // A dead backup is noticed by the runner through the link's liveness.
+            self.out.send(&Msg::Log(std::mem::take(&mut self.buf)));
         }
         Ok(())
     }
@@ -163,6 +181,64 @@ impl PrimaryLink {
     /// would pause longer than --max-lag-ms: it then waits for the backup.
     pub fn too_far_ahead(&self, count: u64) -> bool {
         count.saturating_sub(self.replayed.load(Ordering::Relaxed)) > self.max_lag
+    }
+}
+
+/// How long outputs waited for the backup's acknowledgement (output commit), in buckets of
+/// 10 µs up to 20 ms.
+pub(crate) struct HoldTimes {
+    buckets: Vec<u64>,
+    count: u64,
+    total: Duration,
+}
+
+impl Default for HoldTimes {
+    fn default() -> HoldTimes {
+        HoldTimes {
+            buckets: vec![0; HOLD_BUCKETS],
+            count: 0,
+            total: Duration::ZERO,
+        }
+    }
+}
+
+const HOLD_BUCKETS: usize = 2000;
+const HOLD_BUCKET_US: u64 = 10;
+
+impl HoldTimes {
+    pub fn record(&mut self, d: Duration) {
+        let i = (d.as_micros() as u64 / HOLD_BUCKET_US).min(HOLD_BUCKETS as u64 - 1);
+        self.buckets[i as usize] += 1;
+        self.count += 1;
+        self.total += d;
+    }
+
+    /// The upper bound (µs) of the bucket holding the `q`-quantile (the last bucket is open).
+    fn quantile_us(&self, q: f64) -> u64 {
+        let rank = ((self.count as f64 * q).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (i, n) in self.buckets.iter().enumerate() {
+            seen += n;
+            if seen >= rank {
+                return (i as u64 + 1) * HOLD_BUCKET_US;
+            }
+        }
+        HOLD_BUCKETS as u64 * HOLD_BUCKET_US
+    }
+
+    /// "N outputs, median ..., p99 ..., mean ...", or None if nothing was held.
+    pub fn summary(&self) -> Option<String> {
+        if self.count == 0 {
+            return None;
+        }
+        let ms = |us: u64| us as f64 / 1000.0;
+        Some(format!(
+            "{} outputs, median {:.2} ms, p99 {:.2} ms, mean {:.2} ms",
+            self.count,
+            ms(self.quantile_us(0.5)),
+            ms(self.quantile_us(0.99)),
+            self.total.as_secs_f64() * 1000.0 / self.count as f64
+        ))
     }
 }
 
@@ -318,7 +394,13 @@ impl Protector {
                 offset += n as u64;
             }
         }
-        let out = start_sender(tx, self.beat, released.clone(), live_state.clone());
+        let out = SendHalf::start(
+            tx,
+            self.beat,
+            self.timeout_ms,
+            released.clone(),
+            live_state.clone(),
+        )?;
         let header = Record::Header {
             count: m.count(),
             snapshot: m.save(),
@@ -584,7 +666,13 @@ pub fn backup(primary_addr: &str, listen: Option<&str>, p: PairArgs, a: RunArgs)
     // Heartbeats (from now on, so the primary knows this side is there while it sends its
     // state) tell the primary how far this side has replayed.
     let replayed = Arc::new(AtomicU64::new(0));
-    let out = start_sender(tx_half, p.beat(), replayed.clone(), live_state.clone());
+    let out = SendHalf::start(
+        tx_half,
+        p.beat(),
+        p.timeout_ms(),
+        replayed.clone(),
+        live_state.clone(),
+    )?;
     let (generation, disk_sizes, first_log) = receive_state(&mut rx_half, &a, &arbiter)?;
     live_state.heard();
     let (rec_tx, rec_rx) = mpsc::channel::<FromPrimary>();
@@ -649,7 +737,7 @@ pub fn backup(primary_addr: &str, listen: Option<&str>, p: PairArgs, a: RunArgs)
                         }
                         // The log is held here up to `last`: acknowledge on receipt.
                         if let Some(c) = last {
-                            let _ = out.send(Out::Ack(c));
+                            out.send(&Msg::Ack(c));
                         }
                     }
                     Msg::Heartbeat(released) => {
@@ -882,5 +970,30 @@ fn replay_to(
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hold_times_report_quantiles_to_the_bucket() {
+        let mut h = HoldTimes::default();
+        assert_eq!(h.summary(), None);
+        for us in 1..=100u64 {
+            h.record(Duration::from_micros(us * 100));
+        }
+        // 100 holds of 0.1 ms .. 10 ms: the median is 5.0 ms (its bucket ends at 5.01 ms),
+        // the 99th percentile 9.9 ms.
+        assert_eq!(h.quantile_us(0.5), 5010);
+        assert_eq!(h.quantile_us(0.99), 9910);
+        assert_eq!(
+            h.summary().as_deref(),
+            Some("100 outputs, median 5.01 ms, p99 9.91 ms, mean 5.05 ms")
+        );
+        // Longer holds land in the last, open bucket.
+        h.record(Duration::from_secs(3));
+        assert_eq!(h.quantile_us(1.0), 20_000);
     }
 }

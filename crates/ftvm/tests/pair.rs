@@ -1,0 +1,87 @@
+//! A pair on one host, over loopback, without network devices: the backup replays the whole
+//! run in lockstep (checking digests often) and ends with the primary's guest.
+
+mod common;
+
+use std::io::Write;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+
+#[test]
+fn a_pair_runs_in_lockstep_to_the_guests_poweroff() {
+    let out = guest_out();
+    let dir = std::env::temp_dir().join(format!("ftvm-pair-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let psk = dir.join("psk");
+    std::fs::write(&psk, b"the pair test's pre-shared key").unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let arbiter = format!("file:{}", dir.join("arbiter").display());
+    let common: Vec<String> = [
+        "--psk",
+        psk.to_str().unwrap(),
+        "--arbiter",
+        &arbiter,
+        "--digest-every",
+        "20000000",
+        "--kernel",
+        out.join("Image").to_str().unwrap(),
+        "--initrd",
+        out.join("initramfs.cpio.gz").to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut primary = ftvm()
+        .args(["primary", "--listen", &addr])
+        .args(&common)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let backup = ftvm()
+        .args(["backup", "--primary", &addr])
+        .args(&common)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (seen, _console) = await_ready(&mut primary).unwrap_or_else(|seen| {
+        let _ = primary.kill();
+        panic!("no ready line; console was:\n{seen}")
+    });
+    assert!(seen.contains("Linux version 6.1"), "{seen}");
+    primary
+        .stdin
+        .as_mut()
+        .unwrap()
+        .write_all(b"poweroff\n")
+        .unwrap();
+    let p = wait_limited(primary, Duration::from_secs(60), "primary poweroff");
+    let b = wait_limited(backup, Duration::from_secs(60), "backup end");
+    let (p_err, b_err) = (
+        String::from_utf8_lossy(&p.stderr),
+        String::from_utf8_lossy(&b.stderr),
+    );
+    assert!(p.status.success(), "primary: {:?}\n{p_err}", p.status);
+    // The backup checked every digest on the way and stopped with the primary's guest.
+    assert!(b.status.success(), "backup: {:?}\n{b_err}", b.status);
+    assert!(b_err.contains("backup done"), "{b_err}");
+    assert!(!p_err.contains("did not confirm"), "{p_err}");
+    // Every console byte waited for the backup: the primary reports how long.
+    let held = p_err
+        .lines()
+        .find_map(|l| l.split("outputs held for the backup: ").nth(1))
+        .unwrap_or_else(|| panic!("no output-commit summary:\n{p_err}"));
+    let n: u64 = held.split(' ').next().unwrap().parse().unwrap();
+    assert!(n > 0 && held.contains("median"), "{held}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
