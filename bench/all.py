@@ -2,7 +2,7 @@
 """Every ftvm benchmark in one run, beside qemu-system-riscv64, with a table, JSON and a chart.
 
 usage: bench/all.py [--quick]
-  full:    3 repetitions of everything (about 11 minutes on a 2-core machine)
+  full:    3 repetitions of everything (about 13 minutes on a 2-core machine)
   --quick: one repetition, no guest CPU program, shorter redis runs (about 1.5 minutes)
 
 Measures: instructions per second (bare-metal loop, the guest CPU program), boot-to-ready
@@ -34,7 +34,7 @@ def main():
     took = {}
     took["cpu"] = step("CPU and boot", [py, "bench/cpu.py", "--repeat", rep] + (["--quick"] if a.quick else []))
     took["redis"] = step("redis over TAP", [py, "bench/redis.py", "--repeat", rep,
-                                            "--requests", "5000" if a.quick else "20000"])
+                                            "--requests", "5000" if a.quick else "12000"])
     took["record"] = step("recording overhead", [py, "bench/record.py", "--repeat", rep]
                           + (["--quick"] if a.quick else []))
     took["failover"] = step("failover and re-protection", [py, "bench/failover.py", "--repeat", rep])
@@ -69,6 +69,8 @@ def summary(r):
                                              for e in ("ftvm", "ftvm-pair", "ftvm-pair-epoch", "qemu", "qemu-icount")}))
     rows.append(("replication log, Mbit/s", {e: redis.get(e, {}).get("log_mbit_s")
                                               for e in ("ftvm-pair", "ftvm-pair-epoch")}))
+    for key, label in (("hold_p50_ms", "output held for backup p50, ms"), ("hold_p99_ms", "  p99, ms")):
+        rows.append((label, {e: redis.get(e, {}).get(key) for e in ("ftvm-pair", "ftvm-pair-epoch")}))
     rec = r["record"]["results"]
     rows.append(("recorded redis SET, req/s", {"ftvm": rec["record"]["set"]}))
     rows.append(("recorded redis GET, req/s", {"ftvm": rec["record"]["get"]}))
