@@ -135,12 +135,7 @@ fn a_backup_with_other_devices_or_key_is_refused() {
         .unwrap();
     let psk = tmp("psk", b"the errors test pre-shared key");
     let other_psk = tmp("other.psk", b"another pre-shared key entirely");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
+    let addr = free_local_addr();
     let arbiter = format!("file:{}", tmp("arb", b"").with_extension("none").display());
     let images = [
         "--kernel",

@@ -16,12 +16,7 @@ fn a_pair_runs_in_lockstep_to_the_guests_poweroff() {
     std::fs::create_dir_all(&dir).unwrap();
     let psk = dir.join("psk");
     std::fs::write(&psk, b"the pair test's pre-shared key").unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
+    let addr = free_local_addr();
     let arbiter = format!("file:{}", dir.join("arbiter").display());
     let common: Vec<String> = [
         "--psk",

@@ -32,6 +32,16 @@ pub fn guest_out() -> PathBuf {
     out
 }
 
+/// A loopback address with a port that was free a moment ago.
+pub fn free_local_addr() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind a loopback port")
+        .local_addr()
+        .expect("its address")
+        .port();
+    format!("127.0.0.1:{port}")
+}
+
 /// Wait for a child with a time limit; kill it and panic if it runs over.
 pub fn wait_limited(mut child: Child, limit: Duration, what: &str) -> Output {
     let t0 = Instant::now();
