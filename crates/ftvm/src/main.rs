@@ -574,6 +574,24 @@ fn emit(out: Output, con: &mut Console, backends: &Backends) {
     }
 }
 
+/// Send out the held outputs the backup has acknowledged (up to count `acked`), noting how
+/// long each waited.
+fn release_acked(
+    held: &mut VecDeque<(u64, Instant, Output)>,
+    hold_times: &mut pair::HoldTimes,
+    link: &pair::PrimaryLink,
+    acked: u64,
+    con: &mut Console,
+    backends: &Backends,
+) {
+    while held.front().is_some_and(|(c, _, _)| *c <= acked) {
+        let (c, since, out) = held.pop_front().expect("not empty");
+        link.released(c);
+        hold_times.record(since.elapsed());
+        emit(out, con, backends);
+    }
+}
+
 impl Feeder {
     fn feed(&mut self, m: &mut Machine, input: Input) -> Result<()> {
         if let Some(log) = &mut self.log {
@@ -691,7 +709,6 @@ pub(crate) fn live(
         };
         let was_idle = matches!(exit, RunExit::Idle { .. });
         let count = m.count();
-        let now = Instant::now();
         let mut held_new = false;
         for out in m.take_outputs() {
             match out {
@@ -702,7 +719,7 @@ pub(crate) fn live(
                     }
                 }
                 out if gate.link.is_some() => {
-                    gate.held.push_back((count, now, out));
+                    gate.held.push_back((count, Instant::now(), out));
                     held_new = true;
                 }
                 out => emit(out, &mut con, &backends),
@@ -758,14 +775,14 @@ pub(crate) fn live(
         }
         if let Some(link) = &mut gate.link {
             match link.check()? {
-                pair::LinkState::Protected(acked) => {
-                    while gate.held.front().is_some_and(|(c, _, _)| *c <= acked) {
-                        let (c, since, out) = gate.held.pop_front().expect("not empty");
-                        link.released(c);
-                        gate.hold_times.record(since.elapsed());
-                        emit(out, &mut con, &backends);
-                    }
-                }
+                pair::LinkState::Protected(acked) => release_acked(
+                    &mut gate.held,
+                    &mut gate.hold_times,
+                    link,
+                    acked,
+                    &mut con,
+                    &backends,
+                ),
                 pair::LinkState::Unprotected => {
                     eprintln!("\r\nftvm: the backup is gone; running on unprotected\r");
                     for (_, _, out) in gate.held.drain(..) {
@@ -907,12 +924,14 @@ pub(crate) fn live(
         let t0 = Instant::now();
         while !gate.held.is_empty() && t0.elapsed() < Duration::from_secs(5) {
             match link.check()? {
-                pair::LinkState::Protected(acked) => {
-                    while gate.held.front().is_some_and(|(c, _, _)| *c <= acked) {
-                        let (_, _, out) = gate.held.pop_front().expect("not empty");
-                        emit(out, &mut con, &backends);
-                    }
-                }
+                pair::LinkState::Protected(acked) => release_acked(
+                    &mut gate.held,
+                    &mut gate.hold_times,
+                    link,
+                    acked,
+                    &mut con,
+                    &backends,
+                ),
                 pair::LinkState::Unprotected => break,
             }
             std::thread::sleep(Duration::from_millis(1));

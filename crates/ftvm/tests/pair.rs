@@ -33,22 +33,18 @@ fn a_pair_runs_in_lockstep_to_the_guests_poweroff() {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let mut primary = ftvm()
-        .args(["primary", "--listen", &addr])
-        .args(&common)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let backup = ftvm()
-        .args(["backup", "--primary", &addr])
-        .args(&common)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let side = |role: [&str; 3], stdin: Stdio| {
+        ftvm()
+            .args(role)
+            .args(&common)
+            .stdin(stdin)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut primary = side(["primary", "--listen", &addr], Stdio::piped());
+    let backup = side(["backup", "--primary", &addr], Stdio::null());
     let (seen, _console) = await_ready(&mut primary).unwrap_or_else(|seen| {
         let _ = primary.kill();
         panic!("no ready line; console was:\n{seen}")
