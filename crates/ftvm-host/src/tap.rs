@@ -1,10 +1,12 @@
-//! A TAP network device: a reader thread feeds received frames to the event channel, a writer
-//! thread sends the guest's frames.
+//! A TAP network device: a reader thread feeds received frames to the event channel; the
+//! guest's frames are written by the caller of [`Tap::send`], at once. (No queue in between:
+//! a frame leaves exactly when its sender decided it may, which the pair's output gate
+//! relies on; a TAP write never blocks, the kernel drops what its queue cannot take.)
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
-use std::sync::mpsc::{self, Sender};
+use std::sync::mpsc::Sender;
 
 use thiserror::Error;
 
@@ -35,7 +37,8 @@ struct IfReq {
 }
 
 pub struct Tap {
-    tx: Sender<Vec<u8>>,
+    file: File,
+    slot: usize,
 }
 
 impl Tap {
@@ -65,7 +68,6 @@ impl Tap {
             });
         }
         let mut reader: File = file.try_clone().map_err(TapError::Open)?;
-        let mut writer = file;
         std::thread::Builder::new()
             .name(format!("tap{slot}-rx"))
             .spawn(move || {
@@ -91,21 +93,13 @@ impl Tap {
                 }
             })
             .map_err(TapError::Open)?;
-        let (tx, rx) = mpsc::channel::<Vec<u8>>();
-        std::thread::Builder::new()
-            .name(format!("tap{slot}-tx"))
-            .spawn(move || {
-                for frame in rx {
-                    if let Err(e) = writer.write_all(&frame) {
-                        tracing::debug!(slot, error = %e, "TAP write failed; frame dropped");
-                    }
-                }
-            })
-            .map_err(TapError::Open)?;
-        Ok(Tap { tx })
+        Ok(Tap { file, slot })
     }
 
-    pub fn send(&self, frame: Vec<u8>) {
-        let _ = self.tx.send(frame);
+    /// Write one frame to the TAP device now.
+    pub fn send(&self, frame: &[u8]) {
+        if let Err(e) = (&self.file).write_all(frame) {
+            tracing::debug!(slot = self.slot, error = %e, "TAP write failed; frame dropped");
+        }
     }
 }

@@ -8,8 +8,13 @@
 //!   PATH.G for generation G.
 //! - `etcd:http://HOST:PORT[/PREFIX]` creates the key PREFIX/G (default prefix `/ftvm`) in an
 //!   etcd v3 cluster, through its JSON gateway, with a transaction that puts the key only if it
-//!   was never created. The key is bound to a lease that the winner keeps alive while it runs,
-//!   so the keys of dead pairs clean themselves up.
+//!   was never created.
+//!
+//! A won key is never bound to a lease and never expires: a winner that cannot reach the
+//! arbiter any more (partitioned from it, frozen, slow) still holds its generation, and no side
+//! that has not raced yet can win it after a timeout. So the arbiter needs no clocks at all;
+//! the keys of a retired guest are removed by its operator (`rm PATH PATH.*`, or
+//! `etcdctl del --prefix PREFIX/`).
 //!
 //! An arbiter that cannot be reached is never a win: the side that asked stops its guest.
 
@@ -21,8 +26,6 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use thiserror::Error;
 
-/// Seconds an etcd lease lives without a keep-alive.
-const LEASE_TTL_S: u64 = 10;
 /// How long one request to etcd may take.
 const ETCD_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -157,17 +160,13 @@ impl Etcd {
     }
 
     fn test_and_set(&self, generation: u64, who: &str) -> Result<bool, ArbiterError> {
-        let grant = self.call("/v3/lease/grant", serde_json::json!({ "TTL": LEASE_TTL_S }))?;
-        let lease = grant["ID"]
-            .as_str()
-            .ok_or_else(|| self.err(format!("no lease in {grant}")))?
-            .to_string();
         let key = self.key(generation);
+        // No lease: a won generation stays won (see the module's documentation).
         let txn = self.call(
             "/v3/kv/txn",
             serde_json::json!({
                 "compare": [{ "target": "CREATE", "key": key, "createRevision": "0" }],
-                "success": [{ "requestPut": { "key": key, "value": B64.encode(who), "lease": lease } }],
+                "success": [{ "requestPut": { "key": key, "value": B64.encode(who) } }],
                 "failure": [],
             }),
         )?;
@@ -175,23 +174,7 @@ impl Etcd {
             return Err(self.err(format!("bad transaction reply {txn}")));
         }
         // proto3 JSON leaves out false.
-        let won = txn["succeeded"].as_bool().unwrap_or(false);
-        if won {
-            // Keep the lease (and with it the key) alive while this process runs.
-            let me = self.clone();
-            std::thread::spawn(move || loop {
-                std::thread::sleep(Duration::from_secs(LEASE_TTL_S / 3));
-                if let Err(e) = me.call(
-                    "/v3/lease/keepalive",
-                    serde_json::json!({ "ID": lease.clone() }),
-                ) {
-                    tracing::warn!(error = %e, "cannot renew the arbiter's lease");
-                }
-            });
-        } else {
-            let _ = self.call("/v3/lease/revoke", serde_json::json!({ "ID": lease }));
-        }
-        Ok(won)
+        Ok(txn["succeeded"].as_bool().unwrap_or(false))
     }
 
     fn get(&self, generation: u64) -> Result<Option<String>, ArbiterError> {

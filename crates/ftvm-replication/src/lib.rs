@@ -1,8 +1,11 @@
-//! Primary/backup plumbing: an authenticated message channel over TCP, and the arbiter that
-//! decides which side may go live.
+//! Primary/backup plumbing: an authenticated message channel over TCP, the arbiter that
+//! decides which side may go live, and the failure-detection and lease rules that keep at most
+//! one side releasing outputs.
 
 pub mod arbiter;
 pub mod channel;
+pub mod lease;
 
 pub use arbiter::{Arbiter, ArbiterError};
 pub use channel::{Channel, ChannelError, Msg, Psk, Role};
+pub use lease::{Lease, Peer, Timing};

@@ -68,6 +68,24 @@ fn start_etcd() -> Etcd {
     e
 }
 
+/// The lease a key is bound to (0: none), read through etcd's JSON gateway.
+fn lease_of(port: u16, key: &str) -> i64 {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let body = serde_json::json!({ "key": b64.encode(key) }).to_string();
+    let text = ureq::post(&format!("http://127.0.0.1:{port}/v3/kv/range"))
+        .send(body)
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    let r: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let kv = &r["kvs"][0];
+    assert!(kv.is_object(), "{key} is missing: {r}");
+    // proto3 JSON leaves out zero; int64 travels as a string.
+    kv["lease"].as_str().map_or(0, |l| l.parse().unwrap())
+}
+
 #[test]
 fn etcd_arbiter_one_winner_per_generation() {
     let etcd = start_etcd();
@@ -92,9 +110,15 @@ fn etcd_arbiter_one_winner_per_generation() {
         // Another pair's keys are separate.
         assert!(!other.taken(g).unwrap());
     }
-    // The lease is kept alive past its TTL by the winner.
-    std::thread::sleep(Duration::from_secs(12));
-    assert!(a.taken(0).unwrap(), "the winner's lease lapsed");
+    // A won key is bound to no lease: it cannot expire while its winner is cut off from etcd
+    // (or frozen), so nobody can win that generation later.
+    for g in 0..3u64 {
+        assert_eq!(
+            lease_of(etcd.port, &format!("/pair-a/{g}")),
+            0,
+            "generation {g}"
+        );
+    }
     // A stopped etcd is an error, never a win.
     drop(etcd);
     assert!(a.test_and_set(9, "primary").is_err());

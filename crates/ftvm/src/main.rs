@@ -112,11 +112,12 @@ enum Delivery {
 }
 
 impl PairArgs {
-    fn beat(&self) -> Duration {
-        Duration::from_millis(self.heartbeat_ms.max(1))
-    }
-    fn timeout_ms(&self) -> u64 {
-        self.heartbeat_ms.max(1) * self.heartbeat_misses.max(1)
+    fn timing(&self) -> ftvm_replication::Timing {
+        let beat = self.heartbeat_ms.max(1);
+        ftvm_replication::Timing::new(
+            Duration::from_millis(beat),
+            Duration::from_millis(beat.saturating_mul(self.heartbeat_misses.max(2))),
+        )
     }
     fn epoch(&self) -> Option<u64> {
         (self.delivery == Delivery::Epoch).then_some(self.epoch.max(1))
@@ -567,7 +568,7 @@ fn emit(out: Output, con: &mut Console, backends: &Backends) {
         Output::Console(bytes) => con.write_output(&bytes),
         Output::Device(DeviceOutput::Frame { slot, frame }) => {
             if let Some(t) = backends.taps.get(&slot) {
-                t.send(frame);
+                t.send(&frame);
             }
         }
         Output::Device(DeviceOutput::Disk(_)) => {}
@@ -575,7 +576,8 @@ fn emit(out: Output, con: &mut Console, backends: &Backends) {
 }
 
 /// Send out the held outputs the backup has acknowledged (up to count `acked`), noting how
-/// long each waited.
+/// long each waited, while the link's lease holds (checked before each output is written: the
+/// backup cannot have gone live).
 fn release_acked(
     held: &mut VecDeque<(u64, Instant, Output)>,
     hold_times: &mut pair::HoldTimes,
@@ -584,7 +586,7 @@ fn release_acked(
     con: &mut Console,
     backends: &Backends,
 ) {
-    while held.front().is_some_and(|(c, _, _)| *c <= acked) {
+    while held.front().is_some_and(|(c, _, _)| *c <= acked) && link.may_release() {
         let (c, since, out) = held.pop_front().expect("not empty");
         link.released(c);
         hold_times.record(since.elapsed());
@@ -877,6 +879,7 @@ pub(crate) fn live(
             continue;
         }
         pending.deliver_disk_done(&mut m, &mut feed)?;
+        let fed_outside = feed.fed;
         for (&slot, q) in pending.frames.iter_mut() {
             while !q.is_empty() && m.net_ready(slot) {
                 let frame = q.pop_front().expect("not empty");
@@ -886,6 +889,14 @@ pub(crate) fn live(
         while !pending.console.is_empty() && m.console_ready() {
             let b = pending.console.pop_front().expect("not empty");
             feed.feed(&mut m, Input::Console(b))?;
+        }
+        if feed.fed != fed_outside && gate.link.is_some() {
+            // What came from the network (or the console) goes to the backup at once: a
+            // request the guest took in survives a failover from now on, and its client need
+            // not wait for its TCP retransmission timeout.
+            if let Some(log) = &mut feed.log {
+                log.flush()?;
+            }
         }
         if let Some((slot, n)) = m.entropy_wanted() {
             let bytes = if virtual_clock {
@@ -919,6 +930,16 @@ pub(crate) fn live(
         }
     };
     // What the guest sent last still waits for the backup (a short while at most).
+    let count = m.count();
+    for out in m.take_outputs() {
+        match out {
+            Output::Console(_) if gate.link.is_some() => {
+                gate.held.push_back((count, Instant::now(), out))
+            }
+            Output::Console(bytes) => con.write_output(&bytes),
+            _ => {}
+        }
+    }
     if let (Some(link), Some(log)) = (&mut gate.link, &mut feed.log) {
         log.mark(m.count())?;
         let t0 = Instant::now();
@@ -932,18 +953,27 @@ pub(crate) fn live(
                     &mut con,
                     &backends,
                 ),
-                pair::LinkState::Unprotected => break,
+                pair::LinkState::Unprotected => {
+                    eprintln!("\r\nftvm: the backup is gone; running on unprotected\r");
+                    gate.link = None;
+                    break;
+                }
             }
             std::thread::sleep(Duration::from_millis(1));
         }
     }
+    if gate.link.is_some() {
+        if !gate.held.is_empty() {
+            // Never acknowledged under a lease: the backup, if it goes live, sends them.
+            eprintln!(
+                "\r\nftvm: {} outputs were never acknowledged by the backup; dropped\r",
+                gate.held.len()
+            );
+        }
+        gate.held.clear();
+    }
     for (_, _, out) in gate.held.drain(..) {
         emit(out, &mut con, &backends);
-    }
-    for out in m.take_outputs() {
-        if let Output::Console(bytes) = out {
-            con.write_output(&bytes);
-        }
     }
     drop(con);
     let secs = started.elapsed().as_secs_f64();

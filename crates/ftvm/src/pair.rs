@@ -4,7 +4,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -13,101 +13,103 @@ use anyhow::{bail, Context, Result};
 use ftvm_host::HostEvent;
 use ftvm_log::{LogReader, LogWriter, Next, Record};
 use ftvm_machine::{DeviceOutput, DiskOp, DiskRequest, Machine, Output, RunExit};
-use ftvm_replication::{Arbiter, Channel, Msg, Psk, Role};
+use ftvm_replication::lease::{now_ns, sleep_until};
+use ftvm_replication::{Arbiter, Channel, Lease, Msg, Peer, Psk, Role, Timing};
 
 use crate::{
     build_machine, emit_frame_arp, expected_devices, live, open_backends, Feeder, Gate, PairArgs,
     RunArgs,
 };
 
-/// Milliseconds since `epoch`, for lock-free liveness stamps.
-fn ms_since(epoch: Instant) -> u64 {
-    epoch.elapsed().as_millis() as u64
-}
-
-/// The liveness of the peer, shared by the threads of a link.
-struct Liveness {
-    epoch: Instant,
-    last_heard: AtomicU64,
-    dead: AtomicBool,
-}
-
-impl Liveness {
-    fn new() -> Arc<Liveness> {
-        Arc::new(Liveness {
-            epoch: Instant::now(),
-            last_heard: AtomicU64::new(0),
-            dead: AtomicBool::new(false),
-        })
-    }
-    fn heard(&self) {
-        self.last_heard
-            .store(ms_since(self.epoch), Ordering::Relaxed);
-    }
-    fn is_dead(&self, timeout_ms: u64) -> bool {
-        self.dead.load(Ordering::Relaxed)
-            || ms_since(self.epoch).saturating_sub(self.last_heard.load(Ordering::Relaxed))
-                > timeout_ms
-    }
-}
-
 /// The sending half of a link, shared by whoever sends: the runner (log bytes), the receiving
 /// thread (acknowledgements) and the heartbeat thread. Each writes from its own thread, so
 /// the output-commit path (log out, acknowledgement back) crosses no extra thread. A write
-/// blocks at most the peer's dead timeout; a failed write marks the peer dead.
+/// blocks at most the write limit; a failed write marks the link broken. Once this side has
+/// cut its ties ([`SendHalf::cut`]) nothing more is sent.
 #[derive(Clone)]
 struct SendHalf {
     tx: Arc<Mutex<Channel>>,
-    live: Arc<Liveness>,
+    peer: Arc<Peer>,
 }
 
 impl SendHalf {
-    /// Start sending heartbeats (every `beat`, carrying `progress`) on `tx` while this half
-    /// (or a clone of it) is kept.
-    fn start(
-        tx: Channel,
-        beat: Duration,
-        timeout_ms: u64,
-        progress: Arc<AtomicU64>,
-        live: Arc<Liveness>,
-    ) -> Result<SendHalf> {
-        tx.set_write_timeout(Some(Duration::from_millis(timeout_ms.max(1))))?;
-        let half = SendHalf {
+    fn new(tx: Channel, write_limit: Duration, peer: Arc<Peer>) -> Result<SendHalf> {
+        tx.set_write_timeout(Some(write_limit))?;
+        Ok(SendHalf {
             tx: Arc::new(Mutex::new(tx)),
-            live,
-        };
-        let weak = Arc::downgrade(&half.tx);
-        let live = half.live.clone();
+            peer,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Channel> {
+        self.tx.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set_write_limit(&self, limit: Duration) -> Result<()> {
+        Ok(self.lock().set_write_timeout(Some(limit))?)
+    }
+
+    fn set_generation(&self, generation: u64) {
+        self.lock().set_generation(generation);
+    }
+
+    /// Send a heartbeat every `beat` while this half (or a clone of it) is kept; `make` builds
+    /// each one just before it is written (so a stamp in it is the time it leaves).
+    fn heartbeats(&self, beat: Duration, make: impl Fn(&Peer) -> Msg + Send + 'static) {
+        let weak = Arc::downgrade(&self.tx);
+        let peer = self.peer.clone();
         std::thread::spawn(move || loop {
             std::thread::sleep(beat);
             let Some(tx) = weak.upgrade() else { return };
-            let beat = SendHalf {
+            let half = SendHalf {
                 tx,
-                live: live.clone(),
+                peer: peer.clone(),
             };
-            if !beat.send(&Msg::Heartbeat(progress.load(Ordering::Relaxed))) {
+            if !half.send_with(|| make(&peer)) {
                 return;
             }
         });
-        Ok(half)
     }
 
-    /// Send `m`; false if the peer is (now) known dead.
-    fn send(&self, m: &Msg) -> bool {
-        if self.live.dead.load(Ordering::Relaxed) {
+    /// Send the message `make` builds (under the sending lock, after the fence is checked);
+    /// false if the link is broken or this side has cut it.
+    fn send_with(&self, make: impl FnOnce() -> Msg) -> bool {
+        let mut tx = self.lock();
+        if self.peer.fenced() || self.peer.broken() {
             return false;
         }
-        let mut tx = self.tx.lock().unwrap_or_else(|e| e.into_inner());
-        if tx.send(m).is_err() {
-            self.live.dead.store(true, Ordering::Relaxed);
+        if tx.send(&make()).is_err() {
+            self.peer.set_broken();
             tx.shutdown();
             return false;
         }
         true
     }
+
+    /// Cut every tie to the peer: nothing more is sent (no heartbeat, no echo, no
+    /// acknowledgement) and the connection is closed. Returns when the peer can hold no lease
+    /// from this side any more (see `ftvm_replication::lease`).
+    fn cut(&self, wait: Duration) -> u64 {
+        let tx = self.lock();
+        let free_at = self.peer.fence(wait);
+        tx.shutdown();
+        free_at
+    }
 }
 
-/// Log bytes for the backup: buffered, sent as one message on flush.
+/// Cuts the link when dropped, unless disarmed (an attach that fails half-way).
+struct CutOnDrop(Option<SendHalf>);
+
+impl Drop for CutOnDrop {
+    fn drop(&mut self) {
+        if let Some(out) = self.0.take() {
+            out.cut(Duration::ZERO);
+        }
+    }
+}
+
+/// Log bytes for the backup: buffered, sent as one message (stamped with the time it leaves)
+/// on flush.
 struct LinkWriter {
     buf: Vec<u8>,
     out: SendHalf,
@@ -120,8 +122,12 @@ impl Write for LinkWriter {
     }
     fn flush(&mut self) -> std::io::Result<()> {
         if !self.buf.is_empty() {
-            // A dead backup is noticed by the runner through the link's liveness.
-            self.out.send(&Msg::Log(std::mem::take(&mut self.buf)));
+            let bytes = std::mem::take(&mut self.buf);
+            // A dead backup is noticed by the runner through the link's state.
+            self.out.send_with(|| Msg::Log {
+                clock: now_ns(),
+                bytes,
+            });
         }
         Ok(())
     }
@@ -144,20 +150,43 @@ pub(crate) struct PrimaryLink {
     replayed: Arc<AtomicU64>,
     /// How far (in instructions) the backup's replay may trail before the guest waits.
     max_lag: u64,
-    live: Arc<Liveness>,
-    timeout_ms: u64,
+    peer: Arc<Peer>,
+    /// Outputs may leave only while this holds: the backup cannot have gone live.
+    lease: Arc<Lease>,
+    out: SendHalf,
+    timing: Timing,
     arbiter: Arbiter,
 }
 
 impl PrimaryLink {
     pub fn check(&mut self) -> Result<LinkState> {
-        if self.live.is_dead(self.timeout_ms) {
+        if self.peer.is_dead(self.timing.dead) {
+            let why = if self.peer.broken() {
+                "its link broke".to_string()
+            } else {
+                format!(
+                    "nothing heard for {} ms",
+                    now_ns().saturating_sub(self.peer.last_heard()) / 1_000_000
+                )
+            };
+            // Cut first: no heartbeat of ours may keep a backup following a primary that
+            // goes on alone, and nothing of the backup's is taken from now on.
+            self.out.cut(self.timing.fence_wait());
             if self.arbiter.test_and_set(self.generation, "primary")? {
                 return Ok(LinkState::Unprotected);
             }
-            bail!("the backup won the arbiter: this primary stops its guest");
+            let lapsed = now_ns().saturating_sub(self.lease.until()) / 1_000_000;
+            bail!(
+                "the backup won generation {} of the arbiter ({why}: this primary was stopped, stalled or cut off from it); this primary stops its guest. Its lease ran out {lapsed} ms ago and it released nothing since",
+                self.generation
+            );
         }
         Ok(LinkState::Protected(self.acked.load(Ordering::Relaxed)))
+    }
+    /// Whether outputs may leave now: the backup, which echoed a stamp of ours recently
+    /// enough, cannot have gone live, and the link is whole.
+    pub fn may_release(&self) -> bool {
+        self.lease.holds() && !self.peer.broken() && !self.peer.fenced()
     }
     pub fn released(&self, count: u64) {
         self.released.store(count, Ordering::Relaxed);
@@ -169,7 +198,7 @@ impl PrimaryLink {
     /// log); whether it did.
     pub fn hung_up(&self, limit: Duration) -> bool {
         let t0 = Instant::now();
-        while !self.live.dead.load(Ordering::Relaxed) {
+        while !self.peer.broken() {
             if t0.elapsed() > limit {
                 return false;
             }
@@ -253,8 +282,7 @@ pub(crate) struct Protector {
     next_generation: u64,
     arbiter: Arbiter,
     disks: Vec<std::path::PathBuf>,
-    beat: Duration,
-    timeout_ms: u64,
+    timing: Timing,
     pub digest_every: u64,
     max_lag: u64,
     wake: Sender<HostEvent>,
@@ -296,8 +324,7 @@ impl Protector {
             next_generation,
             arbiter,
             disks: a.disk.clone(),
-            beat: p.beat(),
-            timeout_ms: p.timeout_ms(),
+            timing: p.timing(),
             digest_every: p.digest_every,
             max_lag: p.max_lag_ms.saturating_mul(INSTRUCTIONS_PER_MS),
             wake,
@@ -322,7 +349,7 @@ impl Protector {
     pub fn attach(
         &mut self,
         m: &Machine,
-        (mut tx, rx): (Channel, Channel),
+        (mut tx, mut rx): (Channel, Channel),
     ) -> Result<(PrimaryLink, LogWriter<Box<dyn Write>>)> {
         use std::os::unix::fs::FileExt;
         let generation = self.next_generation;
@@ -337,43 +364,70 @@ impl Protector {
             let len = f.metadata()?.len();
             files.push((f, len));
         }
-        tx.send(&Msg::Attach {
-            generation,
-            disks: files.iter().map(|(_, len)| *len).collect(),
-        })?;
-        // The backup heartbeats from its handshake on: listen to it while its state is sent.
-        let live_state = Liveness::new();
-        live_state.heard();
+        // Every message of this link belongs to this generation; the backup's, from before it
+        // learned it, are dropped.
+        tx.set_generation(generation);
+        rx.set_generation(generation);
+        let peer = Arc::new(Peer::default());
+        let lease = Arc::new(Lease::new(self.timing.lease()));
+        // While the state is sent a write may block longer (large writes to a busy backup),
+        // but never without bound: a backup that stops reading fails the attach.
+        let out = SendHalf::new(tx, self.timing.stall(), peer.clone())?;
         let released = Arc::new(AtomicU64::new(0));
         let acked = Arc::new(AtomicU64::new(0));
         let replayed = Arc::new(AtomicU64::new(m.count()));
         {
-            let (acked, replayed, live_state) =
-                (acked.clone(), replayed.clone(), live_state.clone());
+            let (acked, replayed, peer, lease) =
+                (acked.clone(), replayed.clone(), peer.clone(), lease.clone());
             let wake = self.wake.clone();
-            let mut rx = rx;
             std::thread::spawn(move || loop {
-                match rx.recv() {
-                    Ok(Msg::Ack(c)) => {
-                        acked.fetch_max(c, Ordering::Relaxed);
-                        live_state.heard();
+                let msg = rx.recv();
+                if peer.fenced() {
+                    // This side cut the link: nothing of the backup's counts any more.
+                    return;
+                }
+                match msg {
+                    Ok(Msg::Ack { count, clock }) => {
+                        peer.heard();
+                        lease.renew(clock);
+                        acked.fetch_max(count, Ordering::Relaxed);
                         // Held outputs may leave now: wake the runner if it waits.
                         let _ = wake.send(HostEvent::Wake);
                     }
-                    Ok(Msg::Heartbeat(c)) => {
-                        replayed.fetch_max(c, Ordering::Relaxed);
-                        live_state.heard();
+                    Ok(Msg::Heartbeat { count, clock }) => {
+                        peer.heard();
+                        lease.renew(clock);
+                        replayed.fetch_max(count, Ordering::Relaxed);
                     }
                     Ok(other) => {
                         tracing::warn!(?other, "unexpected message from the backup");
-                        live_state.heard();
+                        peer.heard();
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "replication channel closed");
-                        live_state.dead.store(true, Ordering::Relaxed);
+                        peer.set_broken();
+                        let _ = wake.send(HostEvent::Wake);
                         return;
                     }
                 }
+            });
+        }
+        // Whatever fails from here on closes the link, so the backup does not wait for more.
+        let mut cut = CutOnDrop(Some(out.clone()));
+        let gone = || anyhow::anyhow!("the backup stopped receiving while its state was sent");
+        let attach = Msg::Attach {
+            generation,
+            disks: files.iter().map(|(_, len)| *len).collect(),
+        };
+        if !out.send_with(|| attach) {
+            return Err(gone());
+        }
+        // Heartbeats from now on (the backup takes them with the disks), each stamped.
+        {
+            let released = released.clone();
+            out.heartbeats(self.timing.beat, move |_| Msg::Heartbeat {
+                count: released.load(Ordering::Relaxed),
+                clock: now_ns(),
             });
         }
         let mut sent = 0u64;
@@ -384,23 +438,19 @@ impl Protector {
                 let n = (*len - offset).min(DISK_PIECE as u64) as usize;
                 f.read_exact_at(&mut piece[..n], offset)?;
                 if piece[..n].iter().any(|&b| b != 0) {
-                    tx.send(&Msg::Disk {
+                    let data = piece[..n].to_vec();
+                    if !out.send_with(|| Msg::Disk {
                         index: index as u32,
                         offset,
-                        data: piece[..n].to_vec(),
-                    })?;
+                        data,
+                    }) {
+                        return Err(gone());
+                    }
                     sent += n as u64;
                 }
                 offset += n as u64;
             }
         }
-        let out = SendHalf::start(
-            tx,
-            self.beat,
-            self.timeout_ms,
-            released.clone(),
-            live_state.clone(),
-        )?;
         let header = Record::Header {
             count: m.count(),
             snapshot: m.save(),
@@ -408,9 +458,14 @@ impl Protector {
         };
         let writer: Box<dyn Write> = Box::new(LinkWriter {
             buf: Vec::new(),
-            out,
+            out: out.clone(),
         });
         let log = LogWriter::new(writer, header)?;
+        if peer.broken() {
+            return Err(gone());
+        }
+        out.set_write_limit(self.timing.dead)?;
+        cut.0 = None;
         eprintln!(
             "ftvm: backup attached (generation {generation}) at instruction {}: {} KiB of disk sent, state sent in {} ms",
             m.count(),
@@ -425,8 +480,10 @@ impl Protector {
                 released,
                 replayed,
                 max_lag: self.max_lag,
-                live: live_state,
-                timeout_ms: self.timeout_ms,
+                peer,
+                lease,
+                out,
+                timing: self.timing,
                 arbiter: self.arbiter.clone(),
             },
             log,
@@ -528,7 +585,7 @@ pub fn primary(listen: &str, p: PairArgs, a: RunArgs) -> Result<u8> {
     // Tell the network where the guest is now (a previous incarnation may have been elsewhere).
     for (slot, tap) in &backends.taps {
         if let Some(frame) = emit_frame_arp(&a, *slot) {
-            tap.send(frame);
+            tap.send(&frame);
         }
     }
     let feed = Feeder {
@@ -566,14 +623,39 @@ enum FromPrimary {
 }
 
 /// Receive the pair's generation and the primary's disks (written over this side's images),
-/// up to the first bytes of the log, which are returned.
+/// up to the first bytes of the log, which are returned. A primary that goes silent for the
+/// stall limit meanwhile fails the attach: this side never had the guest, so it stops.
 fn receive_state(
     rx: &mut Channel,
+    out: &SendHalf,
     a: &RunArgs,
     arbiter: &Arbiter,
+    timing: Timing,
 ) -> Result<(u64, Vec<u64>, Vec<u8>)> {
     use std::os::unix::fs::FileExt;
-    let (generation, sizes) = match rx.recv()? {
+    rx.set_read_timeout(Some(timing.stall()))?;
+    let peer = out.peer.clone();
+    let mut recv = || -> Result<Msg> {
+        match rx.recv() {
+            Ok(m) => {
+                peer.heard();
+                Ok(m)
+            }
+            Err(ftvm_replication::ChannelError::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                bail!(
+                    "the primary went silent for {} ms while it sent its state (stopped, stalled or cut off): this backup never had the guest and stops",
+                    timing.stall().as_millis()
+                )
+            }
+            Err(e) => Err(e).context("the primary's state did not arrive whole"),
+        }
+    };
+    let (generation, sizes) = match recv()? {
         Msg::Attach { generation, disks } => (generation, disks),
         other => bail!("the primary sent {} before its state", msg_name(&other)),
     };
@@ -587,6 +669,7 @@ fn receive_state(
     if arbiter.taken(generation)? {
         bail!("generation {generation} of the arbiter was already won: this backup comes too late");
     }
+    out.set_generation(generation);
     let mut files = Vec::new();
     for (path, &len) in a.disk.iter().zip(&sizes) {
         let f = std::fs::OpenOptions::new()
@@ -603,7 +686,7 @@ fn receive_state(
     let t0 = Instant::now();
     let mut got = 0u64;
     loop {
-        match rx.recv()? {
+        match recv()? {
             Msg::Disk {
                 index,
                 offset,
@@ -619,7 +702,8 @@ fn receive_state(
                     .context("writing this backup's disk copy")?;
                 got += data.len() as u64;
             }
-            Msg::Log(first) => {
+            Msg::Log { clock, bytes } => {
+                peer.heard_stamp(clock);
                 for (f, _) in &files {
                     f.sync_data().context("writing this backup's disk copy")?;
                 }
@@ -628,9 +712,9 @@ fn receive_state(
                     got >> 10,
                     t0.elapsed().as_millis()
                 );
-                return Ok((generation, sizes, first));
+                return Ok((generation, sizes, bytes));
             }
-            Msg::Heartbeat(_) => {}
+            Msg::Heartbeat { clock, .. } => peer.heard_stamp(clock),
             other => bail!("the primary sent {} during its state", msg_name(&other)),
         }
     }
@@ -638,9 +722,9 @@ fn receive_state(
 
 fn msg_name(m: &Msg) -> &'static str {
     match m {
-        Msg::Log(_) => "log bytes",
-        Msg::Ack(_) => "an acknowledgement",
-        Msg::Heartbeat(_) => "a heartbeat",
+        Msg::Log { .. } => "log bytes",
+        Msg::Ack { .. } => "an acknowledgement",
+        Msg::Heartbeat { .. } => "a heartbeat",
         Msg::Attach { .. } => "an attach message",
         Msg::Disk { .. } => "disk contents",
     }
@@ -662,92 +746,122 @@ pub fn backup(primary_addr: &str, listen: Option<&str>, p: PairArgs, a: RunArgs)
     };
     let (tx_half, mut rx_half) = Channel::handshake(stream, Role::Backup, &psk)?;
     eprintln!("ftvm: backup connected to {primary_addr}");
-    let live_state = Liveness::new();
+    let timing = p.timing();
+    let peer = Arc::new(Peer::default());
+    let out = SendHalf::new(tx_half, timing.dead, peer.clone())?;
     // Heartbeats (from now on, so the primary knows this side is there while it sends its
-    // state) tell the primary how far this side has replayed.
+    // state) tell the primary how far this side has replayed, and echo its newest stamp.
     let replayed = Arc::new(AtomicU64::new(0));
-    let out = SendHalf::start(
-        tx_half,
-        p.beat(),
-        p.timeout_ms(),
-        replayed.clone(),
-        live_state.clone(),
-    )?;
-    let (generation, disk_sizes, first_log) = receive_state(&mut rx_half, &a, &arbiter)?;
-    live_state.heard();
+    {
+        let replayed = replayed.clone();
+        out.heartbeats(timing.beat, move |peer| Msg::Heartbeat {
+            count: replayed.load(Ordering::Relaxed),
+            clock: peer.echo(),
+        });
+    }
+    let (generation, disk_sizes, first_log) =
+        receive_state(&mut rx_half, &out, &a, &arbiter, timing)?;
+    // From here on the primary's liveness is judged by its heartbeats.
+    rx_half.set_read_timeout(None)?;
+    peer.heard();
     let (rec_tx, rec_rx) = mpsc::channel::<FromPrimary>();
     // The count of the newest record received (the primary's progress as this side knows it).
     let latest = Arc::new(AtomicU64::new(0));
     {
-        let live_state = live_state.clone();
+        let peer = peer.clone();
         let latest = latest.clone();
+        let out = out.clone();
         std::thread::spawn(move || {
             let mut reader: Option<LogReader<Incoming>> = None;
             let mut pending = Incoming::default();
-            let mut first = Some(Msg::Log(first_log));
+            let mut first = Some(first_log);
             loop {
-                let msg = match first.take().map_or_else(|| rx_half.recv(), Ok) {
-                    Ok(m) => m,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "replication channel closed");
-                        let _ = rec_tx.send(FromPrimary::Gone);
-                        return;
+                let bytes = match first.take() {
+                    Some(b) => b,
+                    None => {
+                        let msg = rx_half.recv();
+                        if peer.fenced() {
+                            // This side cut its ties: nothing of the primary's is taken now.
+                            let _ = rec_tx.send(FromPrimary::Gone);
+                            return;
+                        }
+                        match msg {
+                            Ok(Msg::Log { clock, bytes }) => {
+                                peer.heard();
+                                peer.heard_stamp(clock);
+                                bytes
+                            }
+                            Ok(Msg::Heartbeat { count, clock }) => {
+                                peer.heard();
+                                peer.heard_stamp(clock);
+                                let _ = rec_tx.send(FromPrimary::Released(count));
+                                continue;
+                            }
+                            Ok(other) => {
+                                tracing::error!(
+                                    "the primary sent {} in its log stream",
+                                    msg_name(&other)
+                                );
+                                peer.set_broken();
+                                let _ = rec_tx.send(FromPrimary::Gone);
+                                return;
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "replication channel closed");
+                                peer.set_broken();
+                                let _ = rec_tx.send(FromPrimary::Gone);
+                                return;
+                            }
+                        }
                     }
                 };
-                live_state.heard();
-                match msg {
-                    Msg::Log(bytes) => {
-                        let r = match &mut reader {
-                            Some(r) => {
-                                r.source_mut().0.extend(bytes);
-                                r
-                            }
-                            None => {
-                                pending.0.extend(bytes);
-                                if pending.0.len() < 12 {
-                                    continue;
-                                }
-                                match LogReader::new(std::mem::take(&mut pending)) {
-                                    Ok(r) => reader.insert(r),
-                                    Err(e) => {
-                                        tracing::error!(error = %e, "bad log stream");
-                                        let _ = rec_tx.send(FromPrimary::Gone);
-                                        return;
-                                    }
-                                }
-                            }
-                        };
-                        let mut last = None;
-                        loop {
-                            match r.next_record() {
-                                Ok(Next::Record(rec)) => {
-                                    last = Some(rec.count());
-                                    latest.fetch_max(rec.count(), Ordering::Relaxed);
-                                    if rec_tx.send(FromPrimary::Record(rec)).is_err() {
-                                        return;
-                                    }
-                                }
-                                Ok(_) => break,
-                                Err(e) => {
-                                    tracing::error!(error = %e, "bad log stream");
-                                    let _ = rec_tx.send(FromPrimary::Gone);
-                                    return;
-                                }
+                let r = match &mut reader {
+                    Some(r) => {
+                        r.source_mut().0.extend(bytes);
+                        r
+                    }
+                    None => {
+                        pending.0.extend(bytes);
+                        if pending.0.len() < 12 {
+                            continue;
+                        }
+                        match LogReader::new(std::mem::take(&mut pending)) {
+                            Ok(r) => reader.insert(r),
+                            Err(e) => {
+                                tracing::error!(error = %e, "bad log stream");
+                                peer.set_broken();
+                                let _ = rec_tx.send(FromPrimary::Gone);
+                                return;
                             }
                         }
-                        // The log is held here up to `last`: acknowledge on receipt.
-                        if let Some(c) = last {
-                            out.send(&Msg::Ack(c));
+                    }
+                };
+                let mut last = None;
+                loop {
+                    match r.next_record() {
+                        Ok(Next::Record(rec)) => {
+                            last = Some(rec.count());
+                            latest.fetch_max(rec.count(), Ordering::Relaxed);
+                            if rec_tx.send(FromPrimary::Record(rec)).is_err() {
+                                return;
+                            }
+                        }
+                        Ok(_) => break,
+                        Err(e) => {
+                            tracing::error!(error = %e, "bad log stream");
+                            peer.set_broken();
+                            let _ = rec_tx.send(FromPrimary::Gone);
+                            return;
                         }
                     }
-                    Msg::Heartbeat(released) => {
-                        let _ = rec_tx.send(FromPrimary::Released(released));
-                    }
-                    other => {
-                        tracing::error!("the primary sent {} in its log stream", msg_name(&other));
-                        let _ = rec_tx.send(FromPrimary::Gone);
-                        return;
-                    }
+                }
+                // The log is held here up to `last`: acknowledge on receipt, echoing the
+                // newest stamp (refused once this side has cut its ties).
+                if let Some(count) = last {
+                    out.send_with(|| Msg::Ack {
+                        count,
+                        clock: out.peer.echo(),
+                    });
                 }
             }
         });
@@ -787,11 +901,10 @@ pub fn backup(primary_addr: &str, listen: Option<&str>, p: PairArgs, a: RunArgs)
     // Outputs of the replay the primary may not have released yet.
     let mut unreleased: VecDeque<(u64, Output)> = VecDeque::new();
     let mut released = 0u64;
-    let timeout = p.timeout_ms();
     let mut gone = false;
     let mut status = p.status_file.as_deref().map(StatusFile::new);
     loop {
-        let msg = match rec_rx.recv_timeout(p.beat()) {
+        let msg = match rec_rx.recv_timeout(timing.beat) {
             Ok(m) => Some(m),
             Err(mpsc::RecvTimeoutError::Timeout) => None,
             Err(mpsc::RecvTimeoutError::Disconnected) => Some(FromPrimary::Gone),
@@ -839,12 +952,24 @@ pub fn backup(primary_addr: &str, listen: Option<&str>, p: PairArgs, a: RunArgs)
             let primary_at = latest.load(Ordering::Relaxed).max(m.count());
             st.update("backup", m.count(), Some(primary_at));
         }
-        if gone || live_state.is_dead(timeout) {
+        if gone || peer.is_dead(timing.dead) {
             break;
         }
     }
-    // The primary is gone. Everything received is in the queue: replay it all.
+    // The primary is gone (or cut off, or stopped: it may come back). Cut every tie first:
+    // no acknowledgement, echo or heartbeat leaves from now on, so no lease of the primary's
+    // can outlast `free_at`; then nothing is released before it.
     let detected = Instant::now();
+    let why = if peer.broken() || gone {
+        "the link closed".to_string()
+    } else {
+        format!(
+            "nothing heard for {} ms",
+            now_ns().saturating_sub(peer.last_heard()) / 1_000_000
+        )
+    };
+    let free_at = out.cut(timing.fence_wait());
+    // Everything received is in the queue: replay it all.
     while let Ok(msg) = rec_rx.try_recv() {
         if let FromPrimary::Record(r) = msg {
             replay_to(
@@ -864,15 +989,18 @@ pub fn backup(primary_addr: &str, listen: Option<&str>, p: PairArgs, a: RunArgs)
             }
         }
     }
+    sleep_until(free_at);
     if !arbiter.test_and_set(generation, "backup")? {
-        bail!("the primary won the arbiter: this backup stops");
+        bail!(
+            "the primary won generation {generation} of the arbiter ({why}: this backup was stopped, stalled or cut off from it, and the primary runs on); this backup stops and never went live"
+        );
     }
     for f in disks.values() {
         let _ = f.sync_data();
     }
     drop(disks);
     eprintln!(
-        "ftvm: primary lost; backup live at instruction {} ({} ms after detection)",
+        "ftvm: primary lost ({why}); backup live at instruction {} ({} ms after detection)",
         m.count(),
         detected.elapsed().as_millis()
     );
@@ -892,13 +1020,13 @@ pub fn backup(primary_addr: &str, listen: Option<&str>, p: PairArgs, a: RunArgs)
     // Announce the guest's address from here on, then produce the unreleased outputs again.
     for (slot, tap) in &backends.taps {
         if let Some(frame) = emit_frame_arp(&a, *slot) {
-            tap.send(frame);
+            tap.send(&frame);
         }
     }
     for (_, out) in unreleased.drain(..) {
         if let Output::Device(DeviceOutput::Frame { slot, frame }) = out {
             if let Some(t) = backends.taps.get(&slot) {
-                t.send(frame);
+                t.send(&frame);
             }
         } else if let Output::Console(b) = out {
             let _ = std::io::stdout().write_all(&b);
