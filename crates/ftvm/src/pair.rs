@@ -623,16 +623,29 @@ enum FromPrimary {
 }
 
 /// Receive the pair's generation and the primary's disks (written over this side's images),
-/// up to the first bytes of the log, which are returned. A primary that goes silent for the
-/// stall limit meanwhile fails the attach: this side never had the guest, so it stops.
+/// up to the first bytes of the log, which are returned. The `Attach` that starts it may be
+/// long in coming (this backup waits while another one protects the guest); from then on, a
+/// primary that goes silent for the stall limit fails the attach: this side never had the
+/// guest, so it stops. `beat` starts this side's heartbeats, once the generation is known.
 fn receive_state(
     rx: &mut Channel,
     out: &SendHalf,
     a: &RunArgs,
     arbiter: &Arbiter,
     timing: Timing,
+    beat: impl FnOnce(),
 ) -> Result<(u64, Vec<u64>, Vec<u8>)> {
     use std::os::unix::fs::FileExt;
+    let (generation, sizes) = match rx.recv().context("the primary closed the link")? {
+        Msg::Attach { generation, disks } => (generation, disks),
+        other => bail!("the primary sent {} before its state", msg_name(&other)),
+    };
+    out.peer.heard();
+    out.set_generation(generation);
+    beat();
+    eprintln!(
+        "ftvm: attaching as generation {generation}: receiving the primary's disks and state"
+    );
     rx.set_read_timeout(Some(timing.stall()))?;
     let peer = out.peer.clone();
     let mut recv = || -> Result<Msg> {
@@ -655,10 +668,6 @@ fn receive_state(
             Err(e) => Err(e).context("the primary's state did not arrive whole"),
         }
     };
-    let (generation, sizes) = match recv()? {
-        Msg::Attach { generation, disks } => (generation, disks),
-        other => bail!("the primary sent {} before its state", msg_name(&other)),
-    };
     if sizes.len() != a.disk.len() {
         bail!(
             "the primary has {} disks and this backup {}: give both sides the same --disk and --net options, in the same order",
@@ -669,7 +678,6 @@ fn receive_state(
     if arbiter.taken(generation)? {
         bail!("generation {generation} of the arbiter was already won: this backup comes too late");
     }
-    out.set_generation(generation);
     let mut files = Vec::new();
     for (path, &len) in a.disk.iter().zip(&sizes) {
         let f = std::fs::OpenOptions::new()
@@ -749,18 +757,21 @@ pub fn backup(primary_addr: &str, listen: Option<&str>, p: PairArgs, a: RunArgs)
     let timing = p.timing();
     let peer = Arc::new(Peer::default());
     let out = SendHalf::new(tx_half, timing.dead, peer.clone())?;
-    // Heartbeats (from now on, so the primary knows this side is there while it sends its
-    // state) tell the primary how far this side has replayed, and echo its newest stamp.
+    // Heartbeats (from the attach on, so the primary knows this side is there while it sends
+    // its state; not while this side waits its turn, unread) tell the primary how far this side
+    // has replayed, and echo its newest stamp.
     let replayed = Arc::new(AtomicU64::new(0));
-    {
-        let replayed = replayed.clone();
-        out.heartbeats(timing.beat, move |peer| Msg::Heartbeat {
-            count: replayed.load(Ordering::Relaxed),
-            clock: peer.echo(),
-        });
-    }
+    let beat = {
+        let (replayed, out) = (replayed.clone(), out.clone());
+        move || {
+            out.heartbeats(timing.beat, move |peer| Msg::Heartbeat {
+                count: replayed.load(Ordering::Relaxed),
+                clock: peer.echo(),
+            })
+        }
+    };
     let (generation, disk_sizes, first_log) =
-        receive_state(&mut rx_half, &out, &a, &arbiter, timing)?;
+        receive_state(&mut rx_half, &out, &a, &arbiter, timing, beat)?;
     // From here on the primary's liveness is judged by its heartbeats.
     rx_half.set_read_timeout(None)?;
     peer.heard();
