@@ -76,14 +76,17 @@ struct PairArgs {
     /// File holding the pre-shared key (at least 16 bytes) that both sides use.
     #[arg(long, value_name = "FILE")]
     psk: PathBuf,
-    /// The arbiter both sides race for before going live: file:PATH on storage both see, or
-    /// etcd:http://HOST:PORT[/PREFIX] for a lease-backed key in an etcd cluster.
+    /// The arbiter both sides race for before going live: file:PATH on storage both see (with
+    /// exclusive create), or etcd:http://HOST:PORT[/PREFIX] for a key in an etcd cluster. A won
+    /// key never expires.
     #[arg(long, value_name = "SPEC")]
     arbiter: String,
     /// Heartbeat interval in milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 10)]
     heartbeat_ms: u64,
-    /// The peer is dead after this many heartbeat intervals without a word from it.
+    /// The peer is dead after this many heartbeat intervals without a word from it (the dead
+    /// timeout D). The primary releases outputs only under a lease of D/5 from the backup's
+    /// latest echo; a side that goes live waits 1.5 leases after the last word it heard.
     #[arg(long, value_name = "N", default_value_t = 10)]
     heartbeat_misses: u64,
     /// A state digest in the log every N instructions (the backup checks it).

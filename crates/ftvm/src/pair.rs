@@ -848,10 +848,14 @@ pub fn backup(primary_addr: &str, listen: Option<&str>, p: PairArgs, a: RunArgs)
                     }
                 };
                 let mut last = None;
+                // Only a mark asks for an acknowledgement (outputs wait on it); log pushed out
+                // for the inputs alone needs none: the next acknowledgement covers it.
+                let mut marked = false;
                 loop {
                     match r.next_record() {
                         Ok(Next::Record(rec)) => {
                             last = Some(rec.count());
+                            marked |= !matches!(rec, Record::Input { .. });
                             latest.fetch_max(rec.count(), Ordering::Relaxed);
                             if rec_tx.send(FromPrimary::Record(rec)).is_err() {
                                 return;
@@ -868,7 +872,7 @@ pub fn backup(primary_addr: &str, listen: Option<&str>, p: PairArgs, a: RunArgs)
                 }
                 // The log is held here up to `last`: acknowledge on receipt, echoing the
                 // newest stamp (refused once this side has cut its ties).
-                if let Some(count) = last {
+                if let (Some(count), true) = (last, marked) {
                     out.send_with(|| Msg::Ack {
                         count,
                         clock: out.peer.echo(),
