@@ -859,7 +859,7 @@ fn under_every_fault_exactly_one_side_is_live_and_no_acknowledged_key_is_lost() 
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
-        if n as usize % FAULTS.len() == 0 {
+        if (n as usize).is_multiple_of(FAULTS.len()) {
             // Each kind once in every round, in a random order within the round.
             let mut r = seed;
             for i in (1..order.len()).rev() {
