@@ -354,17 +354,31 @@ const VIRTUAL_EPOCH_NS: u64 = 1_767_225_600 * 1_000_000_000;
 
 /// Open the live backends of the run options' devices: disks then networks, in slot order.
 pub(crate) fn open_backends(a: &RunArgs, events: &Sender<HostEvent>) -> Result<Backends> {
-    let mut b = Backends::default();
+    let mut b = Backends {
+        taps: open_taps(a, events)?,
+        ..Default::default()
+    };
+    open_disks(a, events, &mut b)?;
+    Ok(b)
+}
+
+/// Open the disks of the run options into `b`.
+pub(crate) fn open_disks(a: &RunArgs, events: &Sender<HostEvent>, b: &mut Backends) -> Result<()> {
     for (slot, path) in a.disk.iter().enumerate() {
         b.disks
             .insert(slot, Disk::open(path, slot, events.clone())?);
     }
+    Ok(())
+}
+
+/// Open the TAP devices of the run options, by slot.
+pub(crate) fn open_taps(a: &RunArgs, events: &Sender<HostEvent>) -> Result<HashMap<usize, Tap>> {
+    let mut taps = HashMap::new();
     for (i, net) in a.net.iter().enumerate() {
         let slot = a.disk.len() + i;
-        b.taps
-            .insert(slot, Tap::open(&net.tap, slot, events.clone())?);
+        taps.insert(slot, Tap::open(&net.tap, slot, events.clone())?);
     }
-    Ok(b)
+    Ok(taps)
 }
 
 /// The virtio devices that the run options give, in slot order: the disks (of `disk_sizes`
@@ -436,7 +450,7 @@ fn build_machine(a: &RunArgs, events: &Sender<HostEvent>) -> Result<(Machine, Ba
 
 /// Steps between looks at the host (I/O, the clock): 5 ms of guest time.
 const CHUNK: u64 = 500_000;
-/// Steps between looks while outputs are held for the backup: 0.1 ms of guest time.
+/// Steps between looks while protected by a backup: 0.1 ms of guest time.
 const HELD_CHUNK: u64 = 10_000;
 /// Longest real-time wait while the guest is idle, before looking again.
 const MAX_IDLE_WAIT: Duration = Duration::from_millis(50);
@@ -704,8 +718,10 @@ pub(crate) fn live(
             }
             RunExit::Yield
         } else {
-            // While outputs wait for the backup's acknowledgement, look for it more often.
-            let chunk = if gate.held.is_empty() {
+            // While protected, look at the host more often: outputs wait for the backup's
+            // acknowledgement, and input must reach the backup's log soon after it arrives (a
+            // frame that waited out a whole chunk here would die with the primary).
+            let chunk = if gate.held.is_empty() && gate.link.is_none() {
                 CHUNK
             } else {
                 HELD_CHUNK

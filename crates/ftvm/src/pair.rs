@@ -918,7 +918,16 @@ pub fn backup(primary_addr: &str, listen: Option<&str>, p: PairArgs, a: RunArgs)
     let mut released = 0u64;
     let mut gone = false;
     let mut status = p.status_file.as_deref().map(StatusFile::new);
+    // Hold the guest's TAP devices open while following (this side writes nothing to them and
+    // drops what they receive), so that their bridge ports are up and forwarding when it goes
+    // live: a TAP first opened at the takeover can take a few hundred ms to pass frames, and a
+    // client's retransmission lost meanwhile costs it another timeout. On a host where the
+    // primary holds the same TAP they open only at the takeover.
+    let (events_tx, events) = mpsc::channel::<HostEvent>();
+    let mut early_taps = crate::open_taps(&a, &events_tx).ok();
     loop {
+        // Nothing received on the TAPs before the takeover is the guest's: drop it.
+        while events.try_recv().is_ok() {}
         let msg = match rec_rx.recv_timeout(timing.beat) {
             Ok(m) => Some(m),
             Err(mpsc::RecvTimeoutError::Timeout) => None,
@@ -1019,10 +1028,19 @@ pub fn backup(primary_addr: &str, listen: Option<&str>, p: PairArgs, a: RunArgs)
         m.count(),
         detected.elapsed().as_millis()
     );
-    let (events_tx, events) = mpsc::channel::<HostEvent>();
+    while events.try_recv().is_ok() {}
     // The dead primary's TAP may take a moment to be released on a shared host: retry briefly.
     let t_open = Instant::now();
     let backends = loop {
+        if let Some(taps) = early_taps.take() {
+            let mut b = crate::Backends {
+                taps,
+                ..Default::default()
+            };
+            crate::open_disks(&a, &events_tx, &mut b)
+                .context("cannot take over the guest's disks")?;
+            break b;
+        }
         match open_backends(&a, &events_tx) {
             Ok(b) => break b,
             Err(e) if t_open.elapsed() < Duration::from_secs(3) => {
