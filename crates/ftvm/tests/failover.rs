@@ -592,6 +592,28 @@ fn exits_within(p: &mut Proc, limit: Duration) -> Option<std::process::ExitStatu
     }
 }
 
+/// A thawed side `name` must exit non-zero within `limit`, saying all of `why`.
+fn stops_saying(
+    lab: &Lab,
+    p: &mut Proc,
+    name: &str,
+    limit: Duration,
+    why: &[&str],
+    context: &dyn Fn() -> String,
+) {
+    let st = exits_within(p, limit);
+    assert!(
+        st.is_some_and(|s| !s.success()),
+        "the thawed {name} still runs (or exited 0): {st:?}\n{}",
+        context()
+    );
+    let err = stderr_of(lab, name);
+    assert!(
+        why.iter().all(|w| err.contains(w)),
+        "the thawed {name} does not say why it stopped:\n{err}"
+    );
+}
+
 fn stderr_of(lab: &Lab, name: &str) -> String {
     std::fs::read_to_string(lab.dir.join(format!("{name}.stderr"))).unwrap_or_default()
 }
@@ -693,16 +715,14 @@ fn trial(lab: &Lab, n: u32, seed: u64, fault: Fault) -> Outcome {
             thawed_at = Some(wall());
             signal(primary.c(), libc::SIGCONT);
             // The thawed primary stops its guest within 2 s and says why.
-            let st = exits_within(&mut primary, Duration::from_secs(2));
-            assert!(
-                st.is_some_and(|s| !s.success()),
-                "the thawed primary still runs (or exited 0): {st:?}\n{}",
-                context()
-            );
-            let err = stderr_of(lab, "primary");
-            assert!(
-                err.contains("the backup won generation 0") && err.contains("stops its guest"),
-                "the thawed primary does not say why it stopped:\n{err}"
+            let why = ["the backup won generation 0", "stops its guest"];
+            stops_saying(
+                lab,
+                &mut primary,
+                "primary",
+                Duration::from_secs(2),
+                &why,
+                &context,
             );
             "backup"
         }
@@ -713,16 +733,14 @@ fn trial(lab: &Lab, n: u32, seed: u64, fault: Fault) -> Outcome {
             });
             client.acks_for(Duration::from_millis(seed % 1000));
             signal(backup.c(), libc::SIGCONT);
-            let st = exits_within(&mut backup, Duration::from_secs(5));
-            assert!(
-                st.is_some_and(|s| !s.success()),
-                "the thawed backup still runs (or exited 0): {st:?}\n{}",
-                context()
-            );
-            let err = stderr_of(lab, "backup");
-            assert!(
-                err.contains("the primary won generation 0") && err.contains("never went live"),
-                "the thawed backup does not say why it stopped:\n{err}"
+            let why = ["the primary won generation 0", "never went live"];
+            stops_saying(
+                lab,
+                &mut backup,
+                "backup",
+                Duration::from_secs(5),
+                &why,
+                &context,
             );
             "primary"
         }
