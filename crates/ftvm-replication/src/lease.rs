@@ -147,10 +147,10 @@ impl Peer {
         self.last_heard.fetch_max(now_ns(), Ordering::SeqCst);
     }
 
-    /// A heartbeat stamped `stamp` arrived from the primary: echo it from now on. `heard` must
-    /// have been called first, so that `last_heard` is never older than an echoed stamp's
-    /// receipt.
+    /// A message stamped `stamp` arrived from the primary: heard, and echoed from now on (in
+    /// that order, so that `last_heard` is never older than an echoed stamp's receipt).
     pub fn heard_stamp(&self, stamp: u64) {
+        self.heard();
         self.echo.fetch_max(stamp, Ordering::SeqCst);
     }
 
@@ -174,12 +174,7 @@ impl Peer {
 
     /// Whether the peer is to be taken for dead: the link broke, or nothing came for `dead`.
     pub fn is_dead(&self, dead: Duration) -> bool {
-        self.broken() || self.silent_for(dead)
-    }
-
-    /// Whether nothing came from the peer for `dead`.
-    pub fn silent_for(&self, dead: Duration) -> bool {
-        now_ns().saturating_sub(self.last_heard()) > dead.as_nanos() as u64
+        self.broken() || now_ns().saturating_sub(self.last_heard()) > nanos(dead)
     }
 
     /// This side cuts every tie: from now on it sends nothing (no echo, no acknowledgement)
@@ -259,7 +254,6 @@ mod tests {
         let l = Lease::new(t.lease());
         let p = Peer::default();
         for stamp in [now_ns(), now_ns() - 5_000_000] {
-            p.heard();
             p.heard_stamp(stamp);
             l.renew(p.echo());
             let earliest_live = p.fence(t.fence_wait());
@@ -271,7 +265,6 @@ mod tests {
     #[test]
     fn fencing_waits_out_the_last_message_heard() {
         let p = Peer::default();
-        p.heard();
         p.heard_stamp(42);
         assert_eq!(p.echo(), 42);
         assert!(!p.is_dead(D));

@@ -779,106 +779,13 @@ pub fn backup(primary_addr: &str, listen: Option<&str>, p: PairArgs, a: RunArgs)
     // The count of the newest record received (the primary's progress as this side knows it).
     let latest = Arc::new(AtomicU64::new(0));
     {
-        let peer = peer.clone();
-        let latest = latest.clone();
-        let out = out.clone();
+        let (latest, out) = (latest.clone(), out.clone());
         std::thread::spawn(move || {
-            let mut reader: Option<LogReader<Incoming>> = None;
-            let mut pending = Incoming::default();
-            let mut first = Some(first_log);
-            loop {
-                let bytes = match first.take() {
-                    Some(b) => b,
-                    None => {
-                        let msg = rx_half.recv();
-                        if peer.fenced() {
-                            // This side cut its ties: nothing of the primary's is taken now.
-                            let _ = rec_tx.send(FromPrimary::Gone);
-                            return;
-                        }
-                        match msg {
-                            Ok(Msg::Log { clock, bytes }) => {
-                                peer.heard();
-                                peer.heard_stamp(clock);
-                                bytes
-                            }
-                            Ok(Msg::Heartbeat { count, clock }) => {
-                                peer.heard();
-                                peer.heard_stamp(clock);
-                                let _ = rec_tx.send(FromPrimary::Released(count));
-                                continue;
-                            }
-                            Ok(other) => {
-                                tracing::error!(
-                                    "the primary sent {} in its log stream",
-                                    msg_name(&other)
-                                );
-                                peer.set_broken();
-                                let _ = rec_tx.send(FromPrimary::Gone);
-                                return;
-                            }
-                            Err(e) => {
-                                tracing::warn!(error = %e, "replication channel closed");
-                                peer.set_broken();
-                                let _ = rec_tx.send(FromPrimary::Gone);
-                                return;
-                            }
-                        }
-                    }
-                };
-                let r = match &mut reader {
-                    Some(r) => {
-                        r.source_mut().0.extend(bytes);
-                        r
-                    }
-                    None => {
-                        pending.0.extend(bytes);
-                        if pending.0.len() < 12 {
-                            continue;
-                        }
-                        match LogReader::new(std::mem::take(&mut pending)) {
-                            Ok(r) => reader.insert(r),
-                            Err(e) => {
-                                tracing::error!(error = %e, "bad log stream");
-                                peer.set_broken();
-                                let _ = rec_tx.send(FromPrimary::Gone);
-                                return;
-                            }
-                        }
-                    }
-                };
-                let mut last = None;
-                // Only a mark asks for an acknowledgement (outputs wait on it); log pushed out
-                // for the inputs alone needs none: the next acknowledgement covers it.
-                let mut marked = false;
-                loop {
-                    match r.next_record() {
-                        Ok(Next::Record(rec)) => {
-                            last = Some(rec.count());
-                            marked |= !matches!(rec, Record::Input { .. });
-                            latest.fetch_max(rec.count(), Ordering::Relaxed);
-                            if rec_tx.send(FromPrimary::Record(rec)).is_err() {
-                                return;
-                            }
-                        }
-                        Ok(_) => break,
-                        Err(e) => {
-                            tracing::error!(error = %e, "bad log stream");
-                            peer.set_broken();
-                            let _ = rec_tx.send(FromPrimary::Gone);
-                            return;
-                        }
-                    }
-                }
-                // The log is held here up to `last`: acknowledge on receipt, echoing the
-                // newest stamp (refused once this side has cut its ties).
-                if let (Some(count), true) = (last, marked) {
-                    out.send_with(|| Msg::Ack {
-                        count,
-                        clock: out.peer.echo(),
-                    });
-                }
+            if let Err(why) = receive_log(&mut rx_half, first_log, &out, &latest, &rec_tx) {
+                tracing::warn!("{why}");
+                out.peer.set_broken();
             }
+            let _ = rec_tx.send(FromPrimary::Gone);
         });
     }
 
@@ -1090,6 +997,86 @@ pub fn backup(primary_addr: &str, listen: Option<&str>, p: PairArgs, a: RunArgs)
         eprintln!("ftvm: waiting for a new backup on {listen}");
     }
     live(&a, m, backends, events_tx, events, feed, gate, resubmit)
+}
+
+/// The backup's receiving side: decode the primary's log as it arrives (starting with
+/// `first`), hand each record to the replay through `records` and acknowledge it on receipt.
+/// Returns when this side cut its ties or the replay stopped listening; an error when the link
+/// or the stream broke.
+fn receive_log(
+    rx: &mut Channel,
+    first: Vec<u8>,
+    out: &SendHalf,
+    latest: &AtomicU64,
+    records: &Sender<FromPrimary>,
+) -> std::result::Result<(), String> {
+    let peer = &out.peer;
+    let mut reader: Option<LogReader<Incoming>> = None;
+    let mut pending = Incoming::default();
+    let mut first = Some(first);
+    loop {
+        let bytes = match first.take() {
+            Some(b) => b,
+            None => {
+                let msg = rx.recv();
+                if peer.fenced() {
+                    // This side cut its ties: nothing of the primary's is taken now.
+                    return Ok(());
+                }
+                match msg.map_err(|e| format!("replication channel closed: {e}"))? {
+                    Msg::Log { clock, bytes } => {
+                        peer.heard_stamp(clock);
+                        bytes
+                    }
+                    Msg::Heartbeat { count, clock } => {
+                        peer.heard_stamp(clock);
+                        let _ = records.send(FromPrimary::Released(count));
+                        continue;
+                    }
+                    other => {
+                        return Err(format!(
+                            "the primary sent {} in its log stream",
+                            msg_name(&other)
+                        ))
+                    }
+                }
+            }
+        };
+        let bad = |e: ftvm_log::LogError| format!("bad log stream: {e}");
+        let r = match &mut reader {
+            Some(r) => {
+                r.source_mut().0.extend(bytes);
+                r
+            }
+            None => {
+                pending.0.extend(bytes);
+                if pending.0.len() < 12 {
+                    continue;
+                }
+                reader.insert(LogReader::new(std::mem::take(&mut pending)).map_err(bad)?)
+            }
+        };
+        let mut last = None;
+        // Only a mark asks for an acknowledgement (outputs wait on it); log pushed out for the
+        // inputs alone needs none: the next acknowledgement covers it.
+        let mut marked = false;
+        while let Next::Record(rec) = r.next_record().map_err(bad)? {
+            last = Some(rec.count());
+            marked |= !matches!(rec, Record::Input { .. });
+            latest.fetch_max(rec.count(), Ordering::Relaxed);
+            if records.send(FromPrimary::Record(rec)).is_err() {
+                return Ok(());
+            }
+        }
+        // The log is held here up to `last`: acknowledge on receipt, echoing the newest stamp
+        // (refused once this side has cut its ties).
+        if let (Some(count), true) = (last, marked) {
+            out.send_with(|| Msg::Ack {
+                count,
+                clock: peer.echo(),
+            });
+        }
+    }
 }
 
 /// Replay to `target`, making the disk writes on this side's copies and keeping the outputs.

@@ -614,6 +614,16 @@ fn stops_saying(
     );
 }
 
+/// Power the guest of the live side `p` off from its console, and wait for it (60 s at most).
+fn poweroff(p: &mut Proc) {
+    let _ = p.c().stdin.as_mut().unwrap().write_all(b"poweroff\n");
+    let _ = wait_limited(
+        p.0.take().expect("running"),
+        Duration::from_secs(60),
+        "poweroff",
+    );
+}
+
 fn stderr_of(lab: &Lab, name: &str) -> String {
     std::fs::read_to_string(lab.dir.join(format!("{name}.stderr"))).unwrap_or_default()
 }
@@ -829,22 +839,11 @@ fn trial(lab: &Lab, n: u32, seed: u64, fault: Fault) -> Outcome {
             "trial {n}: the winner holds the file arbiter"
         ),
     }
-    let survivor = if winner == "backup" {
+    poweroff(if winner == "backup" {
         &mut backup
     } else {
         &mut primary
-    };
-    let _ = survivor
-        .c()
-        .stdin
-        .as_mut()
-        .unwrap()
-        .write_all(b"poweroff\n");
-    let _ = wait_limited(
-        survivor.0.take().expect("running"),
-        Duration::from_secs(60),
-        "poweroff",
-    );
+    });
     Outcome {
         fault,
         keys,
@@ -1039,9 +1038,7 @@ fn backup_killed_a_new_backup_attaches_and_the_pair_survives_a_second_failure() 
         .trim()
         .to_string();
     eprintln!("re-protection: {total} keys read back; {paused}");
-    let _ = backup2.c().stdin.as_mut().unwrap().write_all(b"poweroff\n");
-    let child = backup2.0.take().expect("running");
-    let _ = wait_limited(child, Duration::from_secs(60), "backup poweroff");
+    poweroff(&mut backup2);
 }
 
 /// The file arbiter's winner of `generation` (its key is PATH for generation 0, PATH.G for
@@ -1109,12 +1106,7 @@ fn the_arbiter_cut_off_from_its_winner_still_leaves_exactly_one_side_serving() {
     assert!(!frames_p.is_empty());
     assert_eq!(frames_b.len(), 0, "the backup put frames on the wire");
     eprintln!("etcd cut off from the winner for 12 s: {keys} keys, {served} of them meanwhile; the backup stayed out");
-    let _ = primary.c().stdin.as_mut().unwrap().write_all(b"poweroff\n");
-    let _ = wait_limited(
-        primary.0.take().unwrap(),
-        Duration::from_secs(60),
-        "poweroff",
-    );
+    poweroff(&mut primary);
 }
 
 /// A freeze of either side while a new backup attaches (re-protection): the primary serves on
@@ -1197,7 +1189,7 @@ fn a_freeze_of_either_side_during_a_reprotection_leaves_one_side_live() {
     }
     let thawed = wall();
     signal(primary.c(), libc::SIGCONT);
-    let winner = if interrupted {
+    let mut winner = if interrupted {
         // The thawed primary still holds its generation and serves on alone.
         assert!(client.acks_for(Duration::from_secs(2)) > 0, "{}", context());
         assert!(primary.c().try_wait().unwrap().is_none(), "{}", context());
@@ -1233,11 +1225,5 @@ fn a_freeze_of_either_side_during_a_reprotection_leaves_one_side_live() {
         assert_eq!(frames_p.iter().filter(|&&t| t >= thawed).count(), 0);
     }
     eprintln!("freezes during re-protection: {keys} keys read back");
-    let mut winner = winner;
-    let _ = winner.c().stdin.as_mut().unwrap().write_all(b"poweroff\n");
-    let _ = wait_limited(
-        winner.0.take().unwrap(),
-        Duration::from_secs(60),
-        "poweroff",
-    );
+    poweroff(&mut winner);
 }
