@@ -1,25 +1,48 @@
-//! The replication channel: messages over TCP, both ends authenticated with a pre-shared key.
+//! The replication channel: messages over TCP, encrypted and authenticated with Noise
+//! (`Noise_NNpsk0_25519_ChaChaPoly_BLAKE2s`, through the `snow` crate) keyed by a pre-shared key.
 //!
-//! Handshake: each side sends a random 32-byte nonce, then a proof
-//! `BLAKE3-keyed(psk, "ftvm-auth" | its role | peer nonce | own nonce)`; each checks the other's.
-//! Messages are then `len u32 | seq u64 | generation u64 | type u8 | payload | mac[32]` with
-//! `mac = BLAKE3-keyed(session key, direction | seq | generation | type | payload)` and sequence
-//! numbers that must grow by one: no third party can inject, replay, reorder or pose as a peer. A
-//! message that fails any check ends the connection. Every message carries the pair generation
-//! its sender belongs to (see the arbiter); a receiver drops a message of an older generation
-//! than the newest it has seen.
+//! 1. Each side sends a clear preamble, `"FTVMREPL" | role`, and reads the peer's: a peer that
+//!    is not an ftvm of protocol 2 or later, or that has the same role, is refused at once.
+//! 2. The Noise handshake, the backup initiating (`-> psk, e` then `<- e, ee`), with the prologue
+//!    `"ftvm replication v2" | primary's preamble | backup's preamble`: a side without the key
+//!    fails it ([`ChannelError::Auth`]), and so does a preamble altered on the way.
+//! 3. Each side sends its [`Hello`] (protocol version, features, role, machine) as its first
+//!    message and checks the peer's ([`Hello::check_protocol`]).
+//! 4. Messages: the plaintext `kind u8 | generation u64 | len u32 | payload` cut into frames of
+//!    at most 65519 bytes, each sealed as one Noise transport message (ChaCha20-Poly1305 with a
+//!    64-bit counter nonce per direction) and sent as `len u16 (big-endian) | ciphertext`. Any
+//!    frame that fails to decrypt (forged, replayed, reordered, truncated) ends the connection.
+//!    The receiver learns a message's length from its decrypted first frame, refuses one above
+//!    [`MAX_MSG`] and reserves memory only as the bytes come; a sender refuses what the
+//!    receiver would.
+//! 5. Every message carries the pair generation its sender belongs to (see the arbiter); a
+//!    receiver drops a message of an older generation than the newest it has seen, and refuses
+//!    one out of the protocol's order ([`Order`]).
+//!
+//! [`handshake`](Channel::handshake) returns a sending and a receiving half, for two threads:
+//! both share the session's two cipher keys (read-only), each keeps its own nonce counter.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
 
+use snow::StatelessTransportState;
 use thiserror::Error;
 
-/// The largest payload of one message.
-pub const MAX_MSG: u32 = 64 << 20;
-/// `len u32 | seq u64 | generation u64 | type u8`
-const HEAD: usize = 21;
+use crate::wire::{self, Body, Head, Reassembler, MAX_FRAME, MAX_FRAME_PLAIN, TAG};
+pub use crate::wire::{Hello, Order, MAX_MSG, PROTOCOL_VERSION};
+
 const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// The Noise protocol of the channel: no static keys, the pre-shared key mixed in first.
+pub const NOISE_PARAMS: &str = "Noise_NNpsk0_25519_ChaChaPoly_BLAKE2s";
+/// The clear preamble each side sends first, followed by its role.
+const MAGIC: &[u8; 8] = b"FTVMREPL";
+const PROLOGUE: &[u8] = b"ftvm replication v2";
+/// The handshake messages are 48 bytes (an ephemeral key and a tag); anything much larger is
+/// not one.
+const MAX_HANDSHAKE_MSG: usize = 1024;
 
 #[derive(Debug, Error)]
 pub enum ChannelError {
@@ -27,8 +50,30 @@ pub enum ChannelError {
     Io(#[from] std::io::Error),
     #[error("the peer failed authentication (wrong pre-shared key, or not an ftvm peer)")]
     Auth,
-    #[error("malformed or unauthenticated message: {0}")]
+    #[error("the peer is not an ftvm replication peer of protocol version {PROTOCOL_VERSION} (an ftvm older than that opens with no preamble)")]
+    NotFtvm,
+    #[error("the peer is a {0} too: a primary pairs only with a backup")]
+    SameRole(Role),
+    #[error("the peer speaks replication protocol version {theirs}, this side version {ours}")]
+    Version { ours: u32, theirs: u32 },
+    #[error("the peer sent {got} where its hello belongs: this side speaks replication protocol version {ours}, the peer another one")]
+    NoHello { ours: u32, got: &'static str },
+    #[error("the {peer} sent {got} {state}: out of the protocol's order")]
+    Order {
+        peer: Role,
+        got: &'static str,
+        state: Order,
+    },
+    #[error("the two sides run different machines: {0}")]
+    Incompatible(String),
+    #[error("a message of {len} bytes is refused: the limit is {max} bytes")]
+    TooLarge { len: u64, max: u32 },
+    #[error("a frame failed authentication (forged, replayed, reordered or corrupted): the channel is closed")]
+    Decrypt,
+    #[error("malformed message: {0}")]
     Bad(&'static str),
+    #[error("noise: {0}")]
+    Noise(String),
     #[error("pre-shared key file {0}: {1}")]
     Psk(String, String),
 }
@@ -47,7 +92,7 @@ impl Psk {
                 "too short (at least 16 bytes of secret)".into(),
             ));
         }
-        Ok(Psk(blake3::derive_key("ftvm replication psk v1", &bytes)))
+        Ok(Psk::from_bytes(&bytes))
     }
     pub fn from_bytes(b: &[u8]) -> Psk {
         Psk(blake3::derive_key("ftvm replication psk v1", b))
@@ -61,15 +106,39 @@ pub enum Role {
 }
 
 impl Role {
-    fn tag(self) -> u8 {
+    pub(crate) fn tag(self) -> u8 {
         match self {
             Role::Primary => b'P',
             Role::Backup => b'B',
         }
     }
+
+    pub(crate) fn from_tag(t: u8) -> Option<Role> {
+        match t {
+            b'P' => Some(Role::Primary),
+            b'B' => Some(Role::Backup),
+            _ => None,
+        }
+    }
+
+    fn other(self) -> Role {
+        match self {
+            Role::Primary => Role::Backup,
+            Role::Backup => Role::Primary,
+        }
+    }
 }
 
-/// What travels on the channel.
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::Primary => "primary",
+            Role::Backup => "backup",
+        })
+    }
+}
+
+/// What travels on the channel after the hellos.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Msg {
     /// Bytes of the input log (primary to backup), stamped with the primary's clock when it
@@ -95,87 +164,213 @@ pub enum Msg {
     },
 }
 
-fn random_nonce() -> Result<[u8; 32], ChannelError> {
-    let mut n = [0u8; 32];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut n)?;
-    Ok(n)
+/// Write one handshake message: `len u16 (big-endian) | bytes`.
+fn write_handshake(stream: &mut TcpStream, msg: &[u8]) -> Result<(), ChannelError> {
+    let len = u16::try_from(msg.len()).map_err(|_| ChannelError::Bad("handshake message"))?;
+    let mut buf = Vec::with_capacity(2 + msg.len());
+    buf.extend_from_slice(&len.to_be_bytes());
+    buf.extend_from_slice(msg);
+    stream.write_all(&buf)?;
+    Ok(())
+}
+
+/// Fill `buf` from `stream`, by `deadline` if there is one (the handshake's: a peer that
+/// trickles bytes cannot stretch it, as a timeout on each read would let it).
+fn read_full(
+    stream: &mut TcpStream,
+    buf: &mut [u8],
+    deadline: Option<Instant>,
+) -> std::io::Result<()> {
+    let Some(deadline) = deadline else {
+        return stream.read_exact(buf);
+    };
+    let mut at = 0;
+    while let Some(rest) = buf.get_mut(at..).filter(|r| !r.is_empty()) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "the peer did not complete the handshake within {} s",
+                    HANDSHAKE_TIMEOUT.as_secs()
+                ),
+            ));
+        }
+        stream.set_read_timeout(Some(left))?;
+        match stream.read(rest) {
+            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => at += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn read_handshake(stream: &mut TcpStream, deadline: Instant) -> Result<Vec<u8>, ChannelError> {
+    let mut len = [0u8; 2];
+    read_full(stream, &mut len, Some(deadline))?;
+    let len = usize::from(u16::from_be_bytes(len));
+    if len > MAX_HANDSHAKE_MSG {
+        return Err(ChannelError::Auth);
+    }
+    let mut msg = vec![0u8; len];
+    read_full(stream, &mut msg, Some(deadline))?;
+    Ok(msg)
+}
+
+fn noise_err(e: snow::Error) -> ChannelError {
+    ChannelError::Noise(e.to_string())
+}
+
+/// Run the Noise handshake on `stream` (after the preambles): the session's transport keys.
+fn noise_handshake(
+    stream: &mut TcpStream,
+    role: Role,
+    psk: &Psk,
+    prologue: &[u8],
+    deadline: Instant,
+) -> Result<StatelessTransportState, ChannelError> {
+    let params: snow::params::NoiseParams = NOISE_PARAMS.parse().map_err(noise_err)?;
+    let builder = snow::Builder::new(params)
+        .psk(0, &psk.0)
+        .map_err(noise_err)?
+        .prologue(prologue)
+        .map_err(noise_err)?;
+    let mut buf = [0u8; MAX_HANDSHAKE_MSG];
+    let mut scratch = [0u8; MAX_HANDSHAKE_MSG];
+    let mut hs = match role {
+        Role::Backup => builder.build_initiator(),
+        Role::Primary => builder.build_responder(),
+    }
+    .map_err(noise_err)?;
+    // `-> psk, e` from the backup, `<- e, ee` from the primary; empty payloads (each carries
+    // a tag, so each proves its sender holds the key).
+    let mut send = |hs: &mut snow::HandshakeState, stream: &mut TcpStream| {
+        let n = hs.write_message(&[], &mut buf).map_err(noise_err)?;
+        write_handshake(stream, buf.get(..n).unwrap_or_default())
+    };
+    let mut receive = |hs: &mut snow::HandshakeState, stream: &mut TcpStream| {
+        let msg = read_handshake(stream, deadline)?;
+        // Whatever fails here (a tag, a key) is a peer without the key, or not a peer.
+        hs.read_message(&msg, &mut scratch)
+            .map(|_| ())
+            .map_err(|_| ChannelError::Auth)
+    };
+    match role {
+        Role::Backup => {
+            send(&mut hs, stream)?;
+            receive(&mut hs, stream)?;
+        }
+        Role::Primary => {
+            receive(&mut hs, stream)?;
+            send(&mut hs, stream)?;
+        }
+    }
+    if !hs.is_handshake_finished() {
+        return Err(ChannelError::Auth);
+    }
+    hs.into_stateless_transport_mode().map_err(noise_err)
 }
 
 /// One authenticated connection; split into a sending and a receiving half.
 pub struct Channel {
     stream: TcpStream,
-    key: [u8; 32],
+    /// The session's keys, shared by both halves (each uses one direction's).
+    noise: Arc<StatelessTransportState>,
+    /// The nonce of the next frame: to send (sending half), or expected (receiving half).
+    nonce: u64,
+    /// The role of the side whose messages this half carries: this side's for the sending
+    /// half, the peer's for the receiving half.
     role: Role,
-    seq: u64,
     /// Sending: the generation stamped on every message. Receiving: the newest generation
     /// seen; messages of older ones are dropped.
     generation: u64,
     /// Messages dropped for their old generation.
     pub dropped: u64,
+    /// Receiving, during the handshake: when it must be over.
+    deadline: Option<Instant>,
+    /// Receiving: where the peer's messages stand in the protocol's order.
+    order: Order,
+    reassembler: Reassembler,
+    /// Receiving: one frame's ciphertext and plaintext (allocated on the first receive).
+    cipher: Vec<u8>,
+    plain: Vec<u8>,
 }
 
 impl Channel {
-    /// Authenticate `stream` as `role` with `psk`. A peer that does not complete the handshake
-    /// within HANDSHAKE_TIMEOUT is refused.
+    fn half(stream: TcpStream, noise: Arc<StatelessTransportState>, role: Role) -> Channel {
+        Channel {
+            stream,
+            noise,
+            nonce: 0,
+            role,
+            generation: 0,
+            dropped: 0,
+            deadline: None,
+            order: Order::Hello,
+            reassembler: Reassembler::default(),
+            cipher: Vec::new(),
+            plain: Vec::new(),
+        }
+    }
+
+    /// Authenticate `stream` with `psk` as `hello.role`, exchange hellos, and return the sending
+    /// half, the receiving half and the peer's hello. Refused: a peer without the key
+    /// ([`ChannelError::Auth`]), of the same role, of another protocol version, or that does
+    /// not complete the handshake within HANDSHAKE_TIMEOUT. The caller decides whether the
+    /// peer's machine suits it ([`Hello::check_compatible`]).
     pub fn handshake(
         mut stream: TcpStream,
-        role: Role,
         psk: &Psk,
-    ) -> Result<(Channel, Channel), ChannelError> {
+        hello: &Hello,
+    ) -> Result<(Channel, Channel, Hello), ChannelError> {
+        let role = hello.role;
+        let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
         stream.set_nodelay(true)?;
-        stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
-        let mine = random_nonce()?;
+        stream.set_write_timeout(Some(HANDSHAKE_TIMEOUT))?;
+        let mut mine = [0u8; 9];
+        mine[..8].copy_from_slice(MAGIC);
+        mine[8] = role.tag();
         stream.write_all(&mine)?;
-        let mut theirs = [0u8; 32];
-        stream.read_exact(&mut theirs)?;
-        let peer_role = match role {
-            Role::Primary => Role::Backup,
-            Role::Backup => Role::Primary,
-        };
-        let proof = |r: Role, a: &[u8; 32], b: &[u8; 32]| {
-            let mut h = blake3::Hasher::new_keyed(&psk.0);
-            h.update(b"ftvm-auth");
-            h.update(&[r.tag()]);
-            h.update(a);
-            h.update(b);
-            *h.finalize().as_bytes()
-        };
-        stream.write_all(&proof(role, &theirs, &mine))?;
-        let mut got = [0u8; 32];
-        stream.read_exact(&mut got)?;
-        if got != proof(peer_role, &mine, &theirs) {
-            return Err(ChannelError::Auth);
+        let mut theirs = [0u8; 9];
+        read_full(&mut stream, &mut theirs, Some(deadline))?;
+        if theirs[..8] != MAGIC[..] {
+            return Err(ChannelError::NotFtvm);
         }
-        let (p_nonce, b_nonce) = match role {
+        match Role::from_tag(theirs[8]) {
+            Some(r) if r == role => return Err(ChannelError::SameRole(role)),
+            Some(_) => {}
+            None => return Err(ChannelError::NotFtvm),
+        }
+        let (p, b) = match role {
             Role::Primary => (mine, theirs),
             Role::Backup => (theirs, mine),
         };
-        let mut h = blake3::Hasher::new_keyed(&psk.0);
-        h.update(b"ftvm-session");
-        h.update(&p_nonce);
-        h.update(&b_nonce);
-        let key = *h.finalize().as_bytes();
+        let prologue = [PROLOGUE, &p[..], &b[..]].concat();
+        let noise = Arc::new(noise_handshake(
+            &mut stream,
+            role,
+            psk,
+            &prologue,
+            deadline,
+        )?);
+        let rx_stream = stream.try_clone()?;
+        let mut tx = Channel::half(stream, noise.clone(), role);
+        let mut rx = Channel::half(rx_stream, noise, role.other());
+        rx.deadline = Some(deadline);
+        tx.seal_and_write(&wire::hello_plaintext(hello, 0)?)?;
+        let (head, payload) = rx.recv_message()?;
+        rx.order = rx.order.next(rx.role, head.kind)?;
+        let Body::Hello(peer) = wire::decode(head.kind, payload)? else {
+            return Err(ChannelError::Bad("no hello"));
+        };
+        hello.check_protocol(&peer)?;
+        rx.deadline = None;
         // From here on the peer's liveness is judged by heartbeats, not by socket timeouts.
-        stream.set_read_timeout(None)?;
-        let rx = stream.try_clone()?;
-        Ok((
-            Channel {
-                stream,
-                key,
-                role,
-                seq: 0,
-                generation: 0,
-                dropped: 0,
-            },
-            Channel {
-                stream: rx,
-                key,
-                role: peer_role,
-                seq: 0,
-                generation: 0,
-                dropped: 0,
-            },
-        ))
+        tx.stream.set_read_timeout(None)?;
+        tx.stream.set_write_timeout(None)?;
+        Ok((tx, rx, peer))
     }
 
     /// The generation this half sends as (sending half), or the oldest it accepts (receiving
@@ -188,149 +383,110 @@ impl Channel {
         self.generation
     }
 
-    fn mac(&self, seq: u64, generation: u64, kind: u8, payload: &[u8]) -> [u8; 32] {
-        let mut h = blake3::Hasher::new_keyed(&self.key);
-        h.update(&[self.role.tag()]);
-        h.update(&seq.to_le_bytes());
-        h.update(&generation.to_le_bytes());
-        h.update(&[kind]);
-        h.update(payload);
-        *h.finalize().as_bytes()
+    /// Where the peer's messages stand in the protocol's order (receiving half).
+    pub fn order(&self) -> Order {
+        self.order
     }
 
-    /// Send a message (on the sending half).
+    /// Send a message (on the sending half). One larger than [`MAX_MSG`] is refused before
+    /// anything is sent, and the channel stays usable.
     pub fn send(&mut self, m: &Msg) -> Result<(), ChannelError> {
-        let (kind, payload): (u8, Vec<u8>) = match m {
-            Msg::Log { clock, bytes } => {
-                let mut p = Vec::with_capacity(8 + bytes.len());
-                p.extend_from_slice(&clock.to_le_bytes());
-                p.extend_from_slice(bytes);
-                (1, p)
-            }
-            Msg::Ack { count, clock } => {
-                let mut p = count.to_le_bytes().to_vec();
-                p.extend_from_slice(&clock.to_le_bytes());
-                (2, p)
-            }
-            Msg::Heartbeat { count, clock } => {
-                let mut p = count.to_le_bytes().to_vec();
-                p.extend_from_slice(&clock.to_le_bytes());
-                (3, p)
-            }
-            Msg::Attach { generation, disks } => {
-                let mut p = generation.to_le_bytes().to_vec();
-                for d in disks {
-                    p.extend_from_slice(&d.to_le_bytes());
-                }
-                (4, p)
-            }
-            Msg::Disk {
-                index,
-                offset,
-                data,
-            } => {
-                let mut p = Vec::with_capacity(12 + data.len());
-                p.extend_from_slice(&index.to_le_bytes());
-                p.extend_from_slice(&offset.to_le_bytes());
-                p.extend_from_slice(data);
-                (5, p)
-            }
-        };
-        // Send nothing the receiver would refuse.
-        let len = u32::try_from(payload.len())
+        let plain = wire::message_plaintext(m, self.generation)?;
+        self.seal_and_write(&plain)
+    }
+
+    /// Seal `plain` (a whole message) as frames and write them in one go.
+    fn seal_and_write(&mut self, plain: &[u8]) -> Result<(), ChannelError> {
+        let frames = plain.len().div_ceil(MAX_FRAME_PLAIN);
+        let exhausted = ChannelError::Bad("the session's nonces are used up");
+        // Nonce u64::MAX is reserved by Noise; check the whole message's before sealing any.
+        u64::try_from(frames)
             .ok()
-            .filter(|&l| l <= MAX_MSG)
-            .ok_or(ChannelError::Bad("message too large"))?;
-        self.seq += 1;
-        let mac = self.mac(self.seq, self.generation, kind, &payload);
-        let mut buf = Vec::with_capacity(payload.len() + HEAD + 32);
-        buf.extend_from_slice(&len.to_le_bytes());
-        buf.extend_from_slice(&self.seq.to_le_bytes());
-        buf.extend_from_slice(&self.generation.to_le_bytes());
-        buf.push(kind);
-        buf.extend_from_slice(&payload);
-        buf.extend_from_slice(&mac);
-        self.stream.write_all(&buf)?;
+            .and_then(|f| self.nonce.checked_add(f))
+            .filter(|&n| n < u64::MAX)
+            .ok_or(exhausted)?;
+        let mut out = vec![0u8; plain.len() + frames * (2 + TAG)];
+        let mut at = 0;
+        for chunk in plain.chunks(MAX_FRAME_PLAIN) {
+            let n = chunk.len() + TAG;
+            let len = u16::try_from(n).map_err(|_| ChannelError::Bad("frame length"))?;
+            let (head, body) = out[at..].split_at_mut(2);
+            head.copy_from_slice(&len.to_be_bytes());
+            let sealed = self
+                .noise
+                .write_message(self.nonce, chunk, &mut body[..n])
+                .map_err(noise_err)?;
+            if sealed != n {
+                return Err(ChannelError::Noise("unexpected frame length".into()));
+            }
+            self.nonce += 1;
+            at += 2 + n;
+        }
+        self.stream.write_all(&out)?;
         Ok(())
     }
 
     /// Receive the next message (on the receiving half), dropping those of an older
-    /// generation than the newest seen.
+    /// generation than the newest seen, and refusing one out of order.
     pub fn recv(&mut self) -> Result<Msg, ChannelError> {
         loop {
-            let (generation, kind, payload) = self.recv_frame()?;
-            if generation < self.generation {
+            let (head, payload) = self.recv_message()?;
+            if head.generation < self.generation {
                 self.dropped += 1;
                 tracing::debug!(
-                    generation,
+                    generation = head.generation,
                     current = self.generation,
                     "dropped a message of an old generation"
                 );
                 continue;
             }
-            self.generation = generation;
-            return Self::decode(kind, payload);
+            self.generation = head.generation;
+            self.order = self.order.next(self.role, head.kind)?;
+            return match wire::decode(head.kind, payload)? {
+                Body::Msg(m) => Ok(m),
+                // The order refuses a second hello before it gets here.
+                Body::Hello(_) => Err(ChannelError::Bad("a second hello")),
+            };
         }
     }
 
-    fn recv_frame(&mut self) -> Result<(u64, u8, Vec<u8>), ChannelError> {
-        let mut head = [0u8; HEAD];
-        self.stream.read_exact(&mut head)?;
-        let word = |r: std::ops::Range<usize>| u64::from_le_bytes(head[r].try_into().expect("8"));
-        let len = u32::from_le_bytes(head[0..4].try_into().expect("4 bytes"));
-        let seq = word(4..12);
-        let generation = word(12..20);
-        let kind = head[20];
-        if len > MAX_MSG {
-            return Err(ChannelError::Bad("length"));
-        }
-        let mut payload = vec![0u8; len as usize];
-        self.stream.read_exact(&mut payload)?;
-        let mut mac = [0u8; 32];
-        self.stream.read_exact(&mut mac)?;
-        if seq != self.seq + 1 {
-            return Err(ChannelError::Bad("sequence"));
-        }
-        if mac != self.mac(seq, generation, kind, &payload) {
-            return Err(ChannelError::Bad("authentication code"));
-        }
-        self.seq = seq;
-        Ok((generation, kind, payload))
-    }
-
-    fn decode(kind: u8, payload: Vec<u8>) -> Result<Msg, ChannelError> {
-        let u64_of = |p: &[u8]| -> Result<u64, ChannelError> {
-            Ok(u64::from_le_bytes(
-                p.try_into().map_err(|_| ChannelError::Bad("payload"))?,
-            ))
-        };
-        Ok(match kind {
-            1 if payload.len() >= 8 => Msg::Log {
-                clock: u64_of(&payload[..8])?,
-                bytes: payload[8..].to_vec(),
-            },
-            2 if payload.len() == 16 => Msg::Ack {
-                count: u64_of(&payload[..8])?,
-                clock: u64_of(&payload[8..])?,
-            },
-            3 if payload.len() == 16 => Msg::Heartbeat {
-                count: u64_of(&payload[..8])?,
-                clock: u64_of(&payload[8..])?,
-            },
-            4 if payload.len() >= 8 && payload.len().is_multiple_of(8) => {
-                let mut words = payload.chunks_exact(8).map(u64_of);
-                Msg::Attach {
-                    generation: words.next().expect("one word")?,
-                    disks: words.collect::<Result<_, _>>()?,
-                }
+    /// The next whole message, of any generation and kind.
+    fn recv_message(&mut self) -> Result<(Head, Vec<u8>), ChannelError> {
+        loop {
+            let n = self.recv_frame()?;
+            let plain = self.plain.get(..n).unwrap_or_default();
+            if let Some(whole) = self.reassembler.push(plain)? {
+                return Ok(whole);
             }
-            5 if payload.len() >= 12 => Msg::Disk {
-                index: u32::from_le_bytes(payload[..4].try_into().expect("4 bytes")),
-                offset: u64_of(&payload[4..12])?,
-                data: payload[12..].to_vec(),
-            },
-            _ => return Err(ChannelError::Bad("type")),
-        })
+        }
+    }
+
+    /// Read and open the next frame into `self.plain`; its length.
+    fn recv_frame(&mut self) -> Result<usize, ChannelError> {
+        if self.cipher.len() < MAX_FRAME {
+            self.cipher = vec![0u8; MAX_FRAME];
+            self.plain = vec![0u8; MAX_FRAME];
+        }
+        let mut len = [0u8; 2];
+        read_full(&mut self.stream, &mut len, self.deadline)?;
+        let n = usize::from(u16::from_be_bytes(len));
+        if n < TAG {
+            return Err(ChannelError::Bad("a frame shorter than its tag"));
+        }
+        if self.nonce == u64::MAX {
+            return Err(ChannelError::Bad("the session's nonces are used up"));
+        }
+        let cipher = self
+            .cipher
+            .get_mut(..n)
+            .ok_or(ChannelError::Bad("frame length"))?;
+        read_full(&mut self.stream, cipher, self.deadline)?;
+        let opened = self
+            .noise
+            .read_message(self.nonce, cipher, &mut self.plain)
+            .map_err(|_| ChannelError::Decrypt)?;
+        self.nonce += 1;
+        Ok(opened)
     }
 
     /// Bound how long a receive may wait for the next bytes (`None`: forever).
@@ -355,104 +511,267 @@ impl Channel {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::{Head, Kind, HEAD};
     use std::net::TcpListener;
 
-    type Halves = Result<(Channel, Channel), ChannelError>;
+    type Halves = Result<(Channel, Channel, Hello), ChannelError>;
+    const KEY: &[u8] = b"0123456789abcdef";
 
-    fn pair(pk: &[u8], bk: &[u8]) -> (Halves, Halves) {
+    fn hello(role: Role) -> Hello {
+        Hello::new(role, 256 << 20, "disks 1; net 52:54:00:00:00:10")
+    }
+
+    /// Connect a side as `b` (to a side as `a`, which listens) with the given keys and hellos.
+    fn connect(pk: &[u8], ph: Hello, bk: &[u8], bh: Hello) -> (Halves, Halves) {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
         let bk = bk.to_vec();
         let t = std::thread::spawn(move || {
             let s = TcpStream::connect(addr).unwrap();
-            Channel::handshake(s, Role::Backup, &Psk::from_bytes(&bk))
+            Channel::handshake(s, &Psk::from_bytes(&bk), &bh)
         });
         let (s, _) = l.accept().unwrap();
-        let p = Channel::handshake(s, Role::Primary, &Psk::from_bytes(pk));
+        let p = Channel::handshake(s, &Psk::from_bytes(pk), &ph);
         (p, t.join().unwrap())
+    }
+
+    fn pair(pk: &[u8], bk: &[u8]) -> (Halves, Halves) {
+        connect(pk, hello(Role::Primary), bk, hello(Role::Backup))
+    }
+
+    /// Halves past the primary's attach: (primary tx, primary rx, backup tx, backup rx).
+    fn attached() -> (Channel, Channel, Channel, Channel) {
+        let (p, b) = pair(KEY, KEY);
+        let (mut ptx, prx, _) = p.unwrap();
+        let (btx, mut brx, _) = b.unwrap();
+        let attach = Msg::Attach {
+            generation: 0,
+            disks: vec![],
+        };
+        ptx.send(&attach).unwrap();
+        assert_eq!(brx.recv().unwrap(), attach);
+        (ptx, prx, btx, brx)
+    }
+
+    impl Channel {
+        /// Seal `plain` as one frame with the next nonce, whatever it holds: a peer that
+        /// holds the key but breaks the protocol.
+        fn send_raw_frame(&mut self, plain: &[u8]) {
+            let mut out = vec![0u8; 2 + plain.len() + TAG];
+            let n = u16::try_from(plain.len() + TAG).unwrap();
+            out[..2].copy_from_slice(&n.to_be_bytes());
+            self.noise
+                .write_message(self.nonce, plain, &mut out[2..])
+                .unwrap();
+            self.nonce += 1;
+            self.stream.write_all(&out).unwrap();
+        }
     }
 
     #[test]
     fn authenticated_round_trip() {
-        let (p, b) = pair(b"0123456789abcdef", b"0123456789abcdef");
-        let (mut ptx, mut prx) = p.unwrap();
-        let (mut btx, mut brx) = b.unwrap();
-        let log = Msg::Log {
+        let (p, b) = pair(KEY, KEY);
+        let (mut ptx, mut prx, bh) = p.unwrap();
+        let (mut btx, mut brx, ph) = b.unwrap();
+        assert_eq!(bh, hello(Role::Backup));
+        assert_eq!(ph, hello(Role::Primary));
+        assert!(ph.check_compatible(&bh).is_ok());
+        let mut sent = vec![Msg::Attach {
+            generation: 3,
+            disks: vec![1 << 20, 512],
+        }];
+        sent.push(Msg::Disk {
+            index: 1,
+            offset: 4096,
+            data: vec![7; 300],
+        });
+        sent.push(Msg::Heartbeat { count: 7, clock: 9 });
+        // A message of several frames.
+        sent.push(Msg::Disk {
+            index: 0,
+            offset: 0,
+            data: (0..1 << 20).map(|i| (i % 251) as u8).collect(),
+        });
+        sent.push(Msg::Log {
             clock: 5,
             bytes: b"log bytes".to_vec(),
-        };
-        ptx.send(&log).unwrap();
-        let beat = Msg::Heartbeat { count: 7, clock: 9 };
-        ptx.send(&beat).unwrap();
-        assert_eq!(brx.recv().unwrap(), log);
-        assert_eq!(brx.recv().unwrap(), beat);
+        });
+        sent.push(Msg::Log {
+            clock: 6,
+            bytes: vec![],
+        });
+        sent.push(Msg::Heartbeat { count: 8, clock: 9 });
+        for m in &sent {
+            ptx.send(m).unwrap();
+        }
+        for m in &sent {
+            assert_eq!(&brx.recv().unwrap(), m);
+        }
+        assert_eq!(brx.order(), Order::Log);
         let ack = Msg::Ack {
             count: 42,
             clock: 5,
         };
         btx.send(&ack).unwrap();
+        btx.send(&Msg::Heartbeat { count: 1, clock: 5 }).unwrap();
         assert_eq!(prx.recv().unwrap(), ack);
-        for m in [
-            Msg::Attach {
-                generation: 3,
-                disks: vec![1 << 20, 512],
-            },
-            Msg::Attach {
-                generation: 0,
-                disks: vec![],
-            },
-            Msg::Disk {
-                index: 1,
-                offset: 4096,
-                data: vec![7; 300],
-            },
-        ] {
-            ptx.send(&m).unwrap();
-            assert_eq!(brx.recv().unwrap(), m);
+        assert_eq!(prx.recv().unwrap(), Msg::Heartbeat { count: 1, clock: 5 });
+    }
+
+    #[test]
+    fn the_halves_work_from_two_threads() {
+        let (mut ptx, mut prx, mut btx, mut brx) = attached();
+        let n = 2000u64;
+        let sender = std::thread::spawn(move || {
+            for i in 0..n {
+                ptx.send(&Msg::Log {
+                    clock: i,
+                    bytes: vec![i as u8; (i as usize * 37) % 70_000],
+                })
+                .unwrap();
+            }
+        });
+        let echo = std::thread::spawn(move || {
+            for i in 0..n {
+                match brx.recv().unwrap() {
+                    Msg::Log { clock, bytes } => {
+                        assert_eq!(clock, i);
+                        assert_eq!(bytes.len(), (i as usize * 37) % 70_000);
+                        btx.send(&Msg::Ack { count: i, clock }).unwrap();
+                    }
+                    other => panic!("{other:?}"),
+                }
+            }
+        });
+        for i in 0..n {
+            assert_eq!(prx.recv().unwrap(), Msg::Ack { count: i, clock: i });
         }
+        sender.join().unwrap();
+        echo.join().unwrap();
     }
 
     #[test]
     fn a_wrong_key_is_refused() {
-        let (p, b) = pair(b"0123456789abcdef", b"another key.....");
-        assert!(matches!(p, Err(ChannelError::Auth)) || matches!(b, Err(ChannelError::Auth)));
+        let (p, b) = pair(KEY, b"another key.....");
+        assert!(matches!(p, Err(ChannelError::Auth)), "{:?}", p.err());
+        assert!(b.is_err());
     }
 
     #[test]
-    fn injected_bytes_are_refused() {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap();
-        let t = std::thread::spawn(move || {
-            let s = TcpStream::connect(addr).unwrap();
-            let (_tx, mut rx) =
-                Channel::handshake(s, Role::Backup, &Psk::from_bytes(b"0123456789abcdef")).unwrap();
-            rx.recv()
-        });
-        let (s, _) = l.accept().unwrap();
-        let (mut tx, _rx) =
-            Channel::handshake(s, Role::Primary, &Psk::from_bytes(b"0123456789abcdef")).unwrap();
-        // A message with a forged authentication code.
-        let mut raw = tx.stream.try_clone().unwrap();
-        let mut forged = Vec::new();
-        forged.extend_from_slice(&3u32.to_le_bytes());
-        forged.extend_from_slice(&1u64.to_le_bytes());
-        forged.extend_from_slice(&0u64.to_le_bytes());
-        forged.push(1);
-        forged.extend_from_slice(b"bad");
-        forged.extend_from_slice(&[0u8; 32]);
-        raw.write_all(&forged).unwrap();
-        tx.seq = 1;
+    fn a_primary_cannot_talk_to_a_primary() {
+        let (p, b) = connect(KEY, hello(Role::Primary), KEY, hello(Role::Primary));
+        assert!(matches!(p, Err(ChannelError::SameRole(Role::Primary))));
+        assert!(matches!(b, Err(ChannelError::SameRole(Role::Primary))));
+        let (p, b) = connect(KEY, hello(Role::Backup), KEY, hello(Role::Backup));
+        assert!(matches!(p, Err(ChannelError::SameRole(Role::Backup))));
+        assert!(matches!(b, Err(ChannelError::SameRole(Role::Backup))));
+    }
+
+    #[test]
+    fn an_unknown_version_is_refused_by_both() {
+        let mut newer = hello(Role::Backup);
+        newer.version = 3;
+        let (p, b) = connect(KEY, hello(Role::Primary), KEY, newer);
+        let e = p.err().unwrap();
+        assert!(
+            matches!(e, ChannelError::Version { ours: 2, theirs: 3 }),
+            "{e}"
+        );
+        assert_eq!(
+            e.to_string(),
+            "the peer speaks replication protocol version 3, this side version 2"
+        );
+        // The newer side names both too (from the version-2 hello it received).
         assert!(matches!(
-            t.join().unwrap(),
-            Err(ChannelError::Bad("authentication code"))
+            b,
+            Err(ChannelError::Version { ours: 3, theirs: 2 })
         ));
     }
 
     #[test]
+    fn a_peer_that_is_not_ftvm_is_refused() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let t = std::thread::spawn(move || {
+            // An ftvm of protocol 1 opens with a 32-byte nonce.
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.write_all(&[0x5a; 32]).unwrap();
+            let mut b = [0u8; 9];
+            s.read_exact(&mut b).unwrap();
+        });
+        let (s, _) = l.accept().unwrap();
+        let r = Channel::handshake(s, &Psk::from_bytes(KEY), &hello(Role::Primary));
+        assert!(matches!(r, Err(ChannelError::NotFtvm)));
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn a_peer_that_says_nothing_times_out() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let _silent = TcpStream::connect(addr).unwrap();
+        let (s, _) = l.accept().unwrap();
+        let t0 = std::time::Instant::now();
+        let r = Channel::handshake(s, &Psk::from_bytes(KEY), &hello(Role::Primary));
+        assert!(matches!(r, Err(ChannelError::Io(_))));
+        assert!(t0.elapsed() >= HANDSHAKE_TIMEOUT);
+        assert!(t0.elapsed() < HANDSHAKE_TIMEOUT * 2);
+    }
+
+    #[test]
+    fn a_peer_that_trickles_its_handshake_times_out() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let t = std::thread::spawn(move || {
+            // A byte of preamble every second: each read would be within a timeout per read.
+            let mut s = TcpStream::connect(addr).unwrap();
+            for b in MAGIC {
+                if s.write_all(&[*b]).is_err() {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_secs(1));
+            }
+        });
+        let (s, _) = l.accept().unwrap();
+        let t0 = std::time::Instant::now();
+        let r = Channel::handshake(s, &Psk::from_bytes(KEY), &hello(Role::Primary));
+        assert!(matches!(r, Err(ChannelError::Io(_))));
+        assert!(t0.elapsed() < HANDSHAKE_TIMEOUT + std::time::Duration::from_secs(1));
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn injected_bytes_are_refused() {
+        let (mut ptx, _prx, _btx, mut brx) = attached();
+        // A frame with a forged tag.
+        let mut forged = Vec::new();
+        forged.extend_from_slice(&(20u16 + TAG as u16).to_be_bytes());
+        forged.extend_from_slice(&[0u8; 20 + TAG]);
+        ptx.stream.write_all(&forged).unwrap();
+        assert!(matches!(brx.recv(), Err(ChannelError::Decrypt)));
+    }
+
+    #[test]
+    fn a_replayed_or_reordered_frame_is_refused() {
+        let (mut ptx, _prx, _btx, mut brx) = attached();
+        let beat = |count| Msg::Heartbeat { count, clock: 0 };
+        ptx.send(&beat(1)).unwrap();
+        assert_eq!(brx.recv().unwrap(), beat(1));
+        // The same frame again (the nonce of the previous one).
+        ptx.nonce -= 1;
+        ptx.send(&beat(1)).unwrap();
+        assert!(matches!(brx.recv(), Err(ChannelError::Decrypt)));
+
+        let (mut ptx, _prx, _btx, mut brx) = attached();
+        // A frame from further on (a frame dropped or reordered).
+        ptx.nonce += 1;
+        ptx.send(&beat(2)).unwrap();
+        assert!(matches!(brx.recv(), Err(ChannelError::Decrypt)));
+    }
+
+    #[test]
     fn messages_of_an_old_generation_are_dropped() {
-        let (p, b) = pair(b"0123456789abcdef", b"0123456789abcdef");
-        let (mut ptx, _prx) = p.unwrap();
-        let (_btx, mut brx) = b.unwrap();
+        let (mut ptx, _prx, _btx, mut brx) = attached();
         let beat = |count| Msg::Heartbeat { count, clock: 0 };
         ptx.set_generation(2);
         ptx.send(&beat(1)).unwrap();
@@ -469,18 +788,169 @@ mod tests {
     }
 
     #[test]
+    fn messages_out_of_order_are_refused() {
+        // The primary's disks after its log began.
+        let (mut ptx, _prx, _btx, mut brx) = attached();
+        ptx.send(&Msg::Log {
+            clock: 0,
+            bytes: vec![1],
+        })
+        .unwrap();
+        brx.recv().unwrap();
+        ptx.send(&Msg::Disk {
+            index: 0,
+            offset: 0,
+            data: vec![1],
+        })
+        .unwrap();
+        let e = brx.recv().unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ChannelError::Order {
+                    peer: Role::Primary,
+                    got: "disk contents",
+                    state: Order::Log
+                }
+            ),
+            "{e}"
+        );
+        assert_eq!(
+            e.to_string(),
+            "the primary sent disk contents after its log began: out of the protocol's order"
+        );
+        // Log bytes before the attach.
+        let (p, b) = pair(KEY, KEY);
+        let (mut ptx, _prx, _) = p.unwrap();
+        let (_btx, mut brx, _) = b.unwrap();
+        ptx.send(&Msg::Log {
+            clock: 0,
+            bytes: vec![],
+        })
+        .unwrap();
+        assert!(matches!(
+            brx.recv(),
+            Err(ChannelError::Order {
+                state: Order::Attach,
+                ..
+            })
+        ));
+        // Log bytes from a backup; a second hello.
+        let (_ptx, mut prx, mut btx, _brx) = attached();
+        btx.send(&Msg::Log {
+            clock: 0,
+            bytes: vec![],
+        })
+        .unwrap();
+        assert!(matches!(
+            prx.recv(),
+            Err(ChannelError::Order {
+                peer: Role::Backup,
+                ..
+            })
+        ));
+        let (_ptx, mut prx, mut btx, _brx) = attached();
+        btx.send_raw_frame(&wire::hello_plaintext(&hello(Role::Backup), 0).unwrap());
+        assert!(matches!(
+            prx.recv(),
+            Err(ChannelError::Order { got: "a hello", .. })
+        ));
+    }
+
+    #[test]
+    fn a_missing_hello_is_refused() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        // A backup that skips its hello: the preamble and Noise by hand, then a heartbeat.
+        let t = std::thread::spawn(move || {
+            let mut s = TcpStream::connect(addr).unwrap();
+            let mut pre = MAGIC.to_vec();
+            pre.push(b'B');
+            s.write_all(&pre).unwrap();
+            let mut theirs = [0u8; 9];
+            s.read_exact(&mut theirs).unwrap();
+            let prologue = [PROLOGUE, &theirs[..], &pre[..]].concat();
+            let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
+            let noise = noise_handshake(
+                &mut s,
+                Role::Backup,
+                &Psk::from_bytes(KEY),
+                &prologue,
+                deadline,
+            );
+            let mut tx = Channel::half(s, Arc::new(noise.unwrap()), Role::Backup);
+            tx.send(&Msg::Heartbeat { count: 0, clock: 0 }).unwrap();
+            tx
+        });
+        let (s, _) = l.accept().unwrap();
+        let r = Channel::handshake(s, &Psk::from_bytes(KEY), &hello(Role::Primary));
+        let e = r.err().unwrap();
+        assert!(
+            matches!(
+                e,
+                ChannelError::NoHello {
+                    ours: 2,
+                    got: "a heartbeat"
+                }
+            ),
+            "{e}"
+        );
+        drop(t.join().unwrap());
+    }
+
+    #[test]
     fn an_oversized_message_is_refused_before_it_is_sent() {
-        let (p, _b) = pair(b"0123456789abcdef", b"0123456789abcdef");
-        let (mut ptx, _prx) = p.unwrap();
+        let (mut ptx, _prx, _btx, mut brx) = attached();
         let big = Msg::Log {
             clock: 0,
-            bytes: vec![0; MAX_MSG as usize],
+            bytes: vec![0; MAX_MSG as usize - 7],
         };
         assert!(matches!(
             ptx.send(&big),
-            Err(ChannelError::Bad("message too large"))
+            Err(ChannelError::TooLarge {
+                len,
+                max: MAX_MSG
+            }) if len == u64::from(MAX_MSG) + 1
         ));
         // Nothing was sent, so the channel still works.
-        ptx.send(&Msg::Heartbeat { count: 1, clock: 0 }).unwrap();
+        let beat = Msg::Heartbeat { count: 1, clock: 0 };
+        ptx.send(&beat).unwrap();
+        assert_eq!(brx.recv().unwrap(), beat);
+        // The largest message passes (received meanwhile: it does not fit a socket buffer).
+        let most = Msg::Log {
+            clock: 0,
+            bytes: vec![3; MAX_MSG as usize - 8],
+        };
+        let receiver = std::thread::spawn(move || brx.recv().unwrap());
+        ptx.send(&most).unwrap();
+        assert_eq!(receiver.join().unwrap(), most);
+    }
+
+    #[test]
+    fn an_oversized_claim_is_refused_by_the_receiver() {
+        let (mut ptx, _prx, _btx, mut brx) = attached();
+        // An authenticated frame whose header claims more than MAX_MSG.
+        let head = Head {
+            kind: Kind::Log,
+            generation: 0,
+            len: MAX_MSG + 1,
+        };
+        ptx.send_raw_frame(&head.to_bytes());
+        assert!(matches!(brx.recv(), Err(ChannelError::TooLarge { .. })));
+        // u32::MAX too.
+        let (mut ptx, _prx, _btx, mut brx) = attached();
+        let head = Head {
+            len: u32::MAX,
+            ..head
+        };
+        ptx.send_raw_frame(&head.to_bytes());
+        assert!(matches!(brx.recv(), Err(ChannelError::TooLarge { .. })));
+        // A claim within the limit, but a frame with more than it claimed.
+        let (mut ptx, _prx, _btx, mut brx) = attached();
+        let mut plain = Head { len: 3, ..head }.to_bytes().to_vec();
+        plain.extend_from_slice(&[0; 8 + 4]);
+        assert_eq!(plain.len(), HEAD + 12);
+        ptx.send_raw_frame(&plain);
+        assert!(matches!(brx.recv(), Err(ChannelError::Bad(_))));
     }
 }

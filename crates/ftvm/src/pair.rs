@@ -14,7 +14,7 @@ use ftvm_host::HostEvent;
 use ftvm_log::{LogReader, LogWriter, Next, Record};
 use ftvm_machine::{DeviceOutput, DiskOp, DiskRequest, Machine, Output, RunExit};
 use ftvm_replication::lease::{now_ns, sleep_until};
-use ftvm_replication::{Arbiter, Channel, Lease, Msg, Peer, Psk, Role, Timing};
+use ftvm_replication::{Arbiter, Channel, Hello, Lease, Msg, Peer, Psk, Role, Timing};
 
 use crate::{
     build_machine, emit_frame_arp, expected_devices, live, open_backends, Feeder, Gate, PairArgs,
@@ -303,12 +303,14 @@ impl Protector {
             TcpListener::bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
         let (tx, incoming) = mpsc::channel();
         let waker = wake.clone();
+        let hello = Hello::new(Role::Primary, a.mem, String::new());
         std::thread::spawn(move || {
             for s in listener.incoming() {
                 let Ok(s) = s else { continue };
                 let peer = s.peer_addr().map_or("?".to_string(), |a| a.to_string());
-                match Channel::handshake(s, Role::Primary, &psk) {
-                    Ok(halves) => {
+                match Channel::handshake(s, &psk, &hello) {
+                    Ok((out, inc, _)) => {
+                        let halves = (out, inc);
                         eprintln!("ftvm: backup {peer} connected");
                         if tx.send(halves).is_err() {
                             return;
@@ -752,7 +754,8 @@ pub fn backup(primary_addr: &str, listen: Option<&str>, p: PairArgs, a: RunArgs)
             Err(e) => bail!("cannot reach the primary at {primary_addr}: {e}"),
         }
     };
-    let (tx_half, mut rx_half) = Channel::handshake(stream, Role::Backup, &psk)?;
+    let hello = Hello::new(Role::Backup, a.mem, String::new());
+    let (tx_half, mut rx_half, _) = Channel::handshake(stream, &psk, &hello)?;
     eprintln!("ftvm: backup connected to {primary_addr}");
     let timing = p.timing();
     let peer = Arc::new(Peer::default());
