@@ -290,6 +290,8 @@ pub struct Channel {
     pub dropped: u64,
     /// Receiving, during the handshake: when it must be over.
     deadline: Option<Instant>,
+    /// Receiving: a message was refused and the connection shut down.
+    refused: bool,
     /// Receiving: where the peer's messages stand in the protocol's order.
     order: Order,
     reassembler: Reassembler,
@@ -308,6 +310,7 @@ impl Channel {
             generation: 0,
             dropped: 0,
             deadline: None,
+            refused: false,
             order: Order::Hello,
             reassembler: Reassembler::default(),
             cipher: Vec::new(),
@@ -427,8 +430,26 @@ impl Channel {
     }
 
     /// Receive the next message (on the receiving half), dropping those of an older
-    /// generation than the newest seen, and refusing one out of order.
+    /// generation than the newest seen, and refusing one out of order. A refused frame or
+    /// message (anything but an I/O error) shuts the connection down, both ways; every
+    /// receive after it fails.
     pub fn recv(&mut self) -> Result<Msg, ChannelError> {
+        if self.refused {
+            return Err(ChannelError::Bad(
+                "the channel was closed after a refused message",
+            ));
+        }
+        let got = self.recv_checked();
+        if let Err(e) = &got {
+            if !matches!(e, ChannelError::Io(_)) {
+                self.refused = true;
+                self.shutdown();
+            }
+        }
+        got
+    }
+
+    fn recv_checked(&mut self) -> Result<Msg, ChannelError> {
         loop {
             let (head, payload) = self.recv_message()?;
             if head.generation < self.generation {
@@ -742,13 +763,39 @@ mod tests {
 
     #[test]
     fn injected_bytes_are_refused() {
-        let (mut ptx, _prx, _btx, mut brx) = attached();
+        let (mut ptx, mut prx, _btx, mut brx) = attached();
         // A frame with a forged tag.
         let mut forged = Vec::new();
         forged.extend_from_slice(&(20u16 + TAG as u16).to_be_bytes());
         forged.extend_from_slice(&[0u8; 20 + TAG]);
         ptx.stream.write_all(&forged).unwrap();
         assert!(matches!(brx.recv(), Err(ChannelError::Decrypt)));
+        // The backup shut the connection down: the primary's next receive ends, and so does
+        // the backup's.
+        assert!(prx.recv().is_err());
+        assert!(matches!(brx.recv(), Err(ChannelError::Bad(_))));
+    }
+
+    #[test]
+    fn an_impostor_primary_is_refused() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let t = std::thread::spawn(move || {
+            let s = TcpStream::connect(addr).unwrap();
+            Channel::handshake(s, &Psk::from_bytes(KEY), &hello(Role::Backup))
+        });
+        // Without the key it cannot read the backup's first message; it answers with bytes of
+        // the right shape anyway.
+        let (mut s, _) = l.accept().unwrap();
+        let mut pre = MAGIC.to_vec();
+        pre.push(b'P');
+        s.write_all(&pre).unwrap();
+        let mut buf = [0u8; 9 + 2 + 48];
+        s.read_exact(&mut buf).unwrap();
+        let mut answer = 48u16.to_be_bytes().to_vec();
+        answer.extend_from_slice(&[0x42; 48]);
+        s.write_all(&answer).unwrap();
+        assert!(matches!(t.join().unwrap(), Err(ChannelError::Auth)));
     }
 
     #[test]
