@@ -19,6 +19,10 @@ pub const UART_IRQ: usize = 10;
 pub const TIMEBASE_HZ: u64 = 10_000_000;
 /// Steps per timer tick: the machine's clock runs at 100 million steps per virtual second.
 pub const STEPS_PER_TICK: u64 = 10;
+/// Nanoseconds of guest time per timer tick.
+pub const NANOS_PER_TICK: u64 = 1_000_000_000 / TIMEBASE_HZ;
+/// Instructions per millisecond of guest time (when no idle time is skipped).
+pub const INSTRUCTIONS_PER_MS: u64 = TIMEBASE_HZ * STEPS_PER_TICK / 1000;
 
 /// How the guest asked the machine to stop.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,7 +80,7 @@ impl Board {
     /// The RTC's time in ns at step count `count` (mtime ticks are 100 ns).
     pub fn rtc_ns(&self, count: u64) -> u64 {
         self.rtc_base_ns
-            .wrapping_add(self.mtime(count).wrapping_mul(1_000_000_000 / TIMEBASE_HZ))
+            .wrapping_add(self.mtime(count).wrapping_mul(NANOS_PER_TICK))
     }
 
     fn virtio_slot(paddr: u64) -> Option<(usize, u64)> {
