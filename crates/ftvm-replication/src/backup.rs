@@ -18,9 +18,10 @@ use ftvm_runner::status::StatusFile;
 use ftvm_runner::{Backends, Devices, Ended, Event, Feeder, Gate, Options};
 
 use crate::channel::{Channel, ChannelError, Msg, Role};
-use crate::lease::{now_ns, sleep_until, Peer, Timing};
+use crate::lease::{now_ns, sleep_until, Timing};
 use crate::link::SendHalf;
 use crate::primary::Protector;
+use crate::protocol::{msg_name, BackupSide, Received};
 use crate::transport::{self, Halves, Incoming as Receive};
 use crate::{Arbiter, PairConfig, PairError};
 
@@ -44,55 +45,41 @@ enum FromPrimary {
     Gone,
 }
 
-fn msg_name(m: &Msg) -> &'static str {
-    match m {
-        Msg::Log { .. } => "log bytes",
-        Msg::Ack { .. } => "an acknowledgement",
-        Msg::Heartbeat { .. } => "a heartbeat",
-        Msg::Attach { .. } => "an attach message",
-        Msg::Disk { .. } => "disk contents",
+/// Wait for the `Attach` that starts this backup's generation. It may be long in coming: this
+/// backup waits while another one protects the guest (and sends nothing meanwhile).
+fn wait_attach(rx: &mut dyn Receive) -> Result<(u64, Vec<u64>), PairError> {
+    match rx.recv() {
+        Ok(Msg::Attach { generation, disks }) => Ok((generation, disks)),
+        Ok(other) => Err(PairError::Protocol(format!(
+            "the primary sent {} before its state",
+            msg_name(&other)
+        ))),
+        Err(e) => Err(PairError::Protocol(format!(
+            "the primary closed the link: {e}"
+        ))),
     }
 }
 
-/// Receive the pair's generation and the primary's disks (written over this side's images),
-/// up to the first bytes of the log, which are returned. The `Attach` that starts it may be
-/// long in coming (this backup waits while another one protects the guest); from then on, a
-/// primary that goes silent for the stall limit fails the attach: this side never had the
-/// guest, so it stops. `beat` starts this side's heartbeats, once the generation is known.
+/// Receive the primary's disks (written over this side's images), up to the first bytes of
+/// the log, which are returned. A primary that goes silent for the stall limit fails the
+/// attach: this side never had the guest, so it stops.
 fn receive_state(
     rx: &mut dyn Receive,
-    out: &SendHalf,
+    out: &SendHalf<BackupSide>,
     devices: &Devices,
     arbiter: &Arbiter,
     timing: Timing,
-    beat: impl FnOnce(),
-) -> Result<(u64, Vec<u64>, Vec<u8>), PairError> {
-    let (generation, sizes) = match rx.recv() {
-        Ok(Msg::Attach { generation, disks }) => (generation, disks),
-        Ok(other) => {
-            return Err(PairError::Protocol(format!(
-                "the primary sent {} before its state",
-                msg_name(&other)
-            )))
-        }
-        Err(e) => {
-            return Err(PairError::Protocol(format!(
-                "the primary closed the link: {e}"
-            )))
-        }
-    };
-    out.peer.heard();
-    out.set_generation(generation);
-    beat();
+    (generation, sizes): (u64, &[u64]),
+) -> Result<Vec<u8>, PairError> {
     eprintln!(
         "ftvm: attaching as generation {generation}: receiving the primary's disks and state"
     );
     rx.set_read_timeout(Some(timing.stall()))?;
-    let peer = out.peer.clone();
     let mut recv = || -> Result<Msg, PairError> {
         match rx.recv() {
             Ok(m) => {
-                peer.heard();
+                out.with(|s| s.receive(now_ns(), &m))
+                    .map_err(|e| PairError::Protocol(e.to_string()))?;
                 Ok(m)
             }
             Err(ChannelError::Io(e))
@@ -124,7 +111,7 @@ fn receive_state(
         )));
     }
     let mut files = Vec::new();
-    for (path, &len) in devices.disks.iter().zip(&sizes) {
+    for (path, &len) in devices.disks.iter().zip(sizes) {
         let what = format!("cannot write disk {}", path.display());
         let f = std::fs::OpenOptions::new()
             .read(true)
@@ -159,8 +146,7 @@ fn receive_state(
                     .map_err(PairError::io("writing this backup's disk copy"))?;
                 got += data.len() as u64;
             }
-            Msg::Log { clock, bytes } => {
-                peer.heard_stamp(clock);
+            Msg::Log { bytes, .. } => {
                 for (f, _) in &files {
                     f.sync_data()
                         .map_err(PairError::io("writing this backup's disk copy"))?;
@@ -170,9 +156,9 @@ fn receive_state(
                     got >> 10,
                     t0.elapsed().as_millis()
                 );
-                return Ok((generation, sizes, bytes));
+                return Ok(bytes);
             }
-            Msg::Heartbeat { clock, .. } => peer.heard_stamp(clock),
+            Msg::Heartbeat { .. } => {}
             other => {
                 return Err(PairError::Protocol(format!(
                     "the primary sent {} during its state",
@@ -257,26 +243,30 @@ pub fn follow_primary(
 ) -> Result<Ended, PairError> {
     let timing = cfg.timing;
     let arbiter = &cfg.arbiter;
-    let peer = Arc::new(Peer::default());
-    let out = SendHalf::new(tx_half, timing.dead, peer.clone())?;
+    let (generation, disk_sizes) = wait_attach(rx_half.as_mut())?;
+    // Every message of this side belongs to the generation; the primary's of older ones are
+    // dropped.
+    let mut tx_half = tx_half;
+    tx_half.set_generation(generation);
+    let out = SendHalf::new(
+        tx_half,
+        timing.dead,
+        BackupSide::new(generation, timing, now_ns()),
+    )?;
     // Heartbeats (from the attach on, so the primary knows this side is there while it sends
     // its state; not while this side waits its turn, unread) tell the primary how far this side
     // has replayed, and echo its newest stamp.
-    let replayed = Arc::new(AtomicU64::new(0));
-    let beat = {
-        let (replayed, out) = (replayed.clone(), out.clone());
-        move || {
-            out.heartbeats(timing.beat, move |peer| Msg::Heartbeat {
-                count: replayed.load(Ordering::Relaxed),
-                clock: peer.echo(),
-            })
-        }
-    };
-    let (generation, disk_sizes, first_log) =
-        receive_state(rx_half.as_mut(), &out, devices, arbiter, timing, beat)?;
+    out.heartbeats(timing.beat, |s, _| s.heartbeat());
+    let first_log = receive_state(
+        rx_half.as_mut(),
+        &out,
+        devices,
+        arbiter,
+        timing,
+        (generation, &disk_sizes),
+    )?;
     // From here on the primary's liveness is judged by its heartbeats.
     rx_half.set_read_timeout(None)?;
-    peer.heard();
     let (rec_tx, rec_rx) = mpsc::channel::<FromPrimary>();
     // The count of the newest record received (the primary's progress as this side knows it).
     let latest = Arc::new(AtomicU64::new(0));
@@ -285,7 +275,7 @@ pub fn follow_primary(
         std::thread::spawn(move || {
             if let Err(why) = receive_log(rx_half.as_mut(), first_log, &out, &latest, &rec_tx) {
                 tracing::warn!("{why}");
-                out.peer.set_broken();
+                out.broke();
             }
             let _ = rec_tx.send(FromPrimary::Gone);
         });
@@ -314,7 +304,7 @@ pub fn follow_primary(
             expected
         )));
     }
-    replayed.store(m.count(), Ordering::Relaxed);
+    out.with(|s| s.replayed(m.count()));
     // The backup's own disk copies receive the same writes, by replay.
     let mut follower = Follower {
         disks: HashMap::new(),
@@ -332,7 +322,6 @@ pub fn follow_primary(
             )))?;
         follower.disks.insert(slot, f);
     }
-    let mut released = 0u64;
     let mut gone = false;
     let mut status = cfg.status_file.as_deref().map(StatusFile::new);
     // Hold the guest's TAP devices open while following (this side writes nothing to them and
@@ -353,10 +342,10 @@ pub fn follow_primary(
         match msg {
             Some(FromPrimary::Record(r)) => {
                 let applied = follow::apply(&mut m, r, &mut follower)?;
-                replayed.store(m.count(), Ordering::Relaxed);
+                out.with(|s| s.replayed(m.count()));
                 if let Applied::End { code } = applied {
                     // Closing the link tells the primary the end arrived.
-                    out.cut(Duration::ZERO);
+                    out.broke();
                     eprintln!("ftvm: the primary's guest stopped (exit {code}); backup done");
                     return Ok(Ended {
                         code: code.min(255) as u8,
@@ -364,8 +353,7 @@ pub fn follow_primary(
                     });
                 }
             }
-            Some(FromPrimary::Released(c)) => {
-                released = released.max(c);
+            Some(FromPrimary::Released(released)) => {
                 while follower
                     .unreleased
                     .front()
@@ -381,7 +369,7 @@ pub fn follow_primary(
             let primary_at = latest.load(Ordering::Relaxed).max(m.count());
             st.update("backup", m.count(), Some(primary_at));
         }
-        if gone || peer.is_dead(timing.dead) {
+        if gone || out.with(|s| s.is_dead(now_ns())) {
             break;
         }
     }
@@ -389,15 +377,17 @@ pub fn follow_primary(
     // no acknowledgement, echo or heartbeat leaves from now on, so no lease of the primary's
     // can outlast `free_at`; then nothing is released before it.
     let detected = Instant::now();
-    let why = if peer.broken() || gone {
-        "the link closed".to_string()
-    } else {
-        format!(
-            "nothing heard for {} ms",
-            now_ns().saturating_sub(peer.last_heard()) / 1_000_000
-        )
-    };
-    let free_at = out.cut(timing.fence_wait());
+    let (free_at, why) = out.cut_if(|s| {
+        let why = if s.broken() || gone {
+            "the link closed".to_string()
+        } else {
+            format!(
+                "nothing heard for {} ms",
+                now_ns().saturating_sub(s.last_heard()) / 1_000_000
+            )
+        };
+        ((s.fence(), why), true)
+    });
     // Everything received is in the queue: replay it all (the catch-up, on the same path).
     let mut ended = None;
     while let Ok(msg) = rec_rx.try_recv() {
@@ -506,11 +496,10 @@ pub fn follow_primary(
 fn receive_log(
     rx: &mut dyn Receive,
     first: Vec<u8>,
-    out: &SendHalf,
+    out: &SendHalf<BackupSide>,
     latest: &AtomicU64,
     records: &Sender<FromPrimary>,
 ) -> Result<(), String> {
-    let peer = &out.peer;
     let mut reader: Option<LogReader<Incoming>> = None;
     let mut pending = Incoming::default();
     let mut first = Some(first);
@@ -518,22 +507,21 @@ fn receive_log(
         let bytes = match first.take() {
             Some(b) => b,
             None => {
-                let msg = rx.recv();
-                if peer.fenced() {
+                let msg = rx
+                    .recv()
+                    .map_err(|e| format!("replication channel closed: {e}"))?;
+                let got = out
+                    .with(|s| s.receive(now_ns(), &msg))
+                    .map_err(|e| e.to_string())?;
+                match (got, msg) {
                     // This side cut its ties: nothing of the primary's is taken now.
-                    return Ok(());
-                }
-                match msg.map_err(|e| format!("replication channel closed: {e}"))? {
-                    Msg::Log { clock, bytes } => {
-                        peer.heard_stamp(clock);
-                        bytes
-                    }
-                    Msg::Heartbeat { count, clock } => {
-                        peer.heard_stamp(clock);
+                    (Received::Ignored, _) => return Ok(()),
+                    (Received::Released(count), _) => {
                         let _ = records.send(FromPrimary::Released(count));
                         continue;
                     }
-                    other => {
+                    (_, Msg::Log { bytes, .. }) => bytes,
+                    (_, other) => {
                         return Err(format!(
                             "the primary sent {} in its log stream",
                             msg_name(&other)
@@ -569,12 +557,9 @@ fn receive_log(
             }
         }
         // The log is held here up to `last`: acknowledge on receipt, echoing the newest stamp
-        // (refused once this side has cut its ties).
+        // (nothing once this side has cut its ties).
         if let (Some(count), true) = (last, marked) {
-            out.send_with(|| Msg::Ack {
-                count,
-                clock: peer.echo(),
-            });
+            out.send_with(|s| s.ack(count));
         }
     }
 }

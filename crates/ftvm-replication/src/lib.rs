@@ -4,7 +4,10 @@
 //!   [`backup`] (receive the state, follow the log in lockstep, fail over, protect again);
 //! - [`channel`]: the authenticated message channel over TCP;
 //! - [`arbiter`]: what decides which side may go live, per generation;
-//! - [`lease`]: the failure-detection and lease rules that keep at most one side releasing
+//! - [`protocol`]: each side's state and rules (failure detection, the lease, fencing) as
+//!   state machines with no I/O and no clock of their own, shared by the real pair and the
+//!   seeded simulation test;
+//! - [`lease`]: the timing of those rules and why they keep at most one side releasing
 //!   outputs.
 //!
 //! The run loop itself is `ftvm_runner::live`; the roles plug into it through its `Link` and
@@ -16,13 +19,14 @@ pub mod channel;
 pub mod lease;
 mod link;
 pub mod primary;
+pub mod protocol;
 pub mod transport;
 
 use std::path::PathBuf;
 
 pub use arbiter::{Arbiter, ArbiterError};
 pub use channel::{Channel, ChannelError, Msg, Psk, Role};
-pub use lease::{Lease, Peer, Timing};
+pub use lease::Timing;
 use thiserror::Error;
 
 /// How a pair runs (both sides are given the same).

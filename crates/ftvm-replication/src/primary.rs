@@ -2,91 +2,83 @@
 //! backup holds the log that produced them (output commit, under a lease), heartbeats, and
 //! races the arbiter when its backup dies. A backup gone live is a primary too (re-protection).
 
+use std::collections::VecDeque;
 use std::io::Write;
 use std::net::TcpListener;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ftvm_log::{LogWriter, Record};
 use ftvm_machine::board::INSTRUCTIONS_PER_MS;
 use ftvm_machine::Machine;
-use ftvm_runner::live::LinkError;
+use ftvm_runner::live::{Held, LinkError};
 use ftvm_runner::status::StatusFile;
 use ftvm_runner::{
     Backends, Devices, Ended, Event, Feeder, Gate, Link, LinkState, Options, Protect,
 };
 
 use crate::channel::{Channel, Msg, Psk, Role};
-use crate::lease::{now_ns, Lease, Peer, Timing};
-use crate::link::{CutOnDrop, LinkWriter, SendHalf};
+use crate::lease::{now_ns, Timing};
+use crate::link::{CloseOnDrop, LinkWriter, SendHalf};
+use crate::protocol::{PrimarySide, Received, Verdict};
 use crate::transport::{self, Halves};
 use crate::{Arbiter, PairConfig, PairError};
 
-/// The primary's view of its backup.
+/// The primary's view of its backup: the protocol state (under the sending lock), the way to
+/// the arbiter, and how far the backup's replay may trail.
 pub struct PrimaryLink {
-    /// The pair's generation: the arbiter key this side races for if the backup dies.
-    generation: u64,
-    acked: Arc<AtomicU64>,
-    released: Arc<AtomicU64>,
-    /// Up to where the backup has replayed (from its heartbeats).
-    replayed: Arc<AtomicU64>,
+    out: SendHalf<PrimarySide>,
     /// How far (in instructions) the backup's replay may trail before the guest waits.
     max_lag: u64,
-    peer: Arc<Peer>,
-    /// Outputs may leave only while this holds: the backup cannot have gone live.
-    lease: Arc<Lease>,
-    out: SendHalf,
-    timing: Timing,
     arbiter: Arbiter,
 }
 
 impl Link for PrimaryLink {
     fn check(&mut self) -> Result<LinkState, LinkError> {
-        if self.peer.is_dead(self.timing.dead) {
-            let why = if self.peer.broken() {
+        let now = now_ns();
+        // A dead backup makes the side cut every tie first (the connection closes under the
+        // sending lock); then it races the arbiter.
+        let (verdict, why, lease_until) = self.out.cut_if(|s| {
+            let why = if s.broken() {
                 "its link broke".to_string()
             } else {
                 format!(
                     "nothing heard for {} ms",
-                    now_ns().saturating_sub(self.peer.last_heard()) / 1_000_000
+                    now.saturating_sub(s.last_heard()) / 1_000_000
                 )
             };
-            // Cut first: no heartbeat of ours may keep a backup following a primary that
-            // goes on alone, and nothing of the backup's is taken from now on.
-            self.out.cut(self.timing.fence_wait());
-            if self
-                .arbiter
-                .test_and_set(self.generation, "primary")
-                .map_err(PairError::from)?
-            {
-                return Ok(LinkState::Unprotected);
+            let v = s.check(now);
+            ((v, why, s.lease_until()), matches!(v, Verdict::Race { .. }))
+        });
+        match verdict {
+            Verdict::Protected { acked } => Ok(LinkState::Protected(acked)),
+            Verdict::Race { generation } => {
+                if self
+                    .arbiter
+                    .test_and_set(generation, "primary")
+                    .map_err(PairError::from)?
+                {
+                    return Ok(LinkState::Unprotected);
+                }
+                let lapsed = now_ns().saturating_sub(lease_until) / 1_000_000;
+                Err(Box::new(PairError::Lost(format!(
+                    "the backup won generation {generation} of the arbiter ({why}: this primary was stopped, stalled or cut off from it); this primary stops its guest. Its lease ran out {lapsed} ms ago and it released nothing since"
+                ))))
             }
-            let lapsed = now_ns().saturating_sub(self.lease.until()) / 1_000_000;
-            return Err(Box::new(PairError::Lost(format!(
-                "the backup won generation {} of the arbiter ({why}: this primary was stopped, stalled or cut off from it); this primary stops its guest. Its lease ran out {lapsed} ms ago and it released nothing since",
-                self.generation
-            ))));
         }
-        Ok(LinkState::Protected(self.acked.load(Ordering::Relaxed)))
     }
-    /// Whether outputs may leave now: the backup, which echoed a stamp of ours recently
-    /// enough, cannot have gone live, and the link is whole.
-    fn may_release(&self) -> bool {
-        self.lease.holds() && !self.peer.broken() && !self.peer.fenced()
-    }
-    fn released(&self, count: u64) {
-        self.released.store(count, Ordering::Relaxed);
+    fn release(&self, held: &mut VecDeque<Held>, emit: &mut dyn FnMut(Held)) {
+        // Under the sending lock: the lease is checked right before each output is written.
+        self.out.with(|s| s.release(now_ns, held, |h| h.0, emit));
     }
     fn acked(&self) -> u64 {
-        self.acked.load(Ordering::Relaxed)
+        self.out.with(|s| s.acked())
     }
     fn hung_up(&self, limit: Duration) -> bool {
         let t0 = Instant::now();
-        while !self.peer.broken() {
+        while !self.out.with(|s| s.broken()) {
             if t0.elapsed() > limit {
                 return false;
             }
@@ -97,7 +89,7 @@ impl Link for PrimaryLink {
     /// Whether the guest at `count` is so far ahead of the backup's replay that a failover
     /// would pause longer than --max-lag-ms: it then waits for the backup.
     fn too_far_ahead(&self, count: u64) -> bool {
-        count.saturating_sub(self.replayed.load(Ordering::Relaxed)) > self.max_lag
+        count.saturating_sub(self.out.with(|s| s.replayed())) > self.max_lag
     }
 }
 
@@ -221,44 +213,37 @@ impl Protector {
         // learned it, are dropped.
         tx.set_generation(generation);
         rx.set_generation(generation);
-        let peer = Arc::new(Peer::default());
-        let lease = Arc::new(Lease::new(self.timing.lease()));
         // While the state is sent a write may block longer (large writes to a busy backup),
         // but never without bound: a backup that stops reading fails the attach.
-        let out = SendHalf::new(tx, self.timing.stall(), peer.clone())?;
-        let released = Arc::new(AtomicU64::new(0));
-        let acked = Arc::new(AtomicU64::new(0));
-        let replayed = Arc::new(AtomicU64::new(m.count()));
+        let side = PrimarySide::new(generation, self.timing, now_ns(), m.count());
+        let out = SendHalf::new(tx, self.timing.stall(), side)?;
         {
-            let (acked, replayed, peer, lease) =
-                (acked.clone(), replayed.clone(), peer.clone(), lease.clone());
+            let out = out.clone();
             let wake = self.wake.clone();
             std::thread::spawn(move || loop {
                 let msg = rx.recv();
-                if peer.fenced() {
-                    // This side cut the link: nothing of the backup's counts any more.
-                    return;
-                }
-                match msg {
-                    Ok(Msg::Ack { count, clock }) => {
-                        peer.heard();
-                        lease.renew(clock);
-                        acked.fetch_max(count, Ordering::Relaxed);
-                        // Held outputs may leave now: wake the runner if it waits.
-                        let _ = wake.send(Event::Wake);
-                    }
-                    Ok(Msg::Heartbeat { count, clock }) => {
-                        peer.heard();
-                        lease.renew(clock);
-                        replayed.fetch_max(count, Ordering::Relaxed);
-                    }
-                    Ok(other) => {
-                        tracing::warn!(?other, "unexpected message from the backup");
-                        peer.heard();
-                    }
+                let got = match msg {
+                    Ok(msg) => out.with(|s| s.receive(now_ns(), &msg)),
                     Err(e) => {
                         tracing::warn!(error = %e, "replication channel closed");
-                        peer.set_broken();
+                        out.broke();
+                        let _ = wake.send(Event::Wake);
+                        return;
+                    }
+                };
+                match got {
+                    // Held outputs may leave now: wake the runner if it waits.
+                    Ok(Received::Acked(_)) => {
+                        let _ = wake.send(Event::Wake);
+                    }
+                    Ok(Received::Ignored) => {
+                        // This side cut the link: nothing of the backup's counts any more.
+                        return;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the backup broke the protocol");
+                        out.broke();
                         let _ = wake.send(Event::Wake);
                         return;
                     }
@@ -266,24 +251,18 @@ impl Protector {
             });
         }
         // Whatever fails from here on closes the link, so the backup does not wait for more.
-        let mut cut = CutOnDrop(Some(out.clone()));
+        let mut cut = CloseOnDrop(Some(out.clone()));
         let gone =
             || PairError::Protocol("the backup stopped receiving while its state was sent".into());
         let attach = Msg::Attach {
             generation,
             disks: files.iter().map(|(_, len)| *len).collect(),
         };
-        if !out.send_with(|| attach) {
+        if !out.send_with(|_| Some(attach)) {
             return Err(gone());
         }
         // Heartbeats from now on (the backup takes them with the disks), each stamped.
-        {
-            let released = released.clone();
-            out.heartbeats(self.timing.beat, move |_| Msg::Heartbeat {
-                count: released.load(Ordering::Relaxed),
-                clock: now_ns(),
-            });
-        }
+        out.heartbeats(self.timing.beat, |s, now| s.heartbeat(now));
         let mut sent = 0u64;
         let mut piece = vec![0u8; DISK_PIECE];
         for (index, (f, len)) in files.iter().enumerate() {
@@ -296,10 +275,12 @@ impl Protector {
                     .map_err(PairError::io("cannot read a disk"))?;
                 if piece[..n].iter().any(|&b| b != 0) {
                     let data = piece[..n].to_vec();
-                    if !out.send_with(|| Msg::Disk {
-                        index,
-                        offset,
-                        data,
+                    if !out.send_with(|_| {
+                        Some(Msg::Disk {
+                            index,
+                            offset,
+                            data,
+                        })
                     }) {
                         return Err(gone());
                     }
@@ -318,7 +299,7 @@ impl Protector {
             out: out.clone(),
         });
         let log = LogWriter::new(writer, header)?;
-        if peer.broken() {
+        if out.with(|s| s.broken()) {
             return Err(gone());
         }
         out.set_write_limit(self.timing.dead)?;
@@ -332,15 +313,8 @@ impl Protector {
         self.next_generation = generation + 1;
         Ok((
             PrimaryLink {
-                generation,
-                acked,
-                released,
-                replayed,
-                max_lag: self.max_lag,
-                peer,
-                lease,
                 out,
-                timing: self.timing,
+                max_lag: self.max_lag,
                 arbiter: self.arbiter.clone(),
             },
             log,

@@ -80,6 +80,10 @@ pub struct Ended {
     pub machine: Machine,
 }
 
+/// An output waiting for the backup: the count that produced it, since when it waits, and
+/// the output.
+pub type Held = (u64, Instant, Output);
+
 /// The state of the link to a backup, as the primary's runner sees it.
 pub enum LinkState {
     /// The backup holds the log up to this count.
@@ -92,10 +96,9 @@ pub enum LinkState {
 pub trait Link {
     /// Where the backup stands; an error when this side lost the arbiter and must stop.
     fn check(&mut self) -> Result<LinkState, LinkError>;
-    /// Whether outputs may leave now (the backup cannot have gone live).
-    fn may_release(&self) -> bool;
-    /// Outputs produced up to `count` were released.
-    fn released(&self, count: u64);
+    /// Send out, in order, the held outputs the backup holds the log of, while this side may
+    /// (the backup cannot have gone live: asked right before each output leaves).
+    fn release(&self, held: &mut VecDeque<Held>, emit: &mut dyn FnMut(Held));
     /// The count up to which the backup holds the log.
     fn acked(&self) -> u64;
     /// Whether the guest at `count` is so far ahead of the backup's replay that it must wait.
@@ -266,7 +269,7 @@ pub struct Gate {
     /// Where new backups come from (a primary, or a backup gone live that listens).
     protect: Option<Box<dyn Protect>>,
     /// Outputs waiting for the backup: the count that produced each, and since when it waits.
-    held: VecDeque<(u64, Instant, Output)>,
+    held: VecDeque<Held>,
     /// How long released outputs waited for the backup's acknowledgement.
     hold_times: HoldTimes,
     /// Where this side reports its role and lag (`ftvm status`).
@@ -313,25 +316,18 @@ fn emit(out: Output, con: &mut Console, backends: &Backends) {
     }
 }
 
-/// Send out the held outputs the backup has acknowledged (up to count `acked`), noting how
-/// long each waited, while the link's lease holds (checked before each output is written: the
-/// backup cannot have gone live).
+/// Send out the held outputs the backup has acknowledged, noting how long each waited.
 fn release_acked(
-    held: &mut VecDeque<(u64, Instant, Output)>,
+    held: &mut VecDeque<Held>,
     hold_times: &mut HoldTimes,
     link: &dyn Link,
-    acked: u64,
     con: &mut Console,
     backends: &Backends,
 ) {
-    while held.front().is_some_and(|(c, _, _)| *c <= acked) && link.may_release() {
-        let Some((c, since, out)) = held.pop_front() else {
-            break;
-        };
-        link.released(c);
+    link.release(held, &mut |(_, since, out)| {
         hold_times.record(since.elapsed());
         emit(out, con, backends);
-    }
+    });
 }
 
 /// The live loop: run the machine, feed it the host's events through the boundary, send its
@@ -460,11 +456,10 @@ pub fn live(
         }
         if let Some(link) = &mut gate.link {
             match link.check().map_err(RunError::Link)? {
-                LinkState::Protected(acked) => release_acked(
+                LinkState::Protected(_) => release_acked(
                     &mut gate.held,
                     &mut gate.hold_times,
                     link.as_ref(),
-                    acked,
                     &mut con,
                     &backends,
                 ),
@@ -631,11 +626,10 @@ pub fn live(
         let t0 = Instant::now();
         while !gate.held.is_empty() && t0.elapsed() < Duration::from_secs(5) {
             match link.check().map_err(RunError::Link)? {
-                LinkState::Protected(acked) => release_acked(
+                LinkState::Protected(_) => release_acked(
                     &mut gate.held,
                     &mut gate.hold_times,
                     link.as_ref(),
-                    acked,
                     &mut con,
                     &backends,
                 ),
