@@ -106,7 +106,8 @@ impl Board {
 
     /// mtime at step count `count`.
     pub fn mtime(&self, count: u64) -> u64 {
-        count / STEPS_PER_TICK + self.time_offset
+        // Wrapping, as the release build always did: a restored idle-tick count may be anything.
+        (count / STEPS_PER_TICK).wrapping_add(self.time_offset)
     }
 
     /// The first step count at which mtime reaches `cmp` (None if never).

@@ -119,14 +119,27 @@ impl Chain {
     }
     /// Scatter `data` over the device-writable buffers; returns the bytes written.
     pub fn write_all(&self, ram: &mut GuestRam, data: &[u8]) -> usize {
+        self.write_at(ram, 0, data)
+    }
+    /// Scatter `data` over the device-writable bytes from offset `skip` of the chain; returns
+    /// the bytes written (the rest did not fit).
+    pub fn write_at(&self, ram: &mut GuestRam, mut skip: u64, data: &[u8]) -> usize {
         let mut done = 0;
         for b in &self.writable {
             if done == data.len() {
                 break;
             }
-            let n = (b.len as usize).min(data.len() - done);
-            ram.write(b.addr, &data[done..done + n]);
+            let len = b.len as u64;
+            if skip >= len {
+                skip -= len;
+                continue;
+            }
+            let n = (len - skip).min((data.len() - done) as u64) as usize;
+            if ram.write(b.addr + skip, &data[done..done + n]).is_none() {
+                break;
+            }
             done += n;
+            skip = 0;
         }
         done
     }
