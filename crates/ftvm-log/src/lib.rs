@@ -429,12 +429,11 @@ impl<R: Read> LogReader<R> {
             self.buf.clear();
             self.pos = 0;
         }
-        // Read in pieces of at most 64 KiB: the buffer grows with the bytes that arrive, never
-        // by a frame length the log merely claims.
-        let mut chunk = [0u8; 1 << 16];
+        // Read in pieces of 64 KiB (reading ahead): the buffer grows with the bytes that
+        // arrive, never by a frame length the log merely claims.
+        let mut chunk = vec![0u8; 1 << 16];
         while self.buf.len() - self.pos < n {
-            let want = (n - (self.buf.len() - self.pos)).min(chunk.len());
-            let got = self.src.read(&mut chunk[..want])?;
+            let got = self.src.read(&mut chunk)?;
             if got == 0 {
                 return Ok(false);
             }
