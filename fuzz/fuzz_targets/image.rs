@@ -1,7 +1,7 @@
 //! Fuzz the Linux Image loader (with an initrd and the device tree): arbitrary bytes must be
 //! refused with an error or load into a 16 MiB machine that then runs.
-//! Input: a byte whose low bits give the initrd length in KiB (0: none), then the kernel.
-//! Half of the inputs get the Image magic patched in, so the header fields are exercised.
+//! Input: a selector byte (bit 6: with an initrd of (bits 0-5) x 256 KiB), then the kernel.
+//! With bit 7 set the Image magic is patched in, so that the header fields are exercised.
 //! Run: `RUSTC_BOOTSTRAP=1 cargo fuzz run image` from the repository root.
 #![no_main]
 
@@ -19,8 +19,7 @@ fuzz_target!(|data: &[u8]| {
     let initrd = vec![0x42u8; (sel & 0x3f) as usize * 1024 * 256];
     let initrd = (sel & 0x40 != 0).then_some(&initrd[..]);
     let devices = [DeviceSpec::Rng];
-    if let Ok(mut m) = Machine::boot_linux(MIN_RAM, &kernel, initrd, "console=ttyS0", &devices, 0)
-    {
+    if let Ok(mut m) = Machine::boot_linux(MIN_RAM, &kernel, initrd, "console=ttyS0", &devices, 0) {
         m.run(1000, 1000);
     }
 });

@@ -673,17 +673,28 @@ mod tests {
             Err(MachineError::Snapshot(SnapshotError::Truncated))
         ));
         assert!(largest < 1 << 20, "allocated {largest}");
-        // A huge length in front of the UART's FIFO.
+        // Huge lengths in front of the UART's FIFO (beyond the file, and within a file that
+        // holds many pages of RAM): refused before anything is copied.
         let fifo = 8 + ftvm_cpu::HART_STATE_LEN + 8 + 8 + 1 + 8;
-        let mut q = p.clone();
-        q[fifo..fifo + 8].copy_from_slice(&u64::MAX.to_le_bytes());
-        let f = snapshot::frame(&q);
-        let (r, largest) = alloc_probe::largest_allocation(|| Machine::restore(&f));
-        assert!(matches!(
-            r,
-            Err(MachineError::Snapshot(SnapshotError::Truncated))
-        ));
-        assert!(largest < 1 << 20);
+        let mut big = with_devices();
+        big.board.ram[..8 << 20].fill(1);
+        let p = payload(&big);
+        for len in [u64::MAX, 4 << 20] {
+            let mut q = p.clone();
+            q[fifo..fifo + 8].copy_from_slice(&len.to_le_bytes());
+            let f = snapshot::frame(&q);
+            let (r, largest) = alloc_probe::largest_allocation(|| Machine::restore(&f));
+            assert!(
+                matches!(
+                    r,
+                    Err(MachineError::Snapshot(SnapshotError::Invalid(
+                        "UART receive FIFO too long"
+                    )))
+                ),
+                "{len}"
+            );
+            assert!(largest < 1 << 20, "{len}: allocated {largest}");
+        }
     }
 
     /// Resident memory of this process in bytes.

@@ -93,6 +93,14 @@ impl<'a> Reader<'a> {
         }
         Ok(self.take(n as usize)?.to_vec())
     }
+    /// A `bytes` field of at most `max` bytes: a longer one is refused before it is copied.
+    pub fn bytes_max(&mut self, max: usize, what: &'static str) -> Result<Vec<u8>, SnapshotError> {
+        let n = self.u64()?;
+        if n > max as u64 {
+            return Err(SnapshotError::Invalid(what));
+        }
+        Ok(self.take(n as usize)?.to_vec())
+    }
     /// Let `f` consume from the front of what is left (a decoder of another crate).
     pub fn with<T, E: Into<SnapshotError>>(
         &mut self,

@@ -627,7 +627,7 @@ impl VirtioMmio {
                     return Err(bad("virtio-blk capacity"));
                 }
                 let serial: [u8; 20] = r
-                    .bytes()?
+                    .bytes_max(20, "virtio-blk serial")?
                     .try_into()
                     .map_err(|_| bad("virtio-blk serial"))?;
                 let next_id = r.u64()?;
@@ -656,7 +656,7 @@ impl VirtioMmio {
             }
             1 => Device::Net {
                 mac: r
-                    .bytes()?
+                    .bytes_max(6, "virtio-net MAC address")?
                     .try_into()
                     .map_err(|_| bad("virtio-net MAC address"))?,
             },
