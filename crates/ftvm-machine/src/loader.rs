@@ -156,6 +156,12 @@ pub fn load_elf(ram: &mut [u8], file: &[u8]) -> Result<Program, MachineError> {
     if loaded == 0 {
         return Err(MachineError::Elf("no loadable segment".into()));
     }
+    if elf.entry & 1 != 0 {
+        return Err(MachineError::Elf(format!(
+            "entry point {:#x} is not 2-byte aligned",
+            elf.entry
+        )));
+    }
     let tohost = elf
         .syms
         .iter()
@@ -237,6 +243,9 @@ mod tests {
             assert!(largest < 1 << 20, "{what}: allocated {largest}");
         }
         assert!(matches!(load(&elf(&[])), Err(MachineError::Elf(_))));
+        let mut odd = elf(&[(120, RAM_BASE, 8, 8)]);
+        odd[24] |= 1; // e_entry
+        assert!(matches!(load(&odd), Err(MachineError::Elf(_))), "odd entry");
         assert!(matches!(load(b"\x7fELF"), Err(MachineError::Elf(_))));
     }
 
