@@ -57,10 +57,29 @@ pub struct Board {
     pub rtc_high: u64,
 }
 
+/// `n` zero bytes, or None if the host cannot give them. The memory comes zeroed from the
+/// allocator (calloc: fresh pages from the OS are zero and cost nothing until touched), so a
+/// large RAM costs what the guest uses.
+pub fn zeroed_ram(n: usize) -> Option<Vec<u8>> {
+    if n == 0 {
+        return Some(Vec::new());
+    }
+    let layout = std::alloc::Layout::array::<u8>(n).ok()?;
+    // SAFETY: the layout has a non-zero size (checked above).
+    let p = unsafe { std::alloc::alloc_zeroed(layout) };
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: `p` was allocated by the global allocator with the layout of `n` u8s (so
+    // capacity n, alignment 1), and all n bytes are initialized (zeroed).
+    Some(unsafe { Vec::from_raw_parts(p, n, n) })
+}
+
 impl Board {
-    pub fn new(ram_size: usize) -> Board {
-        Board {
-            ram: vec![0; ram_size],
+    /// A board with `ram_size` bytes of zeroed RAM; None if the host cannot allocate it.
+    pub fn new(ram_size: usize) -> Option<Board> {
+        Some(Board {
+            ram: zeroed_ram(ram_size)?,
             plic: Plic::default(),
             uart: Uart::default(),
             msip: false,
@@ -74,7 +93,7 @@ impl Board {
             dma: Vec::new(),
             rtc_base_ns: 0,
             rtc_high: 0,
-        }
+        })
     }
 
     /// The RTC's time in ns at step count `count` (mtime ticks are 100 ns).
@@ -91,7 +110,8 @@ impl Board {
 
     /// mtime at step count `count`.
     pub fn mtime(&self, count: u64) -> u64 {
-        count / STEPS_PER_TICK + self.time_offset
+        // Wrapping, as the release build always did: a restored idle-tick count may be anything.
+        (count / STEPS_PER_TICK).wrapping_add(self.time_offset)
     }
 
     /// The first step count at which mtime reaches `cmp` (None if never).
