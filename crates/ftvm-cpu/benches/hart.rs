@@ -41,7 +41,7 @@ fn machine(words: &[u32]) -> (Hart, Flat) {
         ram[4 * i..4 * i + 4].copy_from_slice(&w.to_le_bytes());
     }
     let mut h = Hart::new(0);
-    h.pc = 0x8000_0000;
+    h.set_pc(0x8000_0000);
     (h, Flat(ram))
 }
 

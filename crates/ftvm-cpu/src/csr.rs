@@ -156,6 +156,34 @@ impl CsrFile {
     }
 }
 
+/// The first field of `c` that holds a value no CSR write could produce (WARL fields outside
+/// their legal values), if any: restoring a saved state must not bypass the write masks.
+pub(crate) fn invalid_field(c: &CsrFile) -> Option<&'static str> {
+    let fixed = CsrFile::new(0).mstatus & !MSTATUS_WRITABLE;
+    let checks: [(bool, &'static str); 16] = [
+        (c.mstatus & !MSTATUS_WRITABLE == fixed, "mstatus"),
+        (
+            (c.mstatus & MSTATUS_MPP) >> MSTATUS_MPP_SHIFT != 2,
+            "mstatus.MPP",
+        ),
+        (c.medeleg & !MEDELEG_MASK == 0, "medeleg"),
+        (c.mideleg & !IRQ_S == 0, "mideleg"),
+        (c.mie & !IRQ_ALL == 0, "mie"),
+        (c.mip & !IRQ_S == 0, "mip"),
+        (c.mtvec & 2 == 0 && c.stvec & 2 == 0, "xtvec"),
+        (c.mepc & 1 == 0 && c.sepc & 1 == 0, "xepc"),
+        (c.mcounteren >> 32 == 0, "mcounteren"),
+        (c.scounteren >> 32 == 0, "scounteren"),
+        (c.menvcfg == 0 && c.senvcfg == 0, "xenvcfg"),
+        (matches!(c.satp >> 60, 0 | 8 | 9), "satp mode"),
+        ((c.satp & ((1 << 60) - 1)) >> 44 == 0, "satp"),
+        (c.fflags & !0x1f == 0, "fflags"),
+        (c.frm & !7 == 0, "frm"),
+        (c.pmpaddr.iter().all(|a| a >> 54 == 0), "pmpaddr"),
+    ];
+    checks.iter().find(|(ok, _)| !ok).map(|&(_, what)| what)
+}
+
 impl Hart {
     fn counter_enabled(&self, csr: u16) -> bool {
         let bit = 1u64 << (csr & 0x1f);

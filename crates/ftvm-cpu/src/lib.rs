@@ -16,8 +16,10 @@ mod exec;
 mod fpu;
 mod mmu;
 mod rvc;
+mod state;
 
 pub use csr::Csr;
+pub use state::{HartStateError, HART_STATE_LEN};
 
 /// Exception causes (mcause values without the interrupt bit).
 pub mod cause {
@@ -114,21 +116,21 @@ impl Trap {
 /// The complete architectural state of one hart.
 #[derive(Clone)]
 pub struct Hart {
-    pub x: [u64; 32],
-    pub f: [u64; 32],
-    pub pc: u64,
-    pub prv: Priv,
+    pub(crate) x: [u64; 32],
+    pub(crate) f: [u64; 32],
+    pub(crate) pc: u64,
+    pub(crate) prv: Priv,
     /// Steps taken: retired instructions plus instructions that raised an exception.
-    pub count: u64,
-    pub csr: csr::CsrFile,
+    pub(crate) count: u64,
+    pub(crate) csr: csr::CsrFile,
     /// Interrupt lines driven by the board (MEIP, SEIP, MTIP, MSIP, STIP); ORed into mip.
-    pub ext_irq: u64,
+    pub(crate) ext_irq: u64,
     /// LR/SC reservation: the physical address reserved, if any.
-    pub reservation: Option<u64>,
+    pub(crate) reservation: Option<u64>,
     /// Serve ECALL from S-mode in the host instead of trapping to M-mode.
-    pub host_sbi: bool,
+    pub(crate) host_sbi: bool,
     /// Physical address of the HTIF `tohost` word, if the program has one.
-    pub tohost: Option<u64>,
+    pub(crate) tohost: Option<u64>,
     mmu: mmu::Mmu,
     exit: Option<Exit>,
     /// Leave the inner loop after this instruction: an exit is pending, or an interrupt may
@@ -164,6 +166,73 @@ impl Hart {
             brk: false,
             fetch_fault: Trap::new(0, 0),
         }
+    }
+
+    /// Steps taken: retired instructions plus instructions that raised an exception.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// The program counter.
+    pub fn pc(&self) -> u64 {
+        self.pc
+    }
+
+    /// Set the program counter (boot).
+    pub fn set_pc(&mut self, pc: u64) {
+        self.pc = pc;
+    }
+
+    /// Integer register `i` (0..32).
+    pub fn reg(&self, i: usize) -> u64 {
+        self.x[i & 31]
+    }
+
+    /// Set integer register `i` (writes to x0 are ignored).
+    pub fn set_reg(&mut self, i: usize, v: u64) {
+        if i & 31 != 0 {
+            self.x[i & 31] = v;
+        }
+    }
+
+    /// The current privilege level.
+    pub fn privilege(&self) -> Priv {
+        self.prv
+    }
+
+    /// Serve ECALL from S-mode in the host (returning [`Exit::Sbi`]) instead of trapping to M.
+    pub fn set_host_sbi(&mut self, on: bool) {
+        self.host_sbi = on;
+    }
+
+    /// The physical address of the HTIF `tohost` word (bare-metal programs), if any.
+    pub fn set_tohost(&mut self, addr: Option<u64>) {
+        self.tohost = addr;
+    }
+
+    /// Write a CSR as an M-mode CSR instruction would (WARL masks apply); false if the CSR
+    /// does not exist or is read-only.
+    pub fn set_csr(&mut self, n: u16, v: u64) -> bool {
+        let prv = self.prv;
+        self.prv = Priv::Machine;
+        let ok = self.csr_write(n, v).is_ok();
+        self.prv = prv;
+        ok
+    }
+
+    /// Set or clear the software-writable supervisor software interrupt (SBI IPIs).
+    pub fn set_ssip(&mut self, level: bool) {
+        if level {
+            self.csr.mip |= irq::SSIP;
+        } else {
+            self.csr.mip &= !irq::SSIP;
+        }
+    }
+
+    /// Whether an interrupt is both pending and enabled in mie (it may still be masked by
+    /// the privilege level and mstatus): a hart at WFI wakes on it.
+    pub fn wakes(&self) -> bool {
+        self.mip() & self.csr.mie != 0
     }
 
     /// Set or clear interrupt lines driven by the board.

@@ -123,6 +123,22 @@ impl Mmu {
         self.code.cur_vpn = INVALID;
         self.code.vtlb = [(INVALID, 0); VTLB_SIZE];
     }
+    /// Drop the decoded ops whose instruction bytes may overlap RAM bytes `off..off + len`
+    /// (within one page), keeping the rest of the page's ops. A slot at byte `b` holds an
+    /// instruction of 2 or 4 bytes, so it may overlap if `b + 4 > off` and `b < off + len`.
+    /// (An instruction that crosses a page boundary is never cached.)
+    fn invalidate_code_bytes(&mut self, off: usize, len: usize) {
+        let page = off >> 12;
+        let Some(Some(ops)) = self.code.pages.get_mut(page) else {
+            return;
+        };
+        let start = off & 0xfff;
+        let first = start.saturating_sub(3).div_ceil(2);
+        let end = (start + len).div_ceil(2).min(OPS_PER_PAGE);
+        for op in &mut ops[first..end] {
+            *op = Op::default();
+        }
+    }
     /// Drop the decoded ops of RAM page `page`, if it has any.
     fn invalidate_code_page(&mut self, page: usize) {
         if let Some(slot) = self.code.pages.get_mut(page) {
@@ -296,6 +312,9 @@ impl Hart {
             if pte & need != need {
                 pte |= need;
                 ram_write(bus.ram(), off, 8, pte);
+                // The page table may share a page with code: only ops decoded from these 8
+                // bytes are stale, the rest of the page's ops stay.
+                self.mmu.invalidate_code_bytes(off, 8);
             }
             let page = (ppn & !lo_mask) | ((vaddr >> 12) & lo_mask);
             return Ok((page << 12) | (vaddr & 0xfff));
@@ -514,6 +533,17 @@ impl Hart {
         code.cur_vpn = pc >> 12;
         code.cur_page = page;
         Ok(op)
+    }
+
+    /// Whether the op at RAM offset `off` is decoded (for tests of the cache's coherence).
+    #[cfg(test)]
+    pub(crate) fn is_decoded(&self, off: usize) -> bool {
+        self.mmu
+            .code
+            .pages
+            .get(off >> 12)
+            .and_then(|p| p.as_ref())
+            .is_some_and(|ops| ops[(off & 0xfff) >> 1].kind != Kind::Undecoded)
     }
 
     /// Forget decoded instructions for RAM bytes written from outside the hart (DMA, loaders).

@@ -138,3 +138,46 @@ fn random_programs_never_panic_and_always_progress() {
         assert_eq!(h.count, target, "seed {seed}: the budget is exact");
     }
 }
+
+#[test]
+fn hardware_ad_update_keeps_the_pages_other_decoded_ops() {
+    // The root page table shares RAM page 0 with code. Its entry 2 (bytes 16..24) maps the
+    // gigapage at 0x8000_0000 read/write/execute, with A and D clear.
+    let mut bus = FlatBus {
+        ram: vec![0; 1 << 20],
+    };
+    for w in bus.ram[..4096].chunks_mut(4) {
+        w.copy_from_slice(&0x0000_0013u32.to_le_bytes()); // nop
+    }
+    let pte: u64 = (0x80000 << 10) | 0xf;
+    bus.ram[16..24].copy_from_slice(&pte.to_le_bytes());
+    let mut h = Hart::new(0);
+    h.csr.mstatus |= csr::MSTATUS_FS;
+    // Decode the page's code in M-mode (no translation); the PTE's low word is a FENCE.
+    let code = [0x0, 0x8, 0xc, 0x10, 0x18, 0x1c, 0x100, 0xffc];
+    for off in code {
+        h.pc = 0x8000_0000 + off as u64;
+        h.fetch_op(&mut bus);
+        assert!(h.is_decoded(off));
+    }
+    // A store through the gigapage in S-mode sets A and D in the entry.
+    h.csr.satp = (8 << 60) | 0x80000;
+    h.set_priv(Priv::Supervisor);
+    assert_eq!(
+        h.translate(&mut bus, 0x8000_2000, mmu::Access::Store),
+        Ok(0x8000_2000)
+    );
+    let written = u64::from_le_bytes(bus.ram[16..24].try_into().unwrap());
+    assert_eq!(written, pte | (1 << 6) | (1 << 7));
+    // Exact coherence: the op decoded from those bytes is gone, every other op stays.
+    assert!(!h.is_decoded(0x10), "op decoded from the PTE's bytes");
+    for off in [0x0, 0x8, 0xc, 0x18, 0x1c, 0x100, 0xffc] {
+        assert!(h.is_decoded(off), "op at {off:#x} was dropped");
+    }
+    // Executing there again decodes the new bytes.
+    h.set_priv(Priv::Machine);
+    h.pc = 0x8000_0010;
+    let op = h.fetch_op(&mut bus);
+    assert_eq!(op.insn, written as u32);
+    assert_ne!(op.insn, pte as u32);
+}

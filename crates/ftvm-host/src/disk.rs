@@ -29,7 +29,11 @@ pub struct Disk {
 
 impl Disk {
     /// Open `path` read-write and start its worker, which reports to `events`.
-    pub fn open(path: &Path, slot: usize, events: Sender<HostEvent>) -> Result<Disk, DiskError> {
+    pub fn open<E: From<HostEvent> + Send + 'static>(
+        path: &Path,
+        slot: usize,
+        events: Sender<E>,
+    ) -> Result<Disk, DiskError> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -57,7 +61,7 @@ impl Disk {
                         ok,
                         data,
                     };
-                    if events.send(ev).is_err() {
+                    if events.send(ev.into()).is_err() {
                         return;
                     }
                 }

@@ -1,8 +1,10 @@
 //! Live host backends for ftvm's devices. Each runs on threads of its own and reports to the
-//! thread that runs the guest through one channel of [`HostEvent`]s, so that thread never
-//! blocks on host I/O. Nothing here touches the machine: the runner turns events into
+//! thread that runs the guest through one channel of [`HostEvent`]s (or of any event type made
+//! from them, so the runner can mix in events of its own), so that thread never blocks on host
+//! I/O. Nothing here touches the machine: the runner turns events into
 //! `ftvm_machine::Input`s at the instruction counts it chooses.
 
+pub mod console;
 pub mod disk;
 pub mod tap;
 
@@ -19,8 +21,6 @@ pub enum HostEvent {
     Quit,
     /// A frame arrived on the TAP device of virtio slot `slot`.
     Frame { slot: usize, frame: Vec<u8> },
-    /// Something the runner should look at now (the backup acknowledged the log).
-    Wake,
     /// A disk request finished.
     DiskDone {
         slot: usize,

@@ -43,7 +43,11 @@ pub struct Tap {
 
 impl Tap {
     /// Attach to (or create) TAP interface `name` for virtio slot `slot`.
-    pub fn open(name: &str, slot: usize, events: Sender<HostEvent>) -> Result<Tap, TapError> {
+    pub fn open<E: From<HostEvent> + Send + 'static>(
+        name: &str,
+        slot: usize,
+        events: Sender<E>,
+    ) -> Result<Tap, TapError> {
         if name.is_empty() || name.len() > 15 || name.contains('\0') {
             return Err(TapError::Name(name.into()));
         }
@@ -80,7 +84,7 @@ impl Tap {
                                 slot,
                                 frame: buf[..n].to_vec(),
                             };
-                            if events.send(ev).is_err() {
+                            if events.send(ev.into()).is_err() {
                                 return;
                             }
                         }

@@ -429,8 +429,10 @@ impl<R: Read> LogReader<R> {
             self.buf.clear();
             self.pos = 0;
         }
+        // Read in pieces of 64 KiB (reading ahead): the buffer grows with the bytes that
+        // arrive, never by a frame length the log merely claims.
+        let mut chunk = vec![0u8; 1 << 16];
         while self.buf.len() - self.pos < n {
-            let mut chunk = vec![0u8; (n - (self.buf.len() - self.pos)).max(1 << 16)];
             let got = self.src.read(&mut chunk)?;
             if got == 0 {
                 return Ok(false);
@@ -591,5 +593,67 @@ mod tests {
         }
         assert!(matches!(read_all(b"FTVMSNAP...."), Err(LogError::BadMagic)));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_claimed_frame_length_does_not_size_an_allocation() {
+        // A frame that claims the largest length, followed by 100 bytes only.
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend_from_slice(&VERSION.to_le_bytes());
+        bytes.extend_from_slice(&MAX_FRAME.to_le_bytes());
+        bytes.extend_from_slice(&[0; 100]);
+        let mut r = LogReader::new(&bytes[..]).unwrap();
+        let (next, largest) = probe::largest_allocation(|| r.next_record());
+        assert_eq!(next.unwrap(), Next::Partial);
+        assert!(largest < 1 << 20, "allocated {largest} bytes");
+    }
+
+    /// The largest allocation a closure makes on this thread (a counting global allocator).
+    mod probe {
+        use std::alloc::{GlobalAlloc, Layout, System};
+        use std::cell::Cell;
+
+        struct Probe;
+
+        thread_local! {
+            static LARGEST: Cell<usize> = const { Cell::new(0) };
+        }
+
+        fn note(size: usize) {
+            let _ = LARGEST.try_with(|l| l.set(l.get().max(size)));
+        }
+
+        // SAFETY: every method forwards to the system allocator with the caller's arguments;
+        // the bookkeeping touches only a const-initialized thread-local Cell (no allocation).
+        unsafe impl GlobalAlloc for Probe {
+            unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+                note(layout.size());
+                // SAFETY: forwarded as is; the caller upholds alloc's contract.
+                unsafe { System.alloc(layout) }
+            }
+            unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+                note(layout.size());
+                // SAFETY: forwarded as is; the caller upholds alloc_zeroed's contract.
+                unsafe { System.alloc_zeroed(layout) }
+            }
+            unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+                // SAFETY: forwarded as is; the caller upholds dealloc's contract.
+                unsafe { System.dealloc(ptr, layout) }
+            }
+            unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+                note(new_size);
+                // SAFETY: forwarded as is; the caller upholds realloc's contract.
+                unsafe { System.realloc(ptr, layout, new_size) }
+            }
+        }
+
+        #[global_allocator]
+        static PROBE: Probe = Probe;
+
+        pub fn largest_allocation<T>(f: impl FnOnce() -> T) -> (T, usize) {
+            LARGEST.with(|l| l.set(0));
+            let v = f();
+            (v, LARGEST.with(|l| l.get()))
+        }
     }
 }

@@ -19,6 +19,10 @@ pub const UART_IRQ: usize = 10;
 pub const TIMEBASE_HZ: u64 = 10_000_000;
 /// Steps per timer tick: the machine's clock runs at 100 million steps per virtual second.
 pub const STEPS_PER_TICK: u64 = 10;
+/// Nanoseconds of guest time per timer tick.
+pub const NANOS_PER_TICK: u64 = 1_000_000_000 / TIMEBASE_HZ;
+/// Instructions per millisecond of guest time (when no idle time is skipped).
+pub const INSTRUCTIONS_PER_MS: u64 = TIMEBASE_HZ * STEPS_PER_TICK / 1000;
 
 /// How the guest asked the machine to stop.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,10 +57,29 @@ pub struct Board {
     pub rtc_high: u64,
 }
 
+/// `n` zero bytes, or None if the host cannot give them. The memory comes zeroed from the
+/// allocator (calloc: fresh pages from the OS are zero and cost nothing until touched), so a
+/// large RAM costs what the guest uses.
+pub fn zeroed_ram(n: usize) -> Option<Vec<u8>> {
+    if n == 0 {
+        return Some(Vec::new());
+    }
+    let layout = std::alloc::Layout::array::<u8>(n).ok()?;
+    // SAFETY: the layout has a non-zero size (checked above).
+    let p = unsafe { std::alloc::alloc_zeroed(layout) };
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: `p` was allocated by the global allocator with the layout of `n` u8s (so
+    // capacity n, alignment 1), and all n bytes are initialized (zeroed).
+    Some(unsafe { Vec::from_raw_parts(p, n, n) })
+}
+
 impl Board {
-    pub fn new(ram_size: usize) -> Board {
-        Board {
-            ram: vec![0; ram_size],
+    /// A board with `ram_size` bytes of zeroed RAM; None if the host cannot allocate it.
+    pub fn new(ram_size: usize) -> Option<Board> {
+        Some(Board {
+            ram: zeroed_ram(ram_size)?,
             plic: Plic::default(),
             uart: Uart::default(),
             msip: false,
@@ -70,13 +93,13 @@ impl Board {
             dma: Vec::new(),
             rtc_base_ns: 0,
             rtc_high: 0,
-        }
+        })
     }
 
     /// The RTC's time in ns at step count `count` (mtime ticks are 100 ns).
     pub fn rtc_ns(&self, count: u64) -> u64 {
         self.rtc_base_ns
-            .wrapping_add(self.mtime(count).wrapping_mul(1_000_000_000 / TIMEBASE_HZ))
+            .wrapping_add(self.mtime(count).wrapping_mul(NANOS_PER_TICK))
     }
 
     fn virtio_slot(paddr: u64) -> Option<(usize, u64)> {
@@ -87,7 +110,8 @@ impl Board {
 
     /// mtime at step count `count`.
     pub fn mtime(&self, count: u64) -> u64 {
-        count / STEPS_PER_TICK + self.time_offset
+        // Wrapping, as the release build always did: a restored idle-tick count may be anything.
+        (count / STEPS_PER_TICK).wrapping_add(self.time_offset)
     }
 
     /// The first step count at which mtime reaches `cmp` (None if never).

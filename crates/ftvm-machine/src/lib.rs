@@ -15,7 +15,7 @@ pub mod snapshot;
 pub mod uart;
 pub mod virtio;
 
-use ftvm_cpu::{irq, Exit, Hart, Priv};
+use ftvm_cpu::{irq, Csr, Exit, Hart, Priv};
 use thiserror::Error;
 
 pub use board::{Board, PowerEvent};
@@ -40,6 +40,8 @@ pub enum MachineError {
     Fdt(String),
     #[error("RAM size {0} is out of range (16 MiB to 64 GiB, a multiple of 4 KiB)")]
     RamSize(u64),
+    #[error("cannot allocate {0} bytes of guest RAM on this host")]
+    RamAlloc(u64),
     #[error("too many devices (at most {0})")]
     Devices(usize),
     #[error(transparent)]
@@ -107,36 +109,9 @@ pub enum RunExit {
     Output,
 }
 
-/// The CSR fields that make up a hart's CSR state, in snapshot order.
-macro_rules! csr_fields {
-    ($m:ident) => {
-        $m!(
-            mstatus,
-            medeleg,
-            mideleg,
-            mie,
-            mip,
-            mtvec,
-            mcounteren,
-            menvcfg,
-            mscratch,
-            mepc,
-            mcause,
-            mtval,
-            stvec,
-            scounteren,
-            senvcfg,
-            sscratch,
-            sepc,
-            scause,
-            stval,
-            satp,
-            fflags,
-            frm,
-            mhartid,
-            cycle_offset
-        )
-    };
+/// Whether `ram_size` is a RAM size a machine may have.
+pub fn ram_size_ok(ram_size: u64) -> bool {
+    (MIN_RAM..=MAX_RAM).contains(&ram_size) && ram_size.is_multiple_of(4096)
 }
 
 pub struct Machine {
@@ -147,24 +122,24 @@ pub struct Machine {
 impl Machine {
     /// A machine with `ram_size` bytes of zeroed RAM and a hart in reset.
     pub fn new(ram_size: u64) -> Result<Machine, MachineError> {
-        if !(MIN_RAM..=MAX_RAM).contains(&ram_size) || !ram_size.is_multiple_of(4096) {
+        if !ram_size_ok(ram_size) {
             return Err(MachineError::RamSize(ram_size));
         }
         Ok(Machine {
             hart: Hart::new(0),
-            board: Board::new(ram_size as usize),
+            board: Board::new(ram_size as usize).ok_or(MachineError::RamAlloc(ram_size))?,
         })
     }
 
     /// Steps executed so far.
     pub fn count(&self) -> u64 {
-        self.hart.count
+        self.hart.count()
     }
 
     /// Drive the interrupt lines from the device state at the current count.
     fn update_irqs(&mut self) {
         let b = &mut self.board;
-        let now = b.mtime(self.hart.count);
+        let now = b.mtime(self.hart.count());
         b.plic.set_level(board::UART_IRQ, b.uart.irq());
         let h = &mut self.hart;
         h.set_ext_irq(irq::MTIP, now >= b.mtimecmp);
@@ -180,7 +155,7 @@ impl Machine {
     /// The step count at which the next timer interrupt becomes pending, if one is armed and
     /// not yet pending.
     fn next_deadline(&self) -> Option<u64> {
-        let now = self.hart.count;
+        let now = self.hart.count();
         [self.board.mtimecmp, self.board.stimecmp]
             .into_iter()
             .filter_map(|cmp| self.board.deadline(cmp))
@@ -191,12 +166,12 @@ impl Machine {
     /// Run until the step count reaches `stop_at`, at most `chunk` steps, or until the guest
     /// needs the host (power, idle, tohost).
     pub fn run(&mut self, stop_at: u64, chunk: u64) -> RunExit {
-        let chunk_end = stop_at.min(self.hart.count.saturating_add(chunk));
+        let chunk_end = stop_at.min(self.hart.count().saturating_add(chunk));
         loop {
             if let Some(p) = self.board.power.take() {
                 return RunExit::Power(p);
             }
-            let now = self.hart.count;
+            let now = self.hart.count();
             if now >= stop_at {
                 return RunExit::StopAt;
             }
@@ -223,10 +198,10 @@ impl Machine {
                 Exit::ToHost(v) => return RunExit::ToHost(v),
                 Exit::Wfi => {
                     self.update_irqs();
-                    if self.hart.mip() & self.hart.csr.mie == 0 {
+                    if !self.hart.wakes() {
                         let ticks = self
                             .next_deadline()
-                            .map(|d| (d - self.hart.count).div_ceil(board::STEPS_PER_TICK));
+                            .map(|d| (d - self.hart.count()).div_ceil(board::STEPS_PER_TICK));
                         return RunExit::Idle { ticks };
                     }
                 }
@@ -355,17 +330,22 @@ impl Machine {
         m.board.rtc_base_ns = rtc_base_ns;
         let boot = loader::load_linux(&mut m.board.ram, kernel, initrd, cmdline, devices.len())?;
         let h = &mut m.hart;
-        h.host_sbi = true;
+        h.set_host_sbi(true);
         // Everything the guest kernel handles itself is delegated to S-mode.
-        h.csr.medeleg = 0xb1ff;
-        h.csr.mideleg = irq::SSIP | irq::STIP | irq::SEIP;
-        h.csr.mcounteren = 7;
         // Linux 6.1 never writes scounteren but its vDSO reads `time` from U-mode, as QEMU
         // and OpenSBI machines allow: start with cycle, time and instret open to U-mode.
-        h.csr.scounteren = 7;
-        h.x[10] = 0;
-        h.x[11] = boot.dtb;
-        h.pc = boot.entry;
+        for (csr, v) in [
+            (Csr::medeleg, 0xb1ff),
+            (Csr::mideleg, irq::SSIP | irq::STIP | irq::SEIP),
+            (Csr::mcounteren, 7),
+            (Csr::scounteren, 7),
+        ] {
+            let known = h.set_csr(csr, v);
+            debug_assert!(known);
+        }
+        h.set_reg(10, 0);
+        h.set_reg(11, boot.dtb);
+        h.set_pc(boot.entry);
         h.set_priv(Priv::Supervisor);
         Ok(m)
     }
@@ -374,32 +354,14 @@ impl Machine {
     pub fn boot_elf(ram_size: u64, elf: &[u8]) -> Result<Machine, MachineError> {
         let mut m = Machine::new(ram_size)?;
         let prog = loader::load_elf(&mut m.board.ram, elf)?;
-        m.hart.pc = prog.entry;
-        m.hart.tohost = prog.tohost;
+        m.hart.set_pc(prog.entry);
+        m.hart.set_tohost(prog.tohost);
         Ok(m)
     }
 
     /// Everything but RAM, then (when `with_ram`) RAM.
     fn save_state(&self, w: &mut Writer, with_ram: bool) {
-        let h = &self.hart;
-        for v in h.x.iter().chain(h.f.iter()) {
-            w.u64(*v);
-        }
-        w.u64(h.pc);
-        w.u8(h.prv as u8);
-        w.u64(h.count);
-        w.u64(h.ext_irq);
-        w.u64(h.reservation.map_or(u64::MAX, |r| r));
-        w.u8(h.host_sbi as u8);
-        w.u64(h.tohost.map_or(u64::MAX, |r| r));
-        let c = &h.csr;
-        macro_rules! put {
-            ($($f:ident),*) => { $( w.u64(c.$f); )* };
-        }
-        csr_fields!(put);
-        for v in c.pmpcfg.iter().chain(c.pmpaddr.iter()) {
-            w.u64(*v);
-        }
+        self.hart.save(&mut w.buf);
         let b = &self.board;
         w.u64(b.mtimecmp);
         w.u64(b.stimecmp);
@@ -427,61 +389,57 @@ impl Machine {
         snapshot::frame(&w.buf)
     }
 
-    /// A machine from a snapshot file.
+    /// A machine from a snapshot file. Everything is checked against what the machine could
+    /// hold (see docs/snapshot-format.md); RAM is allocated only once the rest of the state is
+    /// known to be valid and the file holds the whole page bitmap, and only the pages the
+    /// snapshot stores are written.
     pub fn restore(file: &[u8]) -> Result<Machine, MachineError> {
         let mut r = Reader::new(snapshot::unframe(file)?);
         let ram_size = r.u64()?;
-        let mut m = Machine::new(ram_size).map_err(|_| SnapshotError::Invalid("RAM size"))?;
-        let h = &mut m.hart;
-        for i in 0..32 {
-            h.x[i] = r.u64()?;
+        if !ram_size_ok(ram_size) {
+            return Err(SnapshotError::Invalid(
+                "RAM size out of range (16 MiB to 64 GiB, a multiple of 4 KiB)",
+            )
+            .into());
         }
-        for i in 0..32 {
-            h.f[i] = r.u64()?;
-        }
-        h.x[0] = 0;
-        h.pc = r.u64()?;
-        h.prv = match r.u8()? {
-            0 => Priv::User,
-            1 => Priv::Supervisor,
-            3 => Priv::Machine,
-            _ => return Err(SnapshotError::Invalid("privilege level").into()),
+        let hart = r.with(Hart::restore)?;
+        let mtimecmp = r.u64()?;
+        let stimecmp = r.u64()?;
+        let msip = match r.u8()? {
+            0 => false,
+            1 => true,
+            _ => return Err(SnapshotError::Invalid("msip").into()),
         };
-        h.count = r.u64()?;
-        h.ext_irq = r.u64()?;
-        h.reservation = Some(r.u64()?).filter(|&v| v != u64::MAX);
-        h.host_sbi = r.u8()? != 0;
-        h.tohost = Some(r.u64()?).filter(|&v| v != u64::MAX);
-        let c = &mut h.csr;
-        macro_rules! get {
-            ($($f:ident),*) => { $( c.$f = r.u64()?; )* };
-        }
-        csr_fields!(get);
-        for i in 0..c.pmpcfg.len() {
-            c.pmpcfg[i] = r.u64()?;
-        }
-        for i in 0..c.pmpaddr.len() {
-            c.pmpaddr[i] = r.u64()?;
-        }
-        h.flush_tlb();
-        let b = &mut m.board;
-        b.mtimecmp = r.u64()?;
-        b.stimecmp = r.u64()?;
-        b.msip = r.u8()? != 0;
-        b.time_offset = r.u64()?;
-        b.uart = uart::Uart::load(&mut r)?;
-        b.plic = plic::Plic::load(&mut r)?;
-        b.rtc_base_ns = r.u64()?;
-        b.rtc_high = r.u64()?;
+        let time_offset = r.u64()?;
+        let uart = uart::Uart::load(&mut r)?;
+        let plic = plic::Plic::load(&mut r)?;
+        let rtc_base_ns = r.u64()?;
+        let rtc_high = r.u64()?;
         let n = r.u64()?;
         if n > virtio::MAX_SLOTS as u64 {
             return Err(SnapshotError::Invalid("too many devices").into());
         }
+        let mut devices = Vec::with_capacity(n as usize);
         for slot in 0..n as usize {
-            b.virtio.push(virtio::VirtioMmio::load(slot, &mut r)?);
+            devices.push(virtio::VirtioMmio::load(slot, ram_size, &mut r)?);
         }
-        b.console_out = r.bytes()?;
-        snapshot::load_ram(&mut r, &mut b.ram)?;
+        let console_out = r.bytes()?;
+        snapshot::check_ram_header(&r, ram_size)?;
+        let mut m = Machine::new(ram_size)?;
+        m.hart = hart;
+        let b = &mut m.board;
+        b.mtimecmp = mtimecmp;
+        b.stimecmp = stimecmp;
+        b.msip = msip;
+        b.time_offset = time_offset;
+        b.uart = uart;
+        b.plic = plic;
+        b.rtc_base_ns = rtc_base_ns;
+        b.rtc_high = rtc_high;
+        b.virtio = devices;
+        b.console_out = console_out;
+        // The RAM was just allocated zeroed: only the stored pages are written.
+        snapshot::load_ram(&mut r, &mut b.ram, true)?;
         if !r.is_empty() {
             return Err(SnapshotError::Invalid("trailing bytes after the state").into());
         }
@@ -505,12 +463,13 @@ impl Machine {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::alloc_probe;
 
     #[test]
     fn digest_hashes_exactly_what_a_snapshot_holds() {
         let mut m = Machine::new(MIN_RAM).unwrap();
         m.board.ram[5 * 4096 + 3] = 7;
-        m.hart.x[5] = 42;
+        m.hart.set_reg(5, 42);
         m.board
             .virtio
             .push(virtio::VirtioMmio::blk(0, 1 << 20, "ftvm-disk0"));
@@ -534,5 +493,296 @@ mod tests {
         assert_eq!(back.devices(), m.devices());
         m.board.ram[9 * 4096] = 1;
         assert_ne!(back.digest(), m.digest());
+    }
+
+    /// A machine with a disk (one request in flight), a network device and an entropy
+    /// device, their queues ready.
+    fn with_devices() -> Machine {
+        let mut m = Machine::new(MIN_RAM).unwrap();
+        m.board.ram[4096] = 1;
+        let mut ram = virtio::queue::GuestRam::new(&mut m.board.ram);
+        let mut out = Vec::new();
+        for (slot, dev) in [
+            virtio::Device::Net {
+                mac: [2, 0, 0, 0, 0, 1],
+            },
+            virtio::Device::Rng,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut d = virtio::VirtioMmio::new(slot + 1, dev);
+            for (off, v) in [
+                (0x38, 64),
+                (0x80, 0x8000_1000),
+                (0x90, 0x8000_2000),
+                (0xa0, 0x8000_3000),
+                (0x44, 1),
+                (0x70, 0xf),
+            ] {
+                d.write(off, v, &mut ram, &mut out);
+            }
+            m.board.virtio.push(d);
+        }
+        let mut blk = virtio::VirtioMmio::blk(0, 1 << 20, "d");
+        for (off, v) in [
+            (0x38, 64),
+            (0x80, 0x8000_1000),
+            (0x90, 0x8000_2000),
+            (0xa0, 0x8000_3000),
+            (0x44, 1),
+            (0x70, 0xf),
+        ] {
+            blk.write(off, v, &mut ram, &mut out);
+        }
+        if let virtio::Device::Blk {
+            pending, next_id, ..
+        } = &mut blk.dev
+        {
+            pending.push_back(virtio::PendingBlk::new(
+                0,
+                virtio::queue::Chain {
+                    head: 3,
+                    readable: vec![virtio::queue::Buf {
+                        addr: RAM_BASE + 0x4000,
+                        len: 16,
+                    }],
+                    writable: vec![virtio::queue::Buf {
+                        addr: RAM_BASE + 0x5000,
+                        len: 513,
+                    }],
+                },
+            ));
+            *next_id = 1;
+        }
+        m.board.virtio.insert(0, blk);
+        m
+    }
+
+    fn refused(m: &Machine) -> SnapshotError {
+        match Machine::restore(&m.save()) {
+            Err(MachineError::Snapshot(e)) => e,
+            Err(e) => panic!("unexpected error {e}"),
+            Ok(_) => panic!("crafted snapshot accepted"),
+        }
+    }
+
+    #[test]
+    fn snapshots_with_devices_round_trip() {
+        let m = with_devices();
+        let back = Machine::restore(&m.save()).unwrap();
+        assert_eq!(back.board.virtio, m.board.virtio);
+        assert_eq!(back.digest(), m.digest());
+    }
+
+    #[test]
+    fn crafted_device_state_is_refused() {
+        type Craft = fn(&mut Machine);
+        let crafts: [(&str, Craft); 11] = [
+            ("queue size not a power of two", |m| {
+                m.board.virtio[1].queues[0].size = 48
+            }),
+            ("queue size above the maximum", |m| {
+                m.board.virtio[1].queues[0].size = 512
+            }),
+            ("queue maximum", |m| m.board.virtio[1].queues[1].max = 1024),
+            ("rings outside RAM", |m| {
+                m.board.virtio[2].queues[0].used = RAM_BASE + MIN_RAM - 8
+            }),
+            ("rings below RAM", |m| {
+                m.board.virtio[2].queues[0].desc = 0x1000
+            }),
+            ("features not offered", |m| {
+                m.board.virtio[0].set_driver_features(1 << 40)
+            }),
+            ("status", |m| m.board.virtio[0].set_status(0x10)),
+            ("chain head", |m| {
+                m.board.virtio[0].pending_mut()[0].chain.head = 64
+            }),
+            ("buffer outside RAM", |m| {
+                m.board.virtio[0].pending_mut()[0].chain.writable[0].addr = RAM_BASE + MIN_RAM - 8
+            }),
+            ("no status byte", |m| {
+                m.board.virtio[0].pending_mut()[0].chain.writable.clear()
+            }),
+            ("request id", |m| m.board.virtio[0].pending_mut()[0].id = 7),
+        ];
+        for (what, craft) in crafts {
+            let mut m = with_devices();
+            craft(&mut m);
+            let e = refused(&m);
+            assert!(matches!(e, SnapshotError::Invalid(_)), "{what}: {e}");
+        }
+        // Too many devices.
+        let mut m = with_devices();
+        for slot in 3..=virtio::MAX_SLOTS {
+            m.board
+                .virtio
+                .push(virtio::VirtioMmio::new(slot, virtio::Device::Rng));
+        }
+        assert!(matches!(
+            refused(&m),
+            SnapshotError::Invalid("too many devices")
+        ));
+    }
+
+    /// The payload of `m`'s snapshot.
+    fn payload(m: &Machine) -> Vec<u8> {
+        snapshot::unframe(&m.save()).unwrap().to_vec()
+    }
+
+    #[test]
+    fn truncated_and_absurd_snapshots_are_refused_without_large_allocations() {
+        let m = with_devices();
+        let p = payload(&m);
+        // Every truncation of the payload (the RAM pages are at the end: stop in the bitmap).
+        let mut w = Writer::default();
+        w.u64(MIN_RAM);
+        m.save_state(&mut w, false);
+        let ram_at = w.buf.len();
+        for n in (0..ram_at + 64).chain([p.len() - 1]) {
+            let f = snapshot::frame(&p[..n]);
+            let (r, largest) = alloc_probe::largest_allocation(|| Machine::restore(&f));
+            assert!(r.is_err(), "truncated at {n}");
+            if n < ram_at {
+                assert!(largest < 1 << 20, "truncated at {n}: allocated {largest}");
+            }
+        }
+        // Absurd RAM sizes, with nothing behind them.
+        for size in [0, 17, MIN_RAM - 4096, MIN_RAM + 1, MAX_RAM + 4096, u64::MAX] {
+            let mut q = p.clone();
+            q[..8].copy_from_slice(&size.to_le_bytes());
+            let f = snapshot::frame(&q);
+            let (r, largest) = alloc_probe::largest_allocation(|| Machine::restore(&f));
+            assert!(
+                matches!(r, Err(MachineError::Snapshot(SnapshotError::Invalid(_)))),
+                "RAM size {size}"
+            );
+            assert!(largest < 1 << 20);
+        }
+        // The largest RAM, declared by a snapshot that does not hold its page bitmap: refused
+        // before RAM is allocated.
+        let mut q = p[..ram_at].to_vec();
+        q[..8].copy_from_slice(&MAX_RAM.to_le_bytes());
+        q.extend_from_slice(&MAX_RAM.to_le_bytes());
+        q.extend_from_slice(&[0; 4096]);
+        let f = snapshot::frame(&q);
+        let (r, largest) = alloc_probe::largest_allocation(|| Machine::restore(&f));
+        assert!(matches!(
+            r,
+            Err(MachineError::Snapshot(SnapshotError::Truncated))
+        ));
+        assert!(largest < 1 << 20, "allocated {largest}");
+        // Huge lengths in front of the UART's FIFO (beyond the file, and within a file that
+        // holds many pages of RAM): refused before anything is copied.
+        let fifo = 8 + ftvm_cpu::HART_STATE_LEN + 8 + 8 + 1 + 8;
+        let mut big = with_devices();
+        big.board.ram[..8 << 20].fill(1);
+        let p = payload(&big);
+        for len in [u64::MAX, 4 << 20] {
+            let mut q = p.clone();
+            q[fifo..fifo + 8].copy_from_slice(&len.to_le_bytes());
+            let f = snapshot::frame(&q);
+            let (r, largest) = alloc_probe::largest_allocation(|| Machine::restore(&f));
+            assert!(
+                matches!(
+                    r,
+                    Err(MachineError::Snapshot(SnapshotError::Invalid(
+                        "UART receive FIFO too long"
+                    )))
+                ),
+                "{len}"
+            );
+            assert!(largest < 1 << 20, "{len}: allocated {largest}");
+        }
+    }
+
+    /// Resident memory of this process in bytes.
+    fn rss() -> u64 {
+        let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+        statm
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            * 4096
+    }
+
+    #[test]
+    fn restore_costs_what_the_snapshot_holds_not_the_ram_size() {
+        // 4 GiB of RAM with one page in use: the snapshot holds a 128 KiB bitmap and one page,
+        // and restoring it must not touch the other pages.
+        const BIG: u64 = 4 << 30;
+        let small = Machine::new(MIN_RAM).unwrap();
+        let mut w = Writer::default();
+        w.u64(BIG);
+        small.save_state(&mut w, false);
+        w.u64(BIG);
+        let mut bitmap = vec![0u8; (BIG / 4096 / 8) as usize];
+        bitmap[1000] = 1;
+        w.buf.extend_from_slice(&bitmap);
+        w.buf.extend_from_slice(&[7; 4096]);
+        let f = snapshot::frame(&w.buf);
+        let before = rss();
+        let m = Machine::restore(&f).unwrap();
+        let grown = rss().saturating_sub(before);
+        assert_eq!(m.board.ram.len() as u64, BIG);
+        assert_eq!(m.board.ram[8000 * 4096 + 5], 7);
+        assert!(grown < 256 << 20, "restore touched {grown} bytes");
+    }
+}
+
+/// A global allocator for the unit tests that records, per thread, the largest single
+/// allocation since the last reset: the tests of the bounds on untrusted sizes use it to show
+/// that a huge request is refused without a huge allocation.
+#[cfg(test)]
+pub(crate) mod alloc_probe {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    struct Probe;
+
+    thread_local! {
+        static LARGEST: Cell<usize> = const { Cell::new(0) };
+    }
+
+    fn note(size: usize) {
+        // try_with: the thread-local may be gone while a thread exits.
+        let _ = LARGEST.try_with(|l| l.set(l.get().max(size)));
+    }
+
+    // SAFETY: every method forwards to the system allocator with the caller's arguments; the
+    // bookkeeping touches only a const-initialized thread-local Cell (it never allocates).
+    unsafe impl GlobalAlloc for Probe {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            note(layout.size());
+            // SAFETY: forwarded as is; the caller upholds alloc's contract.
+            unsafe { System.alloc(layout) }
+        }
+        unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+            note(layout.size());
+            // SAFETY: forwarded as is; the caller upholds alloc_zeroed's contract.
+            unsafe { System.alloc_zeroed(layout) }
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            // SAFETY: forwarded as is; the caller upholds dealloc's contract.
+            unsafe { System.dealloc(ptr, layout) }
+        }
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            note(new_size);
+            // SAFETY: forwarded as is; the caller upholds realloc's contract.
+            unsafe { System.realloc(ptr, layout, new_size) }
+        }
+    }
+
+    #[global_allocator]
+    static PROBE: Probe = Probe;
+
+    /// Run `f` and return its result with the largest allocation it made on this thread.
+    pub fn largest_allocation<T>(f: impl FnOnce() -> T) -> (T, usize) {
+        LARGEST.with(|l| l.set(0));
+        let v = f();
+        (v, LARGEST.with(|l| l.get()))
     }
 }

@@ -134,6 +134,14 @@ impl Plic {
             p.enable[c] = r.u32()?;
             p.threshold[c] = r.u32()?;
         }
+        // Only values a register write can produce (priorities and thresholds 0..7, source 0
+        // never enabled or claimed).
+        if p.priority.iter().chain(p.threshold.iter()).any(|&v| v > 7)
+            || p.enable.iter().any(|&e| e & 1 != 0)
+            || p.claimed & 1 != 0
+        {
+            return Err(SnapshotError::Invalid("PLIC register values"));
+        }
         Ok(p)
     }
 }
@@ -141,6 +149,24 @@ impl Plic {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn crafted_state_is_refused() {
+        let mut w = Writer::default();
+        Plic::default().save(&mut w);
+        assert!(Plic::load(&mut Reader::new(&w.buf)).is_ok());
+        for (at, v) in [(4, 8u32), (4 * 34, 1), (4 * 35, 9), (4 * 33, 1)] {
+            let mut b = w.buf.clone();
+            b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+            assert!(
+                matches!(
+                    Plic::load(&mut Reader::new(&b)),
+                    Err(SnapshotError::Invalid(_))
+                ),
+                "{at}"
+            );
+        }
+    }
 
     #[test]
     fn claim_complete_cycle() {

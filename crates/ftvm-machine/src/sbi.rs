@@ -26,11 +26,11 @@ const IMPL_ID: u64 = 0x6674;
 impl Machine {
     /// Serve the ECALL the hart stopped on.
     pub(crate) fn handle_sbi(&mut self) {
-        let x = &self.hart.x;
-        let (eid, fid, a0, a1) = (x[17], x[16], x[10], x[11]);
+        let h = &self.hart;
+        let (eid, fid, a0, a1) = (h.reg(17), h.reg(16), h.reg(10), h.reg(11));
         if eid < 0x10 {
             let ret = self.legacy_sbi(eid, a0);
-            let a1 = self.hart.x[11];
+            let a1 = self.hart.reg(11);
             self.hart.finish_sbi(ret, a1);
             return;
         }
@@ -53,7 +53,7 @@ impl Machine {
             (EXT_IPI, 0) => {
                 // hart_mask a0 relative to hart_mask_base a1 (-1: all harts).
                 if a1 == u64::MAX || (a1 == 0 && a0 & 1 != 0) {
-                    self.hart.csr.mip |= irq::SSIP;
+                    self.hart.set_ssip(true);
                 }
                 (SUCCESS, 0)
             }
@@ -109,11 +109,11 @@ impl Machine {
             // Console input arrives through the UART only.
             2 => -1,
             3 => {
-                self.hart.csr.mip &= !irq::SSIP;
+                self.hart.set_ssip(false);
                 0
             }
             4 => {
-                self.hart.csr.mip |= irq::SSIP;
+                self.hart.set_ssip(true);
                 0
             }
             5..=7 => {

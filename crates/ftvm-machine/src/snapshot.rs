@@ -29,6 +29,15 @@ pub enum SnapshotError {
     Invalid(&'static str),
 }
 
+impl From<ftvm_cpu::HartStateError> for SnapshotError {
+    fn from(e: ftvm_cpu::HartStateError) -> SnapshotError {
+        match e {
+            ftvm_cpu::HartStateError::Truncated => SnapshotError::Truncated,
+            ftvm_cpu::HartStateError::Invalid(what) => SnapshotError::Invalid(what),
+        }
+    }
+}
+
 /// Appends state to a byte buffer.
 #[derive(Default)]
 pub struct Writer {
@@ -84,6 +93,21 @@ impl<'a> Reader<'a> {
         }
         Ok(self.take(n as usize)?.to_vec())
     }
+    /// A `bytes` field of at most `max` bytes: a longer one is refused before it is copied.
+    pub fn bytes_max(&mut self, max: usize, what: &'static str) -> Result<Vec<u8>, SnapshotError> {
+        let n = self.u64()?;
+        if n > max as u64 {
+            return Err(SnapshotError::Invalid(what));
+        }
+        Ok(self.take(n as usize)?.to_vec())
+    }
+    /// Let `f` consume from the front of what is left (a decoder of another crate).
+    pub fn with<T, E: Into<SnapshotError>>(
+        &mut self,
+        f: impl FnOnce(&mut &'a [u8]) -> Result<T, E>,
+    ) -> Result<T, SnapshotError> {
+        f(&mut self.buf).map_err(Into::into)
+    }
     pub fn is_empty(&self) -> bool {
         self.buf.is_empty()
     }
@@ -126,9 +150,12 @@ pub fn unframe(file: &[u8]) -> Result<&[u8], SnapshotError> {
 }
 
 fn page_is_zero(p: &[u8]) -> bool {
-    p.chunks_exact(8)
-        .all(|c| u64::from_ne_bytes(c.try_into().expect("8 bytes")) == 0)
-        && p.chunks_exact(8).remainder().iter().all(|&b| b == 0)
+    let words = p.chunks_exact(8);
+    let rest = words.remainder();
+    words
+        .map(|c| c.try_into().map_or(1, u64::from_ne_bytes))
+        .all(|w| w == 0)
+        && rest.iter().all(|&b| b == 0)
 }
 
 /// The serialized form of RAM, piece by piece: its size, a bitmap of the pages that are not all
@@ -154,7 +181,28 @@ pub fn save_ram(w: &mut Writer, ram: &[u8]) {
     ram_pieces(ram, |b| w.buf.extend_from_slice(b));
 }
 
-pub fn load_ram(r: &mut Reader, ram: &mut [u8]) -> Result<(), SnapshotError> {
+/// Check, before RAM is allocated, that what is left starts with RAM of `ram_size` bytes and
+/// holds at least its whole page bitmap.
+pub fn check_ram_header(r: &Reader, ram_size: u64) -> Result<(), SnapshotError> {
+    let rest = r.buf;
+    let Some((len, rest)) = rest.split_first_chunk::<8>() else {
+        return Err(SnapshotError::Truncated);
+    };
+    if u64::from_le_bytes(*len) != ram_size {
+        return Err(SnapshotError::Invalid(
+            "RAM size differs from the one at the start of the snapshot",
+        ));
+    }
+    if (rest.len() as u64) < ram_size.div_ceil(4096).div_ceil(8) {
+        return Err(SnapshotError::Truncated);
+    }
+    Ok(())
+}
+
+/// Read RAM stored by `save_ram` into `ram` (which must have the stored size). With `zeroed`
+/// (`ram` is known to be all zeros), the pages the snapshot does not store are not touched, so
+/// the cost is what the snapshot holds, not the RAM size.
+pub fn load_ram(r: &mut Reader, ram: &mut [u8], zeroed: bool) -> Result<(), SnapshotError> {
     let len = r.u64()?;
     if len != ram.len() as u64 {
         return Err(SnapshotError::Invalid(
@@ -163,11 +211,34 @@ pub fn load_ram(r: &mut Reader, ram: &mut [u8]) -> Result<(), SnapshotError> {
     }
     let npages = ram.len().div_ceil(4096);
     let bitmap = r.take(npages.div_ceil(8))?;
-    for (i, page) in ram.chunks_mut(4096).enumerate() {
-        if bitmap[i / 8] & (1 << (i % 8)) != 0 {
-            page.copy_from_slice(r.take(page.len())?);
-        } else {
-            page.fill(0);
+    if !npages.is_multiple_of(8) && bitmap.last().is_some_and(|&b| b >> (npages % 8) != 0) {
+        return Err(SnapshotError::Invalid(
+            "RAM bitmap marks pages past the end",
+        ));
+    }
+    for (i, &bits) in bitmap.iter().enumerate() {
+        if bits == 0 && zeroed {
+            continue;
+        }
+        for bit in 0..8 {
+            let page = i * 8 + bit;
+            let start = page * 4096;
+            if start >= ram.len() {
+                break;
+            }
+            let end = (start + 4096).min(ram.len());
+            let dst = &mut ram[start..end];
+            if bits & (1 << bit) != 0 {
+                let src = r.take(dst.len())?;
+                if page_is_zero(src) {
+                    return Err(SnapshotError::Invalid(
+                        "RAM page stored although it is zero",
+                    ));
+                }
+                dst.copy_from_slice(src);
+            } else if !zeroed {
+                dst.fill(0);
+            }
         }
     }
     Ok(())
@@ -202,7 +273,7 @@ mod tests {
         save_ram(&mut w, &ram);
         assert!(w.buf.len() < 4096 + 64, "zero pages are not stored");
         let mut back = vec![1u8; ram.len()];
-        load_ram(&mut Reader::new(&w.buf), &mut back).unwrap();
+        load_ram(&mut Reader::new(&w.buf), &mut back, false).unwrap();
         assert_eq!(back, ram);
     }
 }

@@ -128,10 +128,7 @@ impl Uart {
     }
 
     pub fn load(r: &mut Reader) -> Result<Uart, SnapshotError> {
-        let rx = r.bytes()?;
-        if rx.len() > RX_FIFO {
-            return Err(SnapshotError::Invalid("UART receive FIFO too long"));
-        }
+        let rx = r.bytes_max(RX_FIFO, "UART receive FIFO too long")?;
         Ok(Uart {
             rx: rx.into_iter().collect(),
             ier: r.u8()?,

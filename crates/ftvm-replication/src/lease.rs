@@ -1,5 +1,6 @@
 //! Failure detection and the primary's output lease: the timing rules that keep at most one
 //! side of a pair releasing outputs, whatever the hosts do (die, freeze, stall, lose the link).
+//! The rules are applied by each side's state machine in [`crate::protocol`].
 //!
 //! - The primary stamps each message that carries its log, and each heartbeat, with its clock
 //!   `T` when it sends it; the backup echoes the newest stamp it has received in every
@@ -7,7 +8,7 @@
 //!   (`L` = [`Timing::lease`]) on its own clock, and it releases outputs only while it holds one.
 //! - The backup received the message stamped `T` at a real time `r >= T`. When it decides the
 //!   primary is gone (nothing heard for the dead timeout `D`, or the link closed), it first cuts
-//!   every tie: it sends nothing more, no echo, no acknowledgement ([`Peer::fence`]). Then it
+//!   every tie: it sends nothing more, no echo, no acknowledgement ([`crate::protocol::BackupSide::fence`]). Then it
 //!   waits until `W` = [`Timing::fence_wait`] after the last message it heard, `W > L`, before
 //!   it goes live. Every lease the primary can hold ends at `T + L <= r + L`, before
 //!   `r + W`: the primary's last release happened before the backup's first one. `W - L` is
@@ -20,7 +21,6 @@
 //! does not), so a primary that resumes from a suspend sees its lease as expired. A process that
 //! was stopped (SIGSTOP) sees the time that passed, too.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 /// The timing of a pair: the heartbeat interval and the dead timeout, and the spans that
@@ -79,121 +79,6 @@ pub fn now_ns() -> u64 {
         .saturating_add(ts.tv_nsec as u64)
 }
 
-/// The primary's lease: the time (on `now_ns`) until which the backup cannot have gone live.
-#[derive(Debug)]
-pub struct Lease {
-    until: AtomicU64,
-    span: u64,
-}
-
-fn nanos(d: Duration) -> u64 {
-    d.as_nanos().min(u64::MAX as u128) as u64
-}
-
-impl Lease {
-    /// A lease that lasts `span` after each echoed stamp; held by no echo yet.
-    pub fn new(span: Duration) -> Lease {
-        Lease {
-            until: AtomicU64::new(0),
-            span: nanos(span),
-        }
-    }
-
-    /// The backup echoed the stamp `stamp` (a `now_ns` of this side's, sent in a heartbeat).
-    pub fn renew(&self, stamp: u64) {
-        self.until
-            .fetch_max(stamp.saturating_add(self.span), Ordering::SeqCst);
-    }
-
-    /// Whether outputs may be released now.
-    pub fn holds(&self) -> bool {
-        self.holds_at(now_ns())
-    }
-
-    pub fn holds_at(&self, now: u64) -> bool {
-        now < self.until.load(Ordering::SeqCst)
-    }
-
-    /// Until when the lease holds (0: never renewed).
-    pub fn until(&self) -> u64 {
-        self.until.load(Ordering::SeqCst)
-    }
-}
-
-/// What a side knows of its peer: when it last heard from it, whether the link broke, whether
-/// this side cut its ties (fenced), and (on a backup) the newest primary stamp to echo.
-#[derive(Debug)]
-pub struct Peer {
-    last_heard: AtomicU64,
-    broken: AtomicBool,
-    fenced: AtomicBool,
-    echo: AtomicU64,
-}
-
-impl Default for Peer {
-    fn default() -> Peer {
-        Peer {
-            last_heard: AtomicU64::new(now_ns()),
-            broken: AtomicBool::new(false),
-            fenced: AtomicBool::new(false),
-            echo: AtomicU64::new(0),
-        }
-    }
-}
-
-impl Peer {
-    /// A message arrived from the peer (call on receipt, before acting on it).
-    pub fn heard(&self) {
-        self.last_heard.fetch_max(now_ns(), Ordering::SeqCst);
-    }
-
-    /// A message stamped `stamp` arrived from the primary: heard, and echoed from now on (in
-    /// that order, so that `last_heard` is never older than an echoed stamp's receipt).
-    pub fn heard_stamp(&self, stamp: u64) {
-        self.heard();
-        self.echo.fetch_max(stamp, Ordering::SeqCst);
-    }
-
-    /// The stamp to echo to the primary.
-    pub fn echo(&self) -> u64 {
-        self.echo.load(Ordering::SeqCst)
-    }
-
-    pub fn last_heard(&self) -> u64 {
-        self.last_heard.load(Ordering::SeqCst)
-    }
-
-    /// The link broke (a read or a write failed, or the peer closed it).
-    pub fn set_broken(&self) {
-        self.broken.store(true, Ordering::SeqCst);
-    }
-
-    pub fn broken(&self) -> bool {
-        self.broken.load(Ordering::SeqCst)
-    }
-
-    /// Whether the peer is to be taken for dead: the link broke, or nothing came for `dead`.
-    pub fn is_dead(&self, dead: Duration) -> bool {
-        self.broken() || now_ns().saturating_sub(self.last_heard()) > nanos(dead)
-    }
-
-    /// This side cuts every tie: from now on it sends nothing (no echo, no acknowledgement)
-    /// to the peer. Returns the instant (on `now_ns`) from which the peer can hold no lease
-    /// from this side any more: `wait` ([`Timing::fence_wait`]) after the last message heard.
-    /// A backup waits for it before it goes live (it is in the past when silence was the
-    /// reason). The caller must hold the lock its sends take, so no send is under way.
-    pub fn fence(&self, wait: Duration) -> u64 {
-        self.fenced.store(true, Ordering::SeqCst);
-        // Read after the fence is up: every echo sent before it carried a stamp received no
-        // later than this.
-        self.last_heard().saturating_add(nanos(wait))
-    }
-
-    pub fn fenced(&self) -> bool {
-        self.fenced.load(Ordering::SeqCst)
-    }
-}
-
 /// Sleep until `now_ns() >= at`.
 pub fn sleep_until(at: u64) {
     loop {
@@ -232,49 +117,9 @@ mod tests {
     }
 
     #[test]
-    fn a_lease_lasts_its_span_after_the_stamp_echoed() {
-        let l = Lease::new(L);
-        assert!(!l.holds_at(1), "no echo, no lease");
-        l.renew(1_000_000_000);
-        assert!(l.holds_at(1_000_000_000));
-        assert!(l.holds_at(1_019_999_999));
-        assert!(!l.holds_at(1_020_000_000));
-        // An older echo (a late, buffered heartbeat) never shortens or extends it.
-        l.renew(900_000_000);
-        assert_eq!(l.until(), 1_020_000_000);
-        l.renew(1_010_000_000);
-        assert_eq!(l.until(), 1_030_000_000);
-    }
-
-    #[test]
-    fn a_lease_always_ends_before_a_fenced_backup_may_go_live() {
-        // The backup receives the stamp at r >= stamp, fences, and goes live at
-        // r + fence_wait at the earliest; the lease from that stamp has ended by then.
-        let t = Timing::new(Duration::from_millis(10), D);
-        let l = Lease::new(t.lease());
-        let p = Peer::default();
-        for stamp in [now_ns(), now_ns() - 5_000_000] {
-            p.heard_stamp(stamp);
-            l.renew(p.echo());
-            let earliest_live = p.fence(t.fence_wait());
-            assert!(!l.holds_at(earliest_live));
-            assert!(l.until() < earliest_live);
-        }
-    }
-
-    #[test]
-    fn fencing_waits_out_the_last_message_heard() {
-        let p = Peer::default();
-        p.heard_stamp(42);
-        assert_eq!(p.echo(), 42);
-        assert!(!p.is_dead(D));
-        let free_at = p.fence(L);
-        assert!(p.fenced());
-        assert!(free_at >= p.last_heard() + L.as_nanos() as u64);
-        assert!(free_at > now_ns(), "heard just now: the backup must wait");
-        sleep_until(free_at);
-        assert!(now_ns() >= free_at);
-        p.set_broken();
-        assert!(p.is_dead(D));
+    fn sleep_until_waits_for_the_instant() {
+        let at = now_ns() + 3_000_000;
+        sleep_until(at);
+        assert!(now_ns() >= at);
     }
 }

@@ -1,12 +1,84 @@
-//! Primary/backup plumbing: an authenticated, encrypted message channel over TCP (Noise), the
-//! arbiter that decides which side may go live, and the failure-detection and lease rules that
-//! keep at most one side releasing outputs.
+//! Primary/backup replication of a deterministic machine.
+//!
+//! - the roles: [`primary`] (attach a backup, output commit, heartbeats, re-protection) and
+//!   [`backup`] (receive the state, follow the log in lockstep, fail over, protect again);
+//! - [`channel`]: the message channel over TCP, encrypted and authenticated with Noise, and
+//!   [`wire`], its messages as bytes (no socket);
+//! - [`arbiter`]: what decides which side may go live, per generation;
+//! - [`protocol`]: each side's state and rules (failure detection, the lease, fencing) as
+//!   state machines with no I/O and no clock of their own, shared by the real pair and the
+//!   seeded simulation test;
+//! - [`lease`]: the timing of those rules and why they keep at most one side releasing
+//!   outputs.
+//!
+//! The run loop itself is `ftvm_runner::live`; the roles plug into it through its `Link` and
+//! `Protect` traits.
 
 pub mod arbiter;
+pub mod backup;
 pub mod channel;
 pub mod lease;
+mod link;
+pub mod primary;
+pub mod protocol;
+pub mod transport;
 pub mod wire;
+
+use std::path::PathBuf;
 
 pub use arbiter::{Arbiter, ArbiterError};
 pub use channel::{Channel, ChannelError, Hello, Msg, Psk, Role};
-pub use lease::{Lease, Peer, Timing};
+pub use lease::Timing;
+use thiserror::Error;
+
+/// How a pair runs (both sides are given the same).
+#[derive(Clone)]
+pub struct PairConfig {
+    pub psk: Psk,
+    pub arbiter: Arbiter,
+    pub timing: Timing,
+    /// A state digest in the log every this many instructions.
+    pub digest_every: u64,
+    /// Epoch delivery (inputs only at multiples of this count), or precise.
+    pub epoch: Option<u64>,
+    /// How far (guest milliseconds) the backup's replay may trail before the guest waits.
+    pub max_lag_ms: u64,
+    /// Where this side reports its role, lag and protection.
+    pub status_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Error)]
+pub enum PairError {
+    #[error(transparent)]
+    Channel(#[from] ChannelError),
+    #[error(transparent)]
+    Arbiter(#[from] ArbiterError),
+    #[error("the replication log: {0}")]
+    Log(#[from] ftvm_log::LogError),
+    #[error(transparent)]
+    Run(#[from] ftvm_runner::RunError),
+    #[error("following the primary: {0}")]
+    Follow(#[from] ftvm_runner::FollowError),
+    #[error(transparent)]
+    Devices(#[from] ftvm_runner::devices::DeviceError),
+    #[error("the primary's state: {0}")]
+    State(#[from] ftvm_machine::MachineError),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    /// The peer, or the pair's configuration, broke the protocol.
+    #[error("{0}")]
+    Protocol(String),
+    /// This side lost the arbiter and stops.
+    #[error("{0}")]
+    Lost(String),
+}
+
+impl PairError {
+    pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> PairError {
+        let what = what.into();
+        move |source| PairError::Io { what, source }
+    }
+}

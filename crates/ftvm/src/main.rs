@@ -1,25 +1,20 @@
-//! The ftvm command line.
+//! The ftvm command line: parses arguments and wires the libraries together.
 
-mod console;
-mod pair;
 mod replay;
 
-use std::collections::{HashMap, VecDeque};
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::mpsc::{self, Sender};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use ftvm_host::disk::Disk;
-use ftvm_host::tap::Tap;
-use ftvm_host::{DetEntropy, HostEvent};
 use ftvm_log::{LogWriter, Record};
-use ftvm_machine::board::TIMEBASE_HZ;
-use ftvm_machine::{DeviceOutput, DeviceSpec, Input, Machine, Output, PowerEvent, RunExit};
-
-use console::Console;
+use ftvm_machine::Machine;
+use ftvm_replication::{backup, primary, Arbiter, PairConfig, Psk};
+use ftvm_runner::status::field;
+use ftvm_runner::{Backends, Devices, Ended, Event, Feeder, Gate, NetSpec, Options};
 
 #[derive(Parser)]
 #[command(
@@ -129,27 +124,6 @@ impl PairArgs {
 
 /// A gratuitous ARP for the guest's address (`ftvm.ip=` on its command line) from the MAC of
 /// the network device in `slot`.
-fn emit_frame_arp(a: &RunArgs, slot: usize) -> Option<Vec<u8>> {
-    let net = a.net.get(slot.checked_sub(a.disk.len())?)?;
-    let ip = a
-        .append
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("ftvm.ip="))?
-        .split(['/', ','])
-        .next()?
-        .parse::<std::net::Ipv4Addr>()
-        .ok()?
-        .octets();
-    let mut f = vec![0xff; 6];
-    f.extend_from_slice(&net.mac);
-    f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
-    f.extend_from_slice(&net.mac);
-    f.extend_from_slice(&ip);
-    f.extend_from_slice(&[0; 6]);
-    f.extend_from_slice(&ip);
-    f.resize(60, 0);
-    Some(f)
-}
 
 #[derive(clap::Args)]
 struct RecordArgs {
@@ -296,14 +270,14 @@ fn main() -> ExitCode {
         Some(Cmd::Run(args)) => run(args, None),
         Some(Cmd::Record(r)) => run(r.run, Some((r.log, r.digest_every.max(1)))),
         Some(Cmd::Replay(r)) => replay::replay(r),
-        Some(Cmd::Primary { listen, pair, run }) => pair::primary(&listen, pair, run),
+        Some(Cmd::Primary { listen, pair, run }) => run_primary(&listen, pair, run),
         Some(Cmd::Backup {
             primary,
             listen,
             pair,
             run,
-        }) => pair::backup(&primary, listen.as_deref(), pair, run),
-        Some(Cmd::Status { files }) => pair::status(&files),
+        }) => run_backup(&primary, listen.as_deref(), pair, run),
+        Some(Cmd::Status { files }) => status(&files),
         None => run(
             RunArgs {
                 append: "console=ttyS0 earlycon".into(),
@@ -316,7 +290,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            console::restore_terminal();
+            ftvm_host::console::restore_terminal();
             eprintln!("ftvm: error: {e:#}");
             ExitCode::from(1)
         }
@@ -342,62 +316,9 @@ fn read(path: &Path, what: &str) -> Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("cannot read {what} {}", path.display()))
 }
 
-/// The live backends of a machine's devices, by virtio slot.
-#[derive(Default)]
-pub(crate) struct Backends {
-    pub disks: HashMap<usize, Disk>,
-    pub taps: HashMap<usize, Tap>,
-}
-
 /// 2026-01-01T00:00:00Z: where the RTC starts under the virtual clock.
 const VIRTUAL_EPOCH_NS: u64 = 1_767_225_600 * 1_000_000_000;
-
-/// Open the live backends of the run options' devices: disks then networks, in slot order.
-pub(crate) fn open_backends(a: &RunArgs, events: &Sender<HostEvent>) -> Result<Backends> {
-    let mut b = Backends {
-        taps: open_taps(a, events)?,
-        ..Default::default()
-    };
-    open_disks(a, events, &mut b)?;
-    Ok(b)
-}
-
-/// Open the disks of the run options into `b`.
-pub(crate) fn open_disks(a: &RunArgs, events: &Sender<HostEvent>, b: &mut Backends) -> Result<()> {
-    for (slot, path) in a.disk.iter().enumerate() {
-        b.disks
-            .insert(slot, Disk::open(path, slot, events.clone())?);
-    }
-    Ok(())
-}
-
-/// Open the TAP devices of the run options, by slot.
-pub(crate) fn open_taps(a: &RunArgs, events: &Sender<HostEvent>) -> Result<HashMap<usize, Tap>> {
-    let mut taps = HashMap::new();
-    for (i, net) in a.net.iter().enumerate() {
-        let slot = a.disk.len() + i;
-        taps.insert(slot, Tap::open(&net.tap, slot, events.clone())?);
-    }
-    Ok(taps)
-}
-
-/// The virtio devices that the run options give, in slot order: the disks (of `disk_sizes`
-/// bytes), the networks, then the entropy source.
-pub(crate) fn expected_devices(a: &RunArgs, disk_sizes: &[u64]) -> Vec<DeviceSpec> {
-    let mut devices: Vec<DeviceSpec> = disk_sizes
-        .iter()
-        .enumerate()
-        .map(|(n, &bytes)| DeviceSpec::Disk {
-            bytes,
-            serial: format!("ftvm-disk{n}"),
-        })
-        .collect();
-    devices.extend(a.net.iter().map(|n| DeviceSpec::Net { mac: n.mac }));
-    devices.push(DeviceSpec::Rng);
-    devices
-}
-
-fn build_machine(a: &RunArgs, events: &Sender<HostEvent>) -> Result<(Machine, Backends)> {
+fn build_machine(a: &RunArgs, events: &Sender<Event>) -> Result<(Machine, Backends)> {
     let mut backends = Backends::default();
     if let Some(snap) = &a.restore {
         let bytes = read(snap, "snapshot")?;
@@ -434,11 +355,11 @@ fn build_machine(a: &RunArgs, events: &Sender<HostEvent>) -> Result<(Machine, Ba
     };
     let k = read(&kernel, "kernel")?;
     let i = initrd.as_deref().map(|p| read(p, "initrd")).transpose()?;
-    backends = open_backends(a, events)?;
+    backends = devices_of(a).open_backends(events)?;
     let sizes: Vec<u64> = (0..a.disk.len())
         .map(|s| backends.disks[&s].bytes)
         .collect();
-    let devices = expected_devices(a, &sizes);
+    let devices = devices_of(a).expected(&sizes);
     let rtc = match a.clock {
         ClockMode::Host => ftvm_host::wall_clock_ns(),
         ClockMode::Virtual => VIRTUAL_EPOCH_NS,
@@ -448,205 +369,74 @@ fn build_machine(a: &RunArgs, events: &Sender<HostEvent>) -> Result<(Machine, Ba
     Ok((m, backends))
 }
 
-/// Steps between looks at the host (I/O, the clock): 5 ms of guest time.
-const CHUNK: u64 = 500_000;
-/// Steps between looks while protected by a backup: 0.1 ms of guest time.
-const HELD_CHUNK: u64 = 10_000;
-/// Longest real-time wait while the guest is idle, before looking again.
-const MAX_IDLE_WAIT: Duration = Duration::from_millis(50);
-const NANOS_PER_TICK: u64 = 1_000_000_000 / TIMEBASE_HZ;
-/// Fixed seed of the entropy stream under the virtual clock.
-const VIRTUAL_ENTROPY_SEED: u64 = 0x6674_766d_2026;
-
-/// Host events not yet handed to the machine.
-#[derive(Default)]
-struct Pending {
-    console: VecDeque<u8>,
-    frames: HashMap<usize, VecDeque<Vec<u8>>>,
-    disk_done: VecDeque<HostEvent>,
-    console_open: bool,
-    quit: bool,
-    disk_in_flight: usize,
-}
-
-impl Pending {
-    fn take(&mut self, ev: HostEvent) {
-        match ev {
-            HostEvent::Console(d) => self.console.extend(d),
-            HostEvent::ConsoleEof => self.console_open = false,
-            HostEvent::Quit => self.quit = true,
-            HostEvent::Wake => {}
-            HostEvent::Frame { slot, frame } => {
-                let q = self.frames.entry(slot).or_default();
-                // A NIC's receive queue is finite: beyond it, frames are dropped.
-                if q.len() < 1024 {
-                    q.push_back(frame);
-                }
-            }
-            e @ HostEvent::DiskDone { .. } => self.disk_done.push_back(e),
-        }
-    }
-
-    /// Hand the machine the disk completions that arrived.
-    fn deliver_disk_done(&mut self, m: &mut Machine, feed: &mut Feeder) -> Result<()> {
-        while let Some(HostEvent::DiskDone { slot, id, ok, data }) = self.disk_done.pop_front() {
-            self.disk_in_flight -= 1;
-            feed.feed(m, Input::DiskDone { slot, id, ok, data })?;
-        }
-        Ok(())
-    }
-
-    /// Complete every disk request in flight, without running the guest.
-    fn drain_disks(
-        &mut self,
-        m: &mut Machine,
-        events: &mpsc::Receiver<HostEvent>,
-        feed: &mut Feeder,
-        backends: &Backends,
-        con: &mut Console,
-    ) -> Result<()> {
-        loop {
-            self.deliver_disk_done(m, feed)?;
-            // A completion may let the device start the next queued request.
-            for out in m.take_outputs() {
-                match out {
-                    Output::Device(DeviceOutput::Disk(req)) => {
-                        if let Some(d) = backends.disks.get(&req.slot) {
-                            self.disk_in_flight += 1;
-                            d.submit(req);
-                        }
-                    }
-                    out => emit(out, con, backends),
-                }
-            }
-            if self.disk_in_flight == 0 {
-                return Ok(());
-            }
-            match events.recv_timeout(Duration::from_secs(30)) {
-                Ok(ev) => self.take(ev),
-                Err(_) => bail!("a disk request did not complete within 30 s"),
-            }
-        }
-    }
-
-    /// Whether anything may still arrive from outside.
-    fn input_possible(&self, b: &Backends) -> bool {
-        self.console_open
-            || !self.console.is_empty()
-            || !b.taps.is_empty()
-            || self.disk_in_flight > 0
-    }
-}
-
-/// Applies inputs to the machine, writing each to the log first when recording (to a file) or
-/// when primary (to the backup).
-pub(crate) struct Feeder {
-    pub log: Option<LogWriter<Box<dyn std::io::Write>>>,
-    pub digest_every: u64,
-    pub next_digest: u64,
-    /// Epoch delivery: inputs take effect only at multiples of this count (or while the guest
-    /// is idle, when the count does not move). None: precise delivery, at once.
-    pub epoch: Option<u64>,
-    /// Inputs applied so far.
-    pub fed: u64,
-}
-
-/// Output commit: what the guest sends out waits until the backup holds the log that produced
-/// it. With no backup (or unprotected), outputs leave at once.
-pub(crate) struct Gate {
-    pub link: Option<pair::PrimaryLink>,
-    /// Where new backups come from (a primary, or a backup gone live with --listen).
-    pub protect: Option<pair::Protector>,
-    /// A backup that connected while another protected the guest: it attaches next.
-    standby: Option<(ftvm_replication::Channel, ftvm_replication::Channel)>,
-    /// Outputs waiting for the backup: the count that produced each, and since when it waits.
-    held: VecDeque<(u64, Instant, Output)>,
-    /// How long released outputs waited for the backup's acknowledgement.
-    pub hold_times: pair::HoldTimes,
-    /// Where this side reports its role and lag (`ftvm status`).
-    pub status: Option<pair::StatusFile>,
-}
-
-impl Gate {
-    pub fn open() -> Gate {
-        Gate {
-            link: None,
-            protect: None,
-            standby: None,
-            held: VecDeque::new(),
-            hold_times: pair::HoldTimes::default(),
-            status: None,
+impl RunArgs {
+    fn options(&self) -> Options {
+        Options {
+            stop_at: self.stop_at.unwrap_or(u64::MAX),
+            clock: match self.clock {
+                ClockMode::Host => ftvm_runner::ClockMode::Host,
+                ClockMode::Virtual => ftvm_runner::ClockMode::Virtual,
+            },
+            capture: None,
         }
     }
 }
 
-fn emit(out: Output, con: &mut Console, backends: &Backends) {
-    match out {
-        Output::Console(bytes) => con.write_output(&bytes),
-        Output::Device(DeviceOutput::Frame { slot, frame }) => {
-            if let Some(t) = backends.taps.get(&slot) {
-                t.send(&frame);
-            }
-        }
-        Output::Device(DeviceOutput::Disk(_)) => {}
+/// The devices the run options give, with the guest's address from `ftvm.ip=` on its command
+/// line (for the gratuitous ARP after a takeover).
+fn devices_of(a: &RunArgs) -> Devices {
+    let guest_ip = a
+        .append
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("ftvm.ip="))
+        .and_then(|v| v.split(['/', ',']).next())
+        .and_then(|ip| ip.parse::<Ipv4Addr>().ok());
+    Devices {
+        disks: a.disk.clone(),
+        nets: a
+            .net
+            .iter()
+            .map(|n| NetSpec {
+                tap: n.tap.clone(),
+                mac: n.mac,
+            })
+            .collect(),
+        guest_ip,
+        bare_metal: a.elf.is_some(),
     }
 }
 
-/// Send out the held outputs the backup has acknowledged (up to count `acked`), noting how
-/// long each waited, while the link's lease holds (checked before each output is written: the
-/// backup cannot have gone live).
-fn release_acked(
-    held: &mut VecDeque<(u64, Instant, Output)>,
-    hold_times: &mut pair::HoldTimes,
-    link: &pair::PrimaryLink,
-    acked: u64,
-    con: &mut Console,
-    backends: &Backends,
-) {
-    while held.front().is_some_and(|(c, _, _)| *c <= acked) && link.may_release() {
-        let (c, since, out) = held.pop_front().expect("not empty");
-        link.released(c);
-        hold_times.record(since.elapsed());
-        emit(out, con, backends);
-    }
-}
-
-impl Feeder {
-    fn feed(&mut self, m: &mut Machine, input: Input) -> Result<()> {
-        if let Some(log) = &mut self.log {
-            log.input(m.count(), &input)?;
-        }
-        self.fed += 1;
-        m.apply(input);
-        Ok(())
-    }
+fn pair_config(p: &PairArgs) -> Result<PairConfig> {
+    Ok(PairConfig {
+        psk: Psk::from_file(&p.psk)?,
+        arbiter: Arbiter::parse(&p.arbiter)?,
+        timing: p.timing(),
+        digest_every: p.digest_every.max(1),
+        epoch: p.epoch(),
+        max_lag_ms: p.max_lag_ms,
+        status_file: p.status_file.clone(),
+    })
 }
 
 fn run(a: RunArgs, record: Option<(PathBuf, u64)>) -> Result<u8> {
-    let (events_tx, events) = mpsc::channel::<HostEvent>();
+    let (events_tx, events) = mpsc::channel::<Event>();
     let (m, backends) = build_machine(&a, &events_tx)?;
-    let mut feed = Feeder {
-        log: None,
-        digest_every: u64::MAX,
-        next_digest: u64::MAX,
-        epoch: None,
-        fed: 0,
+    let feed = match &record {
+        Some((path, every)) => {
+            let header = Record::Header {
+                count: m.count(),
+                snapshot: m.save(),
+                digest_every: *every,
+            };
+            let file = std::fs::File::create(path)
+                .with_context(|| format!("cannot write log {}", path.display()))?;
+            let out: Box<dyn std::io::Write> = Box::new(std::io::BufWriter::new(file));
+            Feeder::logged(LogWriter::new(out, header)?, *every, m.count(), None)
+        }
+        None => Feeder::new(None),
     };
-    if let Some((path, every)) = &record {
-        let header = Record::Header {
-            count: m.count(),
-            snapshot: m.save(),
-            digest_every: *every,
-        };
-        let file = std::fs::File::create(path)
-            .with_context(|| format!("cannot write log {}", path.display()))?;
-        let out: Box<dyn std::io::Write> = Box::new(std::io::BufWriter::new(file));
-        feed.log = Some(LogWriter::new(out, header)?);
-        feed.digest_every = *every;
-        feed.next_digest = m.count().saturating_add(*every);
-    }
-    live(
-        &a,
+    let ended = ftvm_runner::live(
+        &a.options(),
         m,
         backends,
         events_tx,
@@ -654,381 +444,15 @@ fn run(a: RunArgs, record: Option<(PathBuf, u64)>) -> Result<u8> {
         feed,
         Gate::open(),
         Vec::new(),
-    )
+    )?;
+    finish(&a, ended)
 }
 
-/// The live loop: run the machine, feed it the host's events through the boundary, send its
-/// outputs out (through the gate). `resubmit` are disk requests to serve before anything else.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn live(
-    a: &RunArgs,
-    mut m: Machine,
-    backends: Backends,
-    events_tx: Sender<HostEvent>,
-    events: mpsc::Receiver<HostEvent>,
-    mut feed: Feeder,
-    mut gate: Gate,
-    resubmit: Vec<ftvm_machine::DiskRequest>,
-) -> Result<u8> {
-    let stop_at = a.stop_at.unwrap_or(u64::MAX);
-    if stop_at < m.count() {
-        bail!(
-            "--stop-at {stop_at} is before the snapshot's instruction count {}",
-            m.count()
-        );
-    }
-    let virtual_clock = a.clock == ClockMode::Virtual;
-    let mut con = Console::start(events_tx.clone())?;
-    drop(events_tx);
-    let mut pending = Pending {
-        console_open: true,
-        ..Default::default()
-    };
-    for req in resubmit {
-        if let Some(d) = backends.disks.get(&req.slot) {
-            pending.disk_in_flight += 1;
-            d.submit(req);
-        }
-    }
-    let started = Instant::now();
-    // Under the host clock, machine time may not fall behind the host's.
-    let start_ticks = m.board.mtime(m.count());
-    // Where the log was last pushed out to the backup.
-    let mut last_mark = m.count();
-    let code = loop {
-        let fed_before = feed.fed;
-        let next_epoch = feed
-            .epoch
-            .map_or(u64::MAX, |e| (m.count() / e + 1).saturating_mul(e));
-        let exit = if gate
-            .link
-            .as_ref()
-            .is_some_and(|l| l.too_far_ahead(m.count()))
-        {
-            // The backup's replay trails too far: wait for it (and look at the host meanwhile),
-            // once the log up to here is out so that it can catch up.
-            if last_mark < m.count() {
-                if let Some(log) = &mut feed.log {
-                    log.mark(m.count())?;
-                }
-                last_mark = m.count();
-            }
-            if let Ok(ev) = events.recv_timeout(Duration::from_millis(1)) {
-                pending.take(ev);
-            }
-            RunExit::Yield
-        } else {
-            // While protected, look at the host more often: outputs wait for the backup's
-            // acknowledgement, and input must reach the backup's log soon after it arrives (a
-            // frame that waited out a whole chunk here would die with the primary).
-            let chunk = if gate.held.is_empty() && gate.link.is_none() {
-                CHUNK
-            } else {
-                HELD_CHUNK
-            };
-            m.run(stop_at.min(feed.next_digest).min(next_epoch), chunk)
-        };
-        let was_idle = matches!(exit, RunExit::Idle { .. });
-        let count = m.count();
-        let mut held_new = false;
-        for out in m.take_outputs() {
-            match out {
-                Output::Device(DeviceOutput::Disk(req)) => {
-                    if let Some(d) = backends.disks.get(&req.slot) {
-                        pending.disk_in_flight += 1;
-                        d.submit(req);
-                    }
-                }
-                out if gate.link.is_some() => {
-                    gate.held.push_back((count, Instant::now(), out));
-                    held_new = true;
-                }
-                out => emit(out, &mut con, &backends),
-            }
-        }
-        if held_new {
-            if let Some(log) = &mut feed.log {
-                log.mark(count)?;
-            }
-            last_mark = count;
-        }
-        if let Some(st) = &mut gate.status {
-            let (role, peer) = match &gate.link {
-                Some(l) => ("primary", Some(l.acked())),
-                None => ("live", None),
-            };
-            st.update(role, m.count(), peer);
-        }
-        if let Some(p) = &gate.protect {
-            // One backup may wait while another protects the guest; it attaches when that one
-            // is gone. More are refused.
-            while let Some(backup) = p.waiting() {
-                if gate.standby.is_none() {
-                    gate.standby = Some(backup);
-                } else {
-                    eprintln!("\r\nftvm: refused a backup: another one already waits\r");
-                    backup.0.shutdown();
-                }
-            }
-        }
-        if let Some(backup) = gate.standby.take_if(|_| gate.link.is_none()) {
-            // Bring the new backup up to date: no disk request may be in flight while the
-            // guest's state and the disks are copied.
-            let t0 = Instant::now();
-            pending.drain_disks(&mut m, &events, &mut feed, &backends, &mut con)?;
-            let protect = gate
-                .protect
-                .as_mut()
-                .expect("a waiting backup has a protector");
-            match protect.attach(&m, backup) {
-                Ok((link, log)) => {
-                    feed.log = Some(log);
-                    feed.digest_every = protect.digest_every;
-                    feed.next_digest = m.count().saturating_add(feed.digest_every);
-                    gate.link = Some(link);
-                    eprintln!(
-                        "\r\nftvm: protected again; the guest paused {} ms\r",
-                        t0.elapsed().as_millis()
-                    );
-                }
-                Err(e) => eprintln!("\r\nftvm: a backup could not attach: {e:#}\r"),
-            }
-        }
-        if let Some(link) = &mut gate.link {
-            match link.check()? {
-                pair::LinkState::Protected(acked) => release_acked(
-                    &mut gate.held,
-                    &mut gate.hold_times,
-                    link,
-                    acked,
-                    &mut con,
-                    &backends,
-                ),
-                pair::LinkState::Unprotected => {
-                    eprintln!("\r\nftvm: the backup is gone; running on unprotected\r");
-                    for (_, _, out) in gate.held.drain(..) {
-                        emit(out, &mut con, &backends);
-                    }
-                    gate.link = None;
-                    feed.log = None;
-                }
-            }
-        }
-        match exit {
-            RunExit::Yield | RunExit::Output => {}
-            RunExit::StopAt
-                if m.count() == next_epoch && m.count() < stop_at.min(feed.next_digest) => {}
-            RunExit::StopAt if m.count() == feed.next_digest => {
-                let digest = *m.digest().as_bytes();
-                let count = m.count();
-                if let Some(log) = &mut feed.log {
-                    log.record(Record::Digest { count, digest })?;
-                }
-                feed.next_digest = count.saturating_add(feed.digest_every);
-                if count >= stop_at {
-                    break 0;
-                }
-            }
-            RunExit::StopAt => break 0,
-            RunExit::Power(PowerEvent::Off(c) | PowerEvent::Reset(c)) => break c.min(255) as u8,
-            RunExit::ToHost(v) => {
-                if v & 1 == 0 {
-                    bail!("unsupported HTIF request {v:#x} written to tohost");
-                }
-                break (v >> 1).min(255) as u8;
-            }
-            RunExit::Idle { ticks } => {
-                let something_pending = !pending.disk_done.is_empty()
-                    || pending
-                        .frames
-                        .iter()
-                        .any(|(&slot, q)| !q.is_empty() && m.net_ready(slot))
-                    || (!pending.console.is_empty() && m.console_ready());
-                if something_pending {
-                    // Inputs are waiting: deliver them below, no time passes.
-                } else if virtual_clock && pending.disk_in_flight == 0 && ticks.is_some() {
-                    // Idle time is skipped at once.
-                    feed.feed(
-                        &mut m,
-                        Input::Time {
-                            ticks: ticks.unwrap_or(0),
-                        },
-                    )?;
-                } else if pending.input_possible(&backends) || ticks.is_some() {
-                    // Wait in real time for input or the next timer; the time waited passes
-                    // in the machine (under the virtual clock only while disk I/O is pending).
-                    let wait = ticks.map_or(MAX_IDLE_WAIT, |t| {
-                        Duration::from_nanos(t.saturating_mul(NANOS_PER_TICK)).min(MAX_IDLE_WAIT)
-                    });
-                    let t0 = Instant::now();
-                    if let Ok(ev) = events.recv_timeout(wait) {
-                        pending.take(ev);
-                    }
-                    if !virtual_clock {
-                        let passed = (t0.elapsed().as_nanos() / NANOS_PER_TICK as u128) as u64;
-                        let ticks = ticks.map_or(passed, |t| passed.min(t));
-                        feed.feed(&mut m, Input::Time { ticks })?;
-                    }
-                } else {
-                    bail!("the guest is idle with no timer armed and no input to come: it would wait forever");
-                }
-            }
-        }
-        // Gather what the host has, then hand the machine what it can take now.
-        while let Ok(ev) = events.try_recv() {
-            pending.take(ev);
-        }
-        if virtual_clock {
-            // Reproducible runs complete each disk request before the guest goes on.
-            while pending.disk_in_flight > pending.disk_done.len() {
-                match events.recv() {
-                    Ok(ev) => pending.take(ev),
-                    Err(_) => bail!("a disk worker stopped"),
-                }
-            }
-        }
-        if pending.quit {
-            eprintln!("\r\nftvm: quit at instruction {}\r", m.count());
-            break 0;
-        }
-        let deliver = feed
-            .epoch
-            .is_none_or(|e| was_idle || m.count().is_multiple_of(e));
-        if !deliver {
-            continue;
-        }
-        pending.deliver_disk_done(&mut m, &mut feed)?;
-        let fed_outside = feed.fed;
-        for (&slot, q) in pending.frames.iter_mut() {
-            while !q.is_empty() && m.net_ready(slot) {
-                let frame = q.pop_front().expect("not empty");
-                feed.feed(&mut m, Input::Frame { slot, frame })?;
-            }
-        }
-        while !pending.console.is_empty() && m.console_ready() {
-            let b = pending.console.pop_front().expect("not empty");
-            feed.feed(&mut m, Input::Console(b))?;
-        }
-        if feed.fed != fed_outside && gate.link.is_some() {
-            // What came from the network (or the console) goes to the backup at once: a
-            // request the guest took in survives a failover from now on, and its client need
-            // not wait for its TCP retransmission timeout.
-            if let Some(log) = &mut feed.log {
-                log.flush()?;
-            }
-        }
-        if let Some((slot, n)) = m.entropy_wanted() {
-            let bytes = if virtual_clock {
-                // A function of the count alone, so a run resumed from a snapshot gets the
-                // same bytes as an uninterrupted one.
-                DetEntropy::new(
-                    VIRTUAL_ENTROPY_SEED ^ m.count().wrapping_mul(0x9e37_79b9_7f4a_7c15),
-                )
-                .bytes(n)
-            } else {
-                ftvm_host::host_entropy(n).context("cannot read host entropy")?
-            };
-            feed.feed(&mut m, Input::Entropy { slot, bytes })?;
-        }
-        if !virtual_clock {
-            let host = start_ticks + (started.elapsed().as_nanos() / NANOS_PER_TICK as u128) as u64;
-            let guest = m.board.mtime(m.count());
-            if host > guest + TIMEBASE_HZ / 100 {
-                feed.feed(
-                    &mut m,
-                    Input::Time {
-                        ticks: host - guest,
-                    },
-                )?;
-            }
-        }
-        if was_idle && feed.fed == fed_before {
-            // An idle guest leaves its WFI only through an input, so that a replay, which
-            // runs to the next input, finds it exactly where this run did.
-            feed.feed(&mut m, Input::Time { ticks: 0 })?;
-        }
-    };
-    // What the guest sent last still waits for the backup (a short while at most).
-    let count = m.count();
-    for out in m.take_outputs() {
-        match out {
-            Output::Console(_) if gate.link.is_some() => {
-                gate.held.push_back((count, Instant::now(), out))
-            }
-            Output::Console(bytes) => con.write_output(&bytes),
-            _ => {}
-        }
-    }
-    if let (Some(link), Some(log)) = (&mut gate.link, &mut feed.log) {
-        log.mark(m.count())?;
-        let t0 = Instant::now();
-        while !gate.held.is_empty() && t0.elapsed() < Duration::from_secs(5) {
-            match link.check()? {
-                pair::LinkState::Protected(acked) => release_acked(
-                    &mut gate.held,
-                    &mut gate.hold_times,
-                    link,
-                    acked,
-                    &mut con,
-                    &backends,
-                ),
-                pair::LinkState::Unprotected => {
-                    eprintln!("\r\nftvm: the backup is gone; running on unprotected\r");
-                    gate.link = None;
-                    break;
-                }
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
-    if gate.link.is_some() {
-        if !gate.held.is_empty() {
-            // Never acknowledged under a lease: the backup, if it goes live, sends them.
-            eprintln!(
-                "\r\nftvm: {} outputs were never acknowledged by the backup; dropped\r",
-                gate.held.len()
-            );
-        }
-        gate.held.clear();
-    }
-    for (_, _, out) in gate.held.drain(..) {
-        emit(out, &mut con, &backends);
-    }
-    drop(con);
-    let secs = started.elapsed().as_secs_f64();
-    tracing::info!(
-        instructions = m.count(),
-        seconds = secs,
-        mips = m.count() as f64 / secs / 1e6,
-        "run ended"
-    );
-    let digest = m.digest();
-    if let Some(log) = &mut feed.log {
-        log.record(Record::End {
-            count: m.count(),
-            digest: *digest.as_bytes(),
-            code: code as u32,
-        })?;
-        eprintln!(
-            "ftvm: logged {} instructions, {} events, {} bytes of log in {:.1} s",
-            m.count(),
-            log.events,
-            log.bytes,
-            started.elapsed().as_secs_f64()
-        );
-    }
-    if let Some(summary) = gate.hold_times.summary() {
-        eprintln!("ftvm: outputs held for the backup: {summary}");
-    }
-    if let Some(link) = &gate.link {
-        // The backup stops once it has the End record; leaving earlier could lose the record
-        // (it may still be on its way) and make the backup take over a guest that stopped.
-        if !link.hung_up(Duration::from_secs(5)) {
-            eprintln!("ftvm: the backup did not confirm the end of the run");
-        }
-    }
+/// What every run does when its guest stops: print the digest, write the snapshot.
+fn finish(a: &RunArgs, ended: Ended) -> Result<u8> {
+    let m = ended.machine;
     if a.digest {
-        println!("digest {}", digest.to_hex());
+        println!("digest {}", m.digest().to_hex());
     }
     if let Some(path) = &a.snapshot_out {
         if m.has_host_devices() {
@@ -1039,5 +463,59 @@ pub(crate) fn live(
             .and_then(|_| std::fs::rename(&tmp, path))
             .with_context(|| format!("cannot write snapshot {}", path.display()))?;
     }
-    Ok(code)
+    Ok(ended.code)
+}
+
+fn run_primary(listen: &str, p: PairArgs, a: RunArgs) -> Result<u8> {
+    let cfg = pair_config(&p)?;
+    if cfg.arbiter.taken(0)? {
+        bail!(
+            "the arbiter {} was already won: a new pair needs a fresh arbiter",
+            p.arbiter
+        );
+    }
+    let devices = devices_of(&a);
+    let (events_tx, events) = mpsc::channel::<Event>();
+    let protect = primary::Protector::start(listen, &cfg, 0, &devices, events_tx.clone())?;
+    let (m, backends) = build_machine(&a, &events_tx)?;
+    eprintln!("ftvm: primary waiting for a backup on {listen}");
+    let ended = primary::run(
+        protect,
+        m,
+        backends,
+        &devices,
+        &cfg,
+        &a.options(),
+        events_tx,
+        events,
+    )?;
+    finish(&a, ended)
+}
+
+fn run_backup(primary_addr: &str, listen: Option<&str>, p: PairArgs, a: RunArgs) -> Result<u8> {
+    let cfg = pair_config(&p)?;
+    let ended = backup::run(primary_addr, listen, &devices_of(&a), &cfg, &a.options())?;
+    finish(&a, ended)
+}
+
+/// `ftvm status FILE...`
+fn status(files: &[PathBuf]) -> Result<u8> {
+    println!(
+        "{:<28} {:<10} {:>14} {:>10} {:>16} {:>10}",
+        "status file", "role", "instructions", "protected", "lag instructions", "lag ms"
+    );
+    for f in files {
+        let text = std::fs::read_to_string(f)
+            .with_context(|| format!("cannot read status file {}", f.display()))?;
+        println!(
+            "{:<28} {:<10} {:>14} {:>10} {:>16} {:>10}",
+            f.display().to_string(),
+            field(&text, "role"),
+            field(&text, "instructions"),
+            field(&text, "protected"),
+            field(&text, "lag_instructions"),
+            field(&text, "lag_ms")
+        );
+    }
+    Ok(0)
 }

@@ -7,7 +7,9 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use ftvm_log::{LogReader, Next, Record};
-use ftvm_machine::{DeviceOutput, Machine, Output, RunExit};
+use ftvm_machine::board::NANOS_PER_TICK;
+use ftvm_machine::{DeviceOutput, Machine, Output};
+use ftvm_runner::follow::{self, Applied, Sink};
 
 use crate::ReplayArgs;
 
@@ -45,54 +47,34 @@ impl Sinks {
         };
         Ok(Sinks { console, pcap })
     }
-
-    fn take(&mut self, m: &mut Machine) -> Result<()> {
-        for out in m.take_outputs() {
-            match out {
-                Output::Console(bytes) => {
-                    if let Some(c) = &mut self.console {
-                        c.write_all(&bytes)?;
-                    }
-                }
-                Output::Device(DeviceOutput::Frame { frame, .. }) => {
-                    if let Some(f) = &mut self.pcap {
-                        // Time stamps are the guest's: mtime in 100 ns ticks.
-                        let ns = m.board.mtime(m.count()) * 100;
-                        let mut h = Vec::with_capacity(16);
-                        h.extend_from_slice(&((ns / 1_000_000_000) as u32).to_le_bytes());
-                        h.extend_from_slice(&(((ns / 1000) % 1_000_000) as u32).to_le_bytes());
-                        h.extend_from_slice(&(frame.len() as u32).to_le_bytes());
-                        h.extend_from_slice(&(frame.len() as u32).to_le_bytes());
-                        f.write_all(&h)?;
-                        f.write_all(&frame)?;
-                    }
-                }
-                // Disk requests were served when the log was recorded: their results are in it.
-                Output::Device(DeviceOutput::Disk(_)) => {}
-            }
-        }
-        Ok(())
-    }
 }
 
-/// Run the machine to exactly `target`, as the recorded run did.
-fn run_to(m: &mut Machine, target: u64, sinks: &mut Sinks) -> Result<()> {
-    loop {
-        let exit = m.run(target, u64::MAX);
-        sinks.take(m)?;
-        match exit {
-            RunExit::StopAt => return Ok(()),
-            RunExit::Yield | RunExit::Output => {}
-            RunExit::Idle { .. } | RunExit::Power(_) | RunExit::ToHost(_) => {
-                if m.count() == target {
-                    return Ok(());
+impl Sink for Sinks {
+    fn output(&mut self, m: &Machine, _count: u64, out: Output) -> std::io::Result<()> {
+        match out {
+            Output::Console(bytes) => {
+                if let Some(c) = &mut self.console {
+                    c.write_all(&bytes)?;
                 }
-                bail!(
-                    "diverged at instruction {}: the machine stopped ({exit:?}) before the log's next record at {target}",
-                    m.count()
-                );
             }
+            Output::Device(DeviceOutput::Frame { frame, .. }) => {
+                if let Some(f) = &mut self.pcap {
+                    // Time stamps are the guest's.
+                    let ns = m.board.mtime(m.count()).saturating_mul(NANOS_PER_TICK);
+                    let len = u32::try_from(frame.len()).unwrap_or(u32::MAX);
+                    let mut h = Vec::with_capacity(16);
+                    h.extend_from_slice(&((ns / 1_000_000_000) as u32).to_le_bytes());
+                    h.extend_from_slice(&(((ns / 1000) % 1_000_000) as u32).to_le_bytes());
+                    h.extend_from_slice(&len.to_le_bytes());
+                    h.extend_from_slice(&len.to_le_bytes());
+                    f.write_all(&h)?;
+                    f.write_all(&frame)?;
+                }
+            }
+            // Disk requests were served when the log was recorded: their results are in it.
+            Output::Device(DeviceOutput::Disk(_)) => {}
         }
+        Ok(())
     }
 }
 
@@ -122,37 +104,20 @@ pub fn replay(a: ReplayArgs) -> Result<u8> {
         if r.count() > until {
             break;
         }
-        run_to(&mut m, r.count(), &mut sinks)?;
-        match r {
-            Record::Input { inputs, .. } => {
-                for i in inputs {
-                    events += 1;
-                    m.apply(i);
-                }
-            }
-            Record::Digest { count, digest } | Record::End { count, digest, .. } => {
-                let ours = m.digest();
-                if ours.as_bytes() != &digest {
-                    bail!(
-                        "diverged at instruction {count}: state digest {} differs from the recorded {}",
-                        ours.to_hex(),
-                        blake3::Hash::from(digest).to_hex()
-                    );
-                }
+        match follow::apply(&mut m, r, &mut sinks)? {
+            Applied::Inputs(n) => events += n as u64,
+            Applied::Digest => digests += 1,
+            Applied::End { .. } => {
                 digests += 1;
-                if matches!(r, Record::End { .. }) {
-                    ended = true;
-                    break;
-                }
+                ended = true;
+                break;
             }
-            Record::Mark { .. } => {}
-            Record::Header { .. } => bail!("a second header in the log"),
+            Applied::Mark => {}
         }
     }
     if until != u64::MAX && !ended && m.count() < until {
-        run_to(&mut m, until, &mut sinks)?;
+        follow::run_to(&mut m, until, &mut sinks)?;
     }
-    sinks.take(&mut m)?;
     if let Some(c) = &mut sinks.console {
         c.flush()?;
     }

@@ -121,8 +121,18 @@ fn record_replay_verify_and_detect() {
     assert_eq!(std::fs::read(&replay_console).unwrap(), console);
 
     // One flipped byte inside a frame: a clear error naming the frame.
+    // (The middle of the body of the frame 200 bytes before the end: a flip in a length field
+    // could instead make the log look cut short.)
     let mut bytes = std::fs::read(&log).unwrap();
-    let mid = bytes.len() - 200;
+    let near = bytes.len() - 200;
+    let mut at = 12;
+    let mid = loop {
+        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        if near < at + 8 + len {
+            break at + 4 + len / 2;
+        }
+        at += 8 + len;
+    };
     bytes[mid] ^= 0x01;
     let damaged = d.join("damaged.log");
     std::fs::write(&damaged, &bytes).unwrap();

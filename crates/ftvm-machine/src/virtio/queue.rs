@@ -84,27 +84,62 @@ pub struct Chain {
 }
 
 impl Chain {
-    /// The device-readable bytes, concatenated.
-    pub fn read_all(&self, ram: &GuestRam) -> Vec<u8> {
-        let mut v = Vec::new();
-        for b in &self.readable {
-            v.extend_from_slice(ram.read(b.addr, b.len as u64).unwrap_or(&[]));
-        }
-        v
+    /// Total length of the device-readable buffers. Nothing is read: a device checks this
+    /// against its limits before it copies anything.
+    pub fn readable_len(&self) -> u64 {
+        self.readable.iter().map(|b| b.len as u64).sum()
     }
-    pub fn writable_len(&self) -> usize {
-        self.writable.iter().map(|b| b.len as usize).sum()
+    /// Total length of the device-writable buffers.
+    pub fn writable_len(&self) -> u64 {
+        self.writable.iter().map(|b| b.len as u64).sum()
+    }
+    /// Copy the device-readable bytes from offset `skip` of the chain into `out`, as many as
+    /// fit; returns the bytes copied. The caller sizes `out`, so the copy is bounded by what
+    /// the device accepts, never by what the driver claims.
+    pub fn read_into(&self, ram: &GuestRam, mut skip: u64, out: &mut [u8]) -> usize {
+        let mut done = 0;
+        for b in &self.readable {
+            if done == out.len() {
+                break;
+            }
+            let len = b.len as u64;
+            if skip >= len {
+                skip -= len;
+                continue;
+            }
+            let n = (len - skip).min((out.len() - done) as u64);
+            let Some(src) = ram.read(b.addr + skip, n) else {
+                break;
+            };
+            out[done..done + src.len()].copy_from_slice(src);
+            done += src.len();
+            skip = 0;
+        }
+        done
     }
     /// Scatter `data` over the device-writable buffers; returns the bytes written.
     pub fn write_all(&self, ram: &mut GuestRam, data: &[u8]) -> usize {
+        self.write_at(ram, 0, data)
+    }
+    /// Scatter `data` over the device-writable bytes from offset `skip` of the chain; returns
+    /// the bytes written (the rest did not fit).
+    pub fn write_at(&self, ram: &mut GuestRam, mut skip: u64, data: &[u8]) -> usize {
         let mut done = 0;
         for b in &self.writable {
             if done == data.len() {
                 break;
             }
-            let n = (b.len as usize).min(data.len() - done);
-            ram.write(b.addr, &data[done..done + n]);
+            let len = b.len as u64;
+            if skip >= len {
+                skip -= len;
+                continue;
+            }
+            let n = (len - skip).min((data.len() - done) as u64) as usize;
+            if ram.write(b.addr + skip, &data[done..done + n]).is_none() {
+                break;
+            }
             done += n;
+            skip = 0;
         }
         done
     }
@@ -133,7 +168,7 @@ impl Queue {
         }
     }
 
-    fn check_rings(&self, ram: &GuestRam) -> Result<(), QueueError> {
+    pub fn check_rings(&self, ram: &GuestRam) -> Result<(), QueueError> {
         if !self.ready || self.size == 0 || !self.size.is_power_of_two() || self.size > self.max {
             return Err(QueueError::NotReady);
         }
@@ -273,10 +308,40 @@ mod tests {
         let c = q.pop(&GuestRam::new(&mut ram)).unwrap().unwrap();
         assert_eq!(c.readable.len(), 1);
         assert_eq!(c.writable_len(), 512);
+        assert_eq!(c.readable_len(), 16);
         assert_eq!(q.pop(&GuestRam::new(&mut ram)).unwrap(), None);
         q.push_used(&mut GuestRam::new(&mut ram), c.head, 512)
             .unwrap();
         assert_eq!(GuestRam::new(&mut ram).u16(USED + 2), Some(1));
+    }
+
+    #[test]
+    fn read_into_copies_a_window_of_the_readable_bytes() {
+        let mut ram = vec![0u8; 0x10000];
+        for (i, b) in ram.iter_mut().enumerate() {
+            *b = i as u8;
+        }
+        let c = Chain {
+            head: 0,
+            readable: vec![
+                Buf {
+                    addr: RAM_BASE + 0x100,
+                    len: 4,
+                },
+                Buf {
+                    addr: RAM_BASE + 0x200,
+                    len: 4,
+                },
+            ],
+            writable: vec![],
+        };
+        let g = GuestRam::new(&mut ram);
+        let mut out = [0u8; 5];
+        assert_eq!(c.read_into(&g, 2, &mut out), 5);
+        assert_eq!(out, [0x02, 0x03, 0x00, 0x01, 0x02]);
+        let mut big = [0u8; 16];
+        assert_eq!(c.read_into(&g, 7, &mut big), 1);
+        assert_eq!(c.read_into(&g, 9, &mut big), 0);
     }
 
     #[test]

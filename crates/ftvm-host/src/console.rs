@@ -5,8 +5,7 @@ use std::io::{Read, Write};
 use std::sync::mpsc::Sender;
 use std::sync::Mutex;
 
-use anyhow::Result;
-use ftvm_host::HostEvent;
+use crate::HostEvent;
 
 /// The terminal settings to put back on exit, when raw mode is on.
 static SAVED: Mutex<Option<libc::termios>> = Mutex::new(None);
@@ -49,9 +48,32 @@ pub struct Console {
     writer: Option<std::thread::JoinHandle<()>>,
 }
 
+/// Where a detached console's output goes.
+pub type Captured = std::sync::Arc<Mutex<Vec<u8>>>;
+
 impl Console {
+    /// A console with no terminal: no input, and the output appended to `buf`.
+    pub fn capture(buf: Captured) -> std::io::Result<Console> {
+        let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+        let writer = std::thread::Builder::new()
+            .name("console-capture".into())
+            .spawn(move || {
+                for bytes in rx {
+                    buf.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .extend_from_slice(&bytes);
+                }
+            })?;
+        Ok(Console {
+            out: Some(tx),
+            writer: Some(writer),
+        })
+    }
+
     /// Start reading stdin on a thread of its own; its bytes arrive as `HostEvent::Console`.
-    pub fn start(events: Sender<HostEvent>) -> Result<Console> {
+    pub fn start<E: From<HostEvent> + Send + 'static>(
+        events: Sender<E>,
+    ) -> std::io::Result<Console> {
         let tty = enter_raw_mode();
         std::thread::Builder::new()
             .name("stdin".into())
@@ -62,7 +84,7 @@ impl Console {
                 loop {
                     let n = match stdin.read(&mut buf) {
                         Ok(0) | Err(_) => {
-                            let _ = events.send(HostEvent::ConsoleEof);
+                            let _ = events.send(HostEvent::ConsoleEof.into());
                             return;
                         }
                         Ok(n) => n,
@@ -73,7 +95,7 @@ impl Console {
                             ctrl_a = false;
                             match b {
                                 b'x' | b'X' => {
-                                    let _ = events.send(HostEvent::Quit);
+                                    let _ = events.send(HostEvent::Quit.into());
                                     return;
                                 }
                                 0x01 => data.push(0x01),
@@ -85,7 +107,7 @@ impl Console {
                             data.push(b);
                         }
                     }
-                    if events.send(HostEvent::Console(data)).is_err() {
+                    if events.send(HostEvent::Console(data).into()).is_err() {
                         return;
                     }
                 }

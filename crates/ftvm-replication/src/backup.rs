@@ -1,0 +1,567 @@
+//! The backup: it receives the primary's state and disks, follows its log in lockstep (every
+//! record through `ftvm_runner::follow`, the same path as a replay), acknowledges what it
+//! holds, and goes live when the primary dies and it wins the arbiter.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::Write;
+use std::net::TcpStream;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Sender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ftvm_log::{LogReader, Next, Record};
+use ftvm_machine::{DeviceOutput, DiskOp, DiskRequest, Input, Machine, Output};
+use ftvm_runner::follow::{self, Applied, Sink};
+use ftvm_runner::status::StatusFile;
+use ftvm_runner::{Backends, Devices, Ended, Event, Feeder, Gate, Options};
+
+use crate::channel::{Channel, ChannelError, Hello, Msg, Role};
+use crate::lease::{now_ns, sleep_until, Timing};
+use crate::link::SendHalf;
+use crate::primary::Protector;
+use crate::protocol::{msg_name, BackupSide, Received};
+use crate::transport::{self, Halves, Incoming as Receive};
+use crate::{Arbiter, PairConfig, PairError};
+
+/// Log bytes as they arrive, for a LogReader that follows the stream.
+#[derive(Default)]
+struct Incoming(VecDeque<u8>);
+
+impl std::io::Read for Incoming {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = buf.len().min(self.0.len());
+        for (d, s) in buf.iter_mut().zip(self.0.drain(..n)) {
+            *d = s;
+        }
+        Ok(n)
+    }
+}
+
+enum FromPrimary {
+    Record(Record),
+    Released(u64),
+    Gone,
+}
+
+/// Wait for the `Attach` that starts this backup's generation. It may be long in coming: this
+/// backup waits while another one protects the guest (and sends nothing meanwhile).
+fn wait_attach(rx: &mut dyn Receive) -> Result<(u64, Vec<u64>), PairError> {
+    match rx.recv() {
+        Ok(Msg::Attach { generation, disks }) => Ok((generation, disks)),
+        Ok(other) => Err(PairError::Protocol(format!(
+            "the primary sent {} before its state",
+            msg_name(&other)
+        ))),
+        Err(e) => Err(PairError::Protocol(format!(
+            "the primary closed the link: {e}"
+        ))),
+    }
+}
+
+/// Receive the primary's disks (written over this side's images), up to the first bytes of
+/// the log, which are returned. A primary that goes silent for the stall limit fails the
+/// attach: this side never had the guest, so it stops.
+fn receive_state(
+    rx: &mut dyn Receive,
+    out: &SendHalf<BackupSide>,
+    devices: &Devices,
+    arbiter: &Arbiter,
+    timing: Timing,
+    (generation, sizes): (u64, &[u64]),
+) -> Result<Vec<u8>, PairError> {
+    eprintln!(
+        "ftvm: attaching as generation {generation}: receiving the primary's disks and state"
+    );
+    rx.set_read_timeout(Some(timing.stall()))?;
+    let mut recv = || -> Result<Msg, PairError> {
+        match rx.recv() {
+            Ok(m) => {
+                out.with(|s| s.receive(now_ns(), &m))
+                    .map_err(|e| PairError::Protocol(e.to_string()))?;
+                Ok(m)
+            }
+            Err(ChannelError::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                Err(PairError::Protocol(format!(
+                    "the primary went silent for {} ms while it sent its state (stopped, stalled or cut off): this backup never had the guest and stops",
+                    timing.stall().as_millis()
+                )))
+            }
+            Err(e) => Err(PairError::Protocol(format!(
+                "the primary's state did not arrive whole: {e}"
+            ))),
+        }
+    };
+    if sizes.len() != devices.disks.len() {
+        return Err(PairError::Protocol(format!(
+            "the primary has {} disks and this backup {}: give both sides the same --disk and --net options, in the same order",
+            sizes.len(),
+            devices.disks.len()
+        )));
+    }
+    if arbiter.taken(generation)? {
+        return Err(PairError::Protocol(format!(
+            "generation {generation} of the arbiter was already won: this backup comes too late"
+        )));
+    }
+    let mut files = Vec::new();
+    for (path, &len) in devices.disks.iter().zip(sizes) {
+        let what = format!("cannot write disk {}", path.display());
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+            .map_err(PairError::io(what.clone()))?;
+        f.set_len(len).map_err(PairError::io(what))?;
+        files.push((f, len));
+    }
+    let t0 = Instant::now();
+    let mut got = 0u64;
+    loop {
+        match recv()? {
+            Msg::Disk {
+                index,
+                offset,
+                data,
+            } => {
+                let Some((f, len)) = files.get(index as usize) else {
+                    return Err(PairError::Protocol(format!(
+                        "the primary sent contents of disk {index}, which it does not have"
+                    )));
+                };
+                if offset.saturating_add(data.len() as u64) > *len {
+                    return Err(PairError::Protocol(format!(
+                        "the primary sent disk contents beyond the end of disk {index}"
+                    )));
+                }
+                f.write_all_at(&data, offset)
+                    .map_err(PairError::io("writing this backup's disk copy"))?;
+                got += data.len() as u64;
+            }
+            Msg::Log { bytes, .. } => {
+                for (f, _) in &files {
+                    f.sync_data()
+                        .map_err(PairError::io("writing this backup's disk copy"))?;
+                }
+                eprintln!(
+                    "ftvm: received generation {generation}: {} KiB of disk in {} ms",
+                    got >> 10,
+                    t0.elapsed().as_millis()
+                );
+                return Ok(bytes);
+            }
+            Msg::Heartbeat { .. } => {}
+            other => {
+                return Err(PairError::Protocol(format!(
+                    "the primary sent {} during its state",
+                    msg_name(&other)
+                )))
+            }
+        }
+    }
+}
+
+/// What the backup's replay does with the machine's effects: disk writes go to this side's
+/// copies (the primary made the same writes on its own), outputs wait until the primary has
+/// released them (or until this side goes live and produces them again).
+struct Follower {
+    disks: HashMap<usize, std::fs::File>,
+    /// Disk requests the guest made whose completion is not in the log yet.
+    outstanding: HashMap<(usize, u64), DiskRequest>,
+    /// Outputs of the replay the primary may not have released yet.
+    unreleased: VecDeque<(u64, Output)>,
+}
+
+impl Sink for Follower {
+    fn output(&mut self, _: &Machine, count: u64, out: Output) -> std::io::Result<()> {
+        match out {
+            Output::Device(DeviceOutput::Disk(req)) => {
+                if let (DiskOp::Write { sector, data }, Some(f)) =
+                    (&req.op, self.disks.get(&req.slot))
+                {
+                    f.write_all_at(data, sector.saturating_mul(512))?;
+                }
+                self.outstanding.insert((req.slot, req.id), req);
+            }
+            out => self.unreleased.push_back((count, out)),
+        }
+        Ok(())
+    }
+
+    fn input(&mut self, input: &Input) {
+        if let Input::DiskDone { slot, id, .. } = input {
+            self.outstanding.remove(&(*slot, *id));
+        }
+    }
+}
+
+/// Follow the primary at `primary_addr` in lockstep; go live when it dies (and, with `listen`,
+/// accept a new backup there). Returns when the guest stops, on either side.
+pub fn run(
+    primary_addr: &str,
+    listen: Option<&str>,
+    devices: &Devices,
+    cfg: &PairConfig,
+    opts: &Options,
+) -> Result<Ended, PairError> {
+    let t0 = Instant::now();
+    let stream = loop {
+        match TcpStream::connect(primary_addr) {
+            Ok(s) => break s,
+            Err(e) if t0.elapsed() < Duration::from_secs(30) => {
+                tracing::debug!(error = %e, "primary not there yet");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => {
+                return Err(PairError::Io {
+                    what: format!("cannot reach the primary at {primary_addr}"),
+                    source: e,
+                })
+            }
+        }
+    };
+    // The machine description (memory, devices) is not wired yet: 0 and empty.
+    let (out, inc, _) = Channel::handshake(stream, &cfg.psk, &Hello::new(Role::Backup, 0, ""))?;
+    let halves = transport::boxed((out, inc));
+    eprintln!("ftvm: backup connected to {primary_addr}");
+    follow_primary(halves, listen, devices, cfg, opts)
+}
+
+/// Follow the primary at the other end of `halves` (see [`run`]).
+pub fn follow_primary(
+    (tx_half, mut rx_half): Halves,
+    listen: Option<&str>,
+    devices: &Devices,
+    cfg: &PairConfig,
+    opts: &Options,
+) -> Result<Ended, PairError> {
+    let timing = cfg.timing;
+    let arbiter = &cfg.arbiter;
+    let (generation, disk_sizes) = wait_attach(rx_half.as_mut())?;
+    // Every message of this side belongs to the generation; the primary's of older ones are
+    // dropped.
+    let mut tx_half = tx_half;
+    tx_half.set_generation(generation);
+    let out = SendHalf::new(
+        tx_half,
+        timing.dead,
+        BackupSide::new(generation, timing, now_ns()),
+    )?;
+    // Heartbeats (from the attach on, so the primary knows this side is there while it sends
+    // its state; not while this side waits its turn, unread) tell the primary how far this side
+    // has replayed, and echo its newest stamp.
+    out.heartbeats(timing.beat, |s, _| s.heartbeat());
+    let first_log = receive_state(
+        rx_half.as_mut(),
+        &out,
+        devices,
+        arbiter,
+        timing,
+        (generation, &disk_sizes),
+    )?;
+    // From here on the primary's liveness is judged by its heartbeats.
+    rx_half.set_read_timeout(None)?;
+    let (rec_tx, rec_rx) = mpsc::channel::<FromPrimary>();
+    // The count of the newest record received (the primary's progress as this side knows it).
+    let latest = Arc::new(AtomicU64::new(0));
+    {
+        let (latest, out) = (latest.clone(), out.clone());
+        std::thread::spawn(move || {
+            if let Err(why) = receive_log(rx_half.as_mut(), first_log, &out, &latest, &rec_tx) {
+                tracing::warn!("{why}");
+                out.broke();
+            }
+            let _ = rec_tx.send(FromPrimary::Gone);
+        });
+    }
+
+    // The primary's initial state.
+    let mut m = loop {
+        match rec_rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(FromPrimary::Record(Record::Header { snapshot, .. })) => {
+                break Machine::restore(&snapshot)?
+            }
+            Ok(FromPrimary::Released(_)) => {}
+            _ => {
+                return Err(PairError::Protocol(
+                    "the primary sent no initial state".into(),
+                ))
+            }
+        }
+    };
+    // This side must be able to take over the guest's devices as they are.
+    let expected = devices.expected(&disk_sizes);
+    if m.devices() != expected {
+        return Err(PairError::Protocol(format!(
+            "the primary's guest has the devices {:?}, this backup's options give {:?}: give both sides the same --disk and --net options (MACs included), in the same order",
+            m.devices(),
+            expected
+        )));
+    }
+    out.with(|s| s.replayed(m.count()));
+    // The backup's own disk copies receive the same writes, by replay.
+    let mut follower = Follower {
+        disks: HashMap::new(),
+        outstanding: HashMap::new(),
+        unreleased: VecDeque::new(),
+    };
+    for (slot, path) in devices.disks.iter().enumerate() {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(PairError::io(format!(
+                "cannot open disk {}",
+                path.display()
+            )))?;
+        follower.disks.insert(slot, f);
+    }
+    let mut gone = false;
+    let mut status = cfg.status_file.as_deref().map(StatusFile::new);
+    // Hold the guest's TAP devices open while following (this side writes nothing to them and
+    // drops what they receive), so that their bridge ports are up and forwarding when it goes
+    // live: a TAP first opened at the takeover can take a few hundred ms to pass frames, and a
+    // client's retransmission lost meanwhile costs it another timeout. On a host where the
+    // primary holds the same TAP they open only at the takeover.
+    let (events_tx, events) = mpsc::channel::<Event>();
+    let mut early_taps = devices.open_taps(&events_tx).ok();
+    loop {
+        // Nothing received on the TAPs before the takeover is the guest's: drop it.
+        while events.try_recv().is_ok() {}
+        let msg = match rec_rx.recv_timeout(timing.beat) {
+            Ok(m) => Some(m),
+            Err(mpsc::RecvTimeoutError::Timeout) => None,
+            Err(mpsc::RecvTimeoutError::Disconnected) => Some(FromPrimary::Gone),
+        };
+        match msg {
+            Some(FromPrimary::Record(r)) => {
+                let applied = follow::apply(&mut m, r, &mut follower)?;
+                out.with(|s| s.replayed(m.count()));
+                if let Applied::End { code } = applied {
+                    // Closing the link tells the primary the end arrived.
+                    out.broke();
+                    eprintln!("ftvm: the primary's guest stopped (exit {code}); backup done");
+                    return Ok(Ended {
+                        code: code.min(255) as u8,
+                        machine: m,
+                    });
+                }
+            }
+            Some(FromPrimary::Released(released)) => {
+                while follower
+                    .unreleased
+                    .front()
+                    .is_some_and(|(c, _)| *c <= released)
+                {
+                    follower.unreleased.pop_front();
+                }
+            }
+            Some(FromPrimary::Gone) => gone = true,
+            None => {}
+        }
+        if let Some(st) = &mut status {
+            let primary_at = latest.load(Ordering::Relaxed).max(m.count());
+            st.update("backup", m.count(), Some(primary_at));
+        }
+        if gone || out.with(|s| s.is_dead(now_ns())) {
+            break;
+        }
+    }
+    // The primary is gone (or cut off, or stopped: it may come back). Cut every tie first:
+    // no acknowledgement, echo or heartbeat leaves from now on, so no lease of the primary's
+    // can outlast `free_at`; then nothing is released before it.
+    let detected = Instant::now();
+    let (free_at, why) = out.cut_if(|s| {
+        let why = if s.broken() || gone {
+            "the link closed".to_string()
+        } else {
+            format!(
+                "nothing heard for {} ms",
+                now_ns().saturating_sub(s.last_heard()) / 1_000_000
+            )
+        };
+        ((s.fence(), why), true)
+    });
+    // Everything received is in the queue: replay it all (the catch-up, on the same path).
+    let mut ended = None;
+    while let Ok(msg) = rec_rx.try_recv() {
+        if let FromPrimary::Record(r) = msg {
+            if let Applied::End { code } = follow::apply(&mut m, r, &mut follower)? {
+                ended = Some(code);
+                break;
+            }
+        }
+    }
+    if let Some(code) = ended {
+        // The primary's guest stopped before it died: there is nothing to take over.
+        eprintln!("ftvm: the primary's guest stopped (exit {code}); backup done");
+        return Ok(Ended {
+            code: code.min(255) as u8,
+            machine: m,
+        });
+    }
+    sleep_until(free_at);
+    if !arbiter.test_and_set(generation, "backup")? {
+        return Err(PairError::Lost(format!(
+            "the primary won generation {generation} of the arbiter ({why}: this backup was stopped, stalled or cut off from it, and the primary runs on); this backup stops and never went live"
+        )));
+    }
+    let Follower {
+        disks,
+        outstanding,
+        unreleased,
+    } = follower;
+    for f in disks.values() {
+        let _ = f.sync_data();
+    }
+    drop(disks);
+    eprintln!(
+        "ftvm: primary lost ({why}); backup live at instruction {} ({} ms after detection)",
+        m.count(),
+        detected.elapsed().as_millis()
+    );
+    while events.try_recv().is_ok() {}
+    // The dead primary's TAP may take a moment to be released on a shared host: retry briefly.
+    let t_open = Instant::now();
+    let backends = loop {
+        if let Some(taps) = early_taps.take() {
+            let mut b = Backends {
+                taps,
+                ..Default::default()
+            };
+            devices.open_disks(&events_tx, &mut b)?;
+            break b;
+        }
+        match devices.open_backends(&events_tx) {
+            Ok(b) => break b,
+            Err(e) if t_open.elapsed() < Duration::from_secs(3) => {
+                tracing::debug!(error = %e, "devices not free yet");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+    // Announce the guest's address from here on, then produce the unreleased outputs again.
+    backends.announce(devices);
+    for (_, out) in unreleased {
+        match out {
+            Output::Device(DeviceOutput::Frame { slot, frame }) => {
+                if let Some(t) = backends.taps.get(&slot) {
+                    t.send(&frame);
+                }
+            }
+            Output::Console(b) => match &opts.capture {
+                Some(buf) => buf
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .extend_from_slice(&b),
+                None => {
+                    let _ = std::io::stdout().write_all(&b);
+                }
+            },
+            Output::Device(DeviceOutput::Disk(_)) => {}
+        }
+    }
+    let mut resubmit: Vec<DiskRequest> = outstanding.into_values().collect();
+    resubmit.sort_by_key(|r| (r.slot, r.id));
+    let mut gate = Gate::open().with_status(status);
+    if let Some(listen) = listen {
+        // This side is the primary now: a new backup may attach and start the next generation.
+        let p = Protector::start(listen, cfg, generation + 1, devices, events_tx.clone())?;
+        gate = gate.with_protector(Box::new(p));
+        eprintln!("ftvm: waiting for a new backup on {listen}");
+    }
+    Ok(ftvm_runner::live(
+        opts,
+        m,
+        backends,
+        events_tx,
+        events,
+        Feeder::new(cfg.epoch),
+        gate,
+        resubmit,
+    )?)
+}
+
+/// The backup's receiving side: decode the primary's log as it arrives (starting with
+/// `first`), hand each record to the replay through `records` and acknowledge it on receipt.
+/// Returns when this side cut its ties or the replay stopped listening; an error when the link
+/// or the stream broke.
+fn receive_log(
+    rx: &mut dyn Receive,
+    first: Vec<u8>,
+    out: &SendHalf<BackupSide>,
+    latest: &AtomicU64,
+    records: &Sender<FromPrimary>,
+) -> Result<(), String> {
+    let mut reader: Option<LogReader<Incoming>> = None;
+    let mut pending = Incoming::default();
+    let mut first = Some(first);
+    loop {
+        let bytes = match first.take() {
+            Some(b) => b,
+            None => {
+                let msg = rx
+                    .recv()
+                    .map_err(|e| format!("replication channel closed: {e}"))?;
+                let got = out
+                    .with(|s| s.receive(now_ns(), &msg))
+                    .map_err(|e| e.to_string())?;
+                match (got, msg) {
+                    // This side cut its ties: nothing of the primary's is taken now.
+                    (Received::Ignored, _) => return Ok(()),
+                    (Received::Released(count), _) => {
+                        let _ = records.send(FromPrimary::Released(count));
+                        continue;
+                    }
+                    (_, Msg::Log { bytes, .. }) => bytes,
+                    (_, other) => {
+                        return Err(format!(
+                            "the primary sent {} in its log stream",
+                            msg_name(&other)
+                        ))
+                    }
+                }
+            }
+        };
+        let bad = |e: ftvm_log::LogError| format!("bad log stream: {e}");
+        let r = match &mut reader {
+            Some(r) => {
+                r.source_mut().0.extend(bytes);
+                r
+            }
+            None => {
+                pending.0.extend(bytes);
+                if pending.0.len() < 12 {
+                    continue;
+                }
+                reader.insert(LogReader::new(std::mem::take(&mut pending)).map_err(bad)?)
+            }
+        };
+        let mut last = None;
+        // Only a mark asks for an acknowledgement (outputs wait on it); log pushed out for the
+        // inputs alone needs none: the next acknowledgement covers it.
+        let mut marked = false;
+        while let Next::Record(rec) = r.next_record().map_err(bad)? {
+            last = Some(rec.count());
+            marked |= !matches!(rec, Record::Input { .. });
+            latest.fetch_max(rec.count(), Ordering::Relaxed);
+            if records.send(FromPrimary::Record(rec)).is_err() {
+                return Ok(());
+            }
+        }
+        // The log is held here up to `last`: acknowledge on receipt, echoing the newest stamp
+        // (nothing once this side has cut its ties).
+        if let (Some(count), true) = (last, marked) {
+            out.send_with(|s| s.ack(count));
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! The live backends of a machine's devices: disk images and TAP interfaces, by virtio slot
+//! (disks first, then networks, then the entropy source, which needs no backend).
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::mpsc::Sender;
+
+use ftvm_host::disk::{Disk, DiskError};
+use ftvm_host::tap::{Tap, TapError};
+use ftvm_machine::DeviceSpec;
+use thiserror::Error;
+
+use crate::Event;
+
+#[derive(Debug, Error)]
+pub enum DeviceError {
+    #[error(transparent)]
+    Disk(#[from] DiskError),
+    #[error(transparent)]
+    Tap(#[from] TapError),
+}
+
+/// A virtio-net device on a TAP interface.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetSpec {
+    pub tap: String,
+    pub mac: [u8; 6],
+}
+
+/// The devices a machine is given: disk images, networks, and the guest's own address (for the
+/// gratuitous ARP that announces where the guest is after a takeover).
+#[derive(Clone, Debug, Default)]
+pub struct Devices {
+    pub disks: Vec<PathBuf>,
+    pub nets: Vec<NetSpec>,
+    pub guest_ip: Option<Ipv4Addr>,
+    /// A bare-metal program's machine, which has no virtio devices at all.
+    pub bare_metal: bool,
+}
+
+/// The live backends of a machine's devices, by virtio slot.
+#[derive(Default)]
+pub struct Backends {
+    pub disks: HashMap<usize, Disk>,
+    pub taps: HashMap<usize, Tap>,
+}
+
+impl Devices {
+    /// Open every backend: the disks, then the TAPs.
+    pub fn open_backends(&self, events: &Sender<Event>) -> Result<Backends, DeviceError> {
+        let mut b = Backends {
+            taps: self.open_taps(events)?,
+            ..Default::default()
+        };
+        self.open_disks(events, &mut b)?;
+        Ok(b)
+    }
+
+    /// Open the disks into `b`.
+    pub fn open_disks(&self, events: &Sender<Event>, b: &mut Backends) -> Result<(), DeviceError> {
+        for (slot, path) in self.disks.iter().enumerate() {
+            b.disks
+                .insert(slot, Disk::open(path, slot, events.clone())?);
+        }
+        Ok(())
+    }
+
+    /// Open the TAP devices, by slot.
+    pub fn open_taps(&self, events: &Sender<Event>) -> Result<HashMap<usize, Tap>, DeviceError> {
+        let mut taps = HashMap::new();
+        for (i, net) in self.nets.iter().enumerate() {
+            let slot = self.disks.len() + i;
+            taps.insert(slot, Tap::open(&net.tap, slot, events.clone())?);
+        }
+        Ok(taps)
+    }
+
+    /// The virtio devices these give, in slot order: the disks (of `disk_sizes` bytes), the
+    /// networks, then the entropy source.
+    pub fn expected(&self, disk_sizes: &[u64]) -> Vec<DeviceSpec> {
+        if self.bare_metal {
+            return Vec::new();
+        }
+        let mut devices: Vec<DeviceSpec> = disk_sizes
+            .iter()
+            .enumerate()
+            .map(|(n, &bytes)| DeviceSpec::Disk {
+                bytes,
+                serial: format!("ftvm-disk{n}"),
+            })
+            .collect();
+        devices.extend(self.nets.iter().map(|n| DeviceSpec::Net { mac: n.mac }));
+        devices.push(DeviceSpec::Rng);
+        devices
+    }
+
+    /// A gratuitous ARP for the guest's address from the MAC of the network device in `slot`.
+    pub fn garp(&self, slot: usize) -> Option<Vec<u8>> {
+        let net = self.nets.get(slot.checked_sub(self.disks.len())?)?;
+        let ip = self.guest_ip?.octets();
+        let mut f = vec![0xff; 6];
+        f.extend_from_slice(&net.mac);
+        f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
+        f.extend_from_slice(&net.mac);
+        f.extend_from_slice(&ip);
+        f.extend_from_slice(&[0; 6]);
+        f.extend_from_slice(&ip);
+        f.resize(60, 0);
+        Some(f)
+    }
+}
+
+impl Backends {
+    /// Tell the network where the guest is now: a gratuitous ARP on every TAP.
+    pub fn announce(&self, devices: &Devices) {
+        for (slot, tap) in &self.taps {
+            if let Some(frame) = devices.garp(*slot) {
+                tap.send(&frame);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn garp_announces_the_guest_address_from_its_mac() {
+        let d = Devices {
+            disks: vec![PathBuf::from("d.img")],
+            nets: vec![NetSpec {
+                tap: "t0".into(),
+                mac: [2, 0, 0, 0, 0, 9],
+            }],
+            guest_ip: Some(Ipv4Addr::new(10, 0, 0, 2)),
+            bare_metal: false,
+        };
+        assert_eq!(d.garp(0), None, "slot 0 is the disk");
+        let f = d.garp(1).unwrap();
+        assert_eq!(f.len(), 60);
+        assert_eq!(&f[6..12], &[2, 0, 0, 0, 0, 9]);
+        assert_eq!(&f[28..32], &[10, 0, 0, 2]);
+        assert_eq!(&f[38..42], &[10, 0, 0, 2]);
+        let expected = d.expected(&[512]);
+        assert_eq!(expected.len(), 3);
+        assert_eq!(expected[2], DeviceSpec::Rng);
+    }
+}

@@ -1,0 +1,41 @@
+//! The run loop of a live machine, between the host and the machine's input boundary:
+//!
+//! - [`live`]: run the machine, feed it what the host's backends produce (console, frames,
+//!   disk completions, entropy, time) through `Machine::apply`, and send its outputs out;
+//!   recording the inputs to a log when asked, and holding outputs back until a backup holds
+//!   the log that produced them (output commit, through the [`Link`] and [`Protect`] traits
+//!   that the replication layer implements);
+//! - [`follow`]: the one path that runs a machine along a log: to each record's count, then
+//!   applying it (inputs, digest checks). Replay, the backup's follow and the failover
+//!   catch-up all use it;
+//! - [`devices`]: the live backends of a machine's devices;
+//! - [`status`]: a member's status file (`ftvm status`).
+//!
+//! Nothing here knows about primaries and backups beyond the two traits.
+
+pub mod devices;
+pub mod follow;
+pub mod live;
+pub mod status;
+
+pub use devices::{Backends, Devices, NetSpec};
+pub use follow::{FollowError, Sink};
+pub use live::{
+    live, ClockMode, Ended, Feeder, Gate, HoldTimes, Link, LinkState, Options, Protect, RunError,
+};
+
+use ftvm_host::HostEvent;
+
+/// What the runner waits for: the host's events, or a nudge from the replication layer
+/// (something to look at now, such as an acknowledgement that lets held outputs leave).
+#[derive(Debug)]
+pub enum Event {
+    Host(HostEvent),
+    Wake,
+}
+
+impl From<HostEvent> for Event {
+    fn from(e: HostEvent) -> Event {
+        Event::Host(e)
+    }
+}

@@ -1,0 +1,774 @@
+//! The live loop: run the machine, feed it the host's events through the boundary
+//! (`Machine::apply`), and send its outputs out, through the output-commit gate when a backup
+//! protects the guest.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::Write;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::time::{Duration, Instant};
+
+use ftvm_host::console::{Captured, Console};
+use ftvm_host::{DetEntropy, HostEvent};
+use ftvm_log::{LogError, LogWriter, Record};
+use ftvm_machine::board::{NANOS_PER_TICK, TIMEBASE_HZ};
+use ftvm_machine::{DeviceOutput, DiskRequest, Input, Machine, Output, PowerEvent, RunExit};
+use thiserror::Error;
+
+use crate::devices::Backends;
+use crate::status::StatusFile;
+use crate::Event;
+
+/// Errors of the replication layer, as the runner passes them on.
+pub type LinkError = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Debug, Error)]
+pub enum RunError {
+    #[error("--stop-at {stop_at} is before the snapshot's instruction count {count}")]
+    StopAtPast { stop_at: u64, count: u64 },
+    #[error("unsupported HTIF request {0:#x} written to tohost")]
+    Htif(u64),
+    #[error("the guest is idle with no timer armed and no input to come: it would wait forever")]
+    IdleForever,
+    #[error("a disk worker stopped")]
+    DiskWorker,
+    #[error("a disk request did not complete within 30 s")]
+    DiskTimeout,
+    #[error("cannot read host entropy: {0}")]
+    Entropy(std::io::Error),
+    #[error("cannot start the console: {0}")]
+    Console(std::io::Error),
+    #[error("writing the log: {0}")]
+    Log(#[from] LogError),
+    #[error(transparent)]
+    Link(LinkError),
+}
+
+/// How guest time relates to the host's.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ClockMode {
+    /// Idle waits take real time and guest time never falls behind the host's.
+    #[default]
+    Host,
+    /// A pure function of the instruction count: idle is skipped, entropy is a fixed stream.
+    Virtual,
+}
+
+/// How a live run goes.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Stop when the count reaches exactly this.
+    pub stop_at: u64,
+    pub clock: ClockMode,
+    /// The guest's console: the terminal (stdin and stdout), or, with no terminal, output
+    /// captured here (tests, embedding).
+    pub capture: Option<Captured>,
+}
+
+impl Options {
+    fn console(&self, events: Sender<Event>) -> std::io::Result<Console> {
+        match &self.capture {
+            Some(buf) => Console::capture(buf.clone()),
+            None => Console::start(events),
+        }
+    }
+}
+
+/// How a live run ended.
+pub struct Ended {
+    /// The guest's exit code (0 for a stop at --stop-at or a quit).
+    pub code: u8,
+    pub machine: Machine,
+}
+
+/// An output waiting for the backup: the count that produced it, since when it waits, and
+/// the output.
+pub type Held = (u64, Instant, Output);
+
+/// The state of the link to a backup, as the primary's runner sees it.
+pub enum LinkState {
+    /// The backup holds the log up to this count.
+    Protected(u64),
+    /// The backup is gone and this side won the arbiter: run on alone.
+    Unprotected,
+}
+
+/// The primary's view of its backup (implemented by the replication layer).
+pub trait Link {
+    /// Where the backup stands; an error when this side lost the arbiter and must stop.
+    fn check(&mut self) -> Result<LinkState, LinkError>;
+    /// Send out, in order, the held outputs the backup holds the log of, while this side may
+    /// (the backup cannot have gone live: asked right before each output leaves).
+    fn release(&self, held: &mut VecDeque<Held>, emit: &mut dyn FnMut(Held));
+    /// The count up to which the backup holds the log.
+    fn acked(&self) -> u64;
+    /// Whether the guest at `count` is so far ahead of the backup's replay that it must wait.
+    fn too_far_ahead(&self, count: u64) -> bool;
+    /// Wait up to `limit` for the backup to close the link (as it does at the end of the log).
+    fn hung_up(&self, limit: Duration) -> bool;
+}
+
+/// Where new backups come from (implemented by the replication layer).
+pub trait Protect {
+    /// Look for backups that connected; whether one waits to attach.
+    fn poll(&mut self) -> bool;
+    /// Bring the waiting backup up to date with `m` (no disk request is in flight): the link,
+    /// and the log to write the inputs to from here on.
+    #[allow(clippy::type_complexity)]
+    fn attach(
+        &mut self,
+        m: &Machine,
+    ) -> Result<(Box<dyn Link>, LogWriter<Box<dyn Write>>), LinkError>;
+    /// Digest interval of the log to a backup.
+    fn digest_every(&self) -> u64;
+}
+
+/// Steps between looks at the host (I/O, the clock): 5 ms of guest time.
+const CHUNK: u64 = 500_000;
+/// Steps between looks while protected by a backup: 0.1 ms of guest time.
+const HELD_CHUNK: u64 = 10_000;
+/// Longest real-time wait while the guest is idle, before looking again.
+const MAX_IDLE_WAIT: Duration = Duration::from_millis(50);
+/// Fixed seed of the entropy stream under the virtual clock.
+const VIRTUAL_ENTROPY_SEED: u64 = 0x6674_766d_2026;
+
+/// Host events not yet handed to the machine.
+#[derive(Default)]
+struct Pending {
+    console: VecDeque<u8>,
+    frames: HashMap<usize, VecDeque<Vec<u8>>>,
+    disk_done: VecDeque<HostEvent>,
+    console_open: bool,
+    quit: bool,
+    disk_in_flight: usize,
+}
+
+impl Pending {
+    fn take(&mut self, ev: Event) {
+        let Event::Host(ev) = ev else { return };
+        match ev {
+            HostEvent::Console(d) => self.console.extend(d),
+            HostEvent::ConsoleEof => self.console_open = false,
+            HostEvent::Quit => self.quit = true,
+            HostEvent::Frame { slot, frame } => {
+                let q = self.frames.entry(slot).or_default();
+                // A NIC's receive queue is finite: beyond it, frames are dropped.
+                if q.len() < 1024 {
+                    q.push_back(frame);
+                }
+            }
+            e @ HostEvent::DiskDone { .. } => self.disk_done.push_back(e),
+        }
+    }
+
+    /// Hand the machine the disk completions that arrived.
+    fn deliver_disk_done(&mut self, m: &mut Machine, feed: &mut Feeder) -> Result<(), RunError> {
+        while let Some(HostEvent::DiskDone { slot, id, ok, data }) = self.disk_done.pop_front() {
+            self.disk_in_flight -= 1;
+            feed.feed(m, Input::DiskDone { slot, id, ok, data })?;
+        }
+        Ok(())
+    }
+
+    /// Complete every disk request in flight, without running the guest.
+    fn drain_disks(
+        &mut self,
+        m: &mut Machine,
+        events: &Receiver<Event>,
+        feed: &mut Feeder,
+        backends: &Backends,
+        con: &mut Console,
+    ) -> Result<(), RunError> {
+        loop {
+            self.deliver_disk_done(m, feed)?;
+            // A completion may let the device start the next queued request.
+            for out in m.take_outputs() {
+                match out {
+                    Output::Device(DeviceOutput::Disk(req)) => {
+                        if let Some(d) = backends.disks.get(&req.slot) {
+                            self.disk_in_flight += 1;
+                            d.submit(req);
+                        }
+                    }
+                    out => emit(out, con, backends),
+                }
+            }
+            if self.disk_in_flight == 0 {
+                return Ok(());
+            }
+            match events.recv_timeout(Duration::from_secs(30)) {
+                Ok(ev) => self.take(ev),
+                Err(_) => return Err(RunError::DiskTimeout),
+            }
+        }
+    }
+
+    /// Whether anything may still arrive from outside.
+    fn input_possible(&self, b: &Backends) -> bool {
+        self.console_open
+            || !self.console.is_empty()
+            || !b.taps.is_empty()
+            || self.disk_in_flight > 0
+    }
+}
+
+/// Applies inputs to the machine, writing each to the log first when recording (to a file) or
+/// when primary (to the backup).
+pub struct Feeder {
+    pub log: Option<LogWriter<Box<dyn Write>>>,
+    pub digest_every: u64,
+    pub next_digest: u64,
+    /// Epoch delivery: inputs take effect only at multiples of this count (or while the guest
+    /// is idle, when the count does not move). None: precise delivery, at once.
+    pub epoch: Option<u64>,
+    /// Inputs applied so far.
+    fed: u64,
+}
+
+impl Feeder {
+    /// Inputs applied at once (or at epochs), logged nowhere.
+    pub fn new(epoch: Option<u64>) -> Feeder {
+        Feeder {
+            log: None,
+            digest_every: u64::MAX,
+            next_digest: u64::MAX,
+            epoch,
+            fed: 0,
+        }
+    }
+
+    /// Inputs written to `log` first, with a digest every `every` instructions from `count`.
+    pub fn logged(
+        log: LogWriter<Box<dyn Write>>,
+        every: u64,
+        count: u64,
+        epoch: Option<u64>,
+    ) -> Feeder {
+        Feeder {
+            log: Some(log),
+            digest_every: every,
+            next_digest: count.saturating_add(every),
+            epoch,
+            fed: 0,
+        }
+    }
+
+    fn feed(&mut self, m: &mut Machine, input: Input) -> Result<(), RunError> {
+        if let Some(log) = &mut self.log {
+            log.input(m.count(), &input)?;
+        }
+        self.fed += 1;
+        m.apply(input);
+        Ok(())
+    }
+}
+
+/// Output commit: what the guest sends out waits until the backup holds the log that produced
+/// it. With no backup (or unprotected), outputs leave at once.
+pub struct Gate {
+    link: Option<Box<dyn Link>>,
+    /// Where new backups come from (a primary, or a backup gone live that listens).
+    protect: Option<Box<dyn Protect>>,
+    /// Outputs waiting for the backup: the count that produced each, and since when it waits.
+    held: VecDeque<Held>,
+    /// How long released outputs waited for the backup's acknowledgement.
+    hold_times: HoldTimes,
+    /// Where this side reports its role and lag (`ftvm status`).
+    status: Option<StatusFile>,
+}
+
+impl Gate {
+    /// Outputs leave at once.
+    pub fn open() -> Gate {
+        Gate {
+            link: None,
+            protect: None,
+            held: VecDeque::new(),
+            hold_times: HoldTimes::default(),
+            status: None,
+        }
+    }
+
+    pub fn with_link(mut self, link: Box<dyn Link>) -> Gate {
+        self.link = Some(link);
+        self
+    }
+
+    pub fn with_protector(mut self, p: Box<dyn Protect>) -> Gate {
+        self.protect = Some(p);
+        self
+    }
+
+    pub fn with_status(mut self, status: Option<StatusFile>) -> Gate {
+        self.status = status;
+        self
+    }
+}
+
+fn emit(out: Output, con: &mut Console, backends: &Backends) {
+    match out {
+        Output::Console(bytes) => con.write_output(&bytes),
+        Output::Device(DeviceOutput::Frame { slot, frame }) => {
+            if let Some(t) = backends.taps.get(&slot) {
+                t.send(&frame);
+            }
+        }
+        Output::Device(DeviceOutput::Disk(_)) => {}
+    }
+}
+
+/// Send out the held outputs the backup has acknowledged, noting how long each waited.
+fn release_acked(
+    held: &mut VecDeque<Held>,
+    hold_times: &mut HoldTimes,
+    link: &dyn Link,
+    con: &mut Console,
+    backends: &Backends,
+) {
+    link.release(held, &mut |(_, since, out)| {
+        hold_times.record(since.elapsed());
+        emit(out, con, backends);
+    });
+}
+
+/// The live loop: run the machine, feed it the host's events through the boundary, send its
+/// outputs out (through the gate). `resubmit` are disk requests to serve before anything else.
+#[allow(clippy::too_many_arguments)]
+pub fn live(
+    opts: &Options,
+    mut m: Machine,
+    backends: Backends,
+    events_tx: Sender<Event>,
+    events: Receiver<Event>,
+    mut feed: Feeder,
+    mut gate: Gate,
+    resubmit: Vec<DiskRequest>,
+) -> Result<Ended, RunError> {
+    let stop_at = opts.stop_at;
+    if stop_at < m.count() {
+        return Err(RunError::StopAtPast {
+            stop_at,
+            count: m.count(),
+        });
+    }
+    let virtual_clock = opts.clock == ClockMode::Virtual;
+    let mut con = opts.console(events_tx.clone()).map_err(RunError::Console)?;
+    drop(events_tx);
+    let mut pending = Pending {
+        console_open: opts.capture.is_none(),
+        ..Default::default()
+    };
+    for req in resubmit {
+        if let Some(d) = backends.disks.get(&req.slot) {
+            pending.disk_in_flight += 1;
+            d.submit(req);
+        }
+    }
+    let started = Instant::now();
+    // Under the host clock, machine time may not fall behind the host's.
+    let start_ticks = m.board.mtime(m.count());
+    // Where the log was last pushed out to the backup.
+    let mut last_mark = m.count();
+    let code = loop {
+        let fed_before = feed.fed;
+        let next_epoch = feed
+            .epoch
+            .map_or(u64::MAX, |e| (m.count() / e + 1).saturating_mul(e));
+        let exit = if gate
+            .link
+            .as_ref()
+            .is_some_and(|l| l.too_far_ahead(m.count()))
+        {
+            // The backup's replay trails too far: wait for it (and look at the host meanwhile),
+            // once the log up to here is out so that it can catch up.
+            if last_mark < m.count() {
+                if let Some(log) = &mut feed.log {
+                    log.mark(m.count())?;
+                }
+                last_mark = m.count();
+            }
+            if let Ok(ev) = events.recv_timeout(Duration::from_millis(1)) {
+                pending.take(ev);
+            }
+            RunExit::Yield
+        } else {
+            // While protected, look at the host more often: outputs wait for the backup's
+            // acknowledgement, and input must reach the backup's log soon after it arrives (a
+            // frame that waited out a whole chunk here would die with the primary).
+            let chunk = if gate.held.is_empty() && gate.link.is_none() {
+                CHUNK
+            } else {
+                HELD_CHUNK
+            };
+            m.run(stop_at.min(feed.next_digest).min(next_epoch), chunk)
+        };
+        let was_idle = matches!(exit, RunExit::Idle { .. });
+        let count = m.count();
+        let mut held_new = false;
+        for out in m.take_outputs() {
+            match out {
+                Output::Device(DeviceOutput::Disk(req)) => {
+                    if let Some(d) = backends.disks.get(&req.slot) {
+                        pending.disk_in_flight += 1;
+                        d.submit(req);
+                    }
+                }
+                out if gate.link.is_some() => {
+                    gate.held.push_back((count, Instant::now(), out));
+                    held_new = true;
+                }
+                out => emit(out, &mut con, &backends),
+            }
+        }
+        if held_new {
+            if let Some(log) = &mut feed.log {
+                log.mark(count)?;
+            }
+            last_mark = count;
+        }
+        if let Some(st) = &mut gate.status {
+            let (role, peer) = match &gate.link {
+                Some(l) => ("primary", Some(l.acked())),
+                None => ("live", None),
+            };
+            st.update(role, m.count(), peer);
+        }
+        let backup_waiting = gate.protect.as_mut().is_some_and(|p| p.poll());
+        if backup_waiting && gate.link.is_none() {
+            // Bring the new backup up to date: no disk request may be in flight while the
+            // guest's state and the disks are copied.
+            let t0 = Instant::now();
+            pending.drain_disks(&mut m, &events, &mut feed, &backends, &mut con)?;
+            if let Some(protect) = gate.protect.as_mut() {
+                match protect.attach(&m) {
+                    Ok((link, log)) => {
+                        feed.log = Some(log);
+                        feed.digest_every = protect.digest_every();
+                        feed.next_digest = m.count().saturating_add(feed.digest_every);
+                        gate.link = Some(link);
+                        eprintln!(
+                            "\r\nftvm: protected again; the guest paused {} ms\r",
+                            t0.elapsed().as_millis()
+                        );
+                    }
+                    Err(e) => eprintln!("\r\nftvm: a backup could not attach: {e}\r"),
+                }
+            }
+        }
+        if let Some(link) = &mut gate.link {
+            match link.check().map_err(RunError::Link)? {
+                LinkState::Protected(_) => release_acked(
+                    &mut gate.held,
+                    &mut gate.hold_times,
+                    link.as_ref(),
+                    &mut con,
+                    &backends,
+                ),
+                LinkState::Unprotected => {
+                    eprintln!("\r\nftvm: the backup is gone; running on unprotected\r");
+                    for (_, _, out) in gate.held.drain(..) {
+                        emit(out, &mut con, &backends);
+                    }
+                    gate.link = None;
+                    feed.log = None;
+                }
+            }
+        }
+        match exit {
+            RunExit::Yield | RunExit::Output => {}
+            RunExit::StopAt
+                if m.count() == next_epoch && m.count() < stop_at.min(feed.next_digest) => {}
+            RunExit::StopAt if m.count() == feed.next_digest => {
+                let digest = *m.digest().as_bytes();
+                let count = m.count();
+                if let Some(log) = &mut feed.log {
+                    log.record(Record::Digest { count, digest })?;
+                }
+                feed.next_digest = count.saturating_add(feed.digest_every);
+                if count >= stop_at {
+                    break 0;
+                }
+            }
+            RunExit::StopAt => break 0,
+            RunExit::Power(PowerEvent::Off(c) | PowerEvent::Reset(c)) => break c.min(255) as u8,
+            RunExit::ToHost(v) => {
+                if v & 1 == 0 {
+                    return Err(RunError::Htif(v));
+                }
+                break (v >> 1).min(255) as u8;
+            }
+            RunExit::Idle { ticks } => {
+                let something_pending = !pending.disk_done.is_empty()
+                    || pending
+                        .frames
+                        .iter()
+                        .any(|(&slot, q)| !q.is_empty() && m.net_ready(slot))
+                    || (!pending.console.is_empty() && m.console_ready());
+                if something_pending {
+                    // Inputs are waiting: deliver them below, no time passes.
+                } else if virtual_clock && pending.disk_in_flight == 0 && ticks.is_some() {
+                    // Idle time is skipped at once.
+                    feed.feed(
+                        &mut m,
+                        Input::Time {
+                            ticks: ticks.unwrap_or(0),
+                        },
+                    )?;
+                } else if pending.input_possible(&backends) || ticks.is_some() {
+                    // Wait in real time for input or the next timer; the time waited passes
+                    // in the machine (under the virtual clock only while disk I/O is pending).
+                    let wait = ticks.map_or(MAX_IDLE_WAIT, |t| {
+                        Duration::from_nanos(t.saturating_mul(NANOS_PER_TICK)).min(MAX_IDLE_WAIT)
+                    });
+                    let t0 = Instant::now();
+                    if let Ok(ev) = events.recv_timeout(wait) {
+                        pending.take(ev);
+                    }
+                    if !virtual_clock {
+                        let passed = (t0.elapsed().as_nanos() / NANOS_PER_TICK as u128) as u64;
+                        let ticks = ticks.map_or(passed, |t| passed.min(t));
+                        feed.feed(&mut m, Input::Time { ticks })?;
+                    }
+                } else {
+                    return Err(RunError::IdleForever);
+                }
+            }
+        }
+        // Gather what the host has, then hand the machine what it can take now.
+        while let Ok(ev) = events.try_recv() {
+            pending.take(ev);
+        }
+        if virtual_clock {
+            // Reproducible runs complete each disk request before the guest goes on.
+            while pending.disk_in_flight > pending.disk_done.len() {
+                match events.recv_timeout(Duration::from_secs(30)) {
+                    Ok(ev) => pending.take(ev),
+                    Err(RecvTimeoutError::Timeout) => return Err(RunError::DiskTimeout),
+                    Err(RecvTimeoutError::Disconnected) => return Err(RunError::DiskWorker),
+                }
+            }
+        }
+        if pending.quit {
+            eprintln!("\r\nftvm: quit at instruction {}\r", m.count());
+            break 0;
+        }
+        let deliver = feed
+            .epoch
+            .is_none_or(|e| was_idle || m.count().is_multiple_of(e));
+        if !deliver {
+            continue;
+        }
+        pending.deliver_disk_done(&mut m, &mut feed)?;
+        let fed_outside = feed.fed;
+        for (&slot, q) in pending.frames.iter_mut() {
+            while m.net_ready(slot) {
+                let Some(frame) = q.pop_front() else { break };
+                feed.feed(&mut m, Input::Frame { slot, frame })?;
+            }
+        }
+        while m.console_ready() {
+            let Some(b) = pending.console.pop_front() else {
+                break;
+            };
+            feed.feed(&mut m, Input::Console(b))?;
+        }
+        if feed.fed != fed_outside && gate.link.is_some() {
+            // What came from the network (or the console) goes to the backup at once: a
+            // request the guest took in survives a failover from now on, and its client need
+            // not wait for its TCP retransmission timeout.
+            if let Some(log) = &mut feed.log {
+                log.flush()?;
+            }
+        }
+        if let Some((slot, n)) = m.entropy_wanted() {
+            let bytes = if virtual_clock {
+                // A function of the count alone, so a run resumed from a snapshot gets the
+                // same bytes as an uninterrupted one.
+                DetEntropy::new(
+                    VIRTUAL_ENTROPY_SEED ^ m.count().wrapping_mul(0x9e37_79b9_7f4a_7c15),
+                )
+                .bytes(n)
+            } else {
+                ftvm_host::host_entropy(n).map_err(RunError::Entropy)?
+            };
+            feed.feed(&mut m, Input::Entropy { slot, bytes })?;
+        }
+        if !virtual_clock {
+            let host = start_ticks + (started.elapsed().as_nanos() / NANOS_PER_TICK as u128) as u64;
+            let guest = m.board.mtime(m.count());
+            if host > guest + TIMEBASE_HZ / 100 {
+                feed.feed(
+                    &mut m,
+                    Input::Time {
+                        ticks: host - guest,
+                    },
+                )?;
+            }
+        }
+        if was_idle && feed.fed == fed_before {
+            // An idle guest leaves its WFI only through an input, so that a replay, which
+            // runs to the next input, finds it exactly where this run did.
+            feed.feed(&mut m, Input::Time { ticks: 0 })?;
+        }
+    };
+    // What the guest sent last still waits for the backup (a short while at most).
+    let count = m.count();
+    for out in m.take_outputs() {
+        match out {
+            Output::Console(_) if gate.link.is_some() => {
+                gate.held.push_back((count, Instant::now(), out))
+            }
+            Output::Console(bytes) => con.write_output(&bytes),
+            _ => {}
+        }
+    }
+    if let (Some(link), Some(log)) = (&mut gate.link, &mut feed.log) {
+        log.mark(m.count())?;
+        let t0 = Instant::now();
+        while !gate.held.is_empty() && t0.elapsed() < Duration::from_secs(5) {
+            match link.check().map_err(RunError::Link)? {
+                LinkState::Protected(_) => release_acked(
+                    &mut gate.held,
+                    &mut gate.hold_times,
+                    link.as_ref(),
+                    &mut con,
+                    &backends,
+                ),
+                LinkState::Unprotected => {
+                    eprintln!("\r\nftvm: the backup is gone; running on unprotected\r");
+                    gate.link = None;
+                    break;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    if gate.link.is_some() {
+        if !gate.held.is_empty() {
+            // Never acknowledged under a lease: the backup, if it goes live, sends them.
+            eprintln!(
+                "\r\nftvm: {} outputs were never acknowledged by the backup; dropped\r",
+                gate.held.len()
+            );
+        }
+        gate.held.clear();
+    }
+    for (_, _, out) in gate.held.drain(..) {
+        emit(out, &mut con, &backends);
+    }
+    drop(con);
+    let secs = started.elapsed().as_secs_f64();
+    tracing::info!(
+        instructions = m.count(),
+        seconds = secs,
+        mips = m.count() as f64 / secs / 1e6,
+        "run ended"
+    );
+    if let Some(log) = &mut feed.log {
+        log.record(Record::End {
+            count: m.count(),
+            digest: *m.digest().as_bytes(),
+            code: code as u32,
+        })?;
+        eprintln!(
+            "ftvm: logged {} instructions, {} events, {} bytes of log in {:.1} s",
+            m.count(),
+            log.events,
+            log.bytes,
+            started.elapsed().as_secs_f64()
+        );
+    }
+    if let Some(summary) = gate.hold_times.summary() {
+        eprintln!("ftvm: outputs held for the backup: {summary}");
+    }
+    if let Some(link) = &gate.link {
+        // The backup stops once it has the End record; leaving earlier could lose the record
+        // (it may still be on its way) and make the backup take over a guest that stopped.
+        if !link.hung_up(Duration::from_secs(5)) {
+            eprintln!("ftvm: the backup did not confirm the end of the run");
+        }
+    }
+    Ok(Ended { code, machine: m })
+}
+
+/// How long outputs waited for the backup's acknowledgement (output commit), in buckets of
+/// 10 µs up to 20 ms.
+pub struct HoldTimes {
+    buckets: Vec<u64>,
+    count: u64,
+    total: Duration,
+}
+
+impl Default for HoldTimes {
+    fn default() -> HoldTimes {
+        HoldTimes {
+            buckets: vec![0; HOLD_BUCKETS],
+            count: 0,
+            total: Duration::ZERO,
+        }
+    }
+}
+
+const HOLD_BUCKETS: usize = 2000;
+const HOLD_BUCKET_US: u64 = 10;
+
+impl HoldTimes {
+    pub fn record(&mut self, d: Duration) {
+        let i = (d.as_micros() as u64 / HOLD_BUCKET_US).min(HOLD_BUCKETS as u64 - 1);
+        self.buckets[i as usize] += 1;
+        self.count += 1;
+        self.total += d;
+    }
+
+    /// The upper bound (µs) of the bucket holding the `q`-quantile (the last bucket is open).
+    fn quantile_us(&self, q: f64) -> u64 {
+        let rank = ((self.count as f64 * q).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (i, n) in self.buckets.iter().enumerate() {
+            seen += n;
+            if seen >= rank {
+                return (i as u64 + 1) * HOLD_BUCKET_US;
+            }
+        }
+        HOLD_BUCKETS as u64 * HOLD_BUCKET_US
+    }
+
+    /// "N outputs, median ..., p99 ..., mean ...", or None if nothing was held.
+    pub fn summary(&self) -> Option<String> {
+        if self.count == 0 {
+            return None;
+        }
+        let ms = |us: u64| us as f64 / 1000.0;
+        Some(format!(
+            "{} outputs, median {:.2} ms, p99 {:.2} ms, mean {:.2} ms",
+            self.count,
+            ms(self.quantile_us(0.5)),
+            ms(self.quantile_us(0.99)),
+            self.total.as_secs_f64() * 1000.0 / self.count as f64
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hold_times_report_quantiles_to_the_bucket() {
+        let mut h = HoldTimes::default();
+        assert_eq!(h.summary(), None);
+        for us in 1..=100u64 {
+            h.record(Duration::from_micros(us * 100));
+        }
+        // 100 holds of 0.1 ms .. 10 ms: the median is 5.0 ms (its bucket ends at 5.01 ms),
+        // the 99th percentile 9.9 ms.
+        assert_eq!(h.quantile_us(0.5), 5010);
+        assert_eq!(h.quantile_us(0.99), 9910);
+        assert_eq!(
+            h.summary().as_deref(),
+            Some("100 outputs, median 5.01 ms, p99 9.91 ms, mean 5.05 ms")
+        );
+        // Longer holds land in the last, open bucket.
+        h.record(Duration::from_secs(3));
+        assert_eq!(h.quantile_us(1.0), 20_000);
+    }
+}
