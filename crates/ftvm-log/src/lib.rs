@@ -52,6 +52,8 @@ pub enum LogError {
     },
     #[error("the log has no header frame")]
     NoHeader,
+    #[error("a log record of {0} bytes is larger than a frame may be ({MAX_FRAME} bytes)")]
+    TooLarge(usize),
 }
 
 /// One record of the log.
@@ -87,6 +89,15 @@ impl Record {
             | Record::Mark { count } => *count,
         }
     }
+}
+
+/// The length field of a frame whose body is `len` bytes: a writer writes nothing a reader
+/// would refuse, and no length that would wrap.
+fn frame_len(len: usize) -> Result<u32, LogError> {
+    u32::try_from(len)
+        .ok()
+        .filter(|&l| l <= MAX_FRAME)
+        .ok_or(LogError::TooLarge(len))
 }
 
 fn put_varint(b: &mut Vec<u8>, mut v: u64) {
@@ -304,7 +315,7 @@ impl<W: Write> LogWriter<W> {
     }
 
     fn frame(&mut self, body: &[u8]) -> Result<(), LogError> {
-        self.out.write_all(&(body.len() as u32).to_le_bytes())?;
+        self.out.write_all(&frame_len(body.len())?.to_le_bytes())?;
         self.out.write_all(body)?;
         self.out.write_all(&crc32c::crc32c(body).to_le_bytes())?;
         self.bytes += body.len() as u64 + 8;
@@ -593,6 +604,20 @@ mod tests {
         }
         assert!(matches!(read_all(b"FTVMSNAP...."), Err(LogError::BadMagic)));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_writer_refuses_a_frame_a_reader_would_refuse() {
+        assert_eq!(frame_len(5).unwrap(), 5);
+        assert_eq!(frame_len(MAX_FRAME as usize).unwrap(), MAX_FRAME);
+        assert!(matches!(
+            frame_len(MAX_FRAME as usize + 1),
+            Err(LogError::TooLarge(_))
+        ));
+        assert!(matches!(
+            frame_len((1usize << 32) + 7),
+            Err(LogError::TooLarge(_))
+        ));
     }
 
     #[test]

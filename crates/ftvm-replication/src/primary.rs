@@ -275,6 +275,11 @@ impl Protector {
                 let n = (*len - offset).min(DISK_PIECE as u64) as usize;
                 f.read_exact_at(&mut piece[..n], offset)
                     .map_err(PairError::io("cannot read a disk"))?;
+                // A backup that went silent (frozen, cut off) fails the attach, even while
+                // its socket still takes bytes in.
+                if out.with(|s| s.is_dead(now_ns())) {
+                    return Err(gone());
+                }
                 if piece[..n].iter().any(|&b| b != 0) {
                     let data = piece[..n].to_vec();
                     if !out.send_with(|_| {
@@ -301,7 +306,7 @@ impl Protector {
             out: out.clone(),
         });
         let log = LogWriter::new(writer, header)?;
-        if out.with(|s| s.broken()) {
+        if out.with(|s| s.is_dead(now_ns())) {
             return Err(gone());
         }
         out.set_write_limit(self.timing.dead)?;

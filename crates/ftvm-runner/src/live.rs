@@ -316,18 +316,33 @@ fn emit(out: Output, con: &mut Console, backends: &Backends) {
     }
 }
 
-/// Send out the held outputs the backup has acknowledged, noting how long each waited.
-fn release_acked(
-    held: &mut VecDeque<Held>,
-    hold_times: &mut HoldTimes,
-    link: &dyn Link,
-    con: &mut Console,
-    backends: &Backends,
-) {
-    link.release(held, &mut |(_, since, out)| {
-        hold_times.record(since.elapsed());
-        emit(out, con, backends);
-    });
+impl Gate {
+    /// Look at the link to the backup, if any: send out the held outputs it acknowledged
+    /// (noting how long each waited), or, when the backup is gone and this side won the
+    /// arbiter, drop the link and send them all. False when the backup has just gone.
+    fn look(&mut self, con: &mut Console, backends: &Backends) -> Result<bool, RunError> {
+        let Some(link) = &mut self.link else {
+            return Ok(true);
+        };
+        match link.check().map_err(RunError::Link)? {
+            LinkState::Protected(_) => {
+                let hold_times = &mut self.hold_times;
+                link.release(&mut self.held, &mut |(_, since, out)| {
+                    hold_times.record(since.elapsed());
+                    emit(out, con, backends);
+                });
+                Ok(true)
+            }
+            LinkState::Unprotected => {
+                eprintln!("\r\nftvm: the backup is gone; running on unprotected\r");
+                for (_, _, out) in self.held.drain(..) {
+                    emit(out, con, backends);
+                }
+                self.link = None;
+                Ok(false)
+            }
+        }
+    }
 }
 
 /// The live loop: run the machine, feed it the host's events through the boundary, send its
@@ -454,24 +469,8 @@ pub fn live(
                 }
             }
         }
-        if let Some(link) = &mut gate.link {
-            match link.check().map_err(RunError::Link)? {
-                LinkState::Protected(_) => release_acked(
-                    &mut gate.held,
-                    &mut gate.hold_times,
-                    link.as_ref(),
-                    &mut con,
-                    &backends,
-                ),
-                LinkState::Unprotected => {
-                    eprintln!("\r\nftvm: the backup is gone; running on unprotected\r");
-                    for (_, _, out) in gate.held.drain(..) {
-                        emit(out, &mut con, &backends);
-                    }
-                    gate.link = None;
-                    feed.log = None;
-                }
-            }
+        if !gate.look(&mut con, &backends)? {
+            feed.log = None;
         }
         match exit {
             RunExit::Yield | RunExit::Output => {}
@@ -621,23 +620,12 @@ pub fn live(
             _ => {}
         }
     }
-    if let (Some(link), Some(log)) = (&mut gate.link, &mut feed.log) {
+    if let (Some(_), Some(log)) = (&gate.link, &mut feed.log) {
         log.mark(m.count())?;
         let t0 = Instant::now();
         while !gate.held.is_empty() && t0.elapsed() < Duration::from_secs(5) {
-            match link.check().map_err(RunError::Link)? {
-                LinkState::Protected(_) => release_acked(
-                    &mut gate.held,
-                    &mut gate.hold_times,
-                    link.as_ref(),
-                    &mut con,
-                    &backends,
-                ),
-                LinkState::Unprotected => {
-                    eprintln!("\r\nftvm: the backup is gone; running on unprotected\r");
-                    gate.link = None;
-                    break;
-                }
+            if !gate.look(&mut con, &backends)? {
+                break;
             }
             std::thread::sleep(Duration::from_millis(1));
         }
