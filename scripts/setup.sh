@@ -24,7 +24,7 @@ fi
 STEP="rust toolchain"
 step "$STEP"
 if ! command -v cargo >/dev/null; then
-	echo "setup: cargo is missing: install Rust (stable, 1.80 or later) with rustup first" >&2
+	echo "setup: cargo is missing: install Rust (stable, 1.87 or later) with rustup first" >&2
 	exit 1
 fi
 cargo --version

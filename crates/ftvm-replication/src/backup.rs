@@ -229,7 +229,10 @@ pub fn run(
         }
     };
     // The machine description (memory, devices) is not wired yet: 0 and empty.
-    let (out, inc, _) = Channel::handshake(stream, &cfg.psk, &Hello::new(Role::Backup, 0, ""))?;
+    let hello = Hello::new(Role::Backup, cfg.mem_bytes, devices.layout());
+    let (out, inc, theirs) = Channel::handshake(stream, &cfg.psk, &hello)?;
+    // Refused on both sides, each with the differences named.
+    hello.check_compatible(&theirs)?;
     let halves = transport::boxed((out, inc));
     eprintln!("ftvm: backup connected to {primary_addr}");
     follow_primary(halves, listen, devices, cfg, opts)

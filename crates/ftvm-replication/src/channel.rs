@@ -64,7 +64,7 @@ pub enum ChannelError {
         got: &'static str,
         state: Order,
     },
-    #[error("the two sides run different machines: {0}")]
+    #[error("the two sides run different machines ({0}): give both sides the same --mem, --disk and --net options (MACs included), in the same order")]
     Incompatible(String),
     #[error("a message of {len} bytes is refused: the limit is {max} bytes")]
     TooLarge { len: u64, max: u32 },
@@ -251,7 +251,18 @@ fn noise_handshake(
         write_handshake(stream, buf.get(..n).unwrap_or_default())
     };
     let mut receive = |hs: &mut snow::HandshakeState, stream: &mut TcpStream| {
-        let msg = read_handshake(stream, deadline)?;
+        // A peer that hangs up here refused our first message: it holds another key.
+        let msg = read_handshake(stream, deadline).map_err(|e| match e {
+            ChannelError::Io(io)
+                if matches!(
+                    io.kind(),
+                    std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset
+                ) =>
+            {
+                ChannelError::Auth
+            }
+            e => e,
+        })?;
         // Whatever fails here (a tag, a key) is a peer without the key, or not a peer.
         hs.read_message(&msg, &mut scratch)
             .map(|_| ())

@@ -45,6 +45,8 @@ pub struct PairConfig {
     pub max_lag_ms: u64,
     /// Where this side reports its role, lag and protection.
     pub status_file: Option<PathBuf>,
+    /// The guest's memory size: both sides must run the same machine.
+    pub mem_bytes: u64,
 }
 
 #[derive(Debug, Error)]

@@ -127,14 +127,20 @@ impl Protector {
         let (tx, incoming) = mpsc::channel();
         let waker = wake.clone();
         let psk: Psk = cfg.psk.clone();
+        let hello = Hello::new(Role::Primary, cfg.mem_bytes, devices.layout());
         std::thread::spawn(move || {
             for s in listener.incoming() {
                 let Ok(s) = s else { continue };
                 let peer = s.peer_addr().map_or("?".to_string(), |a| a.to_string());
-                // The machine description (memory, devices) is not wired yet: 0 and empty.
-                match Channel::handshake(s, &psk, &Hello::new(Role::Primary, 0, "")) {
-                    Ok((out, inc, _)) => {
-                        let halves = (out, inc);
+                // Authenticated, the same protocol, and the same machine (memory, devices).
+                let halves = Channel::handshake(s, &psk, &hello).and_then(|(out, inc, theirs)| {
+                    hello
+                        .check_compatible(&theirs)
+                        .inspect_err(|_| out.shutdown())?;
+                    Ok((out, inc))
+                });
+                match halves {
+                    Ok(halves) => {
                         eprintln!("ftvm: backup {peer} connected");
                         if tx.send(transport::boxed(halves)).is_err() {
                             return;

@@ -84,6 +84,7 @@ fn config(arbiter: &str) -> PairConfig {
         epoch: None,
         max_lag_ms: 50,
         status_file: None,
+        mem_bytes: 16 << 20,
     }
 }
 

@@ -95,6 +95,26 @@ impl Devices {
         devices
     }
 
+    /// The device layout as both sides of a pair must have it (disk contents and sizes are
+    /// the primary's to send): `disks=N nets=MAC,MAC rng`, or `bare-metal`.
+    pub fn layout(&self) -> String {
+        if self.bare_metal {
+            return "bare-metal".into();
+        }
+        let macs: Vec<String> = self
+            .nets
+            .iter()
+            .map(|n| {
+                n.mac
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<Vec<_>>()
+                    .join(":")
+            })
+            .collect();
+        format!("disks={} nets={} rng", self.disks.len(), macs.join(","))
+    }
+
     /// A gratuitous ARP for the guest's address from the MAC of the network device in `slot`.
     pub fn garp(&self, slot: usize) -> Option<Vec<u8>> {
         let net = self.nets.get(slot.checked_sub(self.disks.len())?)?;
@@ -143,6 +163,7 @@ mod tests {
         assert_eq!(&f[6..12], &[2, 0, 0, 0, 0, 9]);
         assert_eq!(&f[28..32], &[10, 0, 0, 2]);
         assert_eq!(&f[38..42], &[10, 0, 0, 2]);
+        assert_eq!(d.layout(), "disks=1 nets=02:00:00:00:00:09 rng");
         let expected = d.expected(&[512]);
         assert_eq!(expected.len(), 3);
         assert_eq!(expected[2], DeviceSpec::Rng);

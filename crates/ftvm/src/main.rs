@@ -406,7 +406,7 @@ fn devices_of(a: &RunArgs) -> Devices {
     }
 }
 
-fn pair_config(p: &PairArgs) -> Result<PairConfig> {
+fn pair_config(p: &PairArgs, a: &RunArgs) -> Result<PairConfig> {
     Ok(PairConfig {
         psk: Psk::from_file(&p.psk)?,
         arbiter: Arbiter::parse(&p.arbiter)?,
@@ -415,6 +415,7 @@ fn pair_config(p: &PairArgs) -> Result<PairConfig> {
         epoch: p.epoch(),
         max_lag_ms: p.max_lag_ms,
         status_file: p.status_file.clone(),
+        mem_bytes: a.mem,
     })
 }
 
@@ -467,7 +468,7 @@ fn finish(a: &RunArgs, ended: Ended) -> Result<u8> {
 }
 
 fn run_primary(listen: &str, p: PairArgs, a: RunArgs) -> Result<u8> {
-    let cfg = pair_config(&p)?;
+    let cfg = pair_config(&p, &a)?;
     if cfg.arbiter.taken(0)? {
         bail!(
             "the arbiter {} was already won: a new pair needs a fresh arbiter",
@@ -493,7 +494,7 @@ fn run_primary(listen: &str, p: PairArgs, a: RunArgs) -> Result<u8> {
 }
 
 fn run_backup(primary_addr: &str, listen: Option<&str>, p: PairArgs, a: RunArgs) -> Result<u8> {
-    let cfg = pair_config(&p)?;
+    let cfg = pair_config(&p, &a)?;
     let ended = backup::run(primary_addr, listen, &devices_of(&a), &cfg, &a.options())?;
     finish(&a, ended)
 }

@@ -122,8 +122,9 @@ fn bad_sizes_are_refused() {
     );
 }
 
-/// A backup whose options give other devices than the primary's guest is refused at attach,
-/// before it could ever go live with the wrong ones; so is a backup with the wrong key.
+/// A backup whose options give other devices or memory than the primary's guest is refused
+/// when it connects (the versioned hello names what differs), before it could ever go live
+/// with the wrong ones; so is a backup with the wrong key.
 #[test]
 fn a_backup_with_other_devices_or_key_is_refused() {
     let out = guest_out();
@@ -168,10 +169,15 @@ fn a_backup_with_other_devices_or_key_is_refused() {
     // No disk where the primary has one.
     run(
         backup(&psk, &[]),
-        "the primary has 1 disks and this backup 0",
+        "devices: `disks=0 nets= rng` here, `disks=1 nets= rng` on the primary",
+    );
+    // Other memory.
+    let bdisk = tmp("backup.img", &[]);
+    run(
+        backup(&psk, &["--disk", bdisk.to_str().unwrap(), "--mem", "512M"]),
+        "memory: 536870912 bytes here, 268435456 bytes on the primary",
     );
     // The same disk, but a network device the primary's guest does not have.
-    let bdisk = tmp("backup.img", &[]);
     run(
         backup(
             &psk,
@@ -182,7 +188,7 @@ fn a_backup_with_other_devices_or_key_is_refused() {
                 "tap=nosuchtap0,mac=52:54:00:00:00:01",
             ],
         ),
-        "give both sides the same --disk and --net options",
+        "devices: `disks=1 nets=52:54:00:00:00:01 rng` here, `disks=1 nets= rng` on the primary",
     );
     // The wrong key.
     run(
