@@ -284,6 +284,9 @@ fn noise_handshake(
     hs.into_stateless_transport_mode().map_err(noise_err)
 }
 
+/// Shuts a connection down, both ways.
+pub type Closer = Box<dyn Fn() + Send + Sync>;
+
 /// One authenticated connection; split into a sending and a receiving half.
 pub struct Channel {
     stream: TcpStream,
@@ -528,6 +531,14 @@ impl Channel {
 
     pub fn shutdown(&self) {
         let _ = self.stream.shutdown(std::net::Shutdown::Both);
+    }
+
+    /// A handle that shuts the connection down from another thread, without this half.
+    pub fn closer(&self) -> Result<Closer, ChannelError> {
+        let s = self.stream.try_clone()?;
+        Ok(Box::new(move || {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }))
     }
 
     /// Bound how long a send may block on a peer that stops reading (`None`: forever). A send

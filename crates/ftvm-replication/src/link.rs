@@ -83,6 +83,12 @@ impl<S: Side> SendHalf<S> {
         r
     }
 
+    /// A handle that closes the connection from another thread, even while a send blocks
+    /// under the lock.
+    pub(crate) fn closer(&self) -> Result<crate::channel::Closer, ChannelError> {
+        self.lock().tx.closer()
+    }
+
     pub(crate) fn set_write_limit(&self, limit: Duration) -> Result<(), ChannelError> {
         self.lock().tx.set_write_timeout(Some(limit))
     }

@@ -7,7 +7,9 @@ use std::io::Write;
 use std::net::TcpListener;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ftvm_log::{LogWriter, Record};
@@ -90,6 +92,15 @@ impl Link for PrimaryLink {
     /// would pause longer than --max-lag-ms: it then waits for the backup.
     fn too_far_ahead(&self, count: u64) -> bool {
         count.saturating_sub(self.out.with(|s| s.replayed())) > self.max_lag
+    }
+}
+
+/// Marks an attach finished when dropped, however it ends.
+struct Finished(Arc<AtomicBool>);
+
+impl Drop for Finished {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
     }
 }
 
@@ -225,13 +236,39 @@ impl Protector {
         // but never without bound: a backup that stops reading fails the attach.
         let side = PrimarySide::new(generation, self.timing, now_ns(), m.count());
         let out = SendHalf::new(tx, self.timing.stall(), side)?;
+        // While the state is sent, a backup that goes silent (frozen, cut off) for the stall
+        // limit fails the attach, even if its kernel goes on taking bytes in (a write that
+        // progresses now and then never times out): a watchdog closes the connection, which
+        // ends a send that blocks.
+        let heard = Arc::new(AtomicU64::new(now_ns()));
+        let attaching = Arc::new(AtomicBool::new(true));
+        let _done = Finished(attaching.clone());
+        {
+            let (heard, attaching) = (heard.clone(), attaching.clone());
+            let close = out.closer()?;
+            let stall = u64::try_from(self.timing.stall().as_nanos()).unwrap_or(u64::MAX);
+            let beat = self.timing.beat;
+            std::thread::spawn(move || {
+                while attaching.load(Ordering::SeqCst) {
+                    std::thread::sleep(beat);
+                    let silent = now_ns().saturating_sub(heard.load(Ordering::SeqCst));
+                    if silent > stall && attaching.load(Ordering::SeqCst) {
+                        close();
+                        return;
+                    }
+                }
+            });
+        }
         {
             let out = out.clone();
             let wake = self.wake.clone();
             std::thread::spawn(move || loop {
                 let msg = rx.recv();
                 let got = match msg {
-                    Ok(msg) => out.with(|s| s.receive(now_ns(), &msg)),
+                    Ok(msg) => {
+                        heard.store(now_ns(), Ordering::SeqCst);
+                        out.with(|s| s.receive(now_ns(), &msg))
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "replication channel closed");
                         out.broke();

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::channel::{Channel, ChannelError, Msg};
+use crate::channel::{Channel, ChannelError, Closer, Msg};
 
 /// The sending half of a link.
 pub trait Outgoing: Send {
@@ -15,6 +15,8 @@ pub trait Outgoing: Send {
     fn set_write_timeout(&self, limit: Option<Duration>) -> Result<(), ChannelError>;
     /// Close the link, both ways.
     fn shutdown(&self);
+    /// A handle that closes the link from another thread, even while a send blocks.
+    fn closer(&self) -> Result<Closer, ChannelError>;
 }
 
 /// The receiving half of a link.
@@ -44,6 +46,9 @@ impl Outgoing for Channel {
     }
     fn shutdown(&self) {
         Channel::shutdown(self)
+    }
+    fn closer(&self) -> Result<Closer, ChannelError> {
+        Channel::closer(self)
     }
 }
 
@@ -76,7 +81,7 @@ pub mod memory {
     use std::time::Duration;
 
     use super::{Halves, Incoming, Outgoing};
-    use crate::channel::{ChannelError, Msg};
+    use crate::channel::{ChannelError, Closer, Msg};
 
     struct Tx {
         q: mpsc::Sender<(u64, Msg)>,
@@ -115,6 +120,10 @@ pub mod memory {
         }
         fn shutdown(&self) {
             self.closed.store(true, Ordering::SeqCst);
+        }
+        fn closer(&self) -> Result<Closer, ChannelError> {
+            let closed = self.closed.clone();
+            Ok(Box::new(move || closed.store(true, Ordering::SeqCst)))
         }
     }
 
