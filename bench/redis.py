@@ -137,6 +137,7 @@ def main():
                     help="engine and client on CPU 0, the backup alone on CPU 1")
     a = ap.parse_args()
     os.makedirs(os.path.dirname(a.json), exist_ok=True)
+    os.makedirs(os.path.dirname(PSK), exist_ok=True)
     with open(PSK, "wb") as f:
         f.write(os.urandom(32))
     subprocess.run(["cargo", "build", "--release", "-q", "-p", "ftvm"], cwd=ROOT, check=True)
