@@ -20,6 +20,9 @@ thread_local! {
     static FLAGS: Cell<u32> = const { Cell::new(0) };
 }
 
+/// fflags' inexact bit.
+const FFLAG_NX: u64 = 1;
+
 fn get_rm() -> RoundingMode {
     RM.with(|c| c.get())
 }
@@ -81,6 +84,13 @@ trait Format: Copy {
     fn from_u32(v: u32) -> Self::Soft;
     fn from_i64(v: u64) -> Self::Soft;
     fn from_u64(v: u64) -> Self::Soft;
+    /// The host FPU's result of `op` (0 add, 1 sub, 2 mul, 3 div, 0x0b sqrt of `a`) on the
+    /// formats' bits, when it is certainly the same as softfloat's under round-to-nearest-even
+    /// with the inexact flag already set (QEMU's hardfloat gate): inputs zero or normal, no
+    /// division by zero or square root of a negative or a zero, and a result that is normal and
+    /// above the smallest normal (neither tiny nor infinite nor NaN), so no flag but inexact
+    /// could be raised. `None`: ask softfloat.
+    fn hard(op: u32, a: u64, b: u64) -> Option<u64>;
 }
 
 #[derive(Clone, Copy)]
@@ -89,9 +99,23 @@ struct S;
 struct D;
 
 macro_rules! format_impl {
-    ($t:ty, $soft:ty, $holder:ty, $sign:expr, $to_reg:expr, $from_reg:expr, $canon:expr, $exp:expr, $mant:expr) => {
+    ($t:ty, $soft:ty, $holder:ty, $host:ty, $sign:expr, $to_reg:expr, $from_reg:expr, $canon:expr, $exp:expr, $mant:expr) => {
         impl Format for $t {
             type Soft = $soft;
+            fn hard(op: u32, a: u64, b: u64) -> Option<u64> {
+                let x = <$host>::from_bits(a as $holder);
+                let y = <$host>::from_bits(b as $holder);
+                let plain = |v: $host| v.is_normal() || v == 0.0;
+                let r = match op {
+                    0 if plain(x) && plain(y) => x + y,
+                    1 if plain(x) && plain(y) => x - y,
+                    2 if plain(x) && plain(y) => x * y,
+                    3 if plain(x) && y.is_normal() => x / y,
+                    0x0b if x.is_normal() && x > 0.0 => x.sqrt(),
+                    _ => return None,
+                };
+                (r.is_finite() && r.abs() > <$host>::MIN_POSITIVE).then(|| r.to_bits() as u64)
+            }
             fn soft(bits: u64) -> $soft {
                 <$soft>::new(bits as $holder)
             }
@@ -165,6 +189,7 @@ format_impl!(
     S,
     F32,
     u32,
+    f32,
     1 << 31,
     |b: u64| (b & 0xffff_ffff) | BOX,
     |r: u64| unbox(r) as u64,
@@ -176,6 +201,7 @@ format_impl!(
     D,
     F64,
     u64,
+    f64,
     1 << 63,
     |b: u64| b,
     |r: u64| r,
@@ -381,7 +407,18 @@ impl Hart {
             }
             return ret(r);
         }
-        match insn >> 27 {
+        let f7 = insn >> 27;
+        // The host FPU where its result and flags are certainly softfloat's (see
+        // `Format::hard`): round-to-nearest-even, inexact already set.
+        if (f7 <= 3 || (f7 == 0x0b && r2 == 0))
+            && self.csr.fflags & FFLAG_NX != 0
+            && get_rm() == RoundingMode::TiesToEven
+        {
+            if let Some(r) = F::hard(f7, F::from_reg(self.f[r1]), F::from_reg(self.f[r2])) {
+                return Some(Out::F(F::to_reg(r)));
+            }
+        }
+        match f7 {
             0x00 => ret(F::add(a, b)),
             0x01 => ret(F::sub(a, b)),
             0x02 => ret(F::mul(a, b)),
@@ -497,5 +534,99 @@ impl Hart {
             }
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod hardfloat {
+    use super::*;
+
+    /// softfloat's result and flags for `op` under round-to-nearest-even.
+    fn soft<F: Format>(op: u32, a: u64, b: u64) -> (u64, u32) {
+        init();
+        RM.with(|c| c.set(RoundingMode::TiesToEven));
+        FLAGS.with(|c| c.set(0));
+        let (x, y) = (F::soft(a), F::soft(b));
+        let r = match op {
+            0 => F::add(x, y),
+            1 => F::sub(x, y),
+            2 => F::mul(x, y),
+            3 => F::div(x, y),
+            _ => F::sqrt(x),
+        };
+        (F::bits(r), FLAGS.with(|c| c.get()))
+    }
+
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        }
+    }
+
+    /// Operands: random bits, and values built to sit at the edges (exponents near the
+    /// smallest and largest normal, zeros, the smallest normal and its neighbours, the
+    /// largest finite, subnormals, infinities, NaNs, results that cancel).
+    fn operand(r: &mut Rng, exp_bits: u32, mant_bits: u32, other: u64) -> u64 {
+        let bias = (1u64 << (exp_bits - 1)) - 1;
+        let max_exp = (1u64 << exp_bits) - 1;
+        let sign = (r.next() & 1) << (exp_bits + mant_bits);
+        let mant = r.next() & ((1u64 << mant_bits) - 1);
+        let exp = match r.next() % 10 {
+            0 => return r.next() & ((1u64 << (exp_bits + mant_bits + 1)) - 1),
+            1 => r.next() % 4, // zero, subnormal, the smallest normals
+            2 => max_exp - 1 - r.next() % 3, // near overflow
+            3 => bias / 2 + r.next() % 8, // products that underflow
+            4 => bias + bias / 2 - r.next() % 8, // products that overflow
+            5 => return sign | (max_exp << mant_bits) | ((r.next() % 2) * mant), // inf or NaN
+            6 => return other ^ (r.next() % 4) ^ (r.next() & 1) << (exp_bits + mant_bits), // near the other
+            7 => return sign,                                                              // zero
+            _ => bias - 20 + r.next() % 40, // ordinary
+        };
+        sign | (exp << mant_bits) | mant
+    }
+
+    fn check<F: Format>(exp_bits: u32, mant_bits: u32, n: u32) {
+        let mut r = Rng(0x0f7f_2026 ^ u64::from(mant_bits));
+        for op in [0, 1, 2, 3, 0x0b] {
+            let mut hard = 0u32;
+            for _ in 0..n {
+                let a = operand(&mut r, exp_bits, mant_bits, 0);
+                let b = operand(&mut r, exp_bits, mant_bits, a);
+                let Some(h) = F::hard(op, a, b) else { continue };
+                hard += 1;
+                let (s, flags) = soft::<F>(op, a, b);
+                assert_eq!(
+                    h, s,
+                    "op {op:#x}: {a:#x}, {b:#x}: host {h:#x}, softfloat {s:#x}"
+                );
+                // Nothing but inexact, which the gate requires to be set already.
+                assert_eq!(
+                    flags & !ExceptionFlags::INEXACT.bits(),
+                    0,
+                    "op {op:#x}: {a:#x}, {b:#x}: flags {flags:#x}"
+                );
+            }
+            // The gate lets most ordinary operations through: it is exercised.
+            assert!(
+                hard > n / 5,
+                "op {op:#x}: only {hard} of {n} on the host FPU"
+            );
+        }
+    }
+
+    #[test]
+    fn host_results_and_flags_equal_softfloat_single() {
+        check::<S>(8, 23, 1_000_000);
+    }
+
+    #[test]
+    fn host_results_and_flags_equal_softfloat_double() {
+        check::<D>(11, 52, 1_000_000);
     }
 }
