@@ -622,11 +622,11 @@ mod hardfloat {
 
     #[test]
     fn host_results_and_flags_equal_softfloat_single() {
-        check::<S>(8, 23, 1_000_000);
+        check::<S>(8, 23, 2_000_000);
     }
 
     #[test]
     fn host_results_and_flags_equal_softfloat_double() {
-        check::<D>(11, 52, 1_000_000);
+        check::<D>(11, 52, 2_000_000);
     }
 }
