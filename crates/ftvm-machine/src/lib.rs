@@ -495,6 +495,17 @@ mod tests {
         assert_ne!(back.digest(), m.digest());
     }
 
+    /// Register writes that make queue 0 of a virtio-mmio device ready (size 64, rings in the
+    /// first pages of RAM) and the driver OK.
+    const QUEUE_0_READY: [(u64, u32); 6] = [
+        (0x38, 64),
+        (0x80, 0x8000_1000),
+        (0x90, 0x8000_2000),
+        (0xa0, 0x8000_3000),
+        (0x44, 1),
+        (0x70, 0xf),
+    ];
+
     /// A machine with a disk (one request in flight), a network device and an entropy
     /// device, their queues ready.
     fn with_devices() -> Machine {
@@ -512,27 +523,13 @@ mod tests {
         .enumerate()
         {
             let mut d = virtio::VirtioMmio::new(slot + 1, dev);
-            for (off, v) in [
-                (0x38, 64),
-                (0x80, 0x8000_1000),
-                (0x90, 0x8000_2000),
-                (0xa0, 0x8000_3000),
-                (0x44, 1),
-                (0x70, 0xf),
-            ] {
+            for (off, v) in QUEUE_0_READY {
                 d.write(off, v, &mut ram, &mut out);
             }
             m.board.virtio.push(d);
         }
         let mut blk = virtio::VirtioMmio::blk(0, 1 << 20, "d");
-        for (off, v) in [
-            (0x38, 64),
-            (0x80, 0x8000_1000),
-            (0x90, 0x8000_2000),
-            (0xa0, 0x8000_3000),
-            (0x44, 1),
-            (0x70, 0xf),
-        ] {
+        for (off, v) in QUEUE_0_READY {
             blk.write(off, v, &mut ram, &mut out);
         }
         if let virtio::Device::Blk {

@@ -253,11 +253,7 @@ pub fn follow_primary(
     // dropped.
     let mut tx_half = tx_half;
     tx_half.set_generation(generation);
-    let out = SendHalf::new(
-        tx_half,
-        timing.dead,
-        BackupSide::new(generation, timing, now_ns()),
-    )?;
+    let out = SendHalf::new(tx_half, timing.dead, BackupSide::new(timing, now_ns()))?;
     // Heartbeats (from the attach on, so the primary knows this side is there while it sends
     // its state; not while this side waits its turn, unread) tell the primary how far this side
     // has replayed, and echo its newest stamp.

@@ -318,11 +318,6 @@ impl Protector {
                 let n = (*len - offset).min(DISK_PIECE as u64) as usize;
                 f.read_exact_at(&mut piece[..n], offset)
                     .map_err(PairError::io("cannot read a disk"))?;
-                // A backup that went silent (frozen, cut off) fails the attach, even while
-                // its socket still takes bytes in.
-                if out.with(|s| s.is_dead(now_ns())) {
-                    return Err(gone());
-                }
                 if piece[..n].iter().any(|&b| b != 0) {
                     let data = piece[..n].to_vec();
                     if !out.send_with(|_| {

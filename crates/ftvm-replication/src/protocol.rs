@@ -24,6 +24,7 @@ use thiserror::Error;
 
 use crate::channel::Msg;
 use crate::lease::Timing;
+use crate::wire::Kind;
 
 /// Nanoseconds on a side's own clock.
 pub type Nanos = u64;
@@ -34,13 +35,7 @@ fn nanos(d: Duration) -> u64 {
 
 /// The name of a message, for errors.
 pub fn msg_name(m: &Msg) -> &'static str {
-    match m {
-        Msg::Log { .. } => "log bytes",
-        Msg::Ack { .. } => "an acknowledgement",
-        Msg::Heartbeat { .. } => "a heartbeat",
-        Msg::Attach { .. } => "an attach message",
-        Msg::Disk { .. } => "disk contents",
-    }
+    Kind::of(m).name()
 }
 
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
@@ -113,10 +108,6 @@ impl PrimarySide {
             replayed: count,
             released: 0,
         }
-    }
-
-    pub fn generation(&self) -> u64 {
-        self.generation
     }
 
     /// A message from the backup, received at `now`.
@@ -228,10 +219,6 @@ impl PrimarySide {
         self.broken
     }
 
-    pub fn fenced(&self) -> bool {
-        self.fenced
-    }
-
     /// Whether the backup is to be taken for dead at `now`.
     pub fn is_dead(&self, now: Nanos) -> bool {
         self.broken || now.saturating_sub(self.last_heard) > nanos(self.timing.dead)
@@ -255,7 +242,6 @@ impl PrimarySide {
 /// The backup's side of its link to the primary (from the attach on).
 #[derive(Clone, Debug)]
 pub struct BackupSide {
-    generation: u64,
     timing: Timing,
     last_heard: Nanos,
     broken: bool,
@@ -269,10 +255,9 @@ pub struct BackupSide {
 }
 
 impl BackupSide {
-    /// Attached as `generation` at `now`.
-    pub fn new(generation: u64, timing: Timing, now: Nanos) -> BackupSide {
+    /// Attached at `now`.
+    pub fn new(timing: Timing, now: Nanos) -> BackupSide {
         BackupSide {
-            generation,
             timing,
             last_heard: now,
             broken: false,
@@ -281,10 +266,6 @@ impl BackupSide {
             replayed: 0,
             released: 0,
         }
-    }
-
-    pub fn generation(&self) -> u64 {
-        self.generation
     }
 
     /// A message from the primary, received at `now`. (The order of the state transfer,
@@ -345,11 +326,6 @@ impl BackupSide {
         self.replayed = self.replayed.max(count);
     }
 
-    /// The primary released outputs up to here.
-    pub fn released(&self) -> u64 {
-        self.released
-    }
-
     pub fn last_heard(&self) -> Nanos {
         self.last_heard
     }
@@ -360,10 +336,6 @@ impl BackupSide {
 
     pub fn broken(&self) -> bool {
         self.broken
-    }
-
-    pub fn fenced(&self) -> bool {
-        self.fenced
     }
 
     /// Whether the primary is to be taken for dead at `now`.
@@ -435,7 +407,7 @@ mod tests {
         // The backup receives the stamp at r >= stamp, fences, and goes live at
         // r + fence_wait at the earliest; the lease from that stamp has ended by then.
         for (stamp, delay) in [(1000 * MS, 0), (1000 * MS, 7 * MS), (5 * MS, 90 * MS)] {
-            let mut b = BackupSide::new(0, timing(), 0);
+            let mut b = BackupSide::new(timing(), 0);
             let mut p = PrimarySide::new(0, timing(), 0, 0);
             b.receive(
                 stamp + delay,
@@ -552,7 +524,7 @@ mod tests {
                 }
             )
             .is_err());
-        let mut b = BackupSide::new(0, timing(), 0);
+        let mut b = BackupSide::new(timing(), 0);
         assert!(b.receive(0, &Msg::Ack { count: 0, clock: 0 }).is_err());
         assert!(b
             .receive(
@@ -567,7 +539,7 @@ mod tests {
 
     #[test]
     fn the_backup_echoes_the_newest_stamp_and_waits_out_the_last_word() {
-        let mut b = BackupSide::new(0, timing(), 0);
+        let mut b = BackupSide::new(timing(), 0);
         b.receive(
             50 * MS,
             &Msg::Log {

@@ -666,8 +666,7 @@ impl Sim {
                 if let Msg::Attach { generation, .. } = msg {
                     if matches!(b.state, BackupState::Waiting) {
                         b.generation = generation;
-                        b.state =
-                            BackupState::Following(BackupSide::new(generation, timing(), now));
+                        b.state = BackupState::Following(BackupSide::new(timing(), now));
                     }
                     return Ok(());
                 }
