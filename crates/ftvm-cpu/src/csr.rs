@@ -351,7 +351,8 @@ impl Hart {
         self.csr.mstatus = v;
         let tlb_bits = MSTATUS_MPRV | MSTATUS_SUM | MSTATUS_MXR | MSTATUS_MPP;
         if (old ^ v) & tlb_bits != 0 {
-            self.mmu.flush();
+            // These bits govern loads and stores only.
+            self.mmu.flush_data();
         }
     }
 

@@ -479,7 +479,8 @@ impl Hart {
                 self.count += 1;
                 self.brk = true;
                 self.set_priv(spp);
-                self.mmu.flush();
+                // MPRV may have changed.
+                self.mmu.flush_data();
                 Ok(())
             }
             0x302 if rs1 == 0 => {
@@ -502,7 +503,8 @@ impl Hart {
                 self.count += 1;
                 self.brk = true;
                 self.set_priv(mpp);
-                self.mmu.flush();
+                // MPRV may have changed.
+                self.mmu.flush_data();
                 Ok(())
             }
             0x105 if rs1 == 0 => {

@@ -14,11 +14,72 @@
 mod csr;
 mod exec;
 mod fpu;
+#[cfg(target_arch = "x86_64")]
+mod jit;
 mod mmu;
 mod rvc;
 mod state;
 
 pub use csr::Csr;
+#[cfg(target_arch = "x86_64")]
+pub use jit::JitStats;
+/// Counters of the translator's work (none on hosts without a translator).
+#[cfg(not(target_arch = "x86_64"))]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct JitStats {
+    pub blocks: u64,
+    pub insns: u64,
+    pub compile_ns: u64,
+    pub code_bytes: u64,
+    pub full_flushes: u64,
+    pub dispatches: u64,
+    pub links: u64,
+}
+
+/// How a hart executes instructions. Not machine state: every engine takes the same steps
+/// with the same results, so a log recorded with one replays with the other.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Engine {
+    /// The interpreter: decoded ops, one at a time. The reference.
+    Interp,
+    /// The translator: blocks compiled to host code (x86-64 hosts).
+    Jit,
+}
+
+static DEFAULT_ENGINE: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+impl Engine {
+    /// Whether this host can run the engine.
+    pub fn supported(self) -> bool {
+        match self {
+            Engine::Interp => true,
+            Engine::Jit => cfg!(target_arch = "x86_64"),
+        }
+    }
+    /// The engine of harts made from now on: the translator where the host supports it,
+    /// unless [`Engine::set_default`] chose otherwise.
+    pub fn default_engine() -> Engine {
+        match DEFAULT_ENGINE.load(std::sync::atomic::Ordering::Relaxed) {
+            1 => Engine::Interp,
+            2 => Engine::Jit,
+            _ if Engine::Jit.supported() => Engine::Jit,
+            _ => Engine::Interp,
+        }
+    }
+    /// Choose the engine of harts made from now on in this process (new machines and
+    /// restored snapshots). False if the host cannot run it.
+    pub fn set_default(e: Engine) -> bool {
+        if !e.supported() {
+            return false;
+        }
+        let v = match e {
+            Engine::Interp => 1,
+            Engine::Jit => 2,
+        };
+        DEFAULT_ENGINE.store(v, std::sync::atomic::Ordering::Relaxed);
+        true
+    }
+}
 pub use state::{HartStateError, HART_STATE_LEN};
 
 /// Exception causes (mcause values without the interrupt bit).
@@ -138,6 +199,8 @@ pub struct Hart {
     brk: bool,
     /// The trap of the last instruction fetch that faulted.
     fetch_fault: Trap,
+    /// How instructions are executed (not machine state).
+    engine: Engine,
 }
 
 impl Default for Hart {
@@ -165,7 +228,31 @@ impl Hart {
             exit: None,
             brk: false,
             fetch_fault: Trap::new(0, 0),
+            engine: Engine::default_engine(),
         }
+    }
+
+    /// The engine this hart runs with.
+    pub fn engine(&self) -> Engine {
+        self.engine
+    }
+
+    /// Choose the engine; false (and no change) if the host cannot run it.
+    pub fn set_engine(&mut self, e: Engine) -> bool {
+        if !e.supported() {
+            return false;
+        }
+        self.engine = e;
+        true
+    }
+
+    /// What the translator has done so far in this hart (zeros under the interpreter).
+    pub fn jit_stats(&self) -> JitStats {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(j) = &self.mmu.code.jit {
+            return j.stats;
+        }
+        JitStats::default()
     }
 
     /// Steps taken: retired instructions plus instructions that raised an exception.
@@ -264,6 +351,25 @@ impl Hart {
 
     /// Run at most `budget` steps. Returns early when the board must look at the hart.
     pub fn run<B: Bus>(&mut self, bus: &mut B, budget: u64) -> Exit {
+        #[cfg(target_arch = "x86_64")]
+        if self.engine == Engine::Jit {
+            return self.run_jit(bus, budget);
+        }
+        self.run_interp(bus, budget)
+    }
+
+    /// One step of the interpreter: the instruction at pc retires or traps.
+    #[inline(always)]
+    pub(crate) fn step<B: Bus>(&mut self, bus: &mut B) {
+        let op = self.fetch_op(bus);
+        if let Err(t) = self.exec(bus, op) {
+            self.take_trap(t);
+            self.count += 1;
+        }
+    }
+
+    /// [`Hart::run`] with the interpreter.
+    pub(crate) fn run_interp<B: Bus>(&mut self, bus: &mut B, budget: u64) -> Exit {
         let end = self.count.saturating_add(budget);
         loop {
             if let Some(e) = self.exit.take() {
@@ -281,11 +387,7 @@ impl Hart {
             }
             self.brk = false;
             while self.count < end && !self.brk {
-                let op = self.fetch_op(bus);
-                if let Err(t) = self.exec(bus, op) {
-                    self.take_trap(t);
-                    self.count += 1;
-                }
+                self.step(bus);
             }
         }
     }
@@ -367,7 +469,7 @@ impl Hart {
             self.pc = vector(s.mtvec, interrupt, code);
         }
         if old != self.prv {
-            self.mmu.flush();
+            self.mmu.flush_data();
         }
     }
 
@@ -375,7 +477,7 @@ impl Hart {
     pub fn set_priv(&mut self, p: Priv) {
         if p != self.prv {
             self.prv = p;
-            self.mmu.flush();
+            self.mmu.flush_data();
         }
     }
 }

@@ -13,14 +13,15 @@ const TLB_SIZE: usize = 256;
 const INVALID: u64 = u64::MAX;
 
 #[derive(Clone, Copy)]
-struct Entry {
+#[repr(C)]
+pub(crate) struct Entry {
     vpn: u64,
     /// Offset in RAM of the page's first byte.
     off: usize,
 }
 
 #[derive(Clone)]
-struct Tlb(Box<[Entry; TLB_SIZE]>);
+pub(crate) struct Tlb(Box<[Entry; TLB_SIZE]>);
 
 impl Tlb {
     fn new() -> Tlb {
@@ -32,8 +33,14 @@ impl Tlb {
         ))
     }
     #[inline(always)]
-    fn lookup(&self, vaddr: u64) -> Option<usize> {
-        let vpn = vaddr >> 12;
+    pub(crate) fn lookup(&self, vaddr: u64) -> Option<usize> {
+        self.lookup_tagged(vaddr, 0)
+    }
+    /// Look up `vaddr` among entries filled with the same `tag` (bits above the 52 of a
+    /// virtual page number: see [`fetch_tag`]).
+    #[inline(always)]
+    pub(crate) fn lookup_tagged(&self, vaddr: u64, tag: u64) -> Option<usize> {
+        let vpn = (vaddr >> 12) | tag;
         let e = &self.0[(vpn as usize) & (TLB_SIZE - 1)];
         if e.vpn == vpn {
             Some(e.off + (vaddr & 0xfff) as usize)
@@ -42,7 +49,10 @@ impl Tlb {
         }
     }
     fn fill(&mut self, vaddr: u64, page_off: usize) {
-        let vpn = vaddr >> 12;
+        self.fill_tagged(vaddr, 0, page_off)
+    }
+    fn fill_tagged(&mut self, vaddr: u64, tag: u64, page_off: usize) {
+        let vpn = (vaddr >> 12) | tag;
         self.0[(vpn as usize) & (TLB_SIZE - 1)] = Entry { vpn, off: page_off };
     }
     fn flush(&mut self) {
@@ -50,7 +60,25 @@ impl Tlb {
             e.vpn = INVALID;
         }
     }
+    /// The entries, for the translator's inline lookups (16 bytes each: vpn, then offset).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    pub(crate) fn as_ptr(&self) -> *const Entry {
+        self.0.as_ptr()
+    }
 }
+
+/// The tag of fetch translations made at privilege `p`. Fetch translations (the fetch TLB,
+/// the decoded-op page map and the translator's jump cache) are kept per privilege level, so
+/// that a trap or an xRET, which changes the level, need not drop them; they are dropped by
+/// what changes a translation: satp writes, SFENCE.VMA, a restore.
+#[inline(always)]
+pub(crate) fn fetch_tag(p: Priv) -> u64 {
+    (p as u64) << 52
+}
+
+/// Entries per TLB, for the translator's inline lookups.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+pub(crate) const TLB_ENTRIES: usize = TLB_SIZE;
 
 /// Ops per page of the decoded-instruction cache (one slot per 2 bytes).
 const OPS_PER_PAGE: usize = 2048;
@@ -60,7 +88,7 @@ const VTLB_SIZE: usize = 64;
 ///
 /// It stays coherent with memory: a page with decoded ops is never mapped in the store TLB, so
 /// every store to it takes the slow path, which drops the page's ops first.
-struct CodeCache {
+pub(crate) struct CodeCache {
     pages: Vec<Option<Box<[Op; OPS_PER_PAGE]>>>,
     /// Recently executed virtual pages and their RAM pages, to switch pages without a walk.
     vtlb: [(u64, usize); VTLB_SIZE],
@@ -70,6 +98,10 @@ struct CodeCache {
     cur_vpn: u64,
     cur_page: usize,
     cur_ops: *const Op,
+    /// The translator's blocks, if the hart runs them. Blocks exist only in pages that have
+    /// a decoded-op box, so the store path that drops a page's ops drops its blocks too.
+    #[cfg(target_arch = "x86_64")]
+    pub(crate) jit: Option<Box<crate::jit::Jit>>,
 }
 
 impl Default for CodeCache {
@@ -80,6 +112,8 @@ impl Default for CodeCache {
             cur_vpn: INVALID,
             cur_page: 0,
             cur_ops: std::ptr::null(),
+            #[cfg(target_arch = "x86_64")]
+            jit: None,
         }
     }
 }
@@ -90,7 +124,8 @@ unsafe impl Send for CodeCache {}
 
 impl Clone for CodeCache {
     fn clone(&self) -> Self {
-        // The copy's boxes are new allocations: it must not use this cache's pointer.
+        // The copy's boxes are new allocations: it must not use this cache's pointer. The
+        // copy starts without translated blocks (an engine cache, rebuilt on demand).
         CodeCache {
             pages: self.pages.clone(),
             ..Default::default()
@@ -100,10 +135,16 @@ impl Clone for CodeCache {
 
 #[derive(Clone)]
 pub(crate) struct Mmu {
-    load: Tlb,
-    store: Tlb,
-    fetch: Tlb,
-    code: CodeCache,
+    pub(crate) load: Tlb,
+    pub(crate) store: Tlb,
+    pub(crate) fetch: Tlb,
+    pub(crate) code: CodeCache,
+    /// Counts translation flushes: a translator's jump-cache entry made under another
+    /// generation may map its virtual address differently.
+    pub(crate) gen: u64,
+    /// Set when translations were flushed or code was dropped: a translated block that is
+    /// running must return to its dispatcher after the current instruction.
+    pub(crate) jit_exit: bool,
 }
 
 impl Mmu {
@@ -113,8 +154,20 @@ impl Mmu {
             store: Tlb::new(),
             fetch: Tlb::new(),
             code: CodeCache::default(),
+            gen: 0,
+            jit_exit: false,
         }
     }
+    /// Forget the data translations and the current code page after a change of privilege
+    /// level or of the mstatus bits that govern loads and stores. Fetch translations are
+    /// tagged with their level and stay.
+    pub fn flush_data(&mut self) {
+        self.load.flush();
+        self.store.flush();
+        self.code.cur_vpn = INVALID;
+        self.jit_exit = true;
+    }
+
     /// Forget every translation (the decoded ops are physical and stay).
     pub fn flush(&mut self) {
         self.load.flush();
@@ -122,6 +175,8 @@ impl Mmu {
         self.fetch.flush();
         self.code.cur_vpn = INVALID;
         self.code.vtlb = [(INVALID, 0); VTLB_SIZE];
+        self.gen = self.gen.wrapping_add(1);
+        self.jit_exit = true;
     }
     /// Drop the decoded ops whose instruction bytes may overlap RAM bytes `off..off + len`
     /// (within one page), keeping the rest of the page's ops. A slot at byte `b` holds an
@@ -132,6 +187,12 @@ impl Mmu {
         let Some(Some(ops)) = self.code.pages.get_mut(page) else {
             return;
         };
+        #[cfg(target_arch = "x86_64")]
+        if let Some(jit) = &mut self.code.jit {
+            if jit.invalidate_page(page) {
+                self.jit_exit = true;
+            }
+        }
         let start = off & 0xfff;
         let first = start.saturating_sub(3).div_ceil(2);
         let end = (start + len).div_ceil(2).min(OPS_PER_PAGE);
@@ -139,6 +200,20 @@ impl Mmu {
             *op = Op::default();
         }
     }
+    /// Make RAM page `page` a code page (with a box for its decoded ops), if it is not one.
+    pub(crate) fn ensure_code_page(&mut self, page: usize, ram_len: usize) {
+        let code = &mut self.code;
+        if code.pages.len() <= page {
+            code.pages
+                .resize_with(ram_len.div_ceil(4096).max(page + 1), || None);
+        }
+        if code.pages[page].is_none() {
+            code.pages[page] = Some(Box::new([Op::default(); OPS_PER_PAGE]));
+            // Stores to this page must now take the slow path, which keeps it coherent.
+            self.store.flush();
+        }
+    }
+
     /// Drop the decoded ops of RAM page `page`, if it has any.
     fn invalidate_code_page(&mut self, page: usize) {
         if let Some(slot) = self.code.pages.get_mut(page) {
@@ -149,6 +224,11 @@ impl Mmu {
                 for e in self.code.vtlb.iter_mut().filter(|e| e.1 == page) {
                     e.0 = INVALID;
                 }
+                #[cfg(target_arch = "x86_64")]
+                if let Some(jit) = &mut self.code.jit {
+                    jit.invalidate_page(page);
+                }
+                self.jit_exit = true;
             }
         }
     }
@@ -323,7 +403,12 @@ impl Hart {
 
     /// Translate and, when the page is RAM, return its RAM offset after filling the TLB.
     #[inline(never)]
-    fn slow_ram<B: Bus>(&mut self, bus: &mut B, vaddr: u64, acc: Access) -> Result<Pa, Trap> {
+    pub(crate) fn slow_ram<B: Bus>(
+        &mut self,
+        bus: &mut B,
+        vaddr: u64,
+        acc: Access,
+    ) -> Result<Pa, Trap> {
         let paddr = self.translate(bus, vaddr, acc)?;
         let page = paddr & !0xfff;
         if let Some(page_off) = Self::ram_offset(bus, page, 4096) {
@@ -335,7 +420,10 @@ impl Hart {
                     self.mmu.store.fill(vaddr, page_off)
                 }
                 Access::Store => return Ok(Pa::Io(paddr)),
-                Access::Fetch => self.mmu.fetch.fill(vaddr, page_off),
+                Access::Fetch => self
+                    .mmu
+                    .fetch
+                    .fill_tagged(vaddr, fetch_tag(self.prv), page_off),
             }
             Ok(Pa::Ram(page_off + (paddr & 0xfff) as usize))
         } else if let Some(off) = Self::ram_offset(bus, paddr, 1) {
@@ -474,7 +562,8 @@ impl Hart {
     #[inline(never)]
     fn fetch_op_slow<B: Bus>(&mut self, bus: &mut B) -> Result<Op, Trap> {
         let pc = self.pc;
-        let vpn = pc >> 12;
+        let ftag = fetch_tag(self.prv);
+        let vpn = (pc >> 12) | ftag;
         let code = &mut self.mmu.code;
         let (tag, page) = code.vtlb[(vpn as usize) & (VTLB_SIZE - 1)];
         if tag == vpn {
@@ -482,7 +571,7 @@ impl Hart {
                 let op = ops[((pc >> 1) as usize) & (OPS_PER_PAGE - 1)];
                 if op.kind != Kind::Undecoded {
                     code.cur_ops = ops.as_ptr();
-                    code.cur_vpn = vpn;
+                    code.cur_vpn = pc >> 12;
                     code.cur_page = page;
                     return Ok(op);
                 }
@@ -495,7 +584,7 @@ impl Hart {
                 return Ok(decode(raw));
             }
         }
-        let off = match self.mmu.fetch.lookup(pc) {
+        let off = match self.mmu.fetch.lookup_tagged(pc, ftag) {
             Some(off) => off,
             None => match self.slow_ram(bus, pc, Access::Fetch)? {
                 Pa::Ram(off) => off,
@@ -503,16 +592,7 @@ impl Hart {
             },
         };
         let page = off >> 12;
-        let code = &mut self.mmu.code;
-        if code.pages.len() <= page {
-            code.pages
-                .resize_with(bus.ram().len().div_ceil(4096).max(page + 1), || None);
-        }
-        if code.pages[page].is_none() {
-            code.pages[page] = Some(Box::new([Op::default(); OPS_PER_PAGE]));
-            // Stores to this page must now take the slow path, which keeps it coherent.
-            self.mmu.store.flush();
-        }
+        self.mmu.ensure_code_page(page, bus.ram().len());
         let code = &mut self.mmu.code;
         let slot = ((pc >> 1) as usize) & (OPS_PER_PAGE - 1);
         let ops = code.pages[page].as_mut().expect("page was just filled");
@@ -559,7 +639,7 @@ impl Hart {
     /// Fetch 16 bits of instruction at a virtual address.
     #[inline(always)]
     pub(crate) fn fetch16<B: Bus>(&mut self, bus: &mut B, vaddr: u64) -> Result<u32, Trap> {
-        if let Some(off) = self.mmu.fetch.lookup(vaddr) {
+        if let Some(off) = self.mmu.fetch.lookup_tagged(vaddr, fetch_tag(self.prv)) {
             if let Some(v) = ram_read(bus.ram(), off, 2) {
                 return Ok(v as u32);
             }
@@ -583,7 +663,7 @@ impl Hart {
     pub(crate) fn fetch<B: Bus>(&mut self, bus: &mut B) -> Result<u32, Trap> {
         let pc = self.pc;
         if pc & 0xfff <= 0xffc {
-            if let Some(off) = self.mmu.fetch.lookup(pc) {
+            if let Some(off) = self.mmu.fetch.lookup_tagged(pc, fetch_tag(self.prv)) {
                 if let Some(v) = ram_read(bus.ram(), off, 4) {
                     let v = v as u32;
                     return Ok(if v & 3 == 3 { v } else { v & 0xffff });

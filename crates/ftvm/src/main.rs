@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use ftvm_cpu::Engine;
 use ftvm_log::{LogWriter, Record};
 use ftvm_machine::Machine;
 use ftvm_replication::{backup, primary, Arbiter, PairConfig, Psk};
@@ -25,6 +26,19 @@ use ftvm_runner::{Backends, Devices, Ended, Event, Feeder, Gate, NetSpec, Option
 struct Cli {
     #[command(subcommand)]
     cmd: Option<Cmd>,
+    /// How the CPU executes: `jit` (blocks translated to host code, on x86-64 hosts),
+    /// `interp` (the reference interpreter), or `check` (replay only: both in lockstep,
+    /// comparing state every --check-every instructions and naming the first difference).
+    /// Every engine takes the same steps: a log recorded with one replays with the other.
+    #[arg(long, global = true, value_enum, default_value_t = EngineArg::Jit)]
+    engine: EngineArg,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum EngineArg {
+    Jit,
+    Interp,
+    Check,
 }
 
 #[derive(Subcommand)]
@@ -266,10 +280,22 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    let engine = match cli.engine {
+        EngineArg::Interp => Engine::Interp,
+        EngineArg::Jit | EngineArg::Check => Engine::Jit,
+    };
+    if !Engine::set_default(engine) {
+        tracing::warn!("this host has no translator: the interpreter runs the guest");
+        Engine::set_default(Engine::Interp);
+    }
+    if cli.engine == EngineArg::Check && !matches!(cli.cmd, Some(Cmd::Replay(_))) {
+        eprintln!("ftvm: error: --engine check runs with `ftvm replay` only (record with either engine, then replay with --engine check)");
+        return ExitCode::from(2);
+    }
     let result = match cli.cmd {
         Some(Cmd::Run(args)) => run(args, None),
         Some(Cmd::Record(r)) => run(r.run, Some((r.log, r.digest_every.max(1)))),
-        Some(Cmd::Replay(r)) => replay::replay(r),
+        Some(Cmd::Replay(r)) => replay::replay(r, cli.engine == EngineArg::Check),
         Some(Cmd::Primary { listen, pair, run }) => run_primary(&listen, pair, run),
         Some(Cmd::Backup {
             primary,
@@ -452,6 +478,18 @@ fn run(a: RunArgs, record: Option<(PathBuf, u64)>) -> Result<u8> {
 /// What every run does when its guest stops: print the digest, write the snapshot.
 fn finish(a: &RunArgs, ended: Ended) -> Result<u8> {
     let m = ended.machine;
+    let st = m.hart.jit_stats();
+    tracing::info!(
+        instructions = m.count(),
+        blocks = st.blocks,
+        block_insns = st.insns,
+        compile_ms = st.compile_ns as f64 / 1e6,
+        us_per_block = st.compile_ns as f64 / 1e3 / st.blocks.max(1) as f64,
+        code_kib = st.code_bytes / 1024,
+        dispatches = st.dispatches,
+        full_flushes = st.full_flushes,
+        "translator"
+    );
     if a.digest {
         println!("digest {}", m.digest().to_hex());
     }

@@ -78,7 +78,7 @@ impl Sink for Sinks {
     }
 }
 
-pub fn replay(a: ReplayArgs) -> Result<u8> {
+pub fn replay(a: ReplayArgs, _check: bool) -> Result<u8> {
     let mut log =
         LogReader::open(&a.log).with_context(|| format!("cannot read log {}", a.log.display()))?;
     let Next::Record(Record::Header {

@@ -1,0 +1,928 @@
+//! The translator: guest basic blocks compiled to x86-64 with a template emitter (dynasm-rs).
+//!
+//! A block is a run of instructions inside one guest page, ending at a jump, a branch, a
+//! system instruction, the page's end or [`MAX_BLOCK`] instructions. It is keyed by its
+//! virtual address and the RAM offset it was read from, so satp writes and SFENCE.VMA do not
+//! throw code away; only stores into its page (and DMA, and hardware A/D updates of a page
+//! table that shares the page) drop it.
+//!
+//! Exact counts: the dispatcher enters a block only when the budget to the next event covers
+//! all of it, and so does every chained jump between blocks. Inside a block, an instruction
+//! whose inline fast path does not apply (a TLB miss, MMIO, anything but plain integer work)
+//! runs through [`helper_exec`], the interpreter's own `exec`, with pc and count stored
+//! first: a trap, an MMIO access or an exit leaves pc and count exactly where the interpreter
+//! leaves them, and the block returns to the dispatcher whenever the interpreter's loop would
+//! look again (`brk`), translations were flushed or code was dropped.
+//!
+//! Guest registers live in the hart (`Hart::x`); host registers hold the context:
+//! rbx = hart, r12 = RAM base, r13 = [`Ctx`], r14 = end count, r15 = count at block entry,
+//! rbp = the load TLB. Blocks chain through a jump cache keyed by virtual pc and translation
+//! generation (`Mmu::gen`, bumped by every flush), so a chained jump never uses a mapping
+//! that an SFENCE.VMA, a satp write or a privilege change made stale.
+
+use std::collections::HashMap;
+use std::mem::offset_of;
+use std::time::Instant;
+
+use dynasmrt::x64::X64Relocation;
+use dynasmrt::{dynasm, DynasmApi, DynasmLabelApi, VecAssembler};
+
+use crate::exec::{decode, Kind, Op};
+use crate::mmu::{fetch_tag, Access, Entry, Pa, TLB_ENTRIES};
+use crate::{Bus, Hart};
+
+/// Most instructions in one block.
+const MAX_BLOCK: usize = 64;
+/// Bytes of executable memory; when they run out, every block is dropped and rebuilt.
+const CODE_BYTES: usize = 64 << 20;
+/// Room a block may need at most (about 120 bytes per instruction, with slow paths).
+const MAX_BLOCK_BYTES: usize = MAX_BLOCK * 160 + 256;
+const JC_BITS: u32 = 14;
+const JC_SIZE: usize = 1 << JC_BITS;
+const INVALID: u64 = u64::MAX;
+
+/// One jump-cache entry (32 bytes; the chain stub reads it by these offsets).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct JcEntry {
+    vpc: u64,
+    gen: u64,
+    code: u64,
+    n: u32,
+    id: u32,
+}
+
+const EMPTY: JcEntry = JcEntry {
+    vpc: INVALID,
+    gen: 0,
+    code: 0,
+    n: 0,
+    id: 0,
+};
+
+/// What translated code reads at run time (through r13).
+#[repr(C)]
+pub(crate) struct Ctx {
+    bus: *mut (),
+    store_tlb: *const Entry,
+    load_tlb: *const Entry,
+    ram: *mut u8,
+    end: u64,
+    jc: *const JcEntry,
+    helper: usize,
+    exit: usize,
+    chain: usize,
+    chain_link: usize,
+    gen: u64,
+    /// An unlinked direct jump just taken: the address of its rel32 field, its block and
+    /// its target (0 when none); the dispatcher links it to the target's block.
+    link_slot: u64,
+    link_from: u64,
+    link_pc: u64,
+}
+
+const C_LINK_SLOT: i32 = offset_of!(Ctx, link_slot) as i32;
+const C_LINK_FROM: i32 = offset_of!(Ctx, link_from) as i32;
+const C_LINK_PC: i32 = offset_of!(Ctx, link_pc) as i32;
+const C_STORE_TLB: i32 = offset_of!(Ctx, store_tlb) as i32;
+const C_LOAD_TLB: i32 = offset_of!(Ctx, load_tlb) as i32;
+const C_RAM: i32 = offset_of!(Ctx, ram) as i32;
+const C_END: i32 = offset_of!(Ctx, end) as i32;
+const C_JC: i32 = offset_of!(Ctx, jc) as i32;
+const C_HELPER: i32 = offset_of!(Ctx, helper) as i32;
+const C_EXIT: i32 = offset_of!(Ctx, exit) as i32;
+const C_CHAIN: i32 = offset_of!(Ctx, chain) as i32;
+const C_CHAIN_LINK: i32 = offset_of!(Ctx, chain_link) as i32;
+const C_GEN: i32 = offset_of!(Ctx, gen) as i32;
+
+const H_X: i32 = offset_of!(Hart, x) as i32;
+const H_PC: i32 = offset_of!(Hart, pc) as i32;
+const H_COUNT: i32 = offset_of!(Hart, count) as i32;
+
+fn xr(r: u8) -> i32 {
+    H_X + 8 * (r & 31) as i32
+}
+
+type EnterFn = unsafe extern "sysv64" fn(*mut Ctx, *mut Hart, u64) -> u64;
+
+struct Block {
+    vpc: u64,
+    off: usize,
+    code: u64,
+    live: bool,
+    /// The decoded ops that the helper runs (it is passed pointers into this box).
+    _ops: Box<[Op]>,
+}
+
+/// Counters of the translator's work (not machine state).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct JitStats {
+    /// Blocks compiled.
+    pub blocks: u64,
+    /// Guest instructions in them.
+    pub insns: u64,
+    /// Host time spent compiling, in nanoseconds.
+    pub compile_ns: u64,
+    /// Bytes of host code emitted.
+    pub code_bytes: u64,
+    /// Times all code was dropped because the code memory was full.
+    pub full_flushes: u64,
+    /// Block entries from the dispatcher (the rest were chained in translated code).
+    pub dispatches: u64,
+    /// Direct jumps linked block to block.
+    pub links: u64,
+}
+
+pub(crate) struct Jit {
+    mem: *mut u8,
+    used: usize,
+    /// Where the first block may go (after the entry, exit and chain stubs).
+    stubs_end: usize,
+    enter: EnterFn,
+    exit: u64,
+    chain: u64,
+    chain_link: u64,
+    blocks: Vec<Block>,
+    map: HashMap<(u64, usize), u32>,
+    by_page: HashMap<usize, Vec<u32>>,
+    jc: Box<[JcEntry]>,
+    pub(crate) stats: JitStats,
+}
+
+// SAFETY: the code memory and every pointer into it are owned by this value alone; moving it
+// to another thread moves them together, and it is never shared.
+unsafe impl Send for Jit {}
+
+impl Drop for Jit {
+    fn drop(&mut self) {
+        // SAFETY: `mem` is the start of a CODE_BYTES mapping made in `new` and used by nothing
+        // else once the hart that owns this value is gone.
+        unsafe {
+            libc::munmap(self.mem as *mut libc::c_void, CODE_BYTES);
+        }
+    }
+}
+
+/// A jump-cache entry's generation: the translation flushes so far and the privilege level
+/// (fetch translations are per level, see [`fetch_tag`]).
+fn jc_gen(gen: u64, p: crate::Priv) -> u64 {
+    (gen << 2) | p as u64
+}
+
+fn jc_index(vpc: u64) -> usize {
+    (((vpc >> 1) ^ (vpc >> (JC_BITS + 1))) as usize) & (JC_SIZE - 1)
+}
+
+impl Jit {
+    /// A translator with an empty code cache; None if executable memory cannot be mapped.
+    pub(crate) fn new() -> Option<Box<Jit>> {
+        // SAFETY: an anonymous private mapping with no address hint; the result is checked.
+        let mem = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                CODE_BYTES,
+                libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if mem == libc::MAP_FAILED {
+            return None;
+        }
+        let mem = mem as *mut u8;
+        let base = mem as usize;
+        let mut ops: VecAssembler<X64Relocation> = VecAssembler::new(base);
+        let exit_l = ops.new_dynamic_label();
+        dynasm!(ops
+            ; .arch x64
+            // enter(ctx = rdi, hart = rsi, code = rdx)
+            ; push rbx
+            ; push rbp
+            ; push r12
+            ; push r13
+            ; push r14
+            ; push r15
+            ; sub rsp, 8
+            ; mov r13, rdi
+            ; mov rbx, rsi
+            ; mov r12, [r13 + C_RAM]
+            ; mov r14, [r13 + C_END]
+            ; mov rbp, [r13 + C_LOAD_TLB]
+            ; mov r15, [rbx + H_COUNT]
+            ; jmp rdx
+        );
+        let exit_off = ops.offset().0;
+        dynasm!(ops
+            ; .arch x64
+            ; =>exit_l
+            ; add rsp, 8
+            ; pop r15
+            ; pop r14
+            ; pop r13
+            ; pop r12
+            ; pop rbp
+            ; pop rbx
+            ; ret
+        );
+        let chain_off = ops.offset().0;
+        // chain: rdi = the next pc; count (r15) is stored. Store pc; enter the next block if
+        // the jump cache has it under this generation (the block checks the budget), else
+        // return to the dispatcher.
+        dynasm!(ops
+            ; .arch x64
+            ; mov [rbx + H_PC], rdi
+            ; mov rax, rdi
+            ; mov rcx, rdi
+            ; shr rax, 1
+            ; shr rcx, JC_BITS as i8 + 1
+            ; xor eax, ecx
+            ; and eax, (JC_SIZE - 1) as i32
+            ; shl rax, 5
+            ; add rax, [r13 + C_JC]
+            ; cmp rdi, [rax]
+            ; jne =>exit_l
+            ; mov rcx, [r13 + C_GEN]
+            ; cmp rcx, [rax + 8]
+            ; jne =>exit_l
+            ; jmp QWORD [rax + 16]
+        );
+        // chain_link: as chain, for an unlinked direct jump to a block in the same page (rsi =
+        // the address of its rel32, rdx = its block): link it to the block the jump cache
+        // has (under this generation, the same physical page), or leave it to the dispatcher.
+        let chain_link_off = ops.offset().0;
+        let miss = ops.new_dynamic_label();
+        dynasm!(ops
+            ; .arch x64
+            ; mov [rbx + H_PC], rdi
+            ; mov rax, rdi
+            ; mov rcx, rdi
+            ; shr rax, 1
+            ; shr rcx, JC_BITS as i8 + 1
+            ; xor eax, ecx
+            ; and eax, (JC_SIZE - 1) as i32
+            ; shl rax, 5
+            ; add rax, [r13 + C_JC]
+            ; cmp rdi, [rax]
+            ; jne =>miss
+            ; mov rcx, [r13 + C_GEN]
+            ; cmp rcx, [rax + 8]
+            ; jne =>miss
+            ; mov rcx, [rax + 16]
+            ; mov rax, rcx
+            ; sub rax, rsi
+            ; sub rax, 4
+            ; mov [rsi], eax
+            ; jmp rcx
+            ; =>miss
+            ; mov [r13 + C_LINK_SLOT], rsi
+            ; mov [r13 + C_LINK_FROM], rdx
+            ; mov [r13 + C_LINK_PC], rdi
+            ; jmp =>exit_l
+        );
+        let code = ops.finalize().ok()?;
+        // SAFETY: the mapping is CODE_BYTES long and the stubs are a few hundred bytes.
+        unsafe { std::ptr::copy_nonoverlapping(code.as_ptr(), mem, code.len()) };
+        // SAFETY: the entry stub was just written at the mapping's start and follows the
+        // sysv64 convention with this signature.
+        let enter: EnterFn = unsafe { std::mem::transmute::<*mut u8, EnterFn>(mem) };
+        Some(Box::new(Jit {
+            mem,
+            used: code.len().next_multiple_of(16),
+            stubs_end: code.len().next_multiple_of(16),
+            enter,
+            exit: (base + exit_off) as u64,
+            chain: (base + chain_off) as u64,
+            chain_link: (base + chain_link_off) as u64,
+            blocks: Vec::new(),
+            map: HashMap::new(),
+            by_page: HashMap::new(),
+            jc: vec![EMPTY; JC_SIZE].into_boxed_slice(),
+            stats: JitStats::default(),
+        }))
+    }
+
+    /// Drop the blocks read from RAM page `page`; true if there were any.
+    pub(crate) fn invalidate_page(&mut self, page: usize) -> bool {
+        let Some(ids) = self.by_page.remove(&page) else {
+            return false;
+        };
+        for id in ids {
+            let b = &mut self.blocks[id as usize];
+            if !b.live {
+                continue;
+            }
+            b.live = false;
+            self.map.remove(&(b.vpc, b.off));
+            let e = &mut self.jc[jc_index(b.vpc)];
+            if e.code == b.code {
+                *e = EMPTY;
+            }
+        }
+        true
+    }
+
+    /// Point the direct jump whose rel32 is at `slot`, in block `from`, at block `to`, if both
+    /// are live and read from the same page (a link never leaves its page, so dropping a
+    /// page's blocks drops every link into them too).
+    fn link(&mut self, slot: u64, from: u32, to: u32) {
+        let (Some(f), Some(t)) = (self.blocks.get(from as usize), self.blocks.get(to as usize))
+        else {
+            return;
+        };
+        if !f.live || !t.live || f.off >> 12 != t.off >> 12 {
+            return;
+        }
+        let mem = self.mem as u64;
+        if slot < f.code || slot + 4 > mem + self.used as u64 {
+            return;
+        }
+        let rel = t.code.wrapping_sub(slot + 4) as i64;
+        let Ok(rel) = i32::try_from(rel) else { return };
+        // SAFETY: `slot` lies inside a live block's code in this mapping (checked above and
+        // made so by `emit`), and no translated code runs while the dispatcher links.
+        unsafe { (slot as *mut [u8; 4]).write_unaligned(rel.to_le_bytes()) };
+        self.stats.links += 1;
+    }
+
+    /// Forget every block and reuse the code memory (only between block runs).
+    fn reset(&mut self) {
+        self.blocks.clear();
+        self.map.clear();
+        self.by_page.clear();
+        self.jc.fill(EMPTY);
+        self.used = self.stubs_end;
+        self.stats.full_flushes += 1;
+    }
+}
+
+/// Run one instruction that translated code does not do inline, through the interpreter.
+/// Returns nonzero when the block must return to the dispatcher.
+///
+/// # Safety
+/// `hart` and `ctx` are the pointers the dispatcher passed to the entry stub (live, and not
+/// used by anyone else while translated code runs), `ctx.bus` points to a live `B`, and `op`
+/// points into a block's op box.
+unsafe extern "sysv64" fn helper_exec<B: Bus>(
+    hart: *mut Hart,
+    ctx: *mut Ctx,
+    op: *const Op,
+    pc: u64,
+) -> u64 {
+    // SAFETY: see the function's contract.
+    let (h, bus, op) = unsafe { (&mut *hart, &mut *((*ctx).bus as *mut B), *op) };
+    h.pc = pc;
+    if let Err(t) = h.exec(bus, op) {
+        h.take_trap(t);
+        h.count += 1;
+        return 1;
+    }
+    (h.brk || h.mmu.jit_exit) as u64
+}
+
+/// Whether an op ends its block.
+fn ends_block(k: Kind) -> bool {
+    use Kind::*;
+    matches!(
+        k,
+        Jal | Jalr
+            | Beq
+            | Bne
+            | Blt
+            | Bge
+            | Bltu
+            | Bgeu
+            | System
+            | Illegal
+            | Undecoded
+            | FetchFault
+    )
+}
+
+/// Read the instructions of a block at RAM offset `off`, virtual address `vpc`.
+fn read_block(ram: &[u8], vpc: u64, off: usize) -> Vec<(Op, u64)> {
+    let mut out = Vec::new();
+    let (mut pc, mut p) = (vpc, off);
+    while out.len() < MAX_BLOCK {
+        let Some(lo) = ram.get(p..p + 2) else { break };
+        let lo = u16::from_le_bytes([lo[0], lo[1]]) as u32;
+        let raw = if lo & 3 == 3 {
+            if pc & 0xfff > 0xffc {
+                break; // it would cross into the next page
+            }
+            let Some(hi) = ram.get(p + 2..p + 4) else {
+                break;
+            };
+            lo | (u16::from_le_bytes([hi[0], hi[1]]) as u32) << 16
+        } else {
+            lo
+        };
+        let op = decode(raw);
+        out.push((op, pc));
+        pc = pc.wrapping_add(op.len as u64);
+        p += op.len as usize;
+        if ends_block(op.kind) || pc & 0xfff == 0 {
+            break;
+        }
+    }
+    out
+}
+
+/// Emit block `id` at address `base`. `ops` holds the ops and their pcs; `op_ptrs` the
+/// helper's op pointers. Returns the offsets of its link slots (rel32 fields of direct jumps
+/// to blocks in the same page, which the dispatcher patches once the target exists).
+fn emit(
+    a: &mut VecAssembler<X64Relocation>,
+    base: usize,
+    id: u32,
+    ops: &[(Op, u64)],
+    op_ptrs: &[u64],
+) -> Vec<usize> {
+    let exit = a.new_dynamic_label();
+    let budget = a.new_dynamic_label();
+    let n = ops.len() as i32;
+    let vpc = ops[0].1;
+    let mut tail: Vec<(dynasmrt::DynamicLabel, dynasmrt::DynamicLabel, usize)> = Vec::new();
+    let mut links: Vec<(dynasmrt::DynamicLabel, u64, usize)> = Vec::new();
+    let mut ended = false;
+    // Enter only if the budget covers the whole block (dispatcher and chained jumps alike).
+    dynasm!(a
+        ; .arch x64
+        ; lea rax, [r15 + n]
+        ; cmp rax, r14
+        ; ja =>budget
+    );
+    // A jump to a known pc: linked directly when it stays in this page (the same physical
+    // page, as long as this block runs), else through the jump cache.
+    let mut jump_to = |a: &mut VecAssembler<X64Relocation>, t: u64| {
+        if t >> 12 == vpc >> 12 {
+            let l = a.new_dynamic_label();
+            dynasm!(a ; .arch x64 ; jmp =>l);
+            links.push((l, t, a.offset().0 - 4));
+        } else {
+            dynasm!(a
+                ; .arch x64
+                ; mov rdi, QWORD t as i64
+                ; jmp QWORD [r13 + C_CHAIN]
+            );
+        }
+    };
+    for (i, (op, pc)) in ops.iter().enumerate() {
+        let (op, pc) = (*op, *pc);
+        let rd = op.rd & 31;
+        let (d, s1, s2) = (xr(op.rd), xr(op.rs1), xr(op.rs2));
+        let imm = op.imm;
+        let next = pc.wrapping_add(op.len as u64);
+        use Kind::*;
+        macro_rules! helper {
+            () => {
+                dynasm!(a
+                    ; .arch x64
+                    ; lea rax, [r15 + i as i32]
+                    ; mov [rbx + H_COUNT], rax
+                    ; mov rdi, rbx
+                    ; mov rsi, r13
+                    ; mov rdx, QWORD op_ptrs[i] as i64
+                    ; mov rcx, QWORD pc as i64
+                    ; call QWORD [r13 + C_HELPER]
+                    ; test eax, eax
+                    ; jnz =>exit
+                )
+            };
+        }
+        macro_rules! rr {
+            ($($t:tt)*) => {
+                if rd != 0 {
+                    dynasm!(a ; .arch x64 ; mov rax, [rbx + s1] $($t)* ; mov [rbx + d], rax);
+                }
+            };
+        }
+        macro_rules! rrw {
+            ($($t:tt)*) => {
+                if rd != 0 {
+                    dynasm!(a ; .arch x64 ; mov eax, [rbx + s1] $($t)* ; movsxd rax, eax ; mov [rbx + d], rax);
+                }
+            };
+        }
+        // Block end: count the block, store it, jump to `next pc` (in rdi) through the chain.
+        macro_rules! finish {
+            () => {
+                dynasm!(a
+                    ; .arch x64
+                    ; add r15, n
+                    ; mov [rbx + H_COUNT], r15
+                );
+            };
+        }
+        match op.kind {
+            Lui => {
+                if rd != 0 {
+                    dynasm!(a ; .arch x64 ; mov QWORD [rbx + d], imm);
+                }
+            }
+            Auipc => {
+                if rd != 0 {
+                    let v = pc.wrapping_add(imm as i64 as u64);
+                    dynasm!(a ; .arch x64 ; mov rax, QWORD v as i64 ; mov [rbx + d], rax);
+                }
+            }
+            Addi if op.rs1 == 0 => {
+                if rd != 0 {
+                    dynasm!(a ; .arch x64 ; mov QWORD [rbx + d], imm);
+                }
+            }
+            Addi => rr!(; add rax, imm),
+            Xori => rr!(; xor rax, imm),
+            Ori => rr!(; or rax, imm),
+            Andi => rr!(; and rax, imm),
+            Slti => rr!(; cmp rax, imm ; setl al ; movzx eax, al),
+            Sltiu => rr!(; cmp rax, imm ; setb al ; movzx eax, al),
+            Slli => rr!(; shl rax, (imm & 63) as i8),
+            Srli => rr!(; shr rax, (imm & 63) as i8),
+            Srai => rr!(; sar rax, (imm & 63) as i8),
+            Addiw => rrw!(; add eax, imm),
+            Slliw => rrw!(; shl eax, (imm & 31) as i8),
+            Srliw => rrw!(; shr eax, (imm & 31) as i8),
+            Sraiw => rrw!(; sar eax, (imm & 31) as i8),
+            Add => rr!(; add rax, [rbx + s2]),
+            Sub => rr!(; sub rax, [rbx + s2]),
+            Xor => rr!(; xor rax, [rbx + s2]),
+            Or => rr!(; or rax, [rbx + s2]),
+            And => rr!(; and rax, [rbx + s2]),
+            Slt => rr!(; cmp rax, [rbx + s2] ; setl al ; movzx eax, al),
+            Sltu => rr!(; cmp rax, [rbx + s2] ; setb al ; movzx eax, al),
+            Sll => rr!(; mov rcx, [rbx + s2] ; shl rax, cl),
+            Srl => rr!(; mov rcx, [rbx + s2] ; shr rax, cl),
+            Sra => rr!(; mov rcx, [rbx + s2] ; sar rax, cl),
+            Mul => rr!(; imul rax, [rbx + s2]),
+            Mulh => rr!(; imul QWORD [rbx + s2] ; mov rax, rdx),
+            Mulhu => rr!(; mul QWORD [rbx + s2] ; mov rax, rdx),
+            Addw => rrw!(; add eax, [rbx + s2]),
+            Subw => rrw!(; sub eax, [rbx + s2]),
+            Sllw => rrw!(; mov rcx, [rbx + s2] ; shl eax, cl),
+            Srlw => rrw!(; mov rcx, [rbx + s2] ; shr eax, cl),
+            Sraw => rrw!(; mov rcx, [rbx + s2] ; sar eax, cl),
+            Mulw => rrw!(; imul eax, [rbx + s2]),
+            Fence => {}
+            Lb | Lh | Lw | Ld | Lbu | Lhu | Lwu | Sb | Sh | Sw | Sd => {
+                let size: i32 = match op.kind {
+                    Lb | Lbu | Sb => 1,
+                    Lh | Lhu | Sh => 2,
+                    Lw | Lwu | Sw => 4,
+                    _ => 8,
+                };
+                let store = matches!(op.kind, Sb | Sh | Sw | Sd);
+                let slow = a.new_dynamic_label();
+                let resume = a.new_dynamic_label();
+                // rsi = vaddr; rcx = entry index * 16; rdx = the TLB.
+                dynasm!(a
+                    ; .arch x64
+                    ; mov rsi, [rbx + s1]
+                    ; add rsi, imm
+                    ; mov rax, rsi
+                    ; shr rax, 12
+                    ; mov ecx, eax
+                    ; and ecx, (TLB_ENTRIES - 1) as i32
+                    ; shl ecx, 4
+                );
+                if store {
+                    dynasm!(a ; .arch x64 ; mov rdx, [r13 + C_STORE_TLB]);
+                } else {
+                    dynasm!(a ; .arch x64 ; mov rdx, rbp);
+                }
+                dynasm!(a
+                    ; .arch x64
+                    ; cmp rax, [rdx + rcx]
+                    ; jne =>slow
+                );
+                if size > 1 {
+                    dynasm!(a
+                        ; .arch x64
+                        ; mov eax, esi
+                        ; and eax, 0xfff
+                        ; cmp eax, 4096 - size
+                        ; ja =>slow
+                    );
+                }
+                dynasm!(a
+                    ; .arch x64
+                    ; mov rax, [rdx + rcx + 8]
+                    ; and esi, 0xfff
+                    ; add rax, rsi
+                );
+                match op.kind {
+                    Lb => dynasm!(a ; .arch x64 ; movsx rax, BYTE [r12 + rax]),
+                    Lbu => dynasm!(a ; .arch x64 ; movzx eax, BYTE [r12 + rax]),
+                    Lh => dynasm!(a ; .arch x64 ; movsx rax, WORD [r12 + rax]),
+                    Lhu => dynasm!(a ; .arch x64 ; movzx eax, WORD [r12 + rax]),
+                    Lw => dynasm!(a ; .arch x64 ; movsxd rax, DWORD [r12 + rax]),
+                    Lwu => dynasm!(a ; .arch x64 ; mov eax, DWORD [r12 + rax]),
+                    Ld => dynasm!(a ; .arch x64 ; mov rax, QWORD [r12 + rax]),
+                    Sb => dynasm!(a ; .arch x64 ; mov rcx, [rbx + s2] ; mov BYTE [r12 + rax], cl),
+                    Sh => dynasm!(a ; .arch x64 ; mov rcx, [rbx + s2] ; mov WORD [r12 + rax], cx),
+                    Sw => dynasm!(a ; .arch x64 ; mov rcx, [rbx + s2] ; mov DWORD [r12 + rax], ecx),
+                    _ => dynasm!(a ; .arch x64 ; mov rcx, [rbx + s2] ; mov QWORD [r12 + rax], rcx),
+                }
+                if !store && rd != 0 {
+                    dynasm!(a ; .arch x64 ; mov [rbx + d], rax);
+                }
+                dynasm!(a ; .arch x64 ; =>resume);
+                tail.push((slow, resume, i));
+            }
+            Jal => {
+                if rd != 0 {
+                    dynasm!(a ; .arch x64 ; mov rax, QWORD next as i64 ; mov [rbx + d], rax);
+                }
+                finish!();
+                jump_to(a, pc.wrapping_add(imm as i64 as u64));
+                ended = true;
+            }
+            Jalr => {
+                dynasm!(a
+                    ; .arch x64
+                    ; mov rdi, [rbx + s1]
+                    ; add rdi, imm
+                    ; and rdi, -2
+                );
+                if rd != 0 {
+                    dynasm!(a ; .arch x64 ; mov rax, QWORD next as i64 ; mov [rbx + d], rax);
+                }
+                finish!();
+                dynasm!(a ; .arch x64 ; jmp QWORD [r13 + C_CHAIN]);
+                ended = true;
+            }
+            Beq | Bne | Blt | Bge | Bltu | Bgeu => {
+                finish!();
+                let taken = a.new_dynamic_label();
+                let t = pc.wrapping_add(imm as i64 as u64);
+                dynasm!(a
+                    ; .arch x64
+                    ; mov rax, [rbx + s1]
+                    ; cmp rax, [rbx + s2]
+                );
+                match op.kind {
+                    Beq => dynasm!(a ; .arch x64 ; je =>taken),
+                    Bne => dynasm!(a ; .arch x64 ; jne =>taken),
+                    Blt => dynasm!(a ; .arch x64 ; jl =>taken),
+                    Bge => dynasm!(a ; .arch x64 ; jge =>taken),
+                    Bltu => dynasm!(a ; .arch x64 ; jb =>taken),
+                    _ => dynasm!(a ; .arch x64 ; jae =>taken),
+                }
+                jump_to(a, next);
+                dynasm!(a ; .arch x64 ; =>taken);
+                jump_to(a, t);
+                ended = true;
+            }
+            _ => {
+                helper!();
+                if ends_block(op.kind) {
+                    // It retired without a reason to stop: go on at the pc it left.
+                    dynasm!(a
+                        ; .arch x64
+                        ; lea r15, [r15 + n]
+                        ; mov rdi, [rbx + H_PC]
+                        ; jmp QWORD [r13 + C_CHAIN]
+                    );
+                    ended = true;
+                }
+            }
+        }
+        debug_assert!(!ended || i + 1 == ops.len());
+    }
+    if !ended {
+        let (op, pc) = ops[ops.len() - 1];
+        let next = pc.wrapping_add(op.len as u64);
+        dynasm!(a
+            ; .arch x64
+            ; add r15, n
+            ; mov [rbx + H_COUNT], r15
+        );
+        jump_to(a, next);
+    }
+    // Unlinked direct jumps: leave what the dispatcher needs to link them, then chain.
+    let mut slots = Vec::new();
+    for (l, t, slot) in links {
+        dynasm!(a
+            ; .arch x64
+            ; =>l
+            ; mov rsi, QWORD (base + slot) as i64
+            ; mov edx, id as i32
+            ; mov rdi, QWORD t as i64
+            ; jmp QWORD [r13 + C_CHAIN_LINK]
+        );
+        slots.push(slot);
+    }
+    dynasm!(a
+        ; .arch x64
+        ; =>budget
+        ; mov rax, QWORD vpc as i64
+        ; mov [rbx + H_PC], rax
+        ; jmp QWORD [r13 + C_EXIT]
+    );
+    // Slow paths of loads and stores: the interpreter runs the instruction.
+    for (slow, resume, i) in tail {
+        let pc = ops[i].1;
+        dynasm!(a
+            ; .arch x64
+            ; =>slow
+            ; lea rax, [r15 + i as i32]
+            ; mov [rbx + H_COUNT], rax
+            ; mov rdi, rbx
+            ; mov rsi, r13
+            ; mov rdx, QWORD op_ptrs[i] as i64
+            ; mov rcx, QWORD pc as i64
+            ; call QWORD [r13 + C_HELPER]
+            ; test eax, eax
+            ; jnz =>exit
+            ; jmp =>resume
+        );
+    }
+    dynasm!(a
+        ; .arch x64
+        ; =>exit
+        ; jmp QWORD [r13 + C_EXIT]
+    );
+    slots
+}
+
+impl Hart {
+    /// The translated block for the current pc, compiling it if need be: its code address and
+    /// instruction count. None when the interpreter must take the next step (the fetch
+    /// faults, or the first instruction crosses a page, or code memory cannot be had).
+    fn jit_block<B: Bus>(&mut self, bus: &mut B) -> Option<(u64, u64, u32)> {
+        let pc = self.pc;
+        let gen = jc_gen(self.mmu.gen, self.prv);
+        if let Some(jit) = &self.mmu.code.jit {
+            let e = &jit.jc[jc_index(pc)];
+            if e.vpc == pc && e.gen == gen {
+                return Some((e.code, e.n as u64, e.id));
+            }
+        }
+        if pc & 0xfff == 0xffe {
+            return None;
+        }
+        let off = match self.mmu.fetch.lookup_tagged(pc, fetch_tag(self.prv)) {
+            Some(off) => off,
+            None => match self.slow_ram(bus, pc, Access::Fetch) {
+                Ok(Pa::Ram(off)) => off,
+                _ => return None,
+            },
+        };
+        let jit = self.mmu.code.jit.as_mut()?;
+        let id = match jit.map.get(&(pc, off)) {
+            Some(&id) => id,
+            None => {
+                let id = self.jit_compile(bus, pc, off)?;
+                self.mmu.code.jit.as_mut()?.map.insert((pc, off), id);
+                id
+            }
+        };
+        let jit = self.mmu.code.jit.as_mut()?;
+        let b = &jit.blocks[id as usize];
+        let n = b._ops.len() as u32;
+        let code = b.code;
+        jit.jc[jc_index(pc)] = JcEntry {
+            vpc: pc,
+            gen,
+            code,
+            n,
+            id,
+        };
+        Some((code, n as u64, id))
+    }
+
+    fn jit_compile<B: Bus>(&mut self, bus: &mut B, vpc: u64, off: usize) -> Option<u32> {
+        let t0 = Instant::now();
+        let ops = read_block(bus.ram(), vpc, off);
+        if ops.is_empty() {
+            return None;
+        }
+        let page = off >> 12;
+        // Stores to this page now take the slow path, which drops its blocks.
+        self.mmu.ensure_code_page(page, bus.ram().len());
+        let jit = self.mmu.code.jit.as_mut()?;
+        if jit.used + MAX_BLOCK_BYTES > CODE_BYTES {
+            jit.reset();
+        }
+        let op_box: Box<[Op]> = ops.iter().map(|(op, _)| *op).collect();
+        let op_ptrs: Vec<u64> = op_box.iter().map(|op| op as *const Op as u64).collect();
+        let base = jit.mem as usize + jit.used;
+        let id = jit.blocks.len() as u32;
+        let mut a: VecAssembler<X64Relocation> = VecAssembler::new(base);
+        let slots = emit(&mut a, base, id, &ops, &op_ptrs);
+        let code = a.finalize().ok()?;
+        if code.len() > MAX_BLOCK_BYTES {
+            return None;
+        }
+        // Each link slot is the rel32 of a 5-byte `jmp` (E9), or linking would corrupt code.
+        if slots
+            .iter()
+            .any(|&s| s == 0 || code.get(s - 1) != Some(&0xe9))
+        {
+            return None;
+        }
+        // SAFETY: `used + MAX_BLOCK_BYTES <= CODE_BYTES` was made sure above, and no
+        // translated code runs while the dispatcher compiles.
+        unsafe { std::ptr::copy_nonoverlapping(code.as_ptr(), jit.mem.add(jit.used), code.len()) };
+        jit.used = (jit.used + code.len()).next_multiple_of(16);
+        jit.stats.blocks += 1;
+        jit.stats.insns += ops.len() as u64;
+        jit.stats.code_bytes += code.len() as u64;
+        jit.blocks.push(Block {
+            vpc,
+            off,
+            code: base as u64,
+            live: true,
+            _ops: op_box,
+        });
+        jit.by_page.entry(page).or_default().push(id);
+        jit.stats.compile_ns += t0.elapsed().as_nanos() as u64;
+        Some(id)
+    }
+
+    /// [`Hart::run`] with the translator: the same steps, the same exits.
+    pub(crate) fn run_jit<B: Bus>(&mut self, bus: &mut B, budget: u64) -> Exit {
+        if self.mmu.code.jit.is_none() {
+            match Jit::new() {
+                Some(j) => self.mmu.code.jit = Some(j),
+                None => {
+                    self.engine = crate::Engine::Interp;
+                    return self.run_interp(bus, budget);
+                }
+            }
+        }
+        let end = self.count.saturating_add(budget);
+        let (enter, exit, chain, chain_link) = {
+            let j = self.mmu.code.jit.as_ref().expect("made above");
+            (j.enter, j.exit, j.chain, j.chain_link)
+        };
+        let mut ctx = Ctx {
+            bus: bus as *mut B as *mut (),
+            store_tlb: self.mmu.store.as_ptr(),
+            load_tlb: self.mmu.load.as_ptr(),
+            ram: bus.ram().as_mut_ptr(),
+            end,
+            jc: std::ptr::null(),
+            helper: helper_exec::<B> as *const () as usize,
+            exit: exit as usize,
+            chain: chain as usize,
+            chain_link: chain_link as usize,
+            gen: 0,
+            link_slot: 0,
+            link_from: 0,
+            link_pc: 0,
+        };
+        loop {
+            if let Some(e) = self.exit.take() {
+                return e;
+            }
+            if self.count >= end {
+                return Exit::Budget;
+            }
+            if self.mip() & self.csr.mie != 0 {
+                if let Some(c) = self.pending_interrupt() {
+                    self.take_trap(Trap::new(cause::INTERRUPT | c, 0));
+                }
+            }
+            self.brk = false;
+            while self.count < end && !self.brk {
+                let link = std::mem::take(&mut ctx.link_slot);
+                let resets = self.jit_stats().full_flushes;
+                match self.jit_block(bus) {
+                    Some((code, n, id)) if n <= end - self.count => {
+                        // (Not across a reset of the code memory: the slot would be stale.)
+                        if link != 0
+                            && ctx.link_pc == self.pc
+                            && self.jit_stats().full_flushes == resets
+                        {
+                            if let Some(j) = &mut self.mmu.code.jit {
+                                j.link(link, ctx.link_from as u32, id);
+                            }
+                        }
+                        self.mmu.jit_exit = false;
+                        ctx.gen = jc_gen(self.mmu.gen, self.prv);
+                        if let Some(j) = &mut self.mmu.code.jit {
+                            ctx.jc = j.jc.as_ptr();
+                            j.stats.dispatches += 1;
+                        }
+                        let hart: *mut Hart = self;
+                        // SAFETY: `code` is a live block of this hart's translator, entered
+                        // through its entry stub with the context it expects; while it runs
+                        // only it and `helper_exec` touch the hart and the bus, through these
+                        // pointers, and no block is freed or moved before it returns.
+                        unsafe { enter(&mut ctx, hart, code) };
+                    }
+                    Some(_) => {
+                        // The budget ends inside this block: step the rest.
+                        while self.count < end && !self.brk {
+                            self.step(bus);
+                        }
+                    }
+                    None => self.step(bus),
+                }
+            }
+        }
+    }
+}
+
+use crate::{cause, Exit, Trap};
