@@ -171,6 +171,9 @@ struct ReplayArgs {
     /// Write the frames the guest sent, as a pcap file.
     #[arg(long, value_name = "FILE")]
     frames_out: Option<PathBuf>,
+    /// Under --engine check: compare the engines' whole-machine state every N instructions.
+    #[arg(long, value_name = "N", default_value_t = 10_000_000)]
+    check_every: u64,
 }
 
 #[derive(clap::Args, Default)]

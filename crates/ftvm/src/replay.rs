@@ -6,6 +6,7 @@ use std::io::Write;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
+use ftvm_cpu::Engine;
 use ftvm_log::{LogReader, Next, Record};
 use ftvm_machine::board::NANOS_PER_TICK;
 use ftvm_machine::{DeviceOutput, Machine, Output};
@@ -78,7 +79,7 @@ impl Sink for Sinks {
     }
 }
 
-pub fn replay(a: ReplayArgs, _check: bool) -> Result<u8> {
+pub fn replay(a: ReplayArgs, check: bool) -> Result<u8> {
     let mut log =
         LogReader::open(&a.log).with_context(|| format!("cannot read log {}", a.log.display()))?;
     let Next::Record(Record::Header {
@@ -92,6 +93,9 @@ pub fn replay(a: ReplayArgs, _check: bool) -> Result<u8> {
     let mut m = Machine::restore(&snapshot).context("the log's initial state")?;
     if m.count() != count {
         bail!("the log's header does not match its initial state");
+    }
+    if check {
+        return check_engines(&a, &snapshot, &mut log);
     }
     tracing::info!(digest_every, "replaying {}", a.log.display());
     let until = a.until.unwrap_or(u64::MAX);
@@ -139,4 +143,214 @@ pub fn replay(a: ReplayArgs, _check: bool) -> Result<u8> {
             .with_context(|| format!("cannot write snapshot {}", path.display()))?;
     }
     Ok(0)
+}
+
+/// A deliberate fault for the checker's own tests: `FTVM_CHECK_FLIP=COUNT:REG` flips bit 0 of
+/// integer register REG of the translator's machine when it reaches COUNT, so a test can see
+/// the checker find and name a difference.
+fn flip_from_env() -> Result<Option<(u64, usize)>> {
+    let Ok(v) = std::env::var("FTVM_CHECK_FLIP") else {
+        return Ok(None);
+    };
+    let parsed = v
+        .split_once(':')
+        .and_then(|(c, r)| Some((c.parse().ok()?, r.parse().ok()?)))
+        .filter(|&(_, r): &(u64, usize)| (1..32).contains(&r));
+    match parsed {
+        Some(f) => Ok(Some(f)),
+        None => bail!("FTVM_CHECK_FLIP={v:?}: expected COUNT:REG with REG 1..31"),
+    }
+}
+
+/// Run the translator's machine to `target`, flipping the register of `flip` on the way.
+fn advance(
+    m: &mut Machine,
+    target: u64,
+    flip: &mut Option<(u64, usize)>,
+    sink: &mut dyn Sink,
+) -> Result<()> {
+    if let Some((at, r)) = *flip {
+        if at <= target && at >= m.count() {
+            follow::run_to(m, at, sink)?;
+            m.hart.set_reg(r, m.hart.reg(r) ^ 1);
+            *flip = None;
+        }
+    }
+    follow::run_to(m, target, sink)?;
+    Ok(())
+}
+
+/// The two engines of `--engine check`: the translator checked against the interpreter.
+fn pair_of_machines(snapshot: &[u8]) -> Result<(Machine, Machine)> {
+    let mut jit = Machine::restore(snapshot).context("the log's initial state")?;
+    let mut interp = Machine::restore(snapshot).context("the log's initial state")?;
+    if !jit.hart.set_engine(Engine::Jit) {
+        bail!("--engine check needs the translator, which this host does not have");
+    }
+    interp.hart.set_engine(Engine::Interp);
+    Ok((jit, interp))
+}
+
+/// `ftvm replay --engine check`: replay the log with the translator and the interpreter side
+/// by side, comparing whole-machine digests every `--check-every` instructions. On the first
+/// difference, replay both again to the last point they agreed and step them one instruction
+/// at a time to name the first instruction after which their states differ.
+fn check_engines<R: std::io::Read>(
+    a: &ReplayArgs,
+    snapshot: &[u8],
+    log: &mut LogReader<R>,
+) -> Result<u8> {
+    let every = a.check_every.max(1);
+    let until = a.until.unwrap_or(u64::MAX);
+    let mut records = Vec::new();
+    while let Next::Record(r) = log.next_record()? {
+        if r.count() > until {
+            break;
+        }
+        records.push(r);
+    }
+    let (mut jit, mut interp) = pair_of_machines(snapshot)?;
+    let mut flip = flip_from_env()?;
+    let mut sinks = Sinks::open(a)?;
+    let mut agreed = jit.count();
+    let mut next = (agreed / every + 1).saturating_mul(every);
+    let mut checks = 0u64;
+    let mut differ = None;
+    let started = std::time::Instant::now();
+    'records: for r in &records {
+        while next <= r.count() {
+            if advance(&mut jit, next, &mut flip, &mut sinks).is_err() {
+                differ = Some((agreed, next));
+                break 'records;
+            }
+            follow::run_to(&mut interp, next, &mut follow::Discard)?;
+            checks += 1;
+            if jit.digest() != interp.digest() {
+                differ = Some((agreed, next));
+                break 'records;
+            }
+            agreed = next;
+            next = next.saturating_add(every);
+        }
+        // The interpreter is the reference: a log it cannot follow is an error of the log.
+        let applied = follow::apply(&mut interp, r.clone(), &mut follow::Discard)
+            .context("the interpreter's replay")?;
+        let followed = advance(&mut jit, r.count(), &mut flip, &mut sinks)
+            .and_then(|()| Ok(follow::apply(&mut jit, r.clone(), &mut sinks)?));
+        if followed.is_err() {
+            differ = Some((agreed, r.count().max(agreed + 1)));
+            break;
+        }
+        if let Applied::End { .. } = applied {
+            break;
+        }
+    }
+    if differ.is_none() && until != u64::MAX && jit.count() < until {
+        follow::run_to(&mut interp, until, &mut follow::Discard)?;
+        if advance(&mut jit, until, &mut flip, &mut sinks).is_err() {
+            differ = Some((agreed, until));
+        }
+    }
+    if differ.is_none() {
+        checks += 1;
+        if jit.digest() != interp.digest() {
+            differ = Some((agreed, jit.count()));
+        }
+    }
+    if let Some((good, bad)) = differ {
+        let why = locate(snapshot, &records, good, bad)?;
+        bail!("the engines differ: {why}");
+    }
+    tracing::info!(seconds = started.elapsed().as_secs_f64(), "check ended");
+    println!(
+        "engines agree: {} instructions, {checks} comparisons every {every} instructions",
+        jit.count()
+    );
+    if a.digest {
+        println!("digest {}", jit.digest().to_hex());
+    }
+    Ok(0)
+}
+
+/// Name the first instruction in `good..bad` after which the engines' states differ.
+fn locate(snapshot: &[u8], records: &[Record], good: u64, bad: u64) -> Result<String> {
+    let (mut jit, mut interp) = pair_of_machines(snapshot)?;
+    let mut flip = flip_from_env()?;
+    let mut discard = follow::Discard;
+    let mut i = 0;
+    while i < records.len() && records[i].count() <= good {
+        advance(&mut jit, records[i].count(), &mut flip, &mut discard)?;
+        follow::apply(&mut jit, records[i].clone(), &mut discard)?;
+        follow::apply(&mut interp, records[i].clone(), &mut discard)?;
+        i += 1;
+    }
+    advance(&mut jit, good, &mut flip, &mut discard)?;
+    follow::run_to(&mut interp, good, &mut discard)?;
+    let (mut sj, mut si) = (Vec::new(), Vec::new());
+    let mut c = good;
+    while c < bad {
+        // (The flip is due at c or later: it is applied before the instruction at its count.)
+        advance(&mut jit, c, &mut flip, &mut discard)?;
+        while i < records.len() && records[i].count() == c {
+            follow::apply(&mut interp, records[i].clone(), &mut discard)?;
+            if let Err(e) = follow::apply(&mut jit, records[i].clone(), &mut discard) {
+                return Ok(format!(
+                    "at instruction {c}: the translator's machine did not follow the log: {e}"
+                ));
+            }
+            i += 1;
+        }
+        let (pc, prv) = (interp.hart.pc(), interp.hart.privilege());
+        follow::run_to(&mut interp, c + 1, &mut discard)?;
+        if let Err(e) = follow::run_to(&mut jit, c + 1, &mut discard) {
+            return Ok(format!(
+                "first at instruction {c} (pc {pc:#x}, {prv:?} mode): the translator's machine \
+                 did not follow the log: {e}"
+            ));
+        }
+        sj.clear();
+        si.clear();
+        jit.hart.save(&mut sj);
+        interp.hart.save(&mut si);
+        if sj != si {
+            let mut what = Vec::new();
+            if jit.hart.pc() != interp.hart.pc() {
+                what.push(format!(
+                    "pc: translator {:#x}, interpreter {:#x}",
+                    jit.hart.pc(),
+                    interp.hart.pc()
+                ));
+            }
+            for r in 1..32 {
+                if jit.hart.reg(r) != interp.hart.reg(r) {
+                    what.push(format!(
+                        "x{r}: translator {:#x}, interpreter {:#x}",
+                        jit.hart.reg(r),
+                        interp.hart.reg(r)
+                    ));
+                }
+            }
+            if what.is_empty() {
+                what.push("other hart state (CSRs, FP registers, privilege)".into());
+            }
+            return Ok(format!(
+                "first at instruction {c} (pc {pc:#x}, {prv:?} mode): {}",
+                what.join("; ")
+            ));
+        }
+        // A whole-machine digest costs a pass over RAM: one per million steps.
+        const DIGEST_STEPS: u64 = 1 << 20;
+        if (c + 1 - good).is_multiple_of(DIGEST_STEPS) && jit.digest() != interp.digest() {
+            return Ok(format!(
+                "memory or device state differs first between instructions {} and {} \
+                 (the harts agree)",
+                c + 1 - DIGEST_STEPS,
+                c + 1
+            ));
+        }
+        c += 1;
+    }
+    Ok(format!(
+        "memory or device state differs between instructions {good} and {bad} (the harts agree)"
+    ))
 }

@@ -1,7 +1,8 @@
 //! Bare-metal ISA tests (tests/isa/*.S) run on the ftvm binary.
 //!
 //! `tests/isa/build.sh` assembles every test into `tests/isa/out/<name>.elf`; each one is run
-//! as `ftvm run --elf <file>` and must exit with status 0 (a failing test exits with the number
+//! as `ftvm --engine E run --elf <file>` with both engines (jit and interp) and must exit with
+//! status 0 (a failing test exits with the number
 //! of the failing case). A negative self-test that fails on purpose at case 3 checks that
 //! failures are really reported. If the tests cannot be built (no cross toolchain) the tests
 //! fail: they never skip.
@@ -65,13 +66,13 @@ impl std::fmt::Display for Outcome {
     }
 }
 
-/// Run `ftvm run --elf <elf>`; its output goes to `<elf>.log`.
-fn run_elf(elf: &Path) -> Outcome {
-    let log_path = elf.with_extension("log");
+/// Run `ftvm --engine <engine> run --elf <elf>`; its output goes to `<elf>.<engine>.log`.
+fn run_elf(elf: &Path, engine: &str) -> Outcome {
+    let log_path = elf.with_extension(format!("{engine}.log"));
     let log = File::create(&log_path).expect("create log file");
     let log2 = log.try_clone().expect("clone log file");
     let mut child = Command::new(env!("CARGO_BIN_EXE_ftvm"))
-        .arg("run")
+        .args(["--engine", engine, "run"])
         .arg("--elf")
         .arg(elf)
         .stdin(Stdio::null())
@@ -99,8 +100,9 @@ fn run_elf(elf: &Path) -> Outcome {
 }
 
 /// The last lines of a run's log, for failure messages.
-fn log_tail(elf: &Path) -> String {
-    let text = std::fs::read_to_string(elf.with_extension("log")).unwrap_or_default();
+fn log_tail(elf: &Path, engine: &str) -> String {
+    let text =
+        std::fs::read_to_string(elf.with_extension(format!("{engine}.log"))).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     let tail = &lines[lines.len().saturating_sub(10)..];
     tail.iter().map(|l| format!("      | {l}\n")).collect()
@@ -122,24 +124,30 @@ fn isa_suite() {
         out.display()
     );
 
+    // Both engines: the translator (the default) and the interpreter.
     let mut failures = Vec::new();
-    for elf in &elfs {
-        let name = elf.file_stem().unwrap().to_string_lossy().into_owned();
-        let start = Instant::now();
-        let outcome = run_elf(elf);
-        eprintln!(
-            "isa {name:<12} {outcome} [{:.2}s]",
-            start.elapsed().as_secs_f64()
-        );
-        if outcome != Outcome::Exit(0) {
-            failures.push(format!("  {name}: {outcome}\n{}", log_tail(elf)));
+    for engine in ["jit", "interp"] {
+        for elf in &elfs {
+            let name = elf.file_stem().unwrap().to_string_lossy().into_owned();
+            let start = Instant::now();
+            let outcome = run_elf(elf, engine);
+            eprintln!(
+                "isa {name:<12} {engine:<6} {outcome} [{:.2}s]",
+                start.elapsed().as_secs_f64()
+            );
+            if outcome != Outcome::Exit(0) {
+                failures.push(format!(
+                    "  {name} ({engine}): {outcome}\n{}",
+                    log_tail(elf, engine)
+                ));
+            }
         }
     }
     assert!(
         failures.is_empty(),
         "{} of {} ISA tests failed (case numbers refer to CASE(n) in tests/isa/<name>.S):\n{}",
         failures.len(),
-        elfs.len(),
+        2 * elfs.len(),
         failures.concat()
     );
 }
@@ -149,11 +157,13 @@ fn isa_negative_selftest_reports_failing_case() {
     build();
     let elf = isa_dir().join("out/negative/selftest_fail.elf");
     assert!(elf.exists(), "{} was not built", elf.display());
-    let outcome = run_elf(&elf);
-    assert_eq!(
-        outcome,
-        Outcome::Exit(3),
-        "selftest_fail fails at case 3 on purpose and must exit with status 3\n{}",
-        log_tail(&elf)
-    );
+    for engine in ["jit", "interp"] {
+        let outcome = run_elf(&elf, engine);
+        assert_eq!(
+            outcome,
+            Outcome::Exit(3),
+            "selftest_fail fails at case 3 on purpose and must exit with status 3 ({engine})\n{}",
+            log_tail(&elf, engine)
+        );
+    }
 }
