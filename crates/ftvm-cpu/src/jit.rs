@@ -428,6 +428,268 @@ fn read_block(ram: &[u8], vpc: u64, off: usize) -> Vec<(Op, u64)> {
     out
 }
 
+/// The TLB-hit test of a load or store of `size` bytes at x[rs1] + imm (`s1` is the offset of
+/// x[rs1]): jumps to `slow` on a miss or a page-crossing access, else leaves the RAM offset in
+/// rax. Clobbers rcx, rdx, rsi.
+fn emit_tlb(
+    a: &mut VecAssembler<X64Relocation>,
+    s1: i32,
+    imm: i32,
+    size: i32,
+    store: bool,
+    slow: dynasmrt::DynamicLabel,
+) {
+    // rsi = vaddr; rcx = entry index * 16; rdx = the TLB.
+    dynasm!(a
+        ; .arch x64
+        ; mov rsi, [rbx + s1]
+        ; add rsi, imm
+        ; mov rax, rsi
+        ; shr rax, 12
+        ; mov ecx, eax
+        ; and ecx, (TLB_ENTRIES - 1) as i32
+        ; shl ecx, 4
+    );
+    if store {
+        dynasm!(a ; .arch x64 ; mov rdx, [r13 + C_STORE_TLB]);
+    } else {
+        dynasm!(a ; .arch x64 ; mov rdx, rbp);
+    }
+    dynasm!(a
+        ; .arch x64
+        ; cmp rax, [rdx + rcx]
+        ; jne =>slow
+    );
+    if size > 1 {
+        dynasm!(a
+            ; .arch x64
+            ; mov eax, esi
+            ; and eax, 0xfff
+            ; cmp eax, 4096 - size
+            ; ja =>slow
+        );
+    }
+    dynasm!(a
+        ; .arch x64
+        ; mov rax, [rdx + rcx + 8]
+        ; and esi, 0xfff
+        ; add rax, rsi
+    );
+}
+
+const H_F: i32 = offset_of!(Hart, f) as i32;
+const H_MSTATUS: i32 = offset_of!(Hart, csr.mstatus) as i32;
+const H_FFLAGS: i32 = offset_of!(Hart, csr.fflags) as i32;
+const H_FRM: i32 = offset_of!(Hart, csr.frm) as i32;
+/// mstatus.FS (both bits): zero is Off (F/D instructions are illegal); set both is Dirty.
+const FS_BITS: i32 = crate::csr::MSTATUS_FS as i32;
+
+fn fr(r: u32) -> i32 {
+    H_F + 8 * (r & 31) as i32
+}
+
+/// Whether an F/D instruction has an inline form: double loads and stores, single loads and
+/// stores, sign injection and moves of doubles, and double add, subtract, multiply, divide and
+/// square root under round-to-nearest-even (static, or dynamic with frm checked at run time).
+fn fp_inline(insn: u32) -> bool {
+    let f3 = (insn >> 12) & 7;
+    let rs2 = (insn >> 20) & 31;
+    match insn & 0x7f {
+        0x07 | 0x27 => f3 == 2 || f3 == 3,
+        0x53 => match insn >> 25 {
+            0x01 | 0x05 | 0x09 | 0x0d => f3 == 0 || f3 == 7,
+            0x2d => rs2 == 0 && (f3 == 0 || f3 == 7),
+            0x11 => f3 <= 2,
+            0x71 | 0x79 => f3 == 0 && rs2 == 0,
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
+/// Emit an F/D instruction that [`fp_inline`] accepts; `slow` runs it through the interpreter.
+///
+/// Arithmetic takes the host FPU only where its result and flags are certainly softfloat's,
+/// the interpreter's own gate (`Format::hard`): rounding to nearest-even, fflags' inexact bit
+/// already set, operands zero or normal (the divisor normal; the square root's operand
+/// normal and positive), and a finite result above the smallest normal. Everything else goes
+/// to `slow`. Clobbers rax, rcx, rdx, rsi, r8, r9, xmm0, xmm1.
+fn emit_fp(a: &mut VecAssembler<X64Relocation>, insn: u32, slow: dynasmrt::DynamicLabel) {
+    let rd = (insn >> 7) & 31;
+    let rs1 = (insn >> 15) & 31;
+    let rs2 = (insn >> 20) & 31;
+    let f3 = (insn >> 12) & 7;
+    // F/D instructions are illegal while mstatus.FS is Off.
+    dynasm!(a
+        ; .arch x64
+        ; test DWORD [rbx + H_MSTATUS], FS_BITS
+        ; jz =>slow
+    );
+    let dirty = |a: &mut VecAssembler<X64Relocation>| {
+        dynasm!(a ; .arch x64 ; or DWORD [rbx + H_MSTATUS], FS_BITS);
+    };
+    match insn & 0x7f {
+        0x07 => {
+            // FLW/FLD: the I-immediate.
+            let size = if f3 == 3 { 8 } else { 4 };
+            emit_tlb(a, xr(rs1 as u8), (insn as i32) >> 20, size, false, slow);
+            if size == 8 {
+                dynasm!(a ; .arch x64 ; mov rax, QWORD [r12 + rax]);
+            } else {
+                // NaN-boxed.
+                dynasm!(a
+                    ; .arch x64
+                    ; mov eax, DWORD [r12 + rax]
+                    ; mov rcx, QWORD -0x1_0000_0000
+                    ; or rax, rcx
+                );
+            }
+            dynasm!(a ; .arch x64 ; mov [rbx + fr(rd)], rax);
+            dirty(a);
+        }
+        0x27 => {
+            // FSW/FSD: the S-immediate.
+            let simm = (((insn as i32) >> 25) << 5) | ((insn >> 7) & 31) as i32;
+            let size = if f3 == 3 { 8 } else { 4 };
+            emit_tlb(a, xr(rs1 as u8), simm, size, true, slow);
+            dynasm!(a ; .arch x64 ; mov rcx, [rbx + fr(rs2)]);
+            if size == 8 {
+                dynasm!(a ; .arch x64 ; mov QWORD [r12 + rax], rcx);
+            } else {
+                dynasm!(a ; .arch x64 ; mov DWORD [r12 + rax], ecx);
+            }
+        }
+        _ => match insn >> 25 {
+            0x11 => {
+                // FSGNJ.D / FSGNJN.D / FSGNJX.D
+                dynasm!(a
+                    ; .arch x64
+                    ; mov rax, [rbx + fr(rs1)]
+                    ; mov rcx, [rbx + fr(rs2)]
+                    ; mov rdx, QWORD i64::MIN
+                );
+                match f3 {
+                    0 => {
+                        dynasm!(a ; .arch x64 ; and rcx, rdx ; not rdx ; and rax, rdx ; or rax, rcx)
+                    }
+                    1 => {
+                        dynasm!(a ; .arch x64 ; not rcx ; and rcx, rdx ; not rdx ; and rax, rdx ; or rax, rcx)
+                    }
+                    _ => dynasm!(a ; .arch x64 ; and rcx, rdx ; xor rax, rcx),
+                }
+                dynasm!(a ; .arch x64 ; mov [rbx + fr(rd)], rax);
+                dirty(a);
+            }
+            0x71 => {
+                // FMV.X.D
+                if rd != 0 {
+                    dynasm!(a
+                        ; .arch x64
+                        ; mov rax, [rbx + fr(rs1)]
+                        ; mov [rbx + xr(rd as u8)], rax
+                    );
+                }
+                dirty(a);
+            }
+            0x79 => {
+                // FMV.D.X
+                dynasm!(a
+                    ; .arch x64
+                    ; mov rax, [rbx + xr(rs1 as u8)]
+                    ; mov [rbx + fr(rd)], rax
+                );
+                dirty(a);
+            }
+            f7 => {
+                // Rounding: static RNE, or dynamic with frm = RNE; inexact already set.
+                if f3 == 7 {
+                    dynasm!(a
+                        ; .arch x64
+                        ; cmp QWORD [rbx + H_FRM], 0
+                        ; jne =>slow
+                    );
+                }
+                dynasm!(a
+                    ; .arch x64
+                    ; test BYTE [rbx + H_FFLAGS], 1
+                    ; jz =>slow
+                    ; mov rax, [rbx + fr(rs1)]
+                    ; mov rdx, [rbx + fr(rs2)]
+                );
+                // `normal(reg)`: the exponent field is 1..=0x7fe (clobbers rcx).
+                macro_rules! normal {
+                    ($r:tt) => {
+                        dynasm!(a
+                            ; .arch x64
+                            ; mov rcx, $r
+                            ; shr rcx, 52
+                            ; and ecx, 0x7ff
+                            ; dec ecx
+                            ; cmp ecx, 0x7fd
+                            ; ja =>slow
+                        );
+                    };
+                }
+                // `plain(reg)`: zero or normal.
+                macro_rules! plain {
+                    ($r:tt) => {{
+                        let ok = a.new_dynamic_label();
+                        dynasm!(a
+                            ; .arch x64
+                            ; mov rcx, $r
+                            ; shl rcx, 1
+                            ; jz =>ok
+                        );
+                        normal!($r);
+                        dynasm!(a ; .arch x64 ; =>ok);
+                    }};
+                }
+                match f7 {
+                    0x2d => {
+                        dynasm!(a ; .arch x64 ; test rax, rax ; js =>slow);
+                        normal!(rax);
+                    }
+                    0x0d => {
+                        plain!(rax);
+                        normal!(rdx);
+                    }
+                    _ => {
+                        plain!(rax);
+                        plain!(rdx);
+                    }
+                }
+                dynasm!(a
+                    ; .arch x64
+                    ; movq xmm0, rax
+                    ; movq xmm1, rdx
+                );
+                match f7 {
+                    0x01 => dynasm!(a ; .arch x64 ; addsd xmm0, xmm1),
+                    0x05 => dynasm!(a ; .arch x64 ; subsd xmm0, xmm1),
+                    0x09 => dynasm!(a ; .arch x64 ; mulsd xmm0, xmm1),
+                    0x0d => dynasm!(a ; .arch x64 ; divsd xmm0, xmm1),
+                    _ => dynasm!(a ; .arch x64 ; sqrtsd xmm0, xmm0),
+                }
+                // The result's magnitude must be above the smallest normal and finite:
+                // 2|r| - (2*MIN_POSITIVE + 1) < 2*INFINITY - (2*MIN_POSITIVE + 1), unsigned.
+                dynasm!(a
+                    ; .arch x64
+                    ; movq rax, xmm0
+                    ; mov rcx, rax
+                    ; shl rcx, 1
+                    ; mov r8, QWORD 0x0020_0000_0000_0001
+                    ; sub rcx, r8
+                    ; mov r9, QWORD (0xffe0_0000_0000_0000u64 - 0x0020_0000_0000_0001) as i64
+                    ; cmp rcx, r9
+                    ; jae =>slow
+                    ; mov [rbx + fr(rd)], rax
+                );
+                dirty(a);
+            }
+        },
+    }
+}
+
 /// Emit block `id` at address `base`. `ops` holds the ops and their pcs; `op_ptrs` the
 /// helper's op pointers. Returns the offsets of its link slots (rel32 fields of direct jumps
 /// to blocks in the same page, which the dispatcher patches once the target exists).
@@ -574,42 +836,7 @@ fn emit(
                 let store = matches!(op.kind, Sb | Sh | Sw | Sd);
                 let slow = a.new_dynamic_label();
                 let resume = a.new_dynamic_label();
-                // rsi = vaddr; rcx = entry index * 16; rdx = the TLB.
-                dynasm!(a
-                    ; .arch x64
-                    ; mov rsi, [rbx + s1]
-                    ; add rsi, imm
-                    ; mov rax, rsi
-                    ; shr rax, 12
-                    ; mov ecx, eax
-                    ; and ecx, (TLB_ENTRIES - 1) as i32
-                    ; shl ecx, 4
-                );
-                if store {
-                    dynasm!(a ; .arch x64 ; mov rdx, [r13 + C_STORE_TLB]);
-                } else {
-                    dynasm!(a ; .arch x64 ; mov rdx, rbp);
-                }
-                dynasm!(a
-                    ; .arch x64
-                    ; cmp rax, [rdx + rcx]
-                    ; jne =>slow
-                );
-                if size > 1 {
-                    dynasm!(a
-                        ; .arch x64
-                        ; mov eax, esi
-                        ; and eax, 0xfff
-                        ; cmp eax, 4096 - size
-                        ; ja =>slow
-                    );
-                }
-                dynasm!(a
-                    ; .arch x64
-                    ; mov rax, [rdx + rcx + 8]
-                    ; and esi, 0xfff
-                    ; add rax, rsi
-                );
+                emit_tlb(a, s1, imm, size, store, slow);
                 match op.kind {
                     Lb => dynasm!(a ; .arch x64 ; movsx rax, BYTE [r12 + rax]),
                     Lbu => dynasm!(a ; .arch x64 ; movzx eax, BYTE [r12 + rax]),
@@ -672,6 +899,13 @@ fn emit(
                 dynasm!(a ; .arch x64 ; =>taken);
                 jump_to(a, t);
                 ended = true;
+            }
+            Fp if fp_inline(op.insn) => {
+                let slow = a.new_dynamic_label();
+                let resume = a.new_dynamic_label();
+                emit_fp(a, op.insn, slow);
+                dynasm!(a ; .arch x64 ; =>resume);
+                tail.push((slow, resume, i));
             }
             _ => {
                 helper!();
