@@ -48,7 +48,9 @@ pub enum LogError {
     Io(#[from] std::io::Error),
     #[error("not an ftvm log (bad magic)")]
     BadMagic,
-    #[error("log version {0} is not supported (this ftvm reads versions {OLDEST_VERSION} to {VERSION})")]
+    #[error(
+        "log version {0} is not supported (this ftvm reads versions {OLDEST_VERSION} to {VERSION})"
+    )]
     Version(u32),
     #[error("log frame {index} at byte {offset} is damaged: {what}")]
     Damaged {
@@ -211,8 +213,7 @@ fn decode_input(c: &mut Cur, version: u32) -> Option<Input> {
         I_TIME => Input::Time { ticks: c.varint()? },
         // A rate the machine would clamp is not one a writer logged: damage.
         I_RATE if version >= 2 => Input::Rate {
-            rate: Some(c.varint()?)
-                .filter(|r| (MIN_RATE..=MAX_RATE).contains(r))?,
+            rate: Some(c.varint()?).filter(|r| (MIN_RATE..=MAX_RATE).contains(r))?,
         },
         _ => return None,
     })
@@ -504,7 +505,8 @@ impl<R: Read> LogReader<R> {
         if crc32c::crc32c(body) != crc {
             return Err(damaged("checksum mismatch"));
         }
-        let r = decode(body, self.prev, self.version).ok_or_else(|| damaged("undecodable record"))?;
+        let r =
+            decode(body, self.prev, self.version).ok_or_else(|| damaged("undecodable record"))?;
         if (self.index == 0) != matches!(r, Record::Header { .. }) {
             return Err(if self.index == 0 {
                 LogError::NoHeader

@@ -450,9 +450,7 @@ impl Machine {
             }
             if rate == board::DEFAULT_RATE && anchor == 0 {
                 // One encoding per state: such a clock is written as version 1.
-                return Err(
-                    SnapshotError::Invalid("version 2 with the default clock rate").into(),
-                );
+                return Err(SnapshotError::Invalid("version 2 with the default clock rate").into());
             }
             (rate, anchor)
         } else {
@@ -623,7 +621,9 @@ mod tests {
         // Other versions are refused, naming the version.
         let p = payload(&m);
         for v in [0, 3] {
-            let e = Machine::restore(&snapshot::frame_version(v, &p)).err().unwrap();
+            let e = Machine::restore(&snapshot::frame_version(v, &p))
+                .err()
+                .unwrap();
             assert_eq!(
                 e.to_string(),
                 format!("snapshot version {v} is not supported (this ftvm reads versions 1 to 2)")

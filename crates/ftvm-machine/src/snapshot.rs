@@ -22,7 +22,9 @@ pub const SNAPSHOT_VERSION: u32 = 2;
 pub enum SnapshotError {
     #[error("not an ftvm snapshot (bad magic)")]
     BadMagic,
-    #[error("snapshot version {0} is not supported (this ftvm reads versions 1 to {SNAPSHOT_VERSION})")]
+    #[error(
+        "snapshot version {0} is not supported (this ftvm reads versions 1 to {SNAPSHOT_VERSION})"
+    )]
     Version(u32),
     #[error("snapshot is truncated")]
     Truncated,
