@@ -372,7 +372,7 @@ mod tests {
                 let before = b.mtime(count);
                 b.set_rate(count, r.rate());
                 assert_eq!(b.mtime(count), before, "a rate change keeps the time");
-                if r.next() % 4 == 0 {
+                if r.next().is_multiple_of(4) {
                     b.time_offset += r.value() >> 4;
                 }
                 let now = b.mtime(count);
@@ -399,14 +399,14 @@ mod tests {
         let mut b = board();
         let (mut count, mut last) = (0u64, 0u64);
         for _ in 0..100_000 {
-            if r.next() % 3 == 0 {
+            if r.next().is_multiple_of(3) {
                 b.set_rate(count, r.rate());
             }
             let t = b.mtime(count);
             assert!(t >= last, "at {count}: {t} after {last}");
             last = t;
             // Sometimes one step, sometimes many.
-            count += if r.next() % 2 == 0 {
+            count += if r.next().is_multiple_of(2) {
                 1
             } else {
                 r.next() % 100_000_000
