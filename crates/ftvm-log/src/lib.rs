@@ -16,11 +16,16 @@ use std::fs::File;
 use std::io::{BufWriter, Read, Write};
 use std::path::Path;
 
+use ftvm_machine::board::{MAX_RATE, MIN_RATE};
 use ftvm_machine::Input;
 use thiserror::Error;
 
 pub const MAGIC: &[u8; 8] = b"FTVMLOG\0";
-pub const VERSION: u32 = 1;
+/// The version this ftvm writes. Version 2 added the `Rate` input; version 1 logs (which
+/// cannot hold one) are read too.
+pub const VERSION: u32 = 2;
+/// The oldest version this ftvm reads.
+pub const OLDEST_VERSION: u32 = 1;
 /// Frames larger than this are taken as damage.
 pub const MAX_FRAME: u32 = 1 << 30;
 
@@ -35,6 +40,7 @@ const I_FRAME: u8 = 1;
 const I_DISK: u8 = 2;
 const I_ENTROPY: u8 = 3;
 const I_TIME: u8 = 4;
+const I_RATE: u8 = 5;
 
 #[derive(Debug, Error)]
 pub enum LogError {
@@ -42,7 +48,9 @@ pub enum LogError {
     Io(#[from] std::io::Error),
     #[error("not an ftvm log (bad magic)")]
     BadMagic,
-    #[error("log version {0} is not supported (this ftvm reads version {VERSION})")]
+    #[error(
+        "log version {0} is not supported (this ftvm reads versions {OLDEST_VERSION} to {VERSION})"
+    )]
     Version(u32),
     #[error("log frame {index} at byte {offset} is damaged: {what}")]
     Damaged {
@@ -177,10 +185,15 @@ fn encode_input(b: &mut Vec<u8>, i: &Input) {
             b.push(I_TIME);
             put_varint(b, *ticks);
         }
+        Input::Rate { rate } => {
+            b.push(I_RATE);
+            put_varint(b, *rate);
+        }
     }
 }
 
-fn decode_input(c: &mut Cur) -> Option<Input> {
+/// An input of a log of `version`.
+fn decode_input(c: &mut Cur, version: u32) -> Option<Input> {
     Some(match c.u8()? {
         I_CONSOLE => Input::Console(c.u8()?),
         I_FRAME => Input::Frame {
@@ -198,6 +211,10 @@ fn decode_input(c: &mut Cur) -> Option<Input> {
             bytes: c.bytes()?,
         },
         I_TIME => Input::Time { ticks: c.varint()? },
+        // A rate the machine would clamp is not one a writer logged: damage.
+        I_RATE if version >= 2 => Input::Rate {
+            rate: Some(c.varint()?).filter(|r| (MIN_RATE..=MAX_RATE).contains(r))?,
+        },
         _ => return None,
     })
 }
@@ -244,7 +261,7 @@ fn encode(r: &Record, prev: u64) -> Vec<u8> {
     b
 }
 
-fn decode(body: &[u8], prev: u64) -> Option<Record> {
+fn decode(body: &[u8], prev: u64, version: u32) -> Option<Record> {
     let mut c = Cur(body);
     let kind = c.u8()?;
     if kind == K_HEADER {
@@ -262,7 +279,7 @@ fn decode(body: &[u8], prev: u64) -> Option<Record> {
             let n = c.usize()?;
             let mut inputs = Vec::with_capacity(n.min(4096));
             for _ in 0..n {
-                inputs.push(decode_input(&mut c)?);
+                inputs.push(decode_input(&mut c, version)?);
             }
             Record::Input { count, inputs }
         }
@@ -393,6 +410,8 @@ pub enum Next {
 
 /// Reads records from a log (a file, or bytes that grow as a writer appends).
 pub struct LogReader<R> {
+    /// The log's format version.
+    pub version: u32,
     src: R,
     buf: Vec<u8>,
     pos: usize,
@@ -421,10 +440,11 @@ impl<R: Read> LogReader<R> {
             return Err(LogError::BadMagic);
         }
         let v = u32::from_le_bytes(head[8..12].try_into().unwrap());
-        if v != VERSION {
+        if !(OLDEST_VERSION..=VERSION).contains(&v) {
             return Err(LogError::Version(v));
         }
         Ok(LogReader {
+            version: v,
             src,
             buf: Vec::new(),
             pos: 0,
@@ -485,7 +505,8 @@ impl<R: Read> LogReader<R> {
         if crc32c::crc32c(body) != crc {
             return Err(damaged("checksum mismatch"));
         }
-        let r = decode(body, self.prev).ok_or_else(|| damaged("undecodable record"))?;
+        let r =
+            decode(body, self.prev, self.version).ok_or_else(|| damaged("undecodable record"))?;
         if (self.index == 0) != matches!(r, Record::Header { .. }) {
             return Err(if self.index == 0 {
                 LogError::NoHeader
@@ -509,6 +530,7 @@ impl<R: Read> LogReader<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ftvm_machine::board::DEFAULT_RATE;
 
     fn sample(path: &Path) -> Vec<Record> {
         let recs = vec![
@@ -541,6 +563,7 @@ mod tests {
                         bytes: vec![7; 64],
                     },
                     Input::Time { ticks: 123456 },
+                    Input::Rate { rate: 1_234_567 },
                 ],
             },
             Record::Digest {
@@ -604,6 +627,67 @@ mod tests {
         }
         assert!(matches!(read_all(b"FTVMSNAP...."), Err(LogError::BadMagic)));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The bytes of a log of `version` holding a header and one input record with `input`.
+    fn one_input_log(version: u32, input: Input) -> Vec<u8> {
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend_from_slice(&version.to_le_bytes());
+        let header = Record::Header {
+            count: 0,
+            snapshot: vec![1, 2, 3],
+            digest_every: 10,
+        };
+        let rec = Record::Input {
+            count: 5,
+            inputs: vec![input],
+        };
+        for body in [encode(&header, 0), encode(&rec, 0)] {
+            bytes.extend_from_slice(&(body.len() as u32).to_le_bytes());
+            bytes.extend_from_slice(&body);
+            bytes.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
+        }
+        bytes
+    }
+
+    #[test]
+    fn version_1_logs_are_read_without_rates_and_other_versions_refused() {
+        // A version-1 log (an older ftvm's) reads as it always did.
+        let v1 = one_input_log(1, Input::Time { ticks: 9 });
+        let (got, end) = read_all(&v1).unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!(end, Next::Eof);
+        // A rate input cannot be in a version-1 log: damage, named.
+        let v1_rate = one_input_log(1, Input::Rate { rate: DEFAULT_RATE });
+        assert!(matches!(
+            read_all(&v1_rate),
+            Err(LogError::Damaged { index: 1, .. })
+        ));
+        let v2_rate = one_input_log(2, Input::Rate { rate: DEFAULT_RATE });
+        let (got, _) = read_all(&v2_rate).unwrap();
+        assert_eq!(
+            got[1],
+            Record::Input {
+                count: 5,
+                inputs: vec![Input::Rate { rate: DEFAULT_RATE }]
+            }
+        );
+        // A rate out of the machine's range is damage too.
+        for rate in [0, MIN_RATE - 1, MAX_RATE + 1, u64::MAX] {
+            let bad = one_input_log(2, Input::Rate { rate });
+            assert!(
+                matches!(read_all(&bad), Err(LogError::Damaged { index: 1, .. })),
+                "{rate}"
+            );
+        }
+        for v in [0, 3, u32::MAX] {
+            let e = read_all(&one_input_log(v, Input::Time { ticks: 1 })).unwrap_err();
+            assert!(matches!(e, LogError::Version(x) if x == v), "{e}");
+            assert_eq!(
+                e.to_string(),
+                format!("log version {v} is not supported (this ftvm reads versions 1 to 2)")
+            );
+        }
     }
 
     #[test]

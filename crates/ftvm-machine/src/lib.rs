@@ -3,8 +3,9 @@
 //! bare-metal ELF. [`Machine::run`] executes up to an exact step count; [`Machine::save`],
 //! [`Machine::restore`] and [`Machine::digest`] cover the whole machine state.
 //!
-//! The machine never reads a host clock: `mtime` is the step count divided by
-//! [`board::STEPS_PER_TICK`], plus the ticks skipped while the hart was idle.
+//! The machine never reads a host clock: `mtime` is the step count divided by the clock's rate
+//! (by default [`board::STEPS_PER_TICK`] steps per tick; an [`Input::Rate`] changes it), plus
+//! the ticks that passed without instructions.
 
 pub mod board;
 mod fdt;
@@ -81,6 +82,11 @@ pub enum Input {
     Entropy { slot: usize, bytes: Vec<u8> },
     /// Machine time passes without instructions: idle time, or catching up with a host clock.
     Time { ticks: u64 },
+    /// From this count on, machine time advances one tick per `rate / 2^16` steps (fixed
+    /// point, [`board::RATE_FRAC_BITS`]; clamped to [`board::MIN_RATE`, `board::MAX_RATE`]):
+    /// the host clock policy keeps guest time with the host's whatever the engine's speed.
+    /// Time at this count is unchanged: only the slope changes.
+    Rate { rate: u64 },
 }
 
 /// Something that leaves the machine.
@@ -163,6 +169,18 @@ impl Machine {
             .min()
     }
 
+    /// The ticks until the next timer interrupt becomes pending, if one is armed and not yet
+    /// pending: the `Time` that would make it pending at once.
+    fn next_timer_ticks(&self) -> Option<u64> {
+        let now = self.hart.count();
+        let t = self.board.mtime(now);
+        [self.board.mtimecmp, self.board.stimecmp]
+            .into_iter()
+            .filter(|&cmp| self.board.deadline(cmp).is_some_and(|d| d > now))
+            .map(|cmp| cmp.saturating_sub(t))
+            .min()
+    }
+
     /// Run until the step count reaches `stop_at`, at most `chunk` steps, or until the guest
     /// needs the host (power, idle, tohost).
     pub fn run(&mut self, stop_at: u64, chunk: u64) -> RunExit {
@@ -199,10 +217,9 @@ impl Machine {
                 Exit::Wfi => {
                     self.update_irqs();
                     if !self.hart.wakes() {
-                        let ticks = self
-                            .next_deadline()
-                            .map(|d| (d - self.hart.count()).div_ceil(board::STEPS_PER_TICK));
-                        return RunExit::Idle { ticks };
+                        return RunExit::Idle {
+                            ticks: self.next_timer_ticks(),
+                        };
                     }
                 }
             }
@@ -218,6 +235,10 @@ impl Machine {
 
     /// Apply an input from outside at the current step count.
     pub fn apply(&mut self, input: Input) {
+        if let Input::Rate { rate } = input {
+            self.board.set_rate(self.hart.count(), rate);
+            return;
+        }
         let b = &mut self.board;
         let mut ram = virtio::queue::GuestRam::new(&mut b.ram);
         match input {
@@ -238,6 +259,7 @@ impl Machine {
                 }
             }
             Input::Time { ticks } => b.time_offset = b.time_offset.saturating_add(ticks),
+            Input::Rate { .. } => {} // applied above
         }
         b.dma.extend(ram.1);
         self.invalidate_dma();
@@ -367,6 +389,11 @@ impl Machine {
         w.u64(b.stimecmp);
         w.u8(b.msip as u8);
         w.u64(b.time_offset);
+        if !b.default_clock() {
+            // Version 2 only: a clock that never changed its rate is stored as it always was.
+            w.u64(b.rate);
+            w.u64(b.rate_anchor);
+        }
         b.uart.save(w);
         b.plic.save(w);
         w.u64(b.rtc_base_ns);
@@ -386,7 +413,8 @@ impl Machine {
         let mut w = Writer::default();
         w.u64(self.board.ram.len() as u64);
         self.save_state(&mut w, true);
-        snapshot::frame(&w.buf)
+        let version = if self.board.default_clock() { 1 } else { 2 };
+        snapshot::frame_version(version, &w.buf)
     }
 
     /// A machine from a snapshot file. Everything is checked against what the machine could
@@ -394,7 +422,8 @@ impl Machine {
     /// known to be valid and the file holds the whole page bitmap, and only the pages the
     /// snapshot stores are written.
     pub fn restore(file: &[u8]) -> Result<Machine, MachineError> {
-        let mut r = Reader::new(snapshot::unframe(file)?);
+        let (version, payload) = snapshot::unframe_version(file)?;
+        let mut r = Reader::new(payload);
         let ram_size = r.u64()?;
         if !ram_size_ok(ram_size) {
             return Err(SnapshotError::Invalid(
@@ -411,6 +440,22 @@ impl Machine {
             _ => return Err(SnapshotError::Invalid("msip").into()),
         };
         let time_offset = r.u64()?;
+        let (rate, rate_anchor) = if version >= 2 {
+            let (rate, anchor) = (r.u64()?, r.u64()?);
+            if !(board::MIN_RATE..=board::MAX_RATE).contains(&rate) {
+                return Err(SnapshotError::Invalid("clock rate out of range").into());
+            }
+            if anchor > hart.count() {
+                return Err(SnapshotError::Invalid("clock rate anchor after the count").into());
+            }
+            if rate == board::DEFAULT_RATE && anchor == 0 {
+                // One encoding per state: such a clock is written as version 1.
+                return Err(SnapshotError::Invalid("version 2 with the default clock rate").into());
+            }
+            (rate, anchor)
+        } else {
+            (board::DEFAULT_RATE, 0)
+        };
         let uart = uart::Uart::load(&mut r)?;
         let plic = plic::Plic::load(&mut r)?;
         let rtc_base_ns = r.u64()?;
@@ -432,6 +477,8 @@ impl Machine {
         b.stimecmp = stimecmp;
         b.msip = msip;
         b.time_offset = time_offset;
+        b.rate = rate;
+        b.rate_anchor = rate_anchor;
         b.uart = uart;
         b.plic = plic;
         b.rtc_base_ns = rtc_base_ns;
@@ -493,6 +540,95 @@ mod tests {
         assert_eq!(back.devices(), m.devices());
         m.board.ram[9 * 4096] = 1;
         assert_ne!(back.digest(), m.digest());
+    }
+
+    #[test]
+    fn a_clock_that_changed_rate_is_saved_as_version_2_and_restores() {
+        let mut m = Machine::new(MIN_RAM).unwrap();
+        m.apply(Input::Time { ticks: 77 });
+        m.run(1_001, 1_001);
+        // Never changed: version 1, the same bytes as before rates existed.
+        let v1 = m.save();
+        assert_eq!(snapshot::unframe_version(&v1).unwrap().0, 1);
+        let before = m.board.mtime(m.count());
+        m.apply(Input::Rate { rate: 3 << 15 });
+        assert_eq!(m.board.mtime(m.count()), before);
+        assert_eq!(m.board.rate_anchor, 1_001);
+        let v2 = m.save();
+        assert_eq!(snapshot::unframe_version(&v2).unwrap().0, 2);
+        assert_eq!(v2.len(), v1.len() + 16);
+        assert_ne!(m.digest(), Machine::restore(&v1).unwrap().digest());
+        let mut back = Machine::restore(&v2).unwrap();
+        assert_eq!(back.digest(), m.digest());
+        assert_eq!((back.board.rate, back.board.rate_anchor), (3 << 15, 1_001));
+        // Both run on to the same state, time at 1.5 steps per tick.
+        m.run(4_001, 10_000);
+        back.run(4_001, 10_000);
+        assert_eq!(back.digest(), m.digest());
+        assert_eq!(m.board.mtime(4_001), before + 2_000);
+        // Back at the default rate, but anchored later: still version 2.
+        m.apply(Input::Rate {
+            rate: board::DEFAULT_RATE,
+        });
+        assert_eq!(snapshot::unframe_version(&m.save()).unwrap().0, 2);
+        // Rates out of range are clamped.
+        m.apply(Input::Rate { rate: 0 });
+        assert_eq!(m.board.rate, board::MIN_RATE);
+        m.apply(Input::Rate { rate: u64::MAX });
+        assert_eq!(m.board.rate, board::MAX_RATE);
+    }
+
+    #[test]
+    fn crafted_clock_fields_are_refused() {
+        let mut m = Machine::new(MIN_RAM).unwrap();
+        m.run(500, 500);
+        m.apply(Input::Rate { rate: 5 << 16 });
+        type Craft = fn(&mut Machine);
+        let crafts: [(&str, Craft); 4] = [
+            ("clock rate out of range", |m| m.board.rate = 0),
+            ("clock rate out of range", |m| {
+                m.board.rate = board::MAX_RATE + 1
+            }),
+            ("clock rate anchor after the count", |m| {
+                m.board.rate_anchor = 501
+            }),
+            ("version 2 with the default clock rate", |m| {
+                m.board.rate = board::DEFAULT_RATE;
+                m.board.rate_anchor = 0;
+            }),
+        ];
+        for (what, craft) in crafts {
+            let mut c = Machine::restore(&m.save()).unwrap();
+            craft(&mut c);
+            let mut w = Writer::default();
+            w.u64(MIN_RAM);
+            c.save_state(&mut w, true);
+            let mut payload = w.buf;
+            if c.board.default_clock() {
+                // save_state left the clock fields out (version 1): put them where version 2
+                // has them.
+                let at = 8 + ftvm_cpu::HART_STATE_LEN + 8 + 8 + 1 + 8;
+                let mut f = board::DEFAULT_RATE.to_le_bytes().to_vec();
+                f.extend_from_slice(&0u64.to_le_bytes());
+                payload.splice(at..at, f);
+            }
+            match Machine::restore(&snapshot::frame_version(2, &payload)) {
+                Err(MachineError::Snapshot(SnapshotError::Invalid(w))) => assert_eq!(w, what),
+                Err(e) => panic!("{what}: unexpected {e}"),
+                Ok(_) => panic!("{what}: accepted"),
+            }
+        }
+        // Other versions are refused, naming the version.
+        let p = payload(&m);
+        for v in [0, 3] {
+            let e = Machine::restore(&snapshot::frame_version(v, &p))
+                .err()
+                .unwrap();
+            assert_eq!(
+                e.to_string(),
+                format!("snapshot version {v} is not supported (this ftvm reads versions 1 to 2)")
+            );
+        }
     }
 
     /// Register writes that make queue 0 of a virtio-mmio device ready (size 64, rings in the

@@ -3,7 +3,7 @@
 //! Layout (all integers little-endian):
 //! ```text
 //! magic    8 bytes  "FTVMSNAP"
-//! version  u32      SNAPSHOT_VERSION
+//! version  u32      1, or 2 (SNAPSHOT_VERSION) when the clock changed its rate
 //! length   u64      length of the payload
 //! payload  ...      the state, in the order Machine::save writes it
 //! crc32c   u32      CRC-32C of everything before it
@@ -13,13 +13,18 @@
 use thiserror::Error;
 
 pub const MAGIC: &[u8; 8] = b"FTVMSNAP";
-pub const SNAPSHOT_VERSION: u32 = 1;
+/// The newest version: 2 adds the clock's rate and its anchor to the board's fields. A machine
+/// whose clock never changed its rate is still written as version 1, byte for byte as before
+/// (so its digests are too); both versions are read.
+pub const SNAPSHOT_VERSION: u32 = 2;
 
 #[derive(Debug, Clone, Error)]
 pub enum SnapshotError {
     #[error("not an ftvm snapshot (bad magic)")]
     BadMagic,
-    #[error("snapshot version {0} is not supported (this ftvm reads version {SNAPSHOT_VERSION})")]
+    #[error(
+        "snapshot version {0} is not supported (this ftvm reads versions 1 to {SNAPSHOT_VERSION})"
+    )]
     Version(u32),
     #[error("snapshot is truncated")]
     Truncated,
@@ -113,11 +118,16 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Wrap a payload in the file framing.
+/// Wrap a payload in the file framing of version 1.
 pub fn frame(payload: &[u8]) -> Vec<u8> {
+    frame_version(1, payload)
+}
+
+/// Wrap a payload in the file framing of `version`.
+pub fn frame_version(version: u32, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(payload.len() + 24);
     out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
+    out.extend_from_slice(&version.to_le_bytes());
     out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
     out.extend_from_slice(payload);
     let crc = crc32c::crc32c(&out);
@@ -127,6 +137,11 @@ pub fn frame(payload: &[u8]) -> Vec<u8> {
 
 /// Check the framing and return the payload.
 pub fn unframe(file: &[u8]) -> Result<&[u8], SnapshotError> {
+    unframe_version(file).map(|(_, p)| p)
+}
+
+/// Check the framing and return the version and the payload.
+pub fn unframe_version(file: &[u8]) -> Result<(u32, &[u8]), SnapshotError> {
     if file.len() < 8 || &file[..8] != MAGIC {
         return Err(SnapshotError::BadMagic);
     }
@@ -134,7 +149,7 @@ pub fn unframe(file: &[u8]) -> Result<&[u8], SnapshotError> {
         return Err(SnapshotError::Truncated);
     }
     let version = u32::from_le_bytes(file[8..12].try_into().unwrap());
-    if version != SNAPSHOT_VERSION {
+    if !(1..=SNAPSHOT_VERSION).contains(&version) {
         return Err(SnapshotError::Version(version));
     }
     let len = u64::from_le_bytes(file[12..20].try_into().unwrap());
@@ -146,7 +161,7 @@ pub fn unframe(file: &[u8]) -> Result<&[u8], SnapshotError> {
     if crc32c::crc32c(body) != crc {
         return Err(SnapshotError::Checksum);
     }
-    Ok(&file[20..file.len() - 4])
+    Ok((version, &file[20..file.len() - 4]))
 }
 
 fn page_is_zero(p: &[u8]) -> bool {

@@ -713,21 +713,21 @@ mod tests {
     #[test]
     fn an_unknown_version_is_refused_by_both() {
         let mut newer = hello(Role::Backup);
-        newer.version = 3;
+        newer.version = 4;
         let (p, b) = connect(KEY, hello(Role::Primary), KEY, newer);
         let e = p.err().unwrap();
         assert!(
-            matches!(e, ChannelError::Version { ours: 2, theirs: 3 }),
+            matches!(e, ChannelError::Version { ours: 3, theirs: 4 }),
             "{e}"
         );
         assert_eq!(
             e.to_string(),
-            "the peer speaks replication protocol version 3, this side version 2"
+            "the peer speaks replication protocol version 4, this side version 3"
         );
-        // The newer side names both too (from the version-2 hello it received).
+        // The newer side names both too (from the version-3 hello it received).
         assert!(matches!(
             b,
-            Err(ChannelError::Version { ours: 3, theirs: 2 })
+            Err(ChannelError::Version { ours: 4, theirs: 3 })
         ));
     }
 
@@ -958,7 +958,7 @@ mod tests {
             matches!(
                 e,
                 ChannelError::NoHello {
-                    ours: 2,
+                    ours: 3,
                     got: "a heartbeat"
                 }
             ),

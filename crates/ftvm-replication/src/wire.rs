@@ -12,8 +12,9 @@ use std::fmt;
 use crate::channel::{ChannelError, Msg, Role};
 
 /// The version of the replication protocol this build speaks (version 1 was the BLAKE3
-/// handshake with per-message MACs, before Noise and the hello).
-pub const PROTOCOL_VERSION: u32 = 2;
+/// handshake with per-message MACs, before Noise and the hello; version 2 shipped logs of
+/// format version 1, without the clock's `Rate` input, which version 3's logs may hold).
+pub const PROTOCOL_VERSION: u32 = 3;
 /// The largest payload of one message (the bytes after its header): 64 MiB.
 pub const MAX_MSG: u32 = 64 << 20;
 /// The largest Noise message (ciphertext and tag).
@@ -622,13 +623,13 @@ mod tests {
     #[test]
     fn an_unknown_version_is_named() {
         let mut h = Hello::new(Role::Primary, 1, "");
-        h.version = 3;
+        h.version = 4;
         let mut p = Vec::new();
         h.encode(&mut p);
         let e = Hello::decode(&p).unwrap_err();
-        assert!(matches!(e, ChannelError::Version { ours: 2, theirs: 3 }));
+        assert!(matches!(e, ChannelError::Version { ours: 3, theirs: 4 }));
         let text = e.to_string();
-        assert!(text.contains('2') && text.contains('3'), "{text}");
+        assert!(text.contains('3') && text.contains('4'), "{text}");
         // Only the version is read of a hello of another version.
         assert!(matches!(
             Hello::decode(&7u32.to_le_bytes()),
@@ -687,7 +688,7 @@ mod tests {
         // log began, a second attach, a backup's log, a primary's acknowledgement.
         assert!(matches!(
             run(p, &[K::Attach]),
-            Err(ChannelError::NoHello { ours: 2, .. })
+            Err(ChannelError::NoHello { ours: 3, .. })
         ));
         for (peer, kinds) in [
             (p, &[K::Hello, K::Hello][..]),

@@ -8,11 +8,14 @@
 //! - [`follow`]: the one path that runs a machine along a log: to each record's count, then
 //!   applying it (inputs, digest checks). Replay, the backup's follow and the failover
 //!   catch-up all use it;
+//! - [`clock`]: the host-clock policy (time pushes and rates that keep guest time with the
+//!   host's);
 //! - [`devices`]: the live backends of a machine's devices;
 //! - [`status`]: a member's status file (`ftvm status`).
 //!
 //! Nothing here knows about primaries and backups beyond the two traits.
 
+pub mod clock;
 pub mod devices;
 pub mod follow;
 pub mod live;

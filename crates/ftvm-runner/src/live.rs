@@ -10,10 +10,11 @@ use std::time::{Duration, Instant};
 use ftvm_host::console::{Captured, Console};
 use ftvm_host::{DetEntropy, HostEvent};
 use ftvm_log::{LogError, LogWriter, Record};
-use ftvm_machine::board::{NANOS_PER_TICK, TIMEBASE_HZ};
+use ftvm_machine::board::NANOS_PER_TICK;
 use ftvm_machine::{DeviceOutput, DiskRequest, Input, Machine, Output, PowerEvent, RunExit};
 use thiserror::Error;
 
+use crate::clock::{HostClock, MAX_LAG};
 use crate::devices::Backends;
 use crate::status::StatusFile;
 use crate::Event;
@@ -379,8 +380,8 @@ pub fn live(
         }
     }
     let started = Instant::now();
-    // Under the host clock, machine time may not fall behind the host's.
-    let start_ticks = m.board.mtime(m.count());
+    // Under the host clock, machine time keeps up with the host's (see crate::clock).
+    let mut clock = HostClock::new(&m);
     // Where the log was last pushed out to the backup.
     let mut last_mark = m.count();
     let code = loop {
@@ -401,9 +402,11 @@ pub fn live(
                 }
                 last_mark = m.count();
             }
+            let t0 = Instant::now();
             if let Ok(ev) = events.recv_timeout(Duration::from_millis(1)) {
                 pending.take(ev);
             }
+            clock.waited(t0.elapsed());
             RunExit::Yield
         } else {
             // While protected, look at the host more often: outputs wait for the backup's
@@ -513,18 +516,30 @@ pub fn live(
                         },
                     )?;
                 } else if pending.input_possible(&backends) || ticks.is_some() {
-                    // Wait in real time for input or the next timer; the time waited passes
-                    // in the machine (under the virtual clock only while disk I/O is pending).
+                    // Wait in real time for input or the next timer (under the host clock,
+                    // until host time reaches the guest's timer); then, under the host clock,
+                    // guest time catches up with the host's (never past the timer).
                     let wait = ticks.map_or(MAX_IDLE_WAIT, |t| {
-                        Duration::from_nanos(t.saturating_mul(NANOS_PER_TICK)).min(MAX_IDLE_WAIT)
+                        if virtual_clock {
+                            Duration::from_nanos(t.saturating_mul(NANOS_PER_TICK))
+                                .min(MAX_IDLE_WAIT)
+                        } else {
+                            clock.wait_for(&m, t, MAX_IDLE_WAIT)
+                        }
                     });
                     let t0 = Instant::now();
-                    if let Ok(ev) = events.recv_timeout(wait) {
-                        pending.take(ev);
+                    match events.recv_timeout(wait) {
+                        Ok(ev) => pending.take(ev),
+                        // No backend is left to report (stdin closed, no device): the wait
+                        // still takes its time, rather than spinning and logging a Time
+                        // input per turn.
+                        Err(RecvTimeoutError::Disconnected) => std::thread::sleep(wait),
+                        Err(RecvTimeoutError::Timeout) => {}
                     }
+                    clock.waited(t0.elapsed());
                     if !virtual_clock {
-                        let passed = (t0.elapsed().as_nanos() / NANOS_PER_TICK as u128) as u64;
-                        let ticks = ticks.map_or(passed, |t| passed.min(t));
+                        let lag = clock.lag(&m);
+                        let ticks = ticks.map_or(lag, |t| lag.min(t));
                         feed.feed(&mut m, Input::Time { ticks })?;
                     }
                 } else {
@@ -592,15 +607,12 @@ pub fn live(
             feed.feed(&mut m, Input::Entropy { slot, bytes })?;
         }
         if !virtual_clock {
-            let host = start_ticks + (started.elapsed().as_nanos() / NANOS_PER_TICK as u128) as u64;
-            let guest = m.board.mtime(m.count());
-            if host > guest + TIMEBASE_HZ / 100 {
-                feed.feed(
-                    &mut m,
-                    Input::Time {
-                        ticks: host - guest,
-                    },
-                )?;
+            let lag = clock.lag(&m);
+            if lag > MAX_LAG {
+                feed.feed(&mut m, Input::Time { ticks: lag })?;
+            }
+            if let Some(rate) = clock.rate(&m) {
+                feed.feed(&mut m, Input::Rate { rate })?;
             }
         }
         if was_idle && feed.fed == fed_before {
