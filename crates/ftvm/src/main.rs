@@ -490,6 +490,7 @@ fn finish(a: &RunArgs, ended: Ended) -> Result<u8> {
         us_per_block = st.compile_ns as f64 / 1e3 / st.blocks.max(1) as f64,
         code_kib = st.code_bytes / 1024,
         dispatches = st.dispatches,
+        links = st.links,
         full_flushes = st.full_flushes,
         "translator"
     );

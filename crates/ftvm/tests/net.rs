@@ -1,5 +1,6 @@
 //! Network: redis in the guest serves a real client over a TAP device, and its data survives a
-//! power cycle on the same disk. The test builds its own network: a host namespace holding a
+//! power cycle on the same disk; a recorded networked session replays offline, with both
+//! engines in lockstep too. The test builds its own network: a host namespace holding a
 //! bridge, the TAP and one end of a veth pair, and a client namespace holding the other end.
 
 mod common;
@@ -317,6 +318,25 @@ fn a_networked_session_replays_offline() {
     assert!(
         std::fs::metadata(&frames).unwrap().len() > 24 + 20 * 60,
         "the sent frames were written"
+    );
+    // The translator (which recorded it) and the interpreter replay it in lockstep.
+    let check = run_ftvm(
+        &[
+            "--engine",
+            "check",
+            "replay",
+            "--log",
+            log.to_str().unwrap(),
+            "--check-every",
+            "20000000",
+        ],
+        Duration::from_secs(300),
+    );
+    let text = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        check.status.success() && text.contains("engines agree"),
+        "{text}{}",
+        String::from_utf8_lossy(&check.stderr)
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
