@@ -1505,3 +1505,95 @@ fn jumps_follow_remapping_and_privilege() {
         assert!(x[22].abs_diff(rounds) <= 1 && x[23].abs_diff(rounds) <= 1);
     });
 }
+
+/// A page table entry for a code page changed without SFENCE.VMA (the hart may use the old
+/// or the new translation until it fences) must not leave a direct link between blocks of
+/// two different physical pages once the guest has restored the entry and fenced.
+///
+/// Rounds of a loop at VA (physical C1, or C2 while remapped): round 1 remaps VA to C2 (a
+/// copy of C1 but for the instruction at `tgt`) without a fence, evicts VA's fetch
+/// translation by running a page whose number is the same modulo the TLB size, and jumps to
+/// `tgt`, which is translated from C2; round 2 takes the branch from the block at `top`
+/// (still C1's, from the jump cache) to `tgt`; then the entry is restored and fenced, and
+/// from round 3 on `tgt` must be C1's instruction again.
+fn stale_link_program() -> (TestBus, Hart) {
+    const EVICT: u64 = VA + (256 << 12);
+    let mut bus = TestBus::new();
+    let flags = PTE_V | PTE_R | PTE_X | PTE_A;
+    bus.write64(ROOT + 8, pte(L1, PTE_V));
+    bus.write64(ROOT + 16, pte(RAM_BASE, flags | PTE_W | PTE_D));
+    bus.write64(L1, pte(L0, PTE_V));
+    bus.write64(L0, pte(C1, flags));
+    bus.write64(L0 + 256 * 8, pte(C3, flags));
+    let flip = (((C1 >> 12) ^ (C2 >> 12)) << 10) as i64;
+    let mut code = [Vec::new(), Vec::new()];
+    for (i, add) in [1, 100].into_iter().enumerate() {
+        let mut a = Asm::new(VA);
+        let top = a.here();
+        let tgt = a.label();
+        let skip = a.label();
+        a.w(addi(S1, S1, 1));
+        a.w(addi(T0, 0, 2));
+        a.br(5, S1, T0, tgt); // bge s1, t0, tgt
+                              // Round 1: remap without a fence, evict, jump to tgt.
+        a.li(T1, L0 as i64);
+        a.w(i_type(0x03, 3, T2, T1, 0));
+        a.li(T3, flip);
+        a.w(r_type(0x33, 4, 0, T2, T2, T3));
+        a.w(s_type(0x23, 3, T1, T2, 0));
+        a.li(T0, EVICT as i64);
+        a.w(i_type(0x67, 0, RA, T0, 0));
+        a.jal(0, tgt);
+        while a.pc() < VA + 0x100 {
+            a.w(0x13);
+        }
+        a.bind(tgt);
+        a.w(addi(S10, S10, add));
+        a.w(addi(T0, 0, 2));
+        a.br(1, S1, T0, skip);
+        // Round 2: restore and fence.
+        a.li(T1, L0 as i64);
+        a.w(i_type(0x03, 3, T2, T1, 0));
+        a.li(T3, flip);
+        a.w(r_type(0x33, 4, 0, T2, T2, T3));
+        a.w(s_type(0x23, 3, T1, T2, 0));
+        a.w(0x1200_0073); // sfence.vma
+        a.bind(skip);
+        a.jal(0, top);
+        code[i] = a.finish().1;
+    }
+    bus.write(C1, &code[0]);
+    bus.write(C2, &code[1]);
+    let mut a = Asm::new(EVICT);
+    a.w(i_type(0x67, 0, 0, RA, 0)); // ret
+    bus.write(C3, &a.finish().1);
+    let mut h = Hart::new(0);
+    h.csr.satp = (8 << 60) | (ROOT >> 12);
+    h.csr.mtvec = HANDLER;
+    bus.write(HANDLER, &handler(VA));
+    h.set_priv(Priv::Supervisor);
+    h.pc = VA;
+    (bus, h)
+}
+
+#[test]
+fn no_link_between_physical_pages() {
+    for_seeds("no_link_between_physical_pages", 10, |seed| {
+        let mut rng = Rng::new(seed);
+        let (bus, h) = stale_link_program();
+        let mut p = Pair::new(seed, h, bus);
+        // Seed 1: one long run (the links are made in translated code); others: random cuts.
+        while p.h[0].count < 2_000 {
+            let b = if seed == 1 {
+                2_000
+            } else {
+                Pair::budget(&mut rng)
+            };
+            p.run(b, &mut rng);
+        }
+        let rounds = p.h[0].x[S1 as usize];
+        assert!(rounds > 20);
+        // The old mapping may or may not be used in rounds 1 and 2; C1's from then on.
+        assert!(p.h[0].x[S10 as usize] <= 200 + rounds);
+    });
+}
