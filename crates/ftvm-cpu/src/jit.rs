@@ -247,34 +247,19 @@ impl Jit {
             ; jne =>exit_l
             ; jmp QWORD [rax + 16]
         );
-        // chain_link: as chain, for an unlinked direct jump to a block in the same page (rsi =
-        // the address of its rel32, rdx = its block): link it to the block the jump cache
-        // has (under this generation, the same physical page), or leave it to the dispatcher.
+        // chain_link: an unlinked direct jump to a pc in the same virtual page (rsi = the
+        // address of its rel32, rdx = its block, rdi = the pc; count is stored): store pc and
+        // leave the link to the dispatcher, which makes it only if the target block was read
+        // from the same physical page. (Linking here to the block that the jump cache has
+        // under this generation is not enough: a page table entry changed without
+        // SFENCE.VMA lets this block, entered through the jump cache under the old mapping,
+        // and a block translated through a fresh walk under the new one share a
+        // generation, and a link between two physical pages would outlive the fence that
+        // restores the mapping, and stores to the target's page would not drop it.)
         let chain_link_off = ops.offset().0;
-        let miss = ops.new_dynamic_label();
         dynasm!(ops
             ; .arch x64
             ; mov [rbx + H_PC], rdi
-            ; mov rax, rdi
-            ; mov rcx, rdi
-            ; shr rax, 1
-            ; shr rcx, JC_BITS as i8 + 1
-            ; xor eax, ecx
-            ; and eax, (JC_SIZE - 1) as i32
-            ; shl rax, 5
-            ; add rax, [r13 + C_JC]
-            ; cmp rdi, [rax]
-            ; jne =>miss
-            ; mov rcx, [r13 + C_GEN]
-            ; cmp rcx, [rax + 8]
-            ; jne =>miss
-            ; mov rcx, [rax + 16]
-            ; mov rax, rcx
-            ; sub rax, rsi
-            ; sub rax, 4
-            ; mov [rsi], eax
-            ; jmp rcx
-            ; =>miss
             ; mov [r13 + C_LINK_SLOT], rsi
             ; mov [r13 + C_LINK_FROM], rdx
             ; mov [r13 + C_LINK_PC], rdi

@@ -491,6 +491,8 @@ fn vector(tvec: u64, interrupt: bool, code: u64) -> u64 {
     }
 }
 
+#[cfg(all(test, target_arch = "x86_64"))]
+mod jit_tests;
 #[cfg(test)]
 mod tests;
 
