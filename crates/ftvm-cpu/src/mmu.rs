@@ -139,6 +139,12 @@ pub(crate) struct Mmu {
     pub(crate) store: Tlb,
     pub(crate) fetch: Tlb,
     pub(crate) code: CodeCache,
+    /// Every fetch translation made since the last flush, by tagged virtual page number
+    /// (see [`fetch_tag`]): the fetch TLB and the page caches in front of it may evict, this
+    /// does not, so a page walk for a fetch happens exactly at the first fetch from a page after
+    /// a flush, in either engine, however each caches (walks set accessed bits: their moments
+    /// are guest-visible).
+    pub(crate) fetch_pages: std::collections::HashMap<u64, usize>,
     /// Counts translation flushes: a translator's jump-cache entry made under another
     /// generation may map its virtual address differently.
     pub(crate) gen: u64,
@@ -154,6 +160,7 @@ impl Mmu {
             store: Tlb::new(),
             fetch: Tlb::new(),
             code: CodeCache::default(),
+            fetch_pages: std::collections::HashMap::new(),
             gen: 0,
             jit_exit: false,
         }
@@ -175,6 +182,7 @@ impl Mmu {
         self.fetch.flush();
         self.code.cur_vpn = INVALID;
         self.code.vtlb = [(INVALID, 0); VTLB_SIZE];
+        self.fetch_pages.clear();
         self.gen = self.gen.wrapping_add(1);
         self.jit_exit = true;
     }
@@ -409,6 +417,15 @@ impl Hart {
         vaddr: u64,
         acc: Access,
     ) -> Result<Pa, Trap> {
+        let key = (vaddr >> 12) | fetch_tag(self.prv);
+        if acc == Access::Fetch {
+            if let Some(&page_off) = self.mmu.fetch_pages.get(&key) {
+                self.mmu
+                    .fetch
+                    .fill_tagged(vaddr, fetch_tag(self.prv), page_off);
+                return Ok(Pa::Ram(page_off + (vaddr & 0xfff) as usize));
+            }
+        }
         let paddr = self.translate(bus, vaddr, acc)?;
         let page = paddr & !0xfff;
         if let Some(page_off) = Self::ram_offset(bus, page, 4096) {
@@ -420,10 +437,12 @@ impl Hart {
                     self.mmu.store.fill(vaddr, page_off)
                 }
                 Access::Store => return Ok(Pa::Io(paddr)),
-                Access::Fetch => self
-                    .mmu
-                    .fetch
-                    .fill_tagged(vaddr, fetch_tag(self.prv), page_off),
+                Access::Fetch => {
+                    self.mmu.fetch_pages.insert(key, page_off);
+                    self.mmu
+                        .fetch
+                        .fill_tagged(vaddr, fetch_tag(self.prv), page_off)
+                }
             }
             Ok(Pa::Ram(page_off + (paddr & 0xfff) as usize))
         } else if let Some(off) = Self::ram_offset(bus, paddr, 1) {
