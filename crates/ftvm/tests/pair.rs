@@ -1,5 +1,7 @@
 //! A pair on one host, over loopback, without network devices: the backup replays the whole
-//! run in lockstep (checking digests often) and ends with the primary's guest.
+//! run in lockstep (checking digests often) and ends with the primary's guest. The two sides
+//! run different engines (the primary the translator, the backup the interpreter): the engine
+//! is not part of the machine.
 
 mod common;
 
@@ -33,8 +35,9 @@ fn a_pair_runs_in_lockstep_to_the_guests_poweroff() {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let side = |role: [&str; 3], stdin: Stdio| {
+    let side = |engine: &str, role: [&str; 3], stdin: Stdio| {
         ftvm()
+            .args(["--engine", engine])
             .args(role)
             .args(&common)
             .stdin(stdin)
@@ -43,8 +46,8 @@ fn a_pair_runs_in_lockstep_to_the_guests_poweroff() {
             .spawn()
             .unwrap()
     };
-    let mut primary = side(["primary", "--listen", &addr], Stdio::piped());
-    let backup = side(["backup", "--primary", &addr], Stdio::null());
+    let mut primary = side("jit", ["primary", "--listen", &addr], Stdio::piped());
+    let backup = side("interp", ["backup", "--primary", &addr], Stdio::null());
     let (seen, _console) = await_ready(&mut primary).unwrap_or_else(|seen| {
         let _ = primary.kill();
         panic!("no ready line; console was:\n{seen}")
