@@ -112,6 +112,8 @@ struct Block {
     live: bool,
     /// The decoded ops that the helper runs (it is passed pointers into this box).
     _ops: Box<[Op]>,
+    /// Where its link slots are (offsets of rel32 fields from `code`): only these are patched.
+    slots: Box<[u32]>,
 }
 
 /// Counters of the translator's work (not machine state).
@@ -318,8 +320,11 @@ impl Jit {
         if !f.live || !t.live || f.off >> 12 != t.off >> 12 {
             return;
         }
-        let mem = self.mem as u64;
-        if slot < f.code || slot + 4 > mem + self.used as u64 {
+        let is_slot = slot
+            .checked_sub(f.code)
+            .and_then(|o| u32::try_from(o).ok())
+            .is_some_and(|o| f.slots.contains(&o));
+        if !is_slot {
             return;
         }
         let rel = t.code.wrapping_sub(slot + 4) as i64;
@@ -1053,6 +1058,7 @@ impl Hart {
             code: base as u64,
             live: true,
             _ops: op_box,
+            slots: slots.iter().map(|&o| o as u32).collect(),
         });
         jit.by_page.entry(page).or_default().push(id);
         jit.stats.compile_ns += t0.elapsed().as_nanos() as u64;
