@@ -1130,6 +1130,13 @@ impl Hart {
                             ctx.jc = j.jc.as_ptr();
                             j.stats.dispatches += 1;
                         }
+                        // Pointers made afresh for each entry, after the last use of `bus` and
+                        // `self` by reference: translated code and `helper_exec` use only these
+                        // until `enter` returns.
+                        ctx.store_tlb = self.mmu.store.as_ptr();
+                        ctx.load_tlb = self.mmu.load.as_ptr();
+                        ctx.ram = bus.ram().as_mut_ptr();
+                        ctx.bus = bus as *mut B as *mut ();
                         let hart: *mut Hart = self;
                         // SAFETY: `code` is a live block of this hart's translator, entered
                         // through its entry stub with the context it expects; while it runs
