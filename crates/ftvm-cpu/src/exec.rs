@@ -86,6 +86,8 @@ pub(crate) enum Kind {
     System,
     Amo,
     Fp,
+    /// Zba, Zbb, Zbs or Zicond (the instruction is decoded again by [`bitmanip`]).
+    Bit,
     /// Not an instruction: fetching at PC faulted (the trap is in `Hart::fetch_fault`).
     FetchFault,
 }
@@ -203,7 +205,7 @@ pub(crate) fn decode(raw: u32) -> Op {
                 (5, 0x10) => (Srai, shamt),
                 (6, _) => (Ori, imm_i(insn)),
                 (7, _) => (Andi, imm_i(insn)),
-                _ => (Illegal, raw as i32),
+                _ => return bit_or_illegal(op),
             }
         }
         0x1b => {
@@ -213,7 +215,7 @@ pub(crate) fn decode(raw: u32) -> Op {
                 (1, 0) => (Slliw, shamt),
                 (5, 0) => (Srliw, shamt),
                 (5, 0x20) => (Sraiw, shamt),
-                _ => (Illegal, raw as i32),
+                _ => return bit_or_illegal(op),
             }
         }
         0x33 => {
@@ -236,7 +238,7 @@ pub(crate) fn decode(raw: u32) -> Op {
                 (1, 5) => Divu,
                 (1, 6) => Rem,
                 (1, 7) => Remu,
-                _ => return illegal(op),
+                _ => return bit_or_illegal(op),
             };
             (k, 0)
         }
@@ -252,7 +254,7 @@ pub(crate) fn decode(raw: u32) -> Op {
                 (1, 5) => Divuw,
                 (1, 6) => Remw,
                 (1, 7) => Remuw,
-                _ => return illegal(op),
+                _ => return bit_or_illegal(op),
             };
             (k, 0)
         }
@@ -273,6 +275,106 @@ pub(crate) fn decode(raw: u32) -> Op {
 fn illegal(mut op: Op) -> Op {
     op.kind = Kind::Illegal;
     op
+}
+
+/// `op` (with the raw instruction in `imm`) as a [`Kind::Bit`] op if it is one, else illegal.
+fn bit_or_illegal(mut op: Op) -> Op {
+    op.kind = if bitmanip(op.insn, 0, 0).is_some() {
+        Kind::Bit
+    } else {
+        Kind::Illegal
+    };
+    op
+}
+
+/// Zba, Zbb, Zbs and Zicond (RV64): the result for operands `a` (rs1) and `b` (rs2), or None
+/// if `insn` is none of theirs.
+pub(crate) fn bitmanip(insn: u32, a: u64, b: u64) -> Option<u64> {
+    let f3 = (insn >> 12) & 7;
+    let f7 = insn >> 25;
+    let f6 = insn >> 26;
+    let imm12 = insn >> 20;
+    let rs2 = (insn >> 20) & 31;
+    let shamt = (insn >> 20) & 63;
+    let (sh, shw) = ((b & 63) as u32, (b & 31) as u32);
+    let uw = a as u32 as u64;
+    Some(match insn & 0x7f {
+        0x33 => match (f7, f3) {
+            (0x10, 2) => (a << 1).wrapping_add(b),
+            (0x10, 4) => (a << 2).wrapping_add(b),
+            (0x10, 6) => (a << 3).wrapping_add(b),
+            (0x20, 7) => a & !b,
+            (0x20, 6) => a | !b,
+            (0x20, 4) => !(a ^ b),
+            (0x05, 4) => (a as i64).min(b as i64) as u64,
+            (0x05, 5) => a.min(b),
+            (0x05, 6) => (a as i64).max(b as i64) as u64,
+            (0x05, 7) => a.max(b),
+            (0x30, 1) => a.rotate_left(sh),
+            (0x30, 5) => a.rotate_right(sh),
+            (0x24, 1) => a & !(1 << sh),
+            (0x24, 5) => (a >> sh) & 1,
+            (0x34, 1) => a ^ (1 << sh),
+            (0x14, 1) => a | (1 << sh),
+            (0x07, 5) => {
+                if b == 0 {
+                    0
+                } else {
+                    a
+                }
+            }
+            (0x07, 7) => {
+                if b != 0 {
+                    0
+                } else {
+                    a
+                }
+            }
+            _ => return None,
+        },
+        0x3b => match (f7, f3) {
+            (0x04, 0) => uw.wrapping_add(b),
+            (0x10, 2) => (uw << 1).wrapping_add(b),
+            (0x10, 4) => (uw << 2).wrapping_add(b),
+            (0x10, 6) => (uw << 3).wrapping_add(b),
+            (0x04, 4) if rs2 == 0 => a & 0xffff,
+            (0x30, 1) => sext32((a as u32).rotate_left(shw) as u64),
+            (0x30, 5) => sext32((a as u32).rotate_right(shw) as u64),
+            _ => return None,
+        },
+        0x13 => match (f3, imm12, f6) {
+            (1, 0x600, _) => a.leading_zeros() as u64,
+            (1, 0x601, _) => a.trailing_zeros() as u64,
+            (1, 0x602, _) => a.count_ones() as u64,
+            (1, 0x604, _) => a as i8 as i64 as u64,
+            (1, 0x605, _) => a as i16 as i64 as u64,
+            (1, _, 0x12) => a & !(1 << shamt),
+            (1, _, 0x1a) => a ^ (1 << shamt),
+            (1, _, 0x0a) => a | (1 << shamt),
+            (5, 0x287, _) => {
+                let mut v = 0;
+                for i in 0..8 {
+                    if (a >> (8 * i)) & 0xff != 0 {
+                        v |= 0xff << (8 * i);
+                    }
+                }
+                v
+            }
+            (5, 0x6b8, _) => a.swap_bytes(),
+            (5, _, 0x18) => a.rotate_right(shamt),
+            (5, _, 0x12) => (a >> shamt) & 1,
+            _ => return None,
+        },
+        0x1b => match (f3, imm12, f7) {
+            (1, 0x600, _) => (a as u32).leading_zeros() as u64,
+            (1, 0x601, _) => (a as u32).trailing_zeros() as u64,
+            (1, 0x602, _) => (a as u32).count_ones() as u64,
+            (1, _, _) if f6 == 0x02 => uw << shamt,
+            (5, _, 0x30) => sext32((a as u32).rotate_right(rs2) as u64),
+            _ => return None,
+        },
+        _ => return None,
+    })
 }
 
 #[inline(always)]
@@ -410,6 +512,7 @@ impl Hart {
             }
             System => return self.exec_system(op),
             Amo => self.exec_amo(bus, op.insn, a, b)?,
+            Bit => bitmanip(op.insn, a, b).unwrap_or(0),
             Fp => {
                 self.exec_fp(bus, op.insn, op.raw(), a)?;
                 self.pc = next;
