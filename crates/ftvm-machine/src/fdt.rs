@@ -19,6 +19,13 @@ pub struct InitrdRange {
     pub end: u64,
 }
 
+/// The hart's ISA as a `riscv,isa` string (multi-letter extensions in canonical order).
+const ISA: &str = "rv64imafdc_zicntr_zicond_zicsr_zifencei_zba_zbb_zbs";
+/// The same, as the `riscv,isa-extensions` list.
+const ISA_EXTENSIONS: [&str; 13] = [
+    "i", "m", "a", "f", "d", "c", "zicntr", "zicond", "zicsr", "zifencei", "zba", "zbb", "zbs",
+];
+
 pub fn build(
     ram_size: u64,
     cmdline: &str,
@@ -55,7 +62,13 @@ pub fn build(
     f.property_u32("reg", 0)?;
     f.property_string("status", "okay")?;
     f.property_string("compatible", "riscv")?;
-    f.property_string("riscv,isa", "rv64imafdc_zicsr_zifencei_zicntr")?;
+    // The ISA both ways: the string older kernels read, and the list of newer bindings.
+    f.property_string("riscv,isa", ISA)?;
+    f.property_string("riscv,isa-base", "rv64i")?;
+    f.property_string_list(
+        "riscv,isa-extensions",
+        ISA_EXTENSIONS.iter().map(|s| s.to_string()).collect(),
+    )?;
     f.property_string("mmu-type", "riscv,sv48")?;
     let intc = f.begin_node("interrupt-controller")?;
     f.property_u32("#interrupt-cells", 1)?;
