@@ -16,8 +16,9 @@ use ftvm_log::{LogReader, Next, Record};
 use ftvm_machine::Input;
 
 const LIMIT: Duration = Duration::from_secs(300);
-/// Rounds of CPU-bound work (each about 5 s here under the translator), each followed by a
-/// mark of guest time: a CPU-bound minute.
+/// Rounds of CPU-bound work (each 3.5-4.5 s here under the translator), each followed by a
+/// mark of guest time: most of a CPU-bound minute. The test needs 20 s at least (a 1% rate
+/// error would show as 200 ms), so a faster host still passes.
 const ROUNDS: usize = 12;
 /// The most the guest's clock may drift from the host's over the stretch.
 const MAX_DRIFT_MS: f64 = 50.0;
@@ -155,7 +156,7 @@ fn guest_time_keeps_up_with_the_host_over_a_cpu_bound_stretch() {
     let stretch = marks[ROUNDS].1.duration_since(h0).as_secs_f64();
     eprintln!("over {stretch:.1} s of host time: worst drift {worst:.1} ms");
     assert!(
-        stretch > 45.0,
+        stretch > 20.0,
         "the stretch is too short to tell: {stretch:.1} s"
     );
     assert!(
