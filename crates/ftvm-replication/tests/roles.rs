@@ -18,11 +18,14 @@ use ftvm_runner::{Backends, ClockMode, Devices, Ended, Event, Feeder, Gate, Opti
 /// Bytes the guest prints before it powers off.
 const BYTES: usize = 20_000;
 
-/// The guest: print 'a' BYTES times (300 instructions apart), then power off through the test
-/// finisher. (riscv64-linux-gnu-as of `li t0, UART; li t1, 20000; li t2, 'a'; loop: sb t2, 0(t0);
-/// delay 300; addi t1, -1; bnez t1, loop; sw 0x5555 to 0x100000; j .`)
+/// The guest: print 'a' BYTES times (about 4,000 instructions apart: a run long enough, even
+/// under the translator, for heartbeats to tell the backup what the primary released before
+/// the tests cut the link), then power off through the test finisher.
+/// (riscv64-linux-gnu-as of `li t0, UART; li t1, 20000; li t2, 'a'; loop: sb t2, 0(t0);
+/// li t3, 2000; delay: addi t3, t3, -1; bnez t3, delay; addi t1, -1; bnez t1, loop;
+/// sw 0x5555 to 0x100000; j .`)
 const CODE: [u32; 15] = [
-    0x100002b7, 0x00005337, 0xe203031b, 0x06100393, 0x00728023, 0x12c00e13, 0xfffe0e13, 0xfe0e1ee3,
+    0x100002b7, 0x00005337, 0xe203031b, 0x06100393, 0x00728023, 0x7d000e13, 0xfffe0e13, 0xfe0e1ee3,
     0xfff30313, 0xfe0316e3, 0x001002b7, 0x00005337, 0x5553031b, 0x0062a023, 0x0000006f,
 ];
 
