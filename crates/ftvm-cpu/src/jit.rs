@@ -29,7 +29,7 @@ use dynasmrt::{dynasm, DynasmApi, DynasmLabelApi, VecAssembler};
 
 use crate::exec::{decode, Kind, Op};
 use crate::mmu::{fetch_tag, Access, Entry, Pa, TLB_ENTRIES};
-use crate::{Bus, Hart};
+use crate::{Bus, Hart, JitStats};
 
 /// Most instructions in one block.
 const MAX_BLOCK: usize = 64;
@@ -114,25 +114,6 @@ struct Block {
     _ops: Box<[Op]>,
     /// Where its link slots are (offsets of rel32 fields from `code`): only these are patched.
     slots: Box<[u32]>,
-}
-
-/// Counters of the translator's work (not machine state).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct JitStats {
-    /// Blocks compiled.
-    pub blocks: u64,
-    /// Guest instructions in them.
-    pub insns: u64,
-    /// Host time spent compiling, in nanoseconds.
-    pub compile_ns: u64,
-    /// Bytes of host code emitted.
-    pub code_bytes: u64,
-    /// Times all code was dropped because the code memory was full.
-    pub full_flushes: u64,
-    /// Block entries from the dispatcher (the rest were chained in translated code).
-    pub dispatches: u64,
-    /// Direct jumps linked block to block.
-    pub links: u64,
 }
 
 pub(crate) struct Jit {
@@ -680,6 +661,29 @@ fn emit_fp(a: &mut VecAssembler<X64Relocation>, insn: u32, slow: dynasmrt::Dynam
     }
 }
 
+/// Run instruction `i` of the block (its op at `op`, its pc `pc`) through [`helper_exec`], with
+/// the count stored first; go to `exit` if the block must return to the dispatcher.
+fn emit_helper(
+    a: &mut VecAssembler<X64Relocation>,
+    i: usize,
+    op: u64,
+    pc: u64,
+    exit: dynasmrt::DynamicLabel,
+) {
+    dynasm!(a
+        ; .arch x64
+        ; lea rax, [r15 + i as i32]
+        ; mov [rbx + H_COUNT], rax
+        ; mov rdi, rbx
+        ; mov rsi, r13
+        ; mov rdx, QWORD op as i64
+        ; mov rcx, QWORD pc as i64
+        ; call QWORD [r13 + C_HELPER]
+        ; test eax, eax
+        ; jnz =>exit
+    );
+}
+
 /// Emit block `id` at address `base`. `ops` holds the ops and their pcs; `op_ptrs` the
 /// helper's op pointers. Returns the offsets of its link slots (rel32 fields of direct jumps
 /// to blocks in the same page, which the dispatcher patches once the target exists).
@@ -726,22 +730,6 @@ fn emit(
         let imm = op.imm;
         let next = pc.wrapping_add(op.len as u64);
         use Kind::*;
-        macro_rules! helper {
-            () => {
-                dynasm!(a
-                    ; .arch x64
-                    ; lea rax, [r15 + i as i32]
-                    ; mov [rbx + H_COUNT], rax
-                    ; mov rdi, rbx
-                    ; mov rsi, r13
-                    ; mov rdx, QWORD op_ptrs[i] as i64
-                    ; mov rcx, QWORD pc as i64
-                    ; call QWORD [r13 + C_HELPER]
-                    ; test eax, eax
-                    ; jnz =>exit
-                )
-            };
-        }
         macro_rules! rr {
             ($($t:tt)*) => {
                 if rd != 0 {
@@ -898,7 +886,7 @@ fn emit(
                 tail.push((slow, resume, i));
             }
             _ => {
-                helper!();
+                emit_helper(a, i, op_ptrs[i], pc, exit);
                 if ends_block(op.kind) {
                     // It retired without a reason to stop: go on at the pc it left.
                     dynasm!(a
@@ -945,21 +933,9 @@ fn emit(
     );
     // Slow paths of loads and stores: the interpreter runs the instruction.
     for (slow, resume, i) in tail {
-        let pc = ops[i].1;
-        dynasm!(a
-            ; .arch x64
-            ; =>slow
-            ; lea rax, [r15 + i as i32]
-            ; mov [rbx + H_COUNT], rax
-            ; mov rdi, rbx
-            ; mov rsi, r13
-            ; mov rdx, QWORD op_ptrs[i] as i64
-            ; mov rcx, QWORD pc as i64
-            ; call QWORD [r13 + C_HELPER]
-            ; test eax, eax
-            ; jnz =>exit
-            ; jmp =>resume
-        );
+        dynasm!(a ; .arch x64 ; =>slow);
+        emit_helper(a, i, op_ptrs[i], ops[i].1, exit);
+        dynasm!(a ; .arch x64 ; jmp =>resume);
     }
     dynasm!(a
         ; .arch x64
@@ -1065,96 +1041,78 @@ impl Hart {
         Some(id)
     }
 
-    /// [`Hart::run`] with the translator: the same steps, the same exits.
-    pub(crate) fn run_jit<B: Bus>(&mut self, bus: &mut B, budget: u64) -> Exit {
+    /// Run to `end` or until the interpreter's loop would look again (`brk`), entering
+    /// translated blocks where the budget covers them and stepping elsewhere. False if the
+    /// host gives no executable memory (the caller falls back to the interpreter).
+    pub(crate) fn jit_stretch<B: Bus>(&mut self, bus: &mut B, end: u64) -> bool {
         if self.mmu.code.jit.is_none() {
             match Jit::new() {
                 Some(j) => self.mmu.code.jit = Some(j),
-                None => {
-                    self.engine = crate::Engine::Interp;
-                    return self.run_interp(bus, budget);
-                }
+                None => return false,
             }
         }
-        let end = self.count.saturating_add(budget);
-        let (enter, exit, chain, chain_link) = {
-            let j = self.mmu.code.jit.as_ref().expect("made above");
-            (j.enter, j.exit, j.chain, j.chain_link)
-        };
+        let j = self.mmu.code.jit.as_ref().expect("made above");
+        let enter = j.enter;
+        // The pointers and the generation are set before each entry.
         let mut ctx = Ctx {
-            bus: bus as *mut B as *mut (),
-            store_tlb: self.mmu.store.as_ptr(),
-            load_tlb: self.mmu.load.as_ptr(),
-            ram: bus.ram().as_mut_ptr(),
+            bus: std::ptr::null_mut(),
+            store_tlb: std::ptr::null(),
+            load_tlb: std::ptr::null(),
+            ram: std::ptr::null_mut(),
             end,
             jc: std::ptr::null(),
             helper: helper_exec::<B> as *const () as usize,
-            exit: exit as usize,
-            chain: chain as usize,
-            chain_link: chain_link as usize,
+            exit: j.exit as usize,
+            chain: j.chain as usize,
+            chain_link: j.chain_link as usize,
             gen: 0,
             link_slot: 0,
             link_from: 0,
             link_pc: 0,
         };
-        loop {
-            if let Some(e) = self.exit.take() {
-                return e;
-            }
-            if self.count >= end {
-                return Exit::Budget;
-            }
-            if self.mip() & self.csr.mie != 0 {
-                if let Some(c) = self.pending_interrupt() {
-                    self.take_trap(Trap::new(cause::INTERRUPT | c, 0));
-                }
-            }
-            self.brk = false;
-            while self.count < end && !self.brk {
-                let link = std::mem::take(&mut ctx.link_slot);
-                let resets = self.jit_stats().full_flushes;
-                match self.jit_block(bus) {
-                    Some((code, n, id)) if n <= end - self.count => {
-                        // (Not across a reset of the code memory: the slot would be stale.)
-                        if link != 0
-                            && ctx.link_pc == self.pc
-                            && self.jit_stats().full_flushes == resets
-                        {
-                            if let Some(j) = &mut self.mmu.code.jit {
-                                j.link(link, ctx.link_from as u32, id);
-                            }
-                        }
-                        self.mmu.jit_exit = false;
-                        ctx.gen = jc_gen(self.mmu.gen, self.prv);
+        while self.count < end && !self.brk {
+            let link = std::mem::take(&mut ctx.link_slot);
+            let resets = self.jit_stats().full_flushes;
+            match self.jit_block(bus) {
+                Some((code, n, id)) if n <= end - self.count => {
+                    // (Not across a reset of the code memory: the slot would be stale.)
+                    if link != 0
+                        && ctx.link_pc == self.pc
+                        && self.jit_stats().full_flushes == resets
+                    {
                         if let Some(j) = &mut self.mmu.code.jit {
-                            ctx.jc = j.jc.as_ptr();
-                            j.stats.dispatches += 1;
-                        }
-                        // Pointers made afresh for each entry, after the last use of `bus` and
-                        // `self` by reference: translated code and `helper_exec` use only these
-                        // until `enter` returns.
-                        ctx.store_tlb = self.mmu.store.as_ptr();
-                        ctx.load_tlb = self.mmu.load.as_ptr();
-                        ctx.ram = bus.ram().as_mut_ptr();
-                        ctx.bus = bus as *mut B as *mut ();
-                        let hart: *mut Hart = self;
-                        // SAFETY: `code` is a live block of this hart's translator, entered
-                        // through its entry stub with the context it expects; while it runs
-                        // only it and `helper_exec` touch the hart and the bus, through these
-                        // pointers, and no block is freed or moved before it returns.
-                        unsafe { enter(&mut ctx, hart, code) };
-                    }
-                    Some(_) => {
-                        // The budget ends inside this block: step the rest.
-                        while self.count < end && !self.brk {
-                            self.step(bus);
+                            j.link(link, ctx.link_from as u32, id);
                         }
                     }
-                    None => self.step(bus),
+                    self.mmu.jit_exit = false;
+                    ctx.gen = jc_gen(self.mmu.gen, self.prv);
+                    if let Some(j) = &mut self.mmu.code.jit {
+                        j.stats.dispatches += 1;
+                        ctx.jc = j.jc.as_ptr();
+                    }
+                    // Pointers made afresh for each entry, after the last use of `bus` and
+                    // `self` by reference: translated code and `helper_exec` use only these
+                    // until `enter` returns.
+                    ctx.store_tlb = self.mmu.store.as_ptr();
+                    ctx.load_tlb = self.mmu.load.as_ptr();
+                    ctx.ram = bus.ram().as_mut_ptr();
+                    ctx.bus = bus as *mut B as *mut ();
+                    let hart: *mut Hart = self;
+                    // SAFETY: `code` is a live block of this hart's translator, entered
+                    // through its entry stub with the context it expects; while it runs
+                    // only it and `helper_exec` touch the hart and the bus, through these
+                    // pointers, and no block is freed or moved before it returns.
+                    unsafe { enter(&mut ctx, hart, code) };
                 }
+                Some(_) => {
+                    // The budget ends inside this block: step the rest.
+                    while self.count < end && !self.brk {
+                        self.step(bus);
+                    }
+                }
+                None => self.step(bus),
             }
         }
+        true
     }
 }
-
-use crate::{cause, Exit, Trap};

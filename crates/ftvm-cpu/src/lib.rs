@@ -21,18 +21,22 @@ mod rvc;
 mod state;
 
 pub use csr::Csr;
-#[cfg(target_arch = "x86_64")]
-pub use jit::JitStats;
-/// Counters of the translator's work (none on hosts without a translator).
-#[cfg(not(target_arch = "x86_64"))]
+/// Counters of the translator's work (not machine state; zeros on hosts without one).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct JitStats {
+    /// Blocks compiled.
     pub blocks: u64,
+    /// Guest instructions in them.
     pub insns: u64,
+    /// Host time spent compiling, in nanoseconds.
     pub compile_ns: u64,
+    /// Bytes of host code emitted.
     pub code_bytes: u64,
+    /// Times all code was dropped because the code memory was full.
     pub full_flushes: u64,
+    /// Block entries from the dispatcher (the rest were chained in translated code).
     pub dispatches: u64,
+    /// Direct jumps linked block to block.
     pub links: u64,
 }
 
@@ -351,25 +355,6 @@ impl Hart {
 
     /// Run at most `budget` steps. Returns early when the board must look at the hart.
     pub fn run<B: Bus>(&mut self, bus: &mut B, budget: u64) -> Exit {
-        #[cfg(target_arch = "x86_64")]
-        if self.engine == Engine::Jit {
-            return self.run_jit(bus, budget);
-        }
-        self.run_interp(bus, budget)
-    }
-
-    /// One step of the interpreter: the instruction at pc retires or traps.
-    #[inline(always)]
-    pub(crate) fn step<B: Bus>(&mut self, bus: &mut B) {
-        let op = self.fetch_op(bus);
-        if let Err(t) = self.exec(bus, op) {
-            self.take_trap(t);
-            self.count += 1;
-        }
-    }
-
-    /// [`Hart::run`] with the interpreter.
-    pub(crate) fn run_interp<B: Bus>(&mut self, bus: &mut B, budget: u64) -> Exit {
         let end = self.count.saturating_add(budget);
         loop {
             if let Some(e) = self.exit.take() {
@@ -386,9 +371,27 @@ impl Hart {
                 }
             }
             self.brk = false;
+            #[cfg(target_arch = "x86_64")]
+            if self.engine == Engine::Jit {
+                if self.jit_stretch(bus, end) {
+                    continue;
+                }
+                // No executable memory: the interpreter from now on.
+                self.engine = Engine::Interp;
+            }
             while self.count < end && !self.brk {
                 self.step(bus);
             }
+        }
+    }
+
+    /// One step of the interpreter: the instruction at pc retires or traps.
+    #[inline(always)]
+    pub(crate) fn step<B: Bus>(&mut self, bus: &mut B) {
+        let op = self.fetch_op(bus);
+        if let Err(t) = self.exec(bus, op) {
+            self.take_trap(t);
+            self.count += 1;
         }
     }
 
