@@ -1146,13 +1146,7 @@ const C2: u64 = 0x8000_5000;
 const C3: u64 = 0x8000_6000;
 const UDATA: u64 = 0x8002_0000;
 const VA: u64 = 0x4000_0000;
-const PTE_V: u64 = 1;
-const PTE_R: u64 = 2;
-const PTE_W: u64 = 4;
-const PTE_X: u64 = 8;
-const PTE_U: u64 = 16;
-const PTE_A: u64 = 64;
-const PTE_D: u64 = 128;
+use crate::mmu::{PTE_A, PTE_D, PTE_R, PTE_U, PTE_V, PTE_W, PTE_X};
 
 fn pte(pa: u64, flags: u64) -> u64 {
     ((pa >> 12) << 10) | flags

@@ -268,13 +268,13 @@ impl Access {
     }
 }
 
-const PTE_V: u64 = 1;
-const PTE_R: u64 = 2;
-const PTE_W: u64 = 4;
-const PTE_X: u64 = 8;
-const PTE_U: u64 = 16;
-const PTE_A: u64 = 64;
-const PTE_D: u64 = 128;
+pub(crate) const PTE_V: u64 = 1;
+pub(crate) const PTE_R: u64 = 2;
+pub(crate) const PTE_W: u64 = 4;
+pub(crate) const PTE_X: u64 = 8;
+pub(crate) const PTE_U: u64 = 16;
+pub(crate) const PTE_A: u64 = 64;
+pub(crate) const PTE_D: u64 = 128;
 
 #[inline(always)]
 fn ram_read(ram: &[u8], off: usize, size: u8) -> Option<u64> {
