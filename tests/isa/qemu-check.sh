@@ -13,6 +13,11 @@ QEMU="${QEMU:-qemu-system-riscv64}"
 declare -A SKIP=(
     [zicond]="QEMU 7.2 has no Zicond"
     [zbb_ctzw]="QEMU 7.2 gives ctzw(0x8000000000000000) = 63 (the spec: 32, the low word's count)"
+    [cbo]="QEMU 7.2 has no Zicbom or Zicboz"
+)
+# Tests that need a QEMU CPU option. Format: name -> -cpu value.
+declare -A CPU=(
+    [svpbmt]="rv64,svpbmt=on"
 )
 
 if [ $# -gt 0 ]; then
@@ -23,9 +28,9 @@ else
 fi
 
 failed=0
-run() { # run <elf>; prints the exit status
+run() { # run <elf> [cpu]; prints the exit status
     local rc=0
-    timeout 10 "$QEMU" -M virt -bios none -nographic -m 128M -kernel "$1" \
+    timeout 10 "$QEMU" -M virt -cpu "${2:-rv64}" -bios none -nographic -m 128M -kernel "$1" \
         </dev/null >/dev/null 2>&1 || rc=$?
     echo "$rc"
 }
@@ -34,7 +39,7 @@ for name in "${names[@]}"; do
         printf '%-16s SKIP (%s)\n' "$name" "${SKIP[$name]}"
         continue
     fi
-    rc="$(run "$here/out/qemu/$name.elf")"
+    rc="$(run "$here/out/qemu/$name.elf" "${CPU[$name]:-}")"
     if [ "$rc" = 0 ]; then
         printf '%-16s PASS\n' "$name"
     elif [ "$rc" = 124 ]; then

@@ -174,6 +174,67 @@ test_ ## n:                                                               \
 99:     csrr t5, mcause;                                                  \
         CHECK(t5, cause)
 
+/* ---- privilege modes and page tables --------------------------------- */
+
+#define PTE_V 0x01
+#define PTE_R 0x02
+#define PTE_W 0x04
+#define PTE_X 0x08
+#define PTE_U 0x10
+#define PTE_A 0x40
+#define PTE_D 0x80
+#define SATP_SV39 (8 << 60)
+#define SATP_SV48 (9 << 60)
+
+/* table[idx] = PTE for physical address of symbol `sym` with `flags`. */
+#define MAP_SYM(table, idx, sym, flags)                                   \
+        la t0, sym;                                                       \
+        srli t0, t0, 12;                                                  \
+        slli t0, t0, 10;                                                  \
+        ori t0, t0, flags;                                                \
+        la t1, table;                                                     \
+        sd t0, (idx) * 8(t1)
+
+/* table[idx] = PTE for the physical address pa with `flags`. */
+#define MAP_PA(table, idx, pa, flags)                                     \
+        li t0, ((pa) >> 12) << 10 | (flags);                              \
+        la t1, table;                                                     \
+        sd t0, (idx) * 8(t1)
+
+/* Enter privilege mode `mpp` (0 = U, 1 = S, 3 = M) at `target` via mret. */
+#define GOTO_PRIV(mpp, target)                                            \
+        li t0, MSTATUS_MPP;                                               \
+        csrc mstatus, t0;                                                 \
+        li t0, (mpp) << 11;                                               \
+        csrs mstatus, t0;                                                 \
+        la t0, target;                                                    \
+        csrw mepc, t0;                                                    \
+        mret
+
+/* Enter privilege mode `mpp` at the (virtual) address `va`. */
+#define GOTO_PRIV_VA(mpp, va)                                             \
+        li t0, MSTATUS_MPP;                                               \
+        csrc mstatus, t0;                                                 \
+        li t0, (mpp) << 11;                                               \
+        csrs mstatus, t0;                                                 \
+        li t0, va;                                                        \
+        csrw mepc, t0;                                                    \
+        mret
+
+/* Run code in S-mode; it must complete without a trap (back to M by ecall). */
+#define IN_S(n, code...)                                                  \
+        TEST_TRAP(n, CAUSE_SUPERVISOR_ECALL, GOTO_PRIV(1, 98f); 98: code; ecall)
+
+/* Run code in S-mode; its access at label 97 must trap to M with `cause`,
+ * mtval = va and mepc = 97. */
+#define S_FAULT(n, cause, va, code...)                                    \
+        TEST_TRAP(n, cause, GOTO_PRIV(1, 98f); 98: code);                 \
+        csrr t5, mtval;                                                   \
+        CHECK(t5, va);                                                    \
+        csrr t5, mepc;                                                    \
+        la t4, 97b;                                                       \
+        CHECKR(t5, t4)
+
 /* ---- floating point ---------------------------------------------------- */
 
 /* Set mstatus.FS = Initial so that FP instructions may run. */

@@ -19,16 +19,6 @@
 #define AMO_ACCESS_CAUSE CAUSE_STORE_ACCESS
 #endif
 
-/* Enter privilege mode `mpp` (0 = U, 1 = S, 3 = M) at `target` via mret. */
-#define GOTO_PRIV(mpp, target)                                            \
-        li t0, MSTATUS_MPP;                                               \
-        csrc mstatus, t0;                                                 \
-        li t0, (mpp) << 11;                                               \
-        csrs mstatus, t0;                                                 \
-        la t0, target;                                                    \
-        csrw mepc, t0;                                                    \
-        mret
-
 /* a0 = mstatus.MPP */
 #define READ_MPP                                                          \
         csrr a0, mstatus;                                                 \

@@ -47,6 +47,31 @@ const IRQ_S: u64 = irq::SSIP | irq::STIP | irq::SEIP;
 /// Exceptions that may be delegated (ECALL from M cannot).
 const MEDELEG_MASK: u64 = 0xb3ff;
 
+/// xenvcfg.FIOM (no effect: one ordering for I/O and memory), CBIE (2 bits), CBCFE, CBZE.
+pub const ENVCFG_CBIE_SHIFT: u32 = 4;
+pub const ENVCFG_CBCFE: u64 = 1 << 6;
+pub const ENVCFG_CBZE: u64 = 1 << 7;
+/// menvcfg.PBMTE: Svpbmt's memory types in page-table entries.
+pub const MENVCFG_PBMTE: u64 = 1 << 62;
+const SENVCFG_MASK: u64 = 1 | (3 << ENVCFG_CBIE_SHIFT) | ENVCFG_CBCFE | ENVCFG_CBZE;
+const MENVCFG_MASK: u64 = SENVCFG_MASK | MENVCFG_PBMTE;
+
+/// An xenvcfg write: the writable fields, and CBIE's reserved value 2 keeps the old CBIE (WARL).
+fn envcfg_write(old: u64, v: u64, mask: u64) -> u64 {
+    let cbie = 3 << ENVCFG_CBIE_SHIFT;
+    let new = v & mask;
+    if (new & cbie) >> ENVCFG_CBIE_SHIFT == 2 {
+        (new & !cbie) | (old & cbie)
+    } else {
+        new
+    }
+}
+
+/// Whether an xenvcfg value is one a write can leave.
+fn envcfg_legal(v: u64, mask: u64) -> bool {
+    v & !mask == 0 && (v >> ENVCFG_CBIE_SHIFT) & 3 != 2
+}
+
 /// misa: RV64 with A, C, D, F, I, M, S, U.
 pub const MISA: u64 = (2 << 62)
     | (1 << 0)
@@ -174,7 +199,10 @@ pub(crate) fn invalid_field(c: &CsrFile) -> Option<&'static str> {
         (c.mepc & 1 == 0 && c.sepc & 1 == 0, "xepc"),
         (c.mcounteren >> 32 == 0, "mcounteren"),
         (c.scounteren >> 32 == 0, "scounteren"),
-        (c.menvcfg == 0 && c.senvcfg == 0, "xenvcfg"),
+        (
+            envcfg_legal(c.menvcfg, MENVCFG_MASK) && envcfg_legal(c.senvcfg, SENVCFG_MASK),
+            "xenvcfg",
+        ),
         (matches!(c.satp >> 60, 0 | 8 | 9), "satp mode"),
         ((c.satp & ((1 << 60) - 1)) >> 44 == 0, "satp"),
         (c.fflags & !0x1f == 0, "fflags"),
@@ -286,7 +314,7 @@ impl Hart {
             Csr::sie => c.mie = (c.mie & !c.mideleg) | (v & c.mideleg & IRQ_ALL),
             Csr::stvec => c.stvec = v & !2,
             Csr::scounteren => c.scounteren = v & 0xffff_ffff,
-            Csr::senvcfg => c.senvcfg = 0,
+            Csr::senvcfg => c.senvcfg = envcfg_write(c.senvcfg, v, SENVCFG_MASK),
             Csr::sscratch => c.sscratch = v,
             Csr::sepc => c.sepc = v & !1,
             Csr::scause => c.scause = v,
@@ -316,7 +344,15 @@ impl Hart {
             Csr::mie => c.mie = v & IRQ_ALL,
             Csr::mtvec => c.mtvec = v & !2,
             Csr::mcounteren => c.mcounteren = v & 0xffff_ffff,
-            Csr::menvcfg => c.menvcfg = 0,
+            Csr::menvcfg => {
+                let old = c.menvcfg;
+                c.menvcfg = envcfg_write(old, v, MENVCFG_MASK);
+                // PBMTE decides which page-table entries are valid: translations made under
+                // the old setting go.
+                if (old ^ c.menvcfg) & MENVCFG_PBMTE != 0 {
+                    self.mmu.flush();
+                }
+            }
             Csr::mcountinhibit => {}
             Csr::mscratch => c.mscratch = v,
             Csr::mepc => c.mepc = v & !1,

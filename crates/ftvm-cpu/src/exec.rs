@@ -88,6 +88,8 @@ pub(crate) enum Kind {
     Fp,
     /// Zba, Zbb, Zbs or Zicond (the instruction is decoded again by [`bitmanip`]).
     Bit,
+    /// Zicbom's CBO.INVAL, CBO.CLEAN, CBO.FLUSH and Zicboz's CBO.ZERO (imm: 0, 1, 2, 4).
+    Cbo,
     /// Not an instruction: fetching at PC faulted (the trap is in `Hart::fetch_fault`).
     FetchFault,
 }
@@ -261,6 +263,9 @@ pub(crate) fn decode(raw: u32) -> Op {
         // FENCE and FENCE.I: one hart, and the decoded-op cache is kept coherent with every
         // store, so neither needs work.
         0x0f if f3 <= 1 => (Fence, 0),
+        0x0f if f3 == 2 && (insn >> 7) & 31 == 0 && matches!(insn >> 20, 0 | 1 | 2 | 4) => {
+            (Cbo, (insn >> 20) as i32)
+        }
         0x73 if f3 == 0 => (System, raw as i32),
         0x73 if f3 != 4 => (Csr, raw as i32),
         0x2f => (Amo, raw as i32),
@@ -376,6 +381,9 @@ pub(crate) fn bitmanip(insn: u32, a: u64, b: u64) -> Option<u64> {
         _ => return None,
     })
 }
+
+/// The cache-block size of Zicbom and Zicboz (riscv,cbom-block-size and riscv,cboz-block-size).
+pub const CBO_BLOCK: u64 = 64;
 
 #[inline(always)]
 fn sext32(v: u64) -> u64 {
@@ -498,6 +506,12 @@ impl Hart {
             Remuw => {
                 let (a, b) = (a as u32, b as u32);
                 sext32(if b == 0 { a } else { a % b } as u64)
+            }
+            Cbo => {
+                self.exec_cbo(bus, op.insn, op.imm as u32, a)?;
+                self.pc = next;
+                self.count += 1;
+                return Ok(());
             }
             Fence => {
                 self.pc = next;
@@ -694,6 +708,49 @@ impl Hart {
                 self.phys_write(bus, pa, size, new);
                 Ok(old)
             }
+        }
+    }
+
+    /// A cache-block operation on the block holding `addr`. This machine has no caches: CLEAN,
+    /// FLUSH and INVAL only check that they may run here and that the block may be accessed;
+    /// ZERO stores zeros over the block.
+    #[inline(never)]
+    fn exec_cbo<B: Bus>(&mut self, bus: &mut B, insn: u32, op: u32, addr: u64) -> Result<(), Trap> {
+        use crate::csr::{ENVCFG_CBCFE, ENVCFG_CBIE_SHIFT, ENVCFG_CBZE};
+        let illegal = Trap::new(cause::ILLEGAL_INSN, insn as u64);
+        // menvcfg opens the operation to S and U, senvcfg to U as well.
+        let allowed = |cfg: u64| match op {
+            0 => (cfg >> ENVCFG_CBIE_SHIFT) & 3 != 0,
+            1 | 2 => cfg & ENVCFG_CBCFE != 0,
+            _ => cfg & ENVCFG_CBZE != 0,
+        };
+        let ok = match self.prv {
+            Priv::Machine => true,
+            Priv::Supervisor => allowed(self.csr.menvcfg),
+            Priv::User => allowed(self.csr.menvcfg) && allowed(self.csr.senvcfg),
+        };
+        if !ok {
+            return Err(illegal);
+        }
+        let block = addr & !(CBO_BLOCK - 1);
+        if op == 4 {
+            for i in 0..CBO_BLOCK / 8 {
+                self.store(bus, block + i * 8, 8, 0)?;
+            }
+            return Ok(());
+        }
+        // A block any load or store may reach is fine; otherwise it is a store fault. Faults
+        // name the block's address, as QEMU's do.
+        match self.translate(bus, block, Access::Load) {
+            Ok(_) => Ok(()),
+            Err(t) => Err(Trap::new(
+                if t.cause == cause::LOAD_ACCESS {
+                    cause::STORE_ACCESS
+                } else {
+                    cause::STORE_PAGE
+                },
+                block,
+            )),
         }
     }
 

@@ -20,7 +20,8 @@ mod mmu;
 mod rvc;
 mod state;
 
-pub use csr::Csr;
+pub use csr::{Csr, ENVCFG_CBCFE, ENVCFG_CBIE_SHIFT, ENVCFG_CBZE, MENVCFG_PBMTE};
+pub use exec::CBO_BLOCK;
 /// Counters of the translator's work (not machine state; zeros on hosts without one).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct JitStats {

@@ -5,7 +5,9 @@
 //! that filled it proved, at the current privilege and mstatus bits; everything that changes the
 //! outcome of a translation (satp, privilege, MPRV/MPP/SUM/MXR, SFENCE.VMA) flushes all three.
 
-use crate::csr::{MSTATUS_MPP, MSTATUS_MPP_SHIFT, MSTATUS_MPRV, MSTATUS_MXR, MSTATUS_SUM};
+use crate::csr::{
+    MENVCFG_PBMTE, MSTATUS_MPP, MSTATUS_MPP_SHIFT, MSTATUS_MPRV, MSTATUS_MXR, MSTATUS_SUM,
+};
 use crate::exec::{decode, Kind, Op};
 use crate::{cause, Bus, Hart, Priv, Trap};
 
@@ -275,6 +277,10 @@ pub(crate) const PTE_X: u64 = 8;
 pub(crate) const PTE_U: u64 = 16;
 pub(crate) const PTE_A: u64 = 64;
 pub(crate) const PTE_D: u64 = 128;
+/// Svpbmt's memory type, bits 62..61.
+pub(crate) const PTE_PBMT_SHIFT: u32 = 61;
+/// Bit 63 (Svnapot, not implemented) and bits 60..54.
+pub(crate) const PTE_RESERVED: u64 = (1 << 63) | (0x7f << 54);
 
 #[inline(always)]
 fn ram_read(ram: &[u8], off: usize, size: u8) -> Option<u64> {
@@ -357,13 +363,23 @@ impl Hart {
                 return Err(acc.access_fault(vaddr));
             };
             let mut pte = ram_read(bus.ram(), off, 8).unwrap_or(0);
-            if pte & PTE_V == 0 || (pte & PTE_R == 0 && pte & PTE_W != 0) || pte >> 54 != 0 {
+            // Bits 63 (Svnapot's N) and 60..54 are reserved; bits 62..61 are Svpbmt's memory
+            // type when menvcfg.PBMTE allows it (type 3 is reserved). The type changes nothing
+            // here: this machine's memory has no caches to bypass.
+            let pbmt = (pte >> PTE_PBMT_SHIFT) & 3;
+            let pbmte = self.csr.menvcfg & MENVCFG_PBMTE != 0;
+            if pte & PTE_V == 0
+                || (pte & PTE_R == 0 && pte & PTE_W != 0)
+                || pte & PTE_RESERVED != 0
+                || (pbmt != 0 && !pbmte)
+                || pbmt == 3
+            {
                 return Err(acc.page_fault(vaddr));
             }
             let ppn = (pte >> 10) & ((1 << 44) - 1);
             if pte & (PTE_R | PTE_X) == 0 {
-                // Pointer to the next level.
-                if level == 0 || pte & (PTE_A | PTE_D | PTE_U) != 0 {
+                // Pointer to the next level (it has no memory type).
+                if level == 0 || pte & (PTE_A | PTE_D | PTE_U) != 0 || pbmt != 0 {
                     return Err(acc.page_fault(vaddr));
                 }
                 table = ppn << 12;

@@ -20,10 +20,27 @@ pub struct InitrdRange {
 }
 
 /// The hart's ISA as a `riscv,isa` string (multi-letter extensions in canonical order).
-const ISA: &str = "rv64imafdc_zicntr_zicond_zicsr_zifencei_zba_zbb_zbs";
+const ISA: &str =
+    "rv64imafdc_zicbom_zicboz_zicntr_zicond_zicsr_zifencei_zihintpause_zba_zbb_zbs_svpbmt";
 /// The same, as the `riscv,isa-extensions` list.
-const ISA_EXTENSIONS: [&str; 13] = [
-    "i", "m", "a", "f", "d", "c", "zicntr", "zicond", "zicsr", "zifencei", "zba", "zbb", "zbs",
+const ISA_EXTENSIONS: [&str; 17] = [
+    "i",
+    "m",
+    "a",
+    "f",
+    "d",
+    "c",
+    "zicbom",
+    "zicboz",
+    "zicntr",
+    "zicond",
+    "zicsr",
+    "zifencei",
+    "zihintpause",
+    "zba",
+    "zbb",
+    "zbs",
+    "svpbmt",
 ];
 
 pub fn build(
@@ -70,6 +87,9 @@ pub fn build(
         ISA_EXTENSIONS.iter().map(|s| s.to_string()).collect(),
     )?;
     f.property_string("mmu-type", "riscv,sv48")?;
+    let block = ftvm_cpu::CBO_BLOCK as u32;
+    f.property_u32("riscv,cbom-block-size", block)?;
+    f.property_u32("riscv,cboz-block-size", block)?;
     let intc = f.begin_node("interrupt-controller")?;
     f.property_u32("#interrupt-cells", 1)?;
     f.property_null("interrupt-controller")?;

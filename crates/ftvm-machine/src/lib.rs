@@ -16,7 +16,9 @@ pub mod snapshot;
 pub mod uart;
 pub mod virtio;
 
-use ftvm_cpu::{irq, Csr, Exit, Hart, Priv};
+use ftvm_cpu::{
+    irq, Csr, Exit, Hart, Priv, ENVCFG_CBCFE, ENVCFG_CBIE_SHIFT, ENVCFG_CBZE, MENVCFG_PBMTE,
+};
 use thiserror::Error;
 
 pub use board::{Board, PowerEvent};
@@ -361,6 +363,12 @@ impl Machine {
             (Csr::mideleg, irq::SSIP | irq::STIP | irq::SEIP),
             (Csr::mcounteren, 7),
             (Csr::scounteren, 7),
+            // Cache-block operations open to S-mode (and, through senvcfg, to U-mode), and
+            // Svpbmt's memory types in page tables, as OpenSBI sets them up.
+            (
+                Csr::menvcfg,
+                (3 << ENVCFG_CBIE_SHIFT) | ENVCFG_CBCFE | ENVCFG_CBZE | MENVCFG_PBMTE,
+            ),
         ] {
             let known = h.set_csr(csr, v);
             debug_assert!(known);
