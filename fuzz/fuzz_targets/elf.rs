@@ -7,7 +7,7 @@ use ftvm_machine::{Machine, MIN_RAM};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(mut m) = Machine::boot_elf(MIN_RAM, data) {
+    if let Ok(mut m) = Machine::boot_elf(MIN_RAM, 1, data) {
         m.run(1000, 1000);
     }
 });

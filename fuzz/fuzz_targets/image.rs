@@ -19,7 +19,7 @@ fuzz_target!(|data: &[u8]| {
     let initrd = vec![0x42u8; (sel & 0x3f) as usize * 1024 * 256];
     let initrd = (sel & 0x40 != 0).then_some(&initrd[..]);
     let devices = [DeviceSpec::Rng];
-    if let Ok(mut m) = Machine::boot_linux(MIN_RAM, &kernel, initrd, "console=ttyS0", &devices, 0) {
+    if let Ok(mut m) = Machine::boot_linux(MIN_RAM, 1, &kernel, initrd, "console=ttyS0", &devices, 0) {
         m.run(1000, 1000);
     }
 });

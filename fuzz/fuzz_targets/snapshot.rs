@@ -33,7 +33,7 @@ fn base(rate: bool) -> &'static [u8] {
             },
             DeviceSpec::Rng,
         ];
-        let mut m = Machine::boot_linux(MIN_RAM, &kernel, None, "", &devices, 0)
+        let mut m = Machine::boot_linux(MIN_RAM, 1, &kernel, None, "", &devices, 0)
             .expect("the base machine boots");
         if rate {
             m.run(1000, 1000);

@@ -128,7 +128,10 @@ pub(crate) struct Jit {
     blocks: Vec<Block>,
     map: HashMap<(u64, usize), u32>,
     by_page: HashMap<usize, Vec<u32>>,
-    jc: Box<[JcEntry]>,
+    /// One jump cache per hart (entries are tagged with that hart's translation generation),
+    /// made when the hart first runs; `cur` is the hart that holds the code cache now.
+    jcs: Vec<Box<[JcEntry]>>,
+    cur: usize,
     pub(crate) stats: JitStats,
 }
 
@@ -265,9 +268,22 @@ impl Jit {
             blocks: Vec::new(),
             map: HashMap::new(),
             by_page: HashMap::new(),
-            jc: vec![EMPTY; JC_SIZE].into_boxed_slice(),
+            jcs: vec![vec![EMPTY; JC_SIZE].into_boxed_slice()],
+            cur: 0,
             stats: JitStats::default(),
         }))
+    }
+
+    /// The hart `hart` runs from now on: its jump cache is the one in use.
+    pub(crate) fn select(&mut self, hart: usize) {
+        while self.jcs.len() <= hart {
+            self.jcs.push(vec![EMPTY; JC_SIZE].into_boxed_slice());
+        }
+        self.cur = hart;
+    }
+
+    fn jc(&self) -> &[JcEntry] {
+        &self.jcs[self.cur]
     }
 
     /// Drop the blocks read from RAM page `page`; true if there were any.
@@ -282,9 +298,11 @@ impl Jit {
             }
             b.live = false;
             self.map.remove(&(b.vpc, b.off));
-            let e = &mut self.jc[jc_index(b.vpc)];
-            if e.code == b.code {
-                *e = EMPTY;
+            for jc in &mut self.jcs {
+                let e = &mut jc[jc_index(b.vpc)];
+                if e.code == b.code {
+                    *e = EMPTY;
+                }
             }
         }
         true
@@ -321,7 +339,9 @@ impl Jit {
         self.blocks.clear();
         self.map.clear();
         self.by_page.clear();
-        self.jc.fill(EMPTY);
+        for jc in &mut self.jcs {
+            jc.fill(EMPTY);
+        }
         self.used = self.stubs_end;
         self.stats.full_flushes += 1;
     }
@@ -953,7 +973,7 @@ impl Hart {
         let pc = self.pc;
         let gen = jc_gen(self.mmu.gen, self.prv);
         if let Some(jit) = &self.mmu.code.jit {
-            let e = &jit.jc[jc_index(pc)];
+            let e = &jit.jc()[jc_index(pc)];
             if e.vpc == pc && e.gen == gen {
                 return Some((e.code, e.n as u64, e.id));
             }
@@ -981,7 +1001,8 @@ impl Hart {
         let b = &jit.blocks[id as usize];
         let n = b._ops.len() as u32;
         let code = b.code;
-        jit.jc[jc_index(pc)] = JcEntry {
+        let cur = jit.cur;
+        jit.jcs[cur][jc_index(pc)] = JcEntry {
             vpc: pc,
             gen,
             code,
@@ -1088,7 +1109,7 @@ impl Hart {
                     ctx.gen = jc_gen(self.mmu.gen, self.prv);
                     if let Some(j) = &mut self.mmu.code.jit {
                         j.stats.dispatches += 1;
-                        ctx.jc = j.jc.as_ptr();
+                        ctx.jc = j.jc().as_ptr();
                     }
                     // Pointers made afresh for each entry, after the last use of `bus` and
                     // `self` by reference: translated code and `helper_exec` use only these

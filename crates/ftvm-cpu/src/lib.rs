@@ -179,6 +179,25 @@ impl Trap {
     }
 }
 
+/// Pass the code cache (decoded instructions and translated blocks, which all harts of a
+/// machine share: they are keyed by physical page) from the hart that ran to the hart that runs
+/// next. The receiving hart forgets the giver's virtual-page shortcuts, and if pages became
+/// code pages since it last held the cache, flushes its store TLB: a page with code is never
+/// mapped there, so every store to one takes the slow path that drops the page's code.
+pub fn hand_over_code(from: &mut Hart, to: &mut Hart) {
+    from.mmu.code_seen = from.mmu.code.epoch;
+    std::mem::swap(&mut from.mmu.code, &mut to.mmu.code);
+    to.mmu.code.forget_mappings();
+    if to.mmu.code_seen != to.mmu.code.epoch {
+        to.mmu.store.flush();
+        to.mmu.code_seen = to.mmu.code.epoch;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if let Some(j) = &mut to.mmu.code.jit {
+        j.select(to.csr.mhartid as usize);
+    }
+}
+
 /// The complete architectural state of one hart.
 #[derive(Clone)]
 pub struct Hart {
@@ -339,6 +358,30 @@ impl Hart {
     /// The effective mip: software-writable bits ORed with the board's lines.
     pub fn mip(&self) -> u64 {
         self.csr.mip | self.ext_irq
+    }
+
+    /// The hart's id (mhartid).
+    pub fn hartid(&self) -> u64 {
+        self.csr.mhartid
+    }
+
+    /// Drop the LR/SC reservation: another hart runs next and may store anywhere, so an SC
+    /// after it must fail.
+    pub fn clear_reservation(&mut self) {
+        self.reservation = None;
+    }
+
+    /// Start this hart as SBI's HSM `hart_start` does: in S-mode at `pc` with a0 = its hart
+    /// id, a1 = `opaque`, address translation off and supervisor interrupts disabled.
+    pub fn sbi_start(&mut self, pc: u64, opaque: u64) {
+        let known = self.set_csr(Csr::satp, 0)
+            && self.set_csr(Csr::mstatus, self.csr.mstatus & !csr::MSTATUS_SIE);
+        debug_assert!(known);
+        self.set_priv(Priv::Supervisor);
+        self.pc = pc;
+        self.x[10] = self.hartid();
+        self.x[11] = opaque;
+        self.reservation = None;
     }
 
     /// Forget every cached translation (after the state was changed from outside).

@@ -57,7 +57,7 @@ impl Tlb {
         let vpn = (vaddr >> 12) | tag;
         self.0[(vpn as usize) & (TLB_SIZE - 1)] = Entry { vpn, off: page_off };
     }
-    fn flush(&mut self) {
+    pub(crate) fn flush(&mut self) {
         for e in self.0.iter_mut() {
             e.vpn = INVALID;
         }
@@ -100,6 +100,9 @@ pub(crate) struct CodeCache {
     cur_vpn: u64,
     cur_page: usize,
     cur_ops: *const Op,
+    /// Counts the pages made code pages: a hart that receives the cache (see
+    /// [`crate::hand_over_code`]) and saw an older count may map one of them in its store TLB.
+    pub(crate) epoch: u64,
     /// The translator's blocks, if the hart runs them. Blocks exist only in pages that have
     /// a decoded-op box, so the store path that drops a page's ops drops its blocks too.
     #[cfg(target_arch = "x86_64")]
@@ -114,9 +117,18 @@ impl Default for CodeCache {
             cur_vpn: INVALID,
             cur_page: 0,
             cur_ops: std::ptr::null(),
+            epoch: 0,
             #[cfg(target_arch = "x86_64")]
             jit: None,
         }
+    }
+}
+
+impl CodeCache {
+    /// Forget which virtual pages map where (the cache passes to a hart with other mappings).
+    pub(crate) fn forget_mappings(&mut self) {
+        self.cur_vpn = INVALID;
+        self.vtlb = [(INVALID, 0); VTLB_SIZE];
     }
 }
 
@@ -130,6 +142,7 @@ impl Clone for CodeCache {
         // copy starts without translated blocks (an engine cache, rebuilt on demand).
         CodeCache {
             pages: self.pages.clone(),
+            epoch: self.epoch,
             ..Default::default()
         }
     }
@@ -153,6 +166,9 @@ pub(crate) struct Mmu {
     /// Set when translations were flushed or code was dropped: a translated block that is
     /// running must return to its dispatcher after the current instruction.
     pub(crate) jit_exit: bool,
+    /// The code cache's `epoch` when this hart last held it: its store TLB maps no page
+    /// that was a code page then.
+    pub(crate) code_seen: u64,
 }
 
 impl Mmu {
@@ -165,6 +181,7 @@ impl Mmu {
             fetch_pages: std::collections::HashMap::new(),
             gen: 0,
             jit_exit: false,
+            code_seen: 0,
         }
     }
     /// Forget the data translations and the current code page after a change of privilege
@@ -182,8 +199,7 @@ impl Mmu {
         self.load.flush();
         self.store.flush();
         self.fetch.flush();
-        self.code.cur_vpn = INVALID;
-        self.code.vtlb = [(INVALID, 0); VTLB_SIZE];
+        self.code.forget_mappings();
         self.fetch_pages.clear();
         self.gen = self.gen.wrapping_add(1);
         self.jit_exit = true;
@@ -219,8 +235,10 @@ impl Mmu {
         }
         if code.pages[page].is_none() {
             code.pages[page] = Some(Box::new([Op::default(); OPS_PER_PAGE]));
+            code.epoch += 1;
             // Stores to this page must now take the slow path, which keeps it coherent.
             self.store.flush();
+            self.code_seen = code.epoch;
         }
     }
 

@@ -47,21 +47,42 @@ pub enum PowerEvent {
     Reset(u32),
 }
 
+/// A hart's timers and software interrupt: the CLINT's msip and mtimecmp, and the
+/// supervisor timer set through SBI.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HartTimers {
+    pub msip: bool,
+    pub mtimecmp: u64,
+    pub stimecmp: u64,
+}
+
+impl Default for HartTimers {
+    fn default() -> HartTimers {
+        HartTimers {
+            msip: false,
+            mtimecmp: u64::MAX,
+            stimecmp: u64::MAX,
+        }
+    }
+}
+
 pub struct Board {
     pub ram: Vec<u8>,
     pub plic: Plic,
     pub uart: Uart,
-    pub msip: bool,
-    pub mtimecmp: u64,
-    /// The supervisor timer compare value set through SBI.
-    pub stimecmp: u64,
+    /// One per hart.
+    pub timers: Vec<HartTimers>,
+    /// The machine's step count when the running hart's own count was zero: the hart passes
+    /// its own count to the bus, the clock runs on the machine's (the sum of all harts').
+    /// Set before each run of a hart; not machine state.
+    pub count_base: u64,
     /// mtime at `rate_anchor`: the ticks the instructions before the anchor made, plus every
     /// tick that passed without instructions (idle time, catching up with a host clock).
     pub time_offset: u64,
     /// Steps per tick, in fixed point ([`RATE_FRAC_BITS`] fraction bits), from `rate_anchor`
     /// on; always within [`MIN_RATE`, `MAX_RATE`].
     pub rate: u64,
-    /// The step count at which `rate` took effect (never after the hart's count).
+    /// The step count at which `rate` took effect (never after the machine's count).
     pub rate_anchor: u64,
     /// Bytes the guest wrote to its console, not yet taken by the host.
     pub console_out: Vec<u8>,
@@ -102,9 +123,8 @@ impl Board {
             ram: zeroed_ram(ram_size)?,
             plic: Plic::default(),
             uart: Uart::default(),
-            msip: false,
-            mtimecmp: u64::MAX,
-            stimecmp: u64::MAX,
+            timers: vec![HartTimers::default()],
+            count_base: 0,
             time_offset: 0,
             rate: DEFAULT_RATE,
             rate_anchor: 0,
@@ -190,24 +210,43 @@ impl Board {
         self.rate == DEFAULT_RATE && self.rate_anchor == 0
     }
 
+    /// CLINT layout: msip of hart h at 4h, mtimecmp of hart h at 0x4000 + 8h, mtime at
+    /// 0xbff8. Registers of harts the machine does not have read as zero.
     fn clint_read(&mut self, off: u64, count: u64) -> u64 {
+        let t = |i: u64| self.timers.get(i as usize);
         match off {
-            0 => self.msip as u64,
-            0x4000 => self.mtimecmp,
-            0x4004 => self.mtimecmp >> 32,
+            0..=0x3fff => t(off / 4).map_or(0, |t| (off.is_multiple_of(4) && t.msip) as u64),
             0xbff8 => self.mtime(count),
             0xbffc => self.mtime(count) >> 32,
+            0x4000..=0xbff7 => t((off - 0x4000) / 8).map_or(0, |t| match off % 8 {
+                0 => t.mtimecmp,
+                4 => t.mtimecmp >> 32,
+                _ => 0,
+            }),
             _ => 0,
         }
     }
 
     fn clint_write(&mut self, off: u64, size: u8, v: u64) {
-        match (off, size) {
-            (0, _) => self.msip = v & 1 != 0,
-            (0x4000, 8) => self.mtimecmp = v,
-            (0x4000, _) => self.mtimecmp = (self.mtimecmp & !0xffff_ffff) | (v & 0xffff_ffff),
-            (0x4004, _) => self.mtimecmp = (self.mtimecmp & 0xffff_ffff) | (v << 32),
+        match off {
+            0..=0x3fff if off.is_multiple_of(4) => {
+                if let Some(t) = self.timers.get_mut(off as usize / 4) {
+                    t.msip = v & 1 != 0;
+                }
+            }
             // mtime is derived from the instruction count and is read-only here.
+            0x4000..=0xbff7 => {
+                let Some(t) = self.timers.get_mut((off as usize - 0x4000) / 8) else {
+                    return;
+                };
+                let c = &mut t.mtimecmp;
+                match (off % 8, size) {
+                    (0, 8) => *c = v,
+                    (0, _) => *c = (*c & !0xffff_ffff) | (v & 0xffff_ffff),
+                    (4, _) => *c = (*c & 0xffff_ffff) | (v << 32),
+                    _ => {}
+                }
+            }
             _ => {}
         }
     }
@@ -225,6 +264,7 @@ impl Bus for Board {
     }
 
     fn mmio_read(&mut self, paddr: u64, size: u8, count: u64) -> Option<u64> {
+        let count = count.wrapping_add(self.count_base);
         if paddr == RTC_BASE {
             let t = self.rtc_ns(count);
             self.rtc_high = t >> 32;
@@ -281,7 +321,7 @@ impl Bus for Board {
     }
 
     fn time(&mut self, count: u64) -> u64 {
-        self.mtime(count)
+        self.mtime(count.wrapping_add(self.count_base))
     }
 }
 

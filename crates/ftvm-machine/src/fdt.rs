@@ -13,6 +13,15 @@ const PH_CPU0_INTC: u32 = 1;
 const PH_PLIC: u32 = 2;
 const PH_TEST: u32 = 3;
 
+/// The phandle of hart `h`'s interrupt controller (hart 0's is the one-hart tree's).
+fn intc(h: usize) -> u32 {
+    if h == 0 {
+        PH_CPU0_INTC
+    } else {
+        0x10 + h as u32
+    }
+}
+
 /// Where the initial RAM disk sits in guest physical memory.
 pub struct InitrdRange {
     pub start: u64,
@@ -45,6 +54,7 @@ const ISA_EXTENSIONS: [&str; 17] = [
 
 pub fn build(
     ram_size: u64,
+    harts: usize,
     cmdline: &str,
     initrd: Option<InitrdRange>,
     virtio_slots: usize,
@@ -74,29 +84,31 @@ pub fn build(
     f.property_u32("#address-cells", 1)?;
     f.property_u32("#size-cells", 0)?;
     f.property_u32("timebase-frequency", TIMEBASE_HZ as u32)?;
-    let cpu = f.begin_node("cpu@0")?;
-    f.property_string("device_type", "cpu")?;
-    f.property_u32("reg", 0)?;
-    f.property_string("status", "okay")?;
-    f.property_string("compatible", "riscv")?;
-    // The ISA both ways: the string older kernels read, and the list of newer bindings.
-    f.property_string("riscv,isa", ISA)?;
-    f.property_string("riscv,isa-base", "rv64i")?;
-    f.property_string_list(
-        "riscv,isa-extensions",
-        ISA_EXTENSIONS.iter().map(|s| s.to_string()).collect(),
-    )?;
-    f.property_string("mmu-type", "riscv,sv48")?;
-    let block = ftvm_cpu::CBO_BLOCK as u32;
-    f.property_u32("riscv,cbom-block-size", block)?;
-    f.property_u32("riscv,cboz-block-size", block)?;
-    let intc = f.begin_node("interrupt-controller")?;
-    f.property_u32("#interrupt-cells", 1)?;
-    f.property_null("interrupt-controller")?;
-    f.property_string("compatible", "riscv,cpu-intc")?;
-    f.property_phandle(PH_CPU0_INTC)?;
-    f.end_node(intc)?;
-    f.end_node(cpu)?;
+    for h in 0..harts {
+        let cpu = f.begin_node(&format!("cpu@{h}"))?;
+        f.property_string("device_type", "cpu")?;
+        f.property_u32("reg", h as u32)?;
+        f.property_string("status", "okay")?;
+        f.property_string("compatible", "riscv")?;
+        // The ISA both ways: the string older kernels read, and the list of newer bindings.
+        f.property_string("riscv,isa", ISA)?;
+        f.property_string("riscv,isa-base", "rv64i")?;
+        f.property_string_list(
+            "riscv,isa-extensions",
+            ISA_EXTENSIONS.iter().map(|s| s.to_string()).collect(),
+        )?;
+        f.property_string("mmu-type", "riscv,sv48")?;
+        let block = ftvm_cpu::CBO_BLOCK as u32;
+        f.property_u32("riscv,cbom-block-size", block)?;
+        f.property_u32("riscv,cboz-block-size", block)?;
+        let ic = f.begin_node("interrupt-controller")?;
+        f.property_u32("#interrupt-cells", 1)?;
+        f.property_null("interrupt-controller")?;
+        f.property_string("compatible", "riscv,cpu-intc")?;
+        f.property_phandle(intc(h))?;
+        f.end_node(ic)?;
+        f.end_node(cpu)?;
+    }
     f.end_node(cpus)?;
 
     let soc = f.begin_node("soc")?;
@@ -111,7 +123,9 @@ pub fn build(
         vec!["sifive,clint0".into(), "riscv,clint0".into()],
     )?;
     f.property_array_u64("reg", &[CLINT_BASE, 0x10000])?;
-    f.property_array_u32("interrupts-extended", &[PH_CPU0_INTC, 3, PH_CPU0_INTC, 7])?;
+    // Per hart: machine software (3) and machine timer (7) interrupts.
+    let clint_irqs: Vec<u32> = (0..harts).flat_map(|h| [intc(h), 3, intc(h), 7]).collect();
+    f.property_array_u32("interrupts-extended", &clint_irqs)?;
     f.end_node(clint)?;
 
     let plic = f.begin_node(&format!("plic@{PLIC_BASE:x}"))?;
@@ -124,7 +138,9 @@ pub fn build(
     f.property_u32("#interrupt-cells", 1)?;
     f.property_null("interrupt-controller")?;
     f.property_u32("riscv,ndev", NSRC as u32 - 1)?;
-    f.property_array_u32("interrupts-extended", &[PH_CPU0_INTC, 11, PH_CPU0_INTC, 9])?;
+    // Context 2h is hart h's M-mode external interrupt (11), 2h + 1 its S-mode one (9).
+    let plic_irqs: Vec<u32> = (0..harts).flat_map(|h| [intc(h), 11, intc(h), 9]).collect();
+    f.property_array_u32("interrupts-extended", &plic_irqs)?;
     f.property_phandle(PH_PLIC)?;
     f.end_node(plic)?;
 

@@ -1,7 +1,12 @@
-//! The ftvm board around one hart: RAM at 0x8000_0000, CLINT, PLIC, NS16550A UART, SiFive test
-//! finisher, an SBI served by ftvm, a generated device tree, and loading of a Linux Image or a
-//! bare-metal ELF. [`Machine::run`] executes up to an exact step count; [`Machine::save`],
-//! [`Machine::restore`] and [`Machine::digest`] cover the whole machine state.
+//! The ftvm board around one to eight harts: RAM at 0x8000_0000, CLINT, PLIC, NS16550A UART,
+//! SiFive test finisher, an SBI served by ftvm, a generated device tree, and loading of a Linux
+//! Image or a bare-metal ELF. [`Machine::run`] executes up to an exact step count;
+//! [`Machine::save`], [`Machine::restore`] and [`Machine::digest`] cover the whole machine state.
+//!
+//! Several harts take turns on the host thread that runs the machine, in slices of
+//! [`SMP_QUANTUM`] steps (see [`Machine::run`]): the machine's step count is the sum of the
+//! harts' counts, and every input, stop and digest is placed on it, so the schedule is as
+//! deterministic as one hart is.
 //!
 //! The machine never reads a host clock: `mtime` is the step count divided by the clock's rate
 //! (by default [`board::STEPS_PER_TICK`] steps per tick; an [`Input::Rate`] changes it), plus
@@ -17,16 +22,22 @@ pub mod uart;
 pub mod virtio;
 
 use ftvm_cpu::{
-    irq, Csr, Exit, Hart, Priv, ENVCFG_CBCFE, ENVCFG_CBIE_SHIFT, ENVCFG_CBZE, MENVCFG_PBMTE,
+    irq, Csr, Engine, Exit, Hart, JitStats, Priv, ENVCFG_CBCFE, ENVCFG_CBIE_SHIFT, ENVCFG_CBZE,
+    MENVCFG_PBMTE,
 };
 use thiserror::Error;
 
-pub use board::{Board, PowerEvent};
+pub use board::{Board, HartTimers, PowerEvent};
 use snapshot::{Reader, SnapshotError, Writer};
 pub use virtio::{DeviceOutput, DiskOp, DiskRequest};
 
 /// Physical address of the first byte of RAM.
 pub const RAM_BASE: u64 = 0x8000_0000;
+/// Most harts a machine has.
+pub const MAX_HARTS: usize = 8;
+/// Steps a hart runs before the next one takes its turn, when the machine has several.
+pub const SMP_QUANTUM: u64 = 10_000;
+
 /// Smallest and largest RAM sizes accepted.
 pub const MIN_RAM: u64 = 16 << 20;
 pub const MAX_RAM: u64 = 64 << 30;
@@ -47,6 +58,8 @@ pub enum MachineError {
     RamAlloc(u64),
     #[error("too many devices (at most {0})")]
     Devices(usize),
+    #[error("{0} harts: a machine has 1 to {MAX_HARTS}")]
+    Harts(usize),
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
 }
@@ -122,50 +135,137 @@ pub fn ram_size_ok(ram_size: u64) -> bool {
     (MIN_RAM..=MAX_RAM).contains(&ram_size) && ram_size.is_multiple_of(4096)
 }
 
+/// A hart's state as the SBI's hart state management (HSM) extension reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HartState {
+    Started = 0,
+    Stopped = 1,
+    Suspended = 4,
+}
+
+/// Which hart runs and until when, and which harts may run. Machine state (snapshots hold it
+/// when the machine has several harts; with one it never changes).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Sched {
+    /// The hart that runs (and holds the shared code cache).
+    cur: usize,
+    /// The machine count at which `cur`'s slice ends.
+    slice_end: u64,
+    /// Steps per slice (`u64::MAX` with one hart: it never yields).
+    quantum: u64,
+    state: Vec<HartState>,
+    /// At WFI (or suspended) with nothing to wake it: skipped until an interrupt line does.
+    waiting: Vec<bool>,
+}
+
 pub struct Machine {
-    pub hart: Hart,
+    harts: Vec<Hart>,
     pub board: Board,
+    sched: Sched,
 }
 
 impl Machine {
-    /// A machine with `ram_size` bytes of zeroed RAM and a hart in reset.
+    /// A machine with `ram_size` bytes of zeroed RAM and one hart in reset.
     pub fn new(ram_size: u64) -> Result<Machine, MachineError> {
+        Machine::with_harts(ram_size, 1)
+    }
+
+    /// A machine with `ram_size` bytes of zeroed RAM and `harts` harts in reset (hart 0
+    /// started, the others stopped).
+    pub fn with_harts(ram_size: u64, harts: usize) -> Result<Machine, MachineError> {
         if !ram_size_ok(ram_size) {
             return Err(MachineError::RamSize(ram_size));
         }
+        if !(1..=MAX_HARTS).contains(&harts) {
+            return Err(MachineError::Harts(harts));
+        }
+        let mut board = Board::new(ram_size as usize).ok_or(MachineError::RamAlloc(ram_size))?;
+        board.timers = vec![HartTimers::default(); harts];
+        board.plic = plic::Plic::new(harts);
+        let mut state = vec![HartState::Stopped; harts];
+        state[0] = HartState::Started;
         Ok(Machine {
-            hart: Hart::new(0),
-            board: Board::new(ram_size as usize).ok_or(MachineError::RamAlloc(ram_size))?,
+            harts: (0..harts as u64).map(Hart::new).collect(),
+            board,
+            sched: Sched {
+                cur: 0,
+                slice_end: u64::MAX,
+                quantum: if harts == 1 { u64::MAX } else { SMP_QUANTUM },
+                state,
+                waiting: vec![false; harts],
+            },
         })
     }
 
-    /// Steps executed so far.
-    pub fn count(&self) -> u64 {
-        self.hart.count()
+    /// The harts, by hart id.
+    pub fn harts(&self) -> &[Hart] {
+        &self.harts
     }
 
-    /// Drive the interrupt lines from the device state at the current count.
+    /// Hart `i` (0 is the boot hart), to change from outside (tests, `--engine check`).
+    pub fn hart_mut(&mut self, i: usize) -> &mut Hart {
+        &mut self.harts[i]
+    }
+
+    /// The hart that runs now (or ran last).
+    pub fn current_hart(&self) -> usize {
+        self.sched.cur
+    }
+
+    /// The HSM state of hart `i`.
+    pub fn hart_state(&self, i: usize) -> HartState {
+        self.sched.state[i]
+    }
+
+    /// Run every hart with engine `e`; false (and no change) if the host cannot run it.
+    pub fn set_engine(&mut self, e: Engine) -> bool {
+        e.supported() && self.harts.iter_mut().all(|h| h.set_engine(e))
+    }
+
+    /// What the translator has done so far (it serves every hart).
+    pub fn jit_stats(&self) -> JitStats {
+        self.harts[self.sched.cur].jit_stats()
+    }
+
+    /// Steps executed so far: the sum of every hart's.
+    pub fn count(&self) -> u64 {
+        self.harts
+            .iter()
+            .fold(0u64, |a, h| a.saturating_add(h.count()))
+    }
+
+    /// Drive every hart's interrupt lines from the device state at the current count.
     fn update_irqs(&mut self) {
+        let now = self.board.mtime(self.count());
         let b = &mut self.board;
-        let now = b.mtime(self.hart.count());
         b.plic.set_level(board::UART_IRQ, b.uart.irq());
-        let h = &mut self.hart;
-        h.set_ext_irq(irq::MTIP, now >= b.mtimecmp);
-        h.set_ext_irq(irq::STIP, now >= b.stimecmp);
-        h.set_ext_irq(irq::MSIP, b.msip);
         for d in &b.virtio {
             b.plic.set_level(virtio::FIRST_IRQ + d.slot, d.irq());
         }
-        h.set_ext_irq(irq::MEIP, b.plic.irq(0));
-        h.set_ext_irq(irq::SEIP, b.plic.irq(1));
+        for (i, (h, t)) in self.harts.iter_mut().zip(&b.timers).enumerate() {
+            h.set_ext_irq(irq::MTIP, now >= t.mtimecmp);
+            h.set_ext_irq(irq::STIP, now >= t.stimecmp);
+            h.set_ext_irq(irq::MSIP, t.msip);
+            h.set_ext_irq(irq::MEIP, b.plic.irq(2 * i));
+            h.set_ext_irq(irq::SEIP, b.plic.irq(2 * i + 1));
+        }
+    }
+
+    /// The timer compare values of the harts that are not stopped.
+    fn armed_timers(&self) -> impl Iterator<Item = u64> + '_ {
+        self.board
+            .timers
+            .iter()
+            .zip(&self.sched.state)
+            .filter(|(_, &s)| s != HartState::Stopped)
+            .flat_map(|(t, _)| [t.mtimecmp, t.stimecmp])
     }
 
     /// The step count at which the next timer interrupt becomes pending, if one is armed and
     /// not yet pending.
     fn next_deadline(&self) -> Option<u64> {
-        let now = self.hart.count();
-        [self.board.mtimecmp, self.board.stimecmp]
-            .into_iter()
+        let now = self.count();
+        self.armed_timers()
             .filter_map(|cmp| self.board.deadline(cmp))
             .filter(|&d| d > now)
             .min()
@@ -174,24 +274,88 @@ impl Machine {
     /// The ticks until the next timer interrupt becomes pending, if one is armed and not yet
     /// pending: the `Time` that would make it pending at once.
     fn next_timer_ticks(&self) -> Option<u64> {
-        let now = self.hart.count();
+        let now = self.count();
         let t = self.board.mtime(now);
-        [self.board.mtimecmp, self.board.stimecmp]
-            .into_iter()
+        self.armed_timers()
             .filter(|&cmp| self.board.deadline(cmp).is_some_and(|d| d > now))
             .map(|cmp| cmp.saturating_sub(t))
             .min()
     }
 
+    /// Whether hart `i` may run now: not stopped, and not waiting unless something wakes it.
+    fn runnable(&self, i: usize) -> bool {
+        self.sched.state[i] != HartState::Stopped
+            && (!self.sched.waiting[i] || self.harts[i].wakes())
+    }
+
+    /// Choose the hart that runs next, round-robin from the one after `cur` (`cur` last), and
+    /// give it a fresh slice. When none may run but some started harts wait, they all wake (a
+    /// WFI may end without a reason). False when no hart can run (all stopped or suspended).
+    fn pick(&mut self, now: u64) -> bool {
+        let (n, cur) = (self.harts.len(), self.sched.cur);
+        let order = (1..=n).map(move |k| (cur + k) % n);
+        let next = match order.clone().find(|&i| self.runnable(i)) {
+            Some(i) => i,
+            None => {
+                let s = &mut self.sched;
+                for i in 0..n {
+                    if s.state[i] == HartState::Started {
+                        s.waiting[i] = false;
+                    }
+                }
+                match order
+                    .clone()
+                    .find(|&i| self.sched.state[i] == HartState::Started)
+                {
+                    Some(i) => i,
+                    None => return false,
+                }
+            }
+        };
+        let s = &mut self.sched;
+        s.waiting[next] = false;
+        if s.state[next] == HartState::Suspended {
+            s.state[next] = HartState::Started;
+        }
+        s.slice_end = now.saturating_add(s.quantum);
+        if next != s.cur {
+            let (a, b) = (s.cur, next);
+            // Another hart may store anywhere: the one that stops loses its reservation.
+            self.harts[a].clear_reservation();
+            let (from, to) = if a < b {
+                let (lo, hi) = self.harts.split_at_mut(b);
+                (&mut lo[a], &mut hi[0])
+            } else {
+                let (lo, hi) = self.harts.split_at_mut(a);
+                (&mut hi[0], &mut lo[b])
+            };
+            ftvm_cpu::hand_over_code(from, to);
+            self.sched.cur = next;
+        }
+        true
+    }
+
+    /// Whether any hart may run now.
+    fn any_runnable(&self) -> bool {
+        (0..self.harts.len()).any(|i| self.runnable(i))
+    }
+
     /// Run until the step count reaches `stop_at`, at most `chunk` steps, or until the guest
     /// needs the host (power, idle, tohost).
+    ///
+    /// With several harts, the running hart keeps the host thread until its slice ends, it
+    /// waits (WFI with nothing pending) or it stops; then the next hart that may run, in
+    /// round-robin order, gets a slice of [`SMP_QUANTUM`] steps. Every decision is made at the
+    /// top of the loop, after the stop checks, from machine state alone, and every count where
+    /// an interrupt line may change (any hart's timer, an MMIO access) starts a turn of the
+    /// loop: so a run cut into pieces at any counts ends in the state of one run through them.
     pub fn run(&mut self, stop_at: u64, chunk: u64) -> RunExit {
-        let chunk_end = stop_at.min(self.hart.count().saturating_add(chunk));
+        let chunk_end = stop_at.min(self.count().saturating_add(chunk));
         loop {
             if let Some(p) = self.board.power.take() {
                 return RunExit::Power(p);
             }
-            let now = self.hart.count();
+            let now = self.count();
             if now >= stop_at {
                 return RunExit::StopAt;
             }
@@ -199,11 +363,24 @@ impl Machine {
                 return RunExit::Yield;
             }
             self.update_irqs();
-            let end = match self.next_deadline() {
-                Some(d) => d.min(chunk_end),
-                None => chunk_end,
-            };
-            let exit = self.hart.run(&mut self.board, end - now);
+            let cur = self.sched.cur;
+            if (self.sched.waiting[cur]
+                || self.sched.state[cur] != HartState::Started
+                || now >= self.sched.slice_end)
+                && !self.pick(now)
+            {
+                return RunExit::Idle {
+                    ticks: self.next_timer_ticks(),
+                };
+            }
+            let cur = self.sched.cur;
+            let mut end = chunk_end.min(self.sched.slice_end);
+            if let Some(d) = self.next_deadline() {
+                end = end.min(d);
+            }
+            let hart = &mut self.harts[cur];
+            self.board.count_base = now - hart.count();
+            let exit = hart.run(&mut self.board, end - now);
             self.invalidate_dma();
             match exit {
                 Exit::Budget => {}
@@ -214,14 +391,24 @@ impl Machine {
                         return RunExit::Output;
                     }
                 }
-                Exit::Sbi => self.handle_sbi(),
-                Exit::ToHost(v) => return RunExit::ToHost(v),
-                Exit::Wfi => {
-                    self.update_irqs();
-                    if !self.hart.wakes() {
+                Exit::Sbi => {
+                    self.handle_sbi();
+                    if !self.any_runnable() {
                         return RunExit::Idle {
                             ticks: self.next_timer_ticks(),
                         };
+                    }
+                }
+                Exit::ToHost(v) => return RunExit::ToHost(v),
+                Exit::Wfi => {
+                    self.update_irqs();
+                    if !self.harts[cur].wakes() {
+                        self.sched.waiting[cur] = true;
+                        if !self.any_runnable() {
+                            return RunExit::Idle {
+                                ticks: self.next_timer_ticks(),
+                            };
+                        }
                     }
                 }
             }
@@ -230,15 +417,18 @@ impl Machine {
 
     /// Drop decoded instructions where devices wrote guest RAM.
     fn invalidate_dma(&mut self) {
+        // The running hart holds the code cache all harts share.
+        let hart = &mut self.harts[self.sched.cur];
         for (off, len) in self.board.dma.drain(..) {
-            self.hart.invalidate_code(off, len);
+            hart.invalidate_code(off, len);
         }
     }
 
     /// Apply an input from outside at the current step count.
     pub fn apply(&mut self, input: Input) {
         if let Input::Rate { rate } = input {
-            self.board.set_rate(self.hart.count(), rate);
+            let count = self.count();
+            self.board.set_rate(count, rate);
             return;
         }
         let b = &mut self.board;
@@ -328,17 +518,19 @@ impl Machine {
         out
     }
 
-    /// Boot a Linux kernel Image in S-mode, with ftvm serving the SBI.
+    /// Boot a Linux kernel Image in S-mode on hart 0 of `harts`, with ftvm serving the SBI
+    /// (the other harts wait for the kernel to start them through SBI HSM).
     /// `devices` go on the virtio-mmio slots in order; the RTC starts at `rtc_base_ns`.
     pub fn boot_linux(
         ram_size: u64,
+        harts: usize,
         kernel: &[u8],
         initrd: Option<&[u8]>,
         cmdline: &str,
         devices: &[DeviceSpec],
         rtc_base_ns: u64,
     ) -> Result<Machine, MachineError> {
-        let mut m = Machine::new(ram_size)?;
+        let mut m = Machine::with_harts(ram_size, harts)?;
         if devices.len() > virtio::MAX_SLOTS {
             return Err(MachineError::Devices(virtio::MAX_SLOTS));
         }
@@ -352,27 +544,36 @@ impl Machine {
             });
         }
         m.board.rtc_base_ns = rtc_base_ns;
-        let boot = loader::load_linux(&mut m.board.ram, kernel, initrd, cmdline, devices.len())?;
-        let h = &mut m.hart;
-        h.set_host_sbi(true);
-        // Everything the guest kernel handles itself is delegated to S-mode.
-        // Linux 6.1 never writes scounteren but its vDSO reads `time` from U-mode, as QEMU
-        // and OpenSBI machines allow: start with cycle, time and instret open to U-mode.
-        for (csr, v) in [
-            (Csr::medeleg, 0xb1ff),
-            (Csr::mideleg, irq::SSIP | irq::STIP | irq::SEIP),
-            (Csr::mcounteren, 7),
-            (Csr::scounteren, 7),
-            // Cache-block operations open to S-mode (and, through senvcfg, to U-mode), and
-            // Svpbmt's memory types in page tables, as OpenSBI sets them up.
-            (
-                Csr::menvcfg,
-                (3 << ENVCFG_CBIE_SHIFT) | ENVCFG_CBCFE | ENVCFG_CBZE | MENVCFG_PBMTE,
-            ),
-        ] {
-            let known = h.set_csr(csr, v);
-            debug_assert!(known);
+        let boot = loader::load_linux(
+            &mut m.board.ram,
+            kernel,
+            initrd,
+            cmdline,
+            devices.len(),
+            harts,
+        )?;
+        for h in &mut m.harts {
+            h.set_host_sbi(true);
+            // Everything the guest kernel handles itself is delegated to S-mode.
+            // Linux never writes scounteren but its vDSO reads `time` from U-mode, as QEMU
+            // and OpenSBI machines allow: start with cycle, time and instret open to U-mode.
+            for (csr, v) in [
+                (Csr::medeleg, 0xb1ff),
+                (Csr::mideleg, irq::SSIP | irq::STIP | irq::SEIP),
+                (Csr::mcounteren, 7),
+                (Csr::scounteren, 7),
+                // Cache-block operations open to S-mode (and, through senvcfg, to U-mode),
+                // and Svpbmt's memory types in page tables, as OpenSBI sets them up.
+                (
+                    Csr::menvcfg,
+                    (3 << ENVCFG_CBIE_SHIFT) | ENVCFG_CBCFE | ENVCFG_CBZE | MENVCFG_PBMTE,
+                ),
+            ] {
+                let known = h.set_csr(csr, v);
+                debug_assert!(known);
+            }
         }
+        let h = &mut m.harts[0];
         h.set_reg(10, 0);
         h.set_reg(11, boot.dtb);
         h.set_pc(boot.entry);
@@ -380,25 +581,52 @@ impl Machine {
         Ok(m)
     }
 
-    /// Load a bare-metal ELF and start it in M-mode at its entry point.
-    pub fn boot_elf(ram_size: u64, elf: &[u8]) -> Result<Machine, MachineError> {
-        let mut m = Machine::new(ram_size)?;
+    /// Load a bare-metal ELF and start `harts` harts in M-mode at its entry point (each
+    /// tells which it is by mhartid, as on QEMU).
+    pub fn boot_elf(ram_size: u64, harts: usize, elf: &[u8]) -> Result<Machine, MachineError> {
+        let mut m = Machine::with_harts(ram_size, harts)?;
         let prog = loader::load_elf(&mut m.board.ram, elf)?;
-        m.hart.set_pc(prog.entry);
-        m.hart.set_tohost(prog.tohost);
+        for h in &mut m.harts {
+            h.set_pc(prog.entry);
+            h.set_tohost(prog.tohost);
+        }
+        m.sched.state.fill(HartState::Started);
         Ok(m)
     }
 
-    /// Everything but RAM, then (when `with_ram`) RAM.
+    /// Everything but RAM, then (when `with_ram`) RAM. One hart: the layout of versions 1
+    /// and 2 (the clock's rate only when it changed); several: version 3's, with the schedule
+    /// and every hart's state (see docs/snapshot-format.md).
     fn save_state(&self, w: &mut Writer, with_ram: bool) {
-        self.hart.save(&mut w.buf);
         let b = &self.board;
-        w.u64(b.mtimecmp);
-        w.u64(b.stimecmp);
-        w.u8(b.msip as u8);
-        w.u64(b.time_offset);
-        if !b.default_clock() {
-            // Version 2 only: a clock that never changed its rate is stored as it always was.
+        let s = &self.sched;
+        if self.harts.len() == 1 {
+            self.harts[0].save(&mut w.buf);
+            let t = &b.timers[0];
+            w.u64(t.mtimecmp);
+            w.u64(t.stimecmp);
+            w.u8(t.msip as u8);
+            w.u64(b.time_offset);
+            if !b.default_clock() {
+                // Version 2 only: a clock that never changed its rate is stored as it always was.
+                w.u64(b.rate);
+                w.u64(b.rate_anchor);
+            }
+        } else {
+            w.u64(self.harts.len() as u64);
+            w.u64(s.quantum);
+            w.u64(s.cur as u64);
+            w.u64(s.slice_end);
+            for (i, h) in self.harts.iter().enumerate() {
+                h.save(&mut w.buf);
+                w.u8(s.state[i] as u8);
+                w.u8(s.waiting[i] as u8);
+                let t = &b.timers[i];
+                w.u64(t.mtimecmp);
+                w.u64(t.stimecmp);
+                w.u8(t.msip as u8);
+            }
+            w.u64(b.time_offset);
             w.u64(b.rate);
             w.u64(b.rate_anchor);
         }
@@ -421,7 +649,13 @@ impl Machine {
         let mut w = Writer::default();
         w.u64(self.board.ram.len() as u64);
         self.save_state(&mut w, true);
-        let version = if self.board.default_clock() { 1 } else { 2 };
+        let version = if self.harts.len() > 1 {
+            3
+        } else if self.board.default_clock() {
+            1
+        } else {
+            2
+        };
         snapshot::frame_version(version, &w.buf)
     }
 
@@ -430,47 +664,126 @@ impl Machine {
     /// known to be valid and the file holds the whole page bitmap, and only the pages the
     /// snapshot stores are written.
     pub fn restore(file: &[u8]) -> Result<Machine, MachineError> {
+        let invalid = |what| MachineError::Snapshot(SnapshotError::Invalid(what));
         let (version, payload) = snapshot::unframe_version(file)?;
         let mut r = Reader::new(payload);
         let ram_size = r.u64()?;
         if !ram_size_ok(ram_size) {
-            return Err(SnapshotError::Invalid(
+            return Err(invalid(
                 "RAM size out of range (16 MiB to 64 GiB, a multiple of 4 KiB)",
-            )
-            .into());
+            ));
         }
-        let hart = r.with(Hart::restore)?;
-        let mtimecmp = r.u64()?;
-        let stimecmp = r.u64()?;
-        let msip = match r.u8()? {
-            0 => false,
-            1 => true,
-            _ => return Err(SnapshotError::Invalid("msip").into()),
+        let timers = |r: &mut Reader| -> Result<HartTimers, MachineError> {
+            let (mtimecmp, stimecmp) = (r.u64()?, r.u64()?);
+            let msip = match r.u8()? {
+                0 => false,
+                1 => true,
+                _ => return Err(invalid("msip")),
+            };
+            Ok(HartTimers {
+                msip,
+                mtimecmp,
+                stimecmp,
+            })
         };
-        let time_offset = r.u64()?;
-        let (rate, rate_anchor) = if version >= 2 {
-            let (rate, anchor) = (r.u64()?, r.u64()?);
-            if !(board::MIN_RATE..=board::MAX_RATE).contains(&rate) {
-                return Err(SnapshotError::Invalid("clock rate out of range").into());
-            }
-            if anchor > hart.count() {
-                return Err(SnapshotError::Invalid("clock rate anchor after the count").into());
-            }
-            if rate == board::DEFAULT_RATE && anchor == 0 {
-                // One encoding per state: such a clock is written as version 1.
-                return Err(SnapshotError::Invalid("version 2 with the default clock rate").into());
-            }
-            (rate, anchor)
+        let mut harts = Vec::new();
+        let mut all_timers = Vec::new();
+        let sched;
+        let time_offset;
+        let (rate, rate_anchor);
+        if version <= 2 {
+            harts.push(r.with(Hart::restore)?);
+            all_timers.push(timers(&mut r)?);
+            time_offset = r.u64()?;
+            (rate, rate_anchor) = if version == 2 {
+                let (rate, anchor) = (r.u64()?, r.u64()?);
+                if rate == board::DEFAULT_RATE && anchor == 0 {
+                    // One encoding per state: such a clock is written as version 1.
+                    return Err(invalid("version 2 with the default clock rate"));
+                }
+                (rate, anchor)
+            } else {
+                (board::DEFAULT_RATE, 0)
+            };
+            sched = Sched {
+                cur: 0,
+                slice_end: u64::MAX,
+                quantum: u64::MAX,
+                state: vec![HartState::Started],
+                waiting: vec![false],
+            };
         } else {
-            (board::DEFAULT_RATE, 0)
-        };
+            let n = r.u64()?;
+            if !(2..=MAX_HARTS as u64).contains(&n) {
+                return Err(invalid("number of harts (2 to 8 in version 3)"));
+            }
+            let n = n as usize;
+            let (quantum, cur, slice_end) = (r.u64()?, r.u64()?, r.u64()?);
+            if quantum == 0 {
+                return Err(invalid("quantum"));
+            }
+            if cur >= n as u64 {
+                return Err(invalid("current hart"));
+            }
+            let (mut state, mut waiting) = (Vec::new(), Vec::new());
+            for i in 0..n {
+                let h = r.with(Hart::restore)?;
+                if h.hartid() != i as u64 {
+                    return Err(invalid("mhartid"));
+                }
+                harts.push(h);
+                let st = match r.u8()? {
+                    0 => HartState::Started,
+                    1 => HartState::Stopped,
+                    4 => HartState::Suspended,
+                    _ => return Err(invalid("hart state")),
+                };
+                let w = match r.u8()? {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(invalid("hart waiting")),
+                };
+                if (st == HartState::Stopped && w) || (st == HartState::Suspended && !w) {
+                    return Err(invalid("hart waiting"));
+                }
+                state.push(st);
+                waiting.push(w);
+                all_timers.push(timers(&mut r)?);
+            }
+            time_offset = r.u64()?;
+            (rate, rate_anchor) = (r.u64()?, r.u64()?);
+            sched = Sched {
+                cur: cur as usize,
+                slice_end,
+                quantum,
+                state,
+                waiting,
+            };
+        }
+        let count = harts
+            .iter()
+            .try_fold(0u64, |a, h| a.checked_add(h.count()))
+            .ok_or(invalid("step counts"))?;
+        if harts.len() > 1
+            && !(count..=count.saturating_add(sched.quantum)).contains(&sched.slice_end)
+        {
+            return Err(invalid("slice end"));
+        }
+        if version >= 2 {
+            if !(board::MIN_RATE..=board::MAX_RATE).contains(&rate) {
+                return Err(invalid("clock rate out of range"));
+            }
+            if rate_anchor > count {
+                return Err(invalid("clock rate anchor after the count"));
+            }
+        }
         let uart = uart::Uart::load(&mut r)?;
-        let plic = plic::Plic::load(&mut r)?;
+        let plic = plic::Plic::load(&mut r, harts.len())?;
         let rtc_base_ns = r.u64()?;
         let rtc_high = r.u64()?;
         let n = r.u64()?;
         if n > virtio::MAX_SLOTS as u64 {
-            return Err(SnapshotError::Invalid("too many devices").into());
+            return Err(invalid("too many devices"));
         }
         let mut devices = Vec::with_capacity(n as usize);
         for slot in 0..n as usize {
@@ -478,12 +791,11 @@ impl Machine {
         }
         let console_out = r.bytes()?;
         snapshot::check_ram_header(&r, ram_size)?;
-        let mut m = Machine::new(ram_size)?;
-        m.hart = hart;
+        let mut m = Machine::with_harts(ram_size, harts.len())?;
+        m.harts = harts;
+        m.sched = sched;
         let b = &mut m.board;
-        b.mtimecmp = mtimecmp;
-        b.stimecmp = stimecmp;
-        b.msip = msip;
+        b.timers = all_timers;
         b.time_offset = time_offset;
         b.rate = rate;
         b.rate_anchor = rate_anchor;
@@ -496,7 +808,7 @@ impl Machine {
         // The RAM was just allocated zeroed: only the stored pages are written.
         snapshot::load_ram(&mut r, &mut b.ram, true)?;
         if !r.is_empty() {
-            return Err(SnapshotError::Invalid("trailing bytes after the state").into());
+            return Err(invalid("trailing bytes after the state"));
         }
         Ok(m)
     }
@@ -524,7 +836,7 @@ mod tests {
     fn digest_hashes_exactly_what_a_snapshot_holds() {
         let mut m = Machine::new(MIN_RAM).unwrap();
         m.board.ram[5 * 4096 + 3] = 7;
-        m.hart.set_reg(5, 42);
+        m.hart_mut(0).set_reg(5, 42);
         m.board
             .virtio
             .push(virtio::VirtioMmio::blk(0, 1 << 20, "ftvm-disk0"));
@@ -628,15 +940,17 @@ mod tests {
         }
         // Other versions are refused, naming the version.
         let p = payload(&m);
-        for v in [0, 3] {
+        for v in [0, 4] {
             let e = Machine::restore(&snapshot::frame_version(v, &p))
                 .err()
                 .unwrap();
             assert_eq!(
                 e.to_string(),
-                format!("snapshot version {v} is not supported (this ftvm reads versions 1 to 2)")
+                format!("snapshot version {v} is not supported (this ftvm reads versions 1 to 3)")
             );
         }
+        // Version 3 is for several harts: a one-hart payload does not parse as one.
+        assert!(Machine::restore(&snapshot::frame_version(3, &p)).is_err());
     }
 
     /// Register writes that make queue 0 of a virtio-mmio device ready (size 64, rings in the

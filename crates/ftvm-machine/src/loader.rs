@@ -47,6 +47,7 @@ pub fn load_linux(
     initrd: Option<&[u8]>,
     cmdline: &str,
     virtio_slots: usize,
+    harts: usize,
 ) -> Result<LinuxBoot, MachineError> {
     if kernel.len() < 64 || &kernel[56..60] != IMAGE_MAGIC2 {
         return Err(MachineError::Kernel(
@@ -111,7 +112,7 @@ pub fn load_linux(
         }
         None => None,
     };
-    let dtb = fdt::build(ram_size, cmdline, initrd_range, virtio_slots)
+    let dtb = fdt::build(ram_size, harts, cmdline, initrd_range, virtio_slots)
         .map_err(|e| MachineError::Fdt(e.to_string()))?;
     if dtb.len() as u64 > DTB_SPACE {
         return Err(MachineError::Fdt("device tree too large".into()));
@@ -260,7 +261,7 @@ mod tests {
 
     fn linux(kernel: &[u8], initrd: Option<&[u8]>) -> Result<LinuxBoot, MachineError> {
         let mut ram = vec![0u8; RAM];
-        load_linux(&mut ram, kernel, initrd, "console=ttyS0", 1)
+        load_linux(&mut ram, kernel, initrd, "console=ttyS0", 1, 1)
     }
 
     #[test]

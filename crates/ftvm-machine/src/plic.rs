@@ -4,21 +4,42 @@ use crate::snapshot::{Reader, SnapshotError, Writer};
 
 /// Number of interrupt sources (1..NSRC-1 are usable; 0 means "none").
 pub const NSRC: usize = 32;
-/// Contexts: 0 is hart 0 M-mode, 1 is hart 0 S-mode.
-pub const NCTX: usize = 2;
+/// Most contexts: context 2h is hart h's M-mode, 2h + 1 its S-mode (as on QEMU's virt).
+pub const MAX_CTX: usize = 2 * crate::MAX_HARTS;
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Plic {
     priority: [u32; NSRC],
     /// Source levels as driven by the devices.
     level: u32,
     /// Sources claimed and not yet completed.
     claimed: u32,
-    enable: [u32; NCTX],
-    threshold: [u32; NCTX],
+    /// Contexts that exist (two per hart); the registers of the others read as zero.
+    nctx: usize,
+    enable: [u32; MAX_CTX],
+    threshold: [u32; MAX_CTX],
+}
+
+impl Default for Plic {
+    /// The PLIC of a one-hart machine.
+    fn default() -> Plic {
+        Plic::new(1)
+    }
 }
 
 impl Plic {
+    /// A PLIC with the contexts of `harts` harts (1 to [`crate::MAX_HARTS`]).
+    pub fn new(harts: usize) -> Plic {
+        Plic {
+            priority: [0; NSRC],
+            level: 0,
+            claimed: 0,
+            nctx: 2 * harts.clamp(1, crate::MAX_HARTS),
+            enable: [0; MAX_CTX],
+            threshold: [0; MAX_CTX],
+        }
+    }
+
     pub fn set_level(&mut self, src: usize, high: bool) {
         if high {
             self.level |= 1 << src;
@@ -34,6 +55,9 @@ impl Plic {
     /// The best source that context `ctx` would claim now.
     fn best(&self, ctx: usize) -> u32 {
         let cand = self.pending() & self.enable[ctx];
+        if cand == 0 {
+            return 0;
+        }
         let mut best = 0;
         let mut best_prio = self.threshold[ctx];
         for src in 1..NSRC {
@@ -57,7 +81,7 @@ impl Plic {
             0x1001..=0x1fff => 0,
             0x2000..=0x1f_ffff => {
                 let ctx = (off as usize - 0x2000) / 0x80;
-                if (off - 0x2000).is_multiple_of(0x80) && ctx < NCTX {
+                if (off - 0x2000).is_multiple_of(0x80) && ctx < self.nctx {
                     self.enable[ctx]
                 } else {
                     0
@@ -65,7 +89,7 @@ impl Plic {
             }
             0x20_0000.. => {
                 let ctx = (off as usize - 0x20_0000) / 0x1000;
-                if ctx >= NCTX {
+                if ctx >= self.nctx {
                     return 0;
                 }
                 match off & 0xfff {
@@ -92,13 +116,13 @@ impl Plic {
             }
             0x2000..=0x1f_ffff => {
                 let ctx = (off as usize - 0x2000) / 0x80;
-                if (off - 0x2000).is_multiple_of(0x80) && ctx < NCTX {
+                if (off - 0x2000).is_multiple_of(0x80) && ctx < self.nctx {
                     self.enable[ctx] = v & !1;
                 }
             }
             0x20_0000.. => {
                 let ctx = (off as usize - 0x20_0000) / 0x1000;
-                if ctx >= NCTX {
+                if ctx >= self.nctx {
                     return;
                 }
                 match off & 0xfff {
@@ -117,20 +141,21 @@ impl Plic {
         }
         w.u32(self.level);
         w.u32(self.claimed);
-        for c in 0..NCTX {
+        for c in 0..self.nctx {
             w.u32(self.enable[c]);
             w.u32(self.threshold[c]);
         }
     }
 
-    pub fn load(r: &mut Reader) -> Result<Plic, SnapshotError> {
-        let mut p = Plic::default();
+    /// The PLIC of a machine with `harts` harts, as [`Plic::save`] wrote it.
+    pub fn load(r: &mut Reader, harts: usize) -> Result<Plic, SnapshotError> {
+        let mut p = Plic::new(harts);
         for i in 0..NSRC {
             p.priority[i] = r.u32()?;
         }
         p.level = r.u32()?;
         p.claimed = r.u32()?;
-        for c in 0..NCTX {
+        for c in 0..p.nctx {
             p.enable[c] = r.u32()?;
             p.threshold[c] = r.u32()?;
         }
@@ -154,18 +179,38 @@ mod tests {
     fn crafted_state_is_refused() {
         let mut w = Writer::default();
         Plic::default().save(&mut w);
-        assert!(Plic::load(&mut Reader::new(&w.buf)).is_ok());
+        assert!(Plic::load(&mut Reader::new(&w.buf), 1).is_ok());
         for (at, v) in [(4, 8u32), (4 * 34, 1), (4 * 35, 9), (4 * 33, 1)] {
             let mut b = w.buf.clone();
             b[at..at + 4].copy_from_slice(&v.to_le_bytes());
             assert!(
                 matches!(
-                    Plic::load(&mut Reader::new(&b)),
+                    Plic::load(&mut Reader::new(&b), 1),
                     Err(SnapshotError::Invalid(_))
                 ),
                 "{at}"
             );
         }
+    }
+
+    #[test]
+    fn each_hart_has_its_contexts() {
+        let mut p = Plic::new(4);
+        p.write(10 * 4, 1);
+        p.write(0x2000 + 7 * 0x80, 1 << 10); // hart 3, S-mode
+        p.set_level(10, true);
+        assert_eq!((0..8).filter(|&c| p.irq(c)).collect::<Vec<_>>(), [7]);
+        assert_eq!(p.read(0x20_0004 + 7 * 0x1000), 10);
+        assert!(!p.irq(7), "claimed");
+        // Contexts past the harts' do not exist.
+        p.write(0x2000 + 8 * 0x80, 1 << 10);
+        assert_eq!(p.read(0x2000 + 8 * 0x80), 0);
+        // A one-hart PLIC saves exactly what it always did: two contexts.
+        let (mut one, mut four) = (Writer::default(), Writer::default());
+        Plic::new(1).save(&mut one);
+        p.save(&mut four);
+        assert_eq!(one.buf.len() + 6 * 8, four.buf.len());
+        assert_eq!(Plic::load(&mut Reader::new(&four.buf), 4).unwrap(), p);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! Layout (all integers little-endian):
 //! ```text
 //! magic    8 bytes  "FTVMSNAP"
-//! version  u32      1, or 2 (SNAPSHOT_VERSION) when the clock changed its rate
+//! version  u32      1; 2 when the clock changed its rate; 3 (SNAPSHOT_VERSION) with several harts
 //! length   u64      length of the payload
 //! payload  ...      the state, in the order Machine::save writes it
 //! crc32c   u32      CRC-32C of everything before it
@@ -16,7 +16,7 @@ pub const MAGIC: &[u8; 8] = b"FTVMSNAP";
 /// The newest version: 2 adds the clock's rate and its anchor to the board's fields. A machine
 /// whose clock never changed its rate is still written as version 1, byte for byte as before
 /// (so its digests are too); both versions are read.
-pub const SNAPSHOT_VERSION: u32 = 2;
+pub const SNAPSHOT_VERSION: u32 = 3;
 
 #[derive(Debug, Clone, Error)]
 pub enum SnapshotError {

@@ -61,7 +61,7 @@ fn elf() -> Vec<u8> {
 }
 
 fn machine() -> Machine {
-    Machine::boot_elf(16 << 20, &elf()).expect("the test program loads")
+    Machine::boot_elf(16 << 20, 1, &elf()).expect("the test program loads")
 }
 
 /// The devices of a bare-metal program: none.

@@ -190,6 +190,11 @@ pub(crate) struct RunArgs {
     /// RAM size, e.g. 256M or 1G.
     #[arg(long, default_value = "256M", value_parser = parse_size, conflicts_with = "restore")]
     mem: u64,
+    /// Harts (CPUs), 1 to 8: they take turns on one host thread, in slices of 10,000
+    /// instructions, so the machine stays deterministic.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u8).range(1..=8), conflicts_with = "restore")]
+    smp: u8,
     /// Run a bare-metal ELF in M-mode; a write to its `tohost` symbol ends the run.
     #[arg(long, conflicts_with = "restore")]
     elf: Option<PathBuf>,
@@ -360,7 +365,8 @@ fn build_machine(a: &RunArgs, events: &Sender<Event>) -> Result<(Machine, Backen
     }
     if let Some(elf) = &a.elf {
         let bytes = read(elf, "ELF program")?;
-        let m = Machine::boot_elf(a.mem, &bytes).with_context(|| format!("{}", elf.display()))?;
+        let m = Machine::boot_elf(a.mem, a.smp.into(), &bytes)
+            .with_context(|| format!("{}", elf.display()))?;
         return Ok((m, backends));
     }
     let (kernel, initrd) = match &a.kernel {
@@ -393,8 +399,16 @@ fn build_machine(a: &RunArgs, events: &Sender<Event>) -> Result<(Machine, Backen
         ClockMode::Host => ftvm_host::wall_clock_ns(),
         ClockMode::Virtual => VIRTUAL_EPOCH_NS,
     };
-    let m = Machine::boot_linux(a.mem, &k, i.as_deref(), &a.append, &devices, rtc)
-        .with_context(|| format!("cannot boot {}", kernel.display()))?;
+    let m = Machine::boot_linux(
+        a.mem,
+        a.smp.into(),
+        &k,
+        i.as_deref(),
+        &a.append,
+        &devices,
+        rtc,
+    )
+    .with_context(|| format!("cannot boot {}", kernel.display()))?;
     Ok((m, backends))
 }
 
@@ -481,7 +495,7 @@ fn run(a: RunArgs, record: Option<(PathBuf, u64)>) -> Result<u8> {
 /// What every run does when its guest stops: print the digest, write the snapshot.
 fn finish(a: &RunArgs, ended: Ended) -> Result<u8> {
     let m = ended.machine;
-    let st = m.hart.jit_stats();
+    let st = m.jit_stats();
     tracing::info!(
         instructions = m.count(),
         blocks = st.blocks,

@@ -172,7 +172,8 @@ fn advance(
     if let Some((at, r)) = *flip {
         if at <= target && at >= m.count() {
             follow::run_to(m, at, sink)?;
-            m.hart.set_reg(r, m.hart.reg(r) ^ 1);
+            let h = m.hart_mut(m.current_hart());
+            h.set_reg(r, h.reg(r) ^ 1);
             *flip = None;
         }
     }
@@ -184,10 +185,10 @@ fn advance(
 fn pair_of_machines(snapshot: &[u8]) -> Result<(Machine, Machine)> {
     let mut jit = Machine::restore(snapshot).context("the log's initial state")?;
     let mut interp = Machine::restore(snapshot).context("the log's initial state")?;
-    if !jit.hart.set_engine(Engine::Jit) {
+    if !jit.set_engine(Engine::Jit) {
         bail!("--engine check needs the translator, which this host does not have");
     }
-    interp.hart.set_engine(Engine::Interp);
+    interp.set_engine(Engine::Interp);
     Ok((jit, interp))
 }
 
@@ -300,33 +301,37 @@ fn locate(snapshot: &[u8], records: &[Record], good: u64, bad: u64) -> Result<St
             }
             i += 1;
         }
-        let (pc, prv) = (interp.hart.pc(), interp.hart.privilege());
+        let hart = interp.current_hart();
+        let (pc, prv) = (interp.harts()[hart].pc(), interp.harts()[hart].privilege());
         follow::run_to(&mut interp, c + 1, &mut discard)?;
         if let Err(e) = follow::run_to(&mut jit, c + 1, &mut discard) {
             return Ok(format!(
-                "first at instruction {c} (pc {pc:#x}, {prv:?} mode): the translator's machine \
-                 did not follow the log: {e}"
+                "first at instruction {c} (hart {hart}, pc {pc:#x}, {prv:?} mode): the \
+                 translator's machine did not follow the log: {e}"
             ));
         }
-        sj.clear();
-        si.clear();
-        jit.hart.save(&mut sj);
-        interp.hart.save(&mut si);
-        if sj != si {
+        for (k, (j, t)) in jit.harts().iter().zip(interp.harts()).enumerate() {
+            sj.clear();
+            si.clear();
+            j.save(&mut sj);
+            t.save(&mut si);
+            if sj == si {
+                continue;
+            }
             let mut what = Vec::new();
-            if jit.hart.pc() != interp.hart.pc() {
+            if j.pc() != t.pc() {
                 what.push(format!(
                     "pc: translator {:#x}, interpreter {:#x}",
-                    jit.hart.pc(),
-                    interp.hart.pc()
+                    j.pc(),
+                    t.pc()
                 ));
             }
             for r in 1..32 {
-                if jit.hart.reg(r) != interp.hart.reg(r) {
+                if j.reg(r) != t.reg(r) {
                     what.push(format!(
                         "x{r}: translator {:#x}, interpreter {:#x}",
-                        jit.hart.reg(r),
-                        interp.hart.reg(r)
+                        j.reg(r),
+                        t.reg(r)
                     ));
                 }
             }
@@ -334,7 +339,7 @@ fn locate(snapshot: &[u8], records: &[Record], good: u64, bad: u64) -> Result<St
                 what.push("other hart state (CSRs, FP registers, privilege)".into());
             }
             return Ok(format!(
-                "first at instruction {c} (pc {pc:#x}, {prv:?} mode): {}",
+                "first at instruction {c} (hart {hart}, pc {pc:#x}, {prv:?} mode): hart {k}: {}",
                 what.join("; ")
             ));
         }
