@@ -30,15 +30,6 @@ fn ok(out: std::process::Output, what: &str) -> std::process::Output {
     out
 }
 
-/// The digest a run printed last (the line may follow the guest's prompt).
-fn digest(out: &std::process::Output) -> String {
-    let text = String::from_utf8_lossy(&out.stdout);
-    let d = text.rsplit("digest ").next().unwrap_or("");
-    let d: String = d.chars().take_while(char::is_ascii_hexdigit).collect();
-    assert_eq!(d.len(), 64, "no digest in the output:\n{text}");
-    d
-}
-
 fn boot(engine: &str, extra: &[&str]) -> std::process::Output {
     let out = guest_out();
     let (image, initrd) = (out.join("Image"), out.join("initramfs.cpio.gz"));
@@ -62,8 +53,8 @@ fn boot_digests_agree_across_engines_and_snapshots() {
     // 300M instructions: past the guest's ready line.
     let jit = boot("jit", &["--stop-at", "300000000", "--digest"]);
     assert!(String::from_utf8_lossy(&jit.stdout).contains("ftvm-guest: ready"));
-    let interp = digest(&boot("interp", &["--stop-at", "300000000", "--digest"]));
-    assert_eq!(digest(&jit), interp, "the engines disagree at 300M");
+    let interp = digest_of(&boot("interp", &["--stop-at", "300000000", "--digest"]));
+    assert_eq!(digest_of(&jit), interp, "the engines disagree at 300M");
     // Half under the translator, the rest under the interpreter.
     let snap = dir().join("half.snap");
     boot(
@@ -93,7 +84,7 @@ fn boot_digests_agree_across_engines_and_snapshots() {
         ),
         "resume under the interpreter",
     );
-    assert_eq!(digest(&resumed), interp);
+    assert_eq!(digest_of(&resumed), interp);
 }
 
 /// Record (with `engine`) a boot, the console commands `cmds`, and a power-off.
@@ -138,7 +129,7 @@ fn logs_replay_under_the_other_engine_and_check_agrees() {
     record("jit", &log, "cpubench && echo engines-ok");
     let interp = ok(replay("interp", &log, &["--digest"]), "interpreter replay");
     let jit = ok(replay("jit", &log, &["--digest"]), "translator replay");
-    assert_eq!(digest(&interp), digest(&jit));
+    assert_eq!(digest_of(&interp), digest_of(&jit));
     let check = ok(
         replay("check", &log, &["--check-every", "50000000"]),
         "--engine check",

@@ -74,19 +74,18 @@ pub fn run_ftvm(args: &[&str], limit: Duration) -> Output {
     wait_limited(child, limit, &format!("ftvm {}", args.join(" ")))
 }
 
-/// The `digest <hex>` line of a run's output.
+/// The digest a run printed last (`digest <hex>`; the line may follow the guest's prompt).
 pub fn digest_of(out: &Output) -> String {
     let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
-        .rev()
-        .find_map(|l| l.strip_prefix("digest "))
-        .unwrap_or_else(|| {
-            panic!(
-                "no digest line in output:\n{text}\nstderr:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        })
-        .to_string()
+    let d = text.rsplit("digest ").next().unwrap_or("");
+    let d: String = d.chars().take_while(char::is_ascii_hexdigit).collect();
+    assert_eq!(
+        d.len(),
+        64,
+        "no digest in the output:\n{text}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    d
 }
 
 /// Read from `r` until `needle` appears (returns everything read) or the limit passes.
