@@ -28,9 +28,11 @@ else
 fi
 
 failed=0
-run() { # run <elf> [cpu]; prints the exit status
-    local rc=0
-    timeout 10 "$QEMU" -M virt -cpu "${2:-rv64}" -bios none -nographic -m 128M -kernel "$1" \
+run() { # run <elf> [cpu]; prints the exit status (smpN tests run on N harts)
+    local rc=0 harts=1 base
+    base="$(basename "$1" .elf)"
+    case "$base" in smp[0-9]*) harts="${base#smp}" ;; esac
+    timeout 10 "$QEMU" -M virt -smp "$harts" -cpu "${2:-rv64}" -bios none -nographic -m 128M -kernel "$1" \
         </dev/null >/dev/null 2>&1 || rc=$?
     echo "$rc"
 }

@@ -189,7 +189,7 @@ impl Machine {
             board,
             sched: Sched {
                 cur: 0,
-                slice_end: u64::MAX,
+                slice_end: if harts == 1 { u64::MAX } else { SMP_QUANTUM },
                 quantum: if harts == 1 { u64::MAX } else { SMP_QUANTUM },
                 state,
                 waiting: vec![false; harts],

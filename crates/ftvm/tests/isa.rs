@@ -66,13 +66,19 @@ impl std::fmt::Display for Outcome {
     }
 }
 
+/// The harts a test runs on: `smpN.S` on N, the others on one.
+fn harts_of(elf: &Path) -> String {
+    let name = elf.file_stem().unwrap_or_default().to_string_lossy();
+    name.strip_prefix("smp").unwrap_or("1").to_string()
+}
+
 /// Run `ftvm --engine <engine> run --elf <elf>`; its output goes to `<elf>.<engine>.log`.
 fn run_elf(elf: &Path, engine: &str) -> Outcome {
     let log_path = elf.with_extension(format!("{engine}.log"));
     let log = File::create(&log_path).expect("create log file");
     let log2 = log.try_clone().expect("clone log file");
     let mut child = Command::new(env!("CARGO_BIN_EXE_ftvm"))
-        .args(["--engine", engine, "run"])
+        .args(["--engine", engine, "run", "--smp", &harts_of(elf)])
         .arg("--elf")
         .arg(elf)
         .stdin(Stdio::null())

@@ -252,8 +252,20 @@ fn redis_over_tap_keeps_its_data_across_a_power_cycle() {
 
 #[test]
 fn a_networked_session_replays_offline() {
-    let net = Net::new_named("r");
-    let dir = std::env::temp_dir().join(format!("ftvm-netrec-{}", std::process::id()));
+    networked_session_replays_offline("r", "1");
+}
+
+/// The same with four harts: redis, its clients' interrupts and the disk spread over them.
+#[test]
+fn a_four_hart_networked_session_replays_offline() {
+    networked_session_replays_offline("s", "4");
+}
+
+/// Record a redis session over the TAP (with the harts `smp`), replay it offline verified,
+/// and replay it with both engines in lockstep.
+fn networked_session_replays_offline(tag: &str, smp: &str) {
+    let net = Net::new_named(tag);
+    let dir = std::env::temp_dir().join(format!("ftvm-netrec{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let disk = dir.join("data.img");
     std::fs::File::create(&disk)
@@ -270,6 +282,8 @@ fn a_networked_session_replays_offline() {
             log.to_str().unwrap(),
             "--digest-every",
             "50000000",
+            "--smp",
+            smp,
         ],
     );
     wait_redis(&net);
