@@ -181,3 +181,46 @@ fn hardware_ad_update_keeps_the_pages_other_decoded_ops() {
     assert_eq!(op.insn, written as u32);
     assert_ne!(op.insn, pte as u32);
 }
+
+/// Harts share one code cache, handed to the one that runs. A hart whose store TLB mapped a
+/// page before another hart made it a code page must not keep storing into it on the fast
+/// path: that store would leave the other hart running the old code.
+#[test]
+fn a_store_by_another_hart_drops_code_it_did_not_decode() {
+    for engine in [Engine::Interp, Engine::Jit] {
+        let mut bus = FlatBus {
+            ram: vec![0; 1 << 16],
+        };
+        let put = |bus: &mut FlatBus, at: usize, w: u32| {
+            bus.ram[at..at + 4].copy_from_slice(&w.to_le_bytes())
+        };
+        // Hart B at 0x8000_0000: sw t1, 0x400(t0); sw t2, 0(t0).
+        put(&mut bus, 0, 0x4062_a023);
+        put(&mut bus, 4, 0x0072_a023);
+        // The code at 0x8000_1000: li a0, 1; j . (a block of two).
+        put(&mut bus, 0x1000, 0x0010_0513);
+        put(&mut bus, 0x1004, 0x0000_006f);
+        let (mut a, mut b) = (Hart::new(0), Hart::new(1));
+        if !(a.set_engine(engine) && b.set_engine(engine)) {
+            continue;
+        }
+        a.pc = 0x8000_1000;
+        b.pc = 0x8000_0000;
+        b.x[5] = 0x8000_1000;
+        b.x[7] = 0x0020_0513; // li a0, 2
+                              // B stores data into the page (its store TLB maps it now), then A runs its code.
+        hand_over_code(&mut a, &mut b);
+        b.run(&mut bus, 1);
+        hand_over_code(&mut b, &mut a);
+        a.run(&mut bus, 2);
+        assert_eq!(a.x[10], 1, "{engine:?}");
+        // B rewrites the first instruction; A runs the page again.
+        hand_over_code(&mut a, &mut b);
+        b.run(&mut bus, 1);
+        assert_eq!(b.pc, 0x8000_0008);
+        hand_over_code(&mut b, &mut a);
+        a.pc = 0x8000_1000;
+        a.run(&mut bus, 2);
+        assert_eq!(a.x[10], 2, "{engine:?}: hart A ran the code B overwrote");
+    }
+}

@@ -898,6 +898,82 @@ mod tests {
         assert_eq!(m.board.rate, board::MAX_RATE);
     }
 
+    /// A machine of `n` harts whose schedule fields are worth saving: hart 1 waits, hart 2
+    /// is stopped, hart 3 suspended, and hart 1 runs in the middle of its slice.
+    fn smp_machine(n: usize) -> Machine {
+        let mut m = Machine::with_harts(MIN_RAM, n).unwrap();
+        for (i, h) in m.harts.iter_mut().enumerate() {
+            h.set_reg(5, 100 + i as u64);
+        }
+        m.sched.state = vec![HartState::Started; n];
+        m.sched.state[2] = HartState::Stopped;
+        m.sched.state[3] = HartState::Suspended;
+        m.sched.waiting[3] = true;
+        m.sched.waiting[1] = true;
+        m.board.timers[2].mtimecmp = 77;
+        m.board.timers[3].msip = true;
+        m
+    }
+
+    #[test]
+    fn several_harts_save_and_restore_exactly() {
+        let fresh = Machine::with_harts(MIN_RAM, 4).unwrap();
+        let back = Machine::restore(&fresh.save()).unwrap();
+        assert_eq!(back.save(), fresh.save());
+        assert_eq!(snapshot::unframe_version(&fresh.save()).unwrap().0, 3);
+        let m = smp_machine(4);
+        let back = Machine::restore(&m.save()).unwrap();
+        assert_eq!(back.sched, m.sched);
+        assert_eq!(back.board.timers, m.board.timers);
+        assert_eq!(back.digest(), m.digest());
+        assert_eq!(back.harts[3].reg(5), 103);
+        // One hart still writes versions 1 and 2, byte for byte as before.
+        let one = Machine::new(MIN_RAM).unwrap();
+        assert_eq!(snapshot::unframe_version(&one.save()).unwrap().0, 1);
+    }
+
+    #[test]
+    fn crafted_schedules_are_refused() {
+        let m = smp_machine(4);
+        let hart = ftvm_cpu::HART_STATE_LEN;
+        // Offsets in the payload: RAM size, harts, quantum, cur, slice end, then per hart
+        // its state, HSM state, waiting flag and timers.
+        let per_hart = hart + 1 + 1 + 8 + 8 + 1;
+        let hsm = |i: usize| 40 + i * per_hart + hart;
+        let crafts: Vec<(usize, Vec<u8>, &str)> = vec![
+            (
+                8,
+                1u64.to_le_bytes().to_vec(),
+                "number of harts (2 to 8 in version 3)",
+            ),
+            (
+                8,
+                9u64.to_le_bytes().to_vec(),
+                "number of harts (2 to 8 in version 3)",
+            ),
+            (16, 0u64.to_le_bytes().to_vec(), "quantum"),
+            (24, 4u64.to_le_bytes().to_vec(), "current hart"),
+            (32, u64::MAX.to_le_bytes().to_vec(), "slice end"),
+            (hsm(1), vec![2], "hart state"),
+            (hsm(2) + 1, vec![1], "hart waiting"),
+            (hsm(3) + 1, vec![0], "hart waiting"),
+        ];
+        for (at, bytes, what) in crafts {
+            let mut p = payload(&m);
+            p[at..at + bytes.len()].copy_from_slice(&bytes);
+            match Machine::restore(&snapshot::frame_version(3, &p)) {
+                Err(MachineError::Snapshot(SnapshotError::Invalid(w))) => assert_eq!(w, what),
+                Err(e) => panic!("{what}: unexpected {e}"),
+                Ok(_) => panic!("{what}: accepted"),
+            }
+        }
+        // Harts saved out of order (hart 1's state where hart 0's belongs).
+        let mut p = payload(&m);
+        let h1 = p[40 + per_hart..40 + per_hart + hart].to_vec();
+        p[40..40 + hart].copy_from_slice(&h1);
+        assert!(Machine::restore(&snapshot::frame_version(3, &p)).is_err());
+    }
+
     #[test]
     fn crafted_clock_fields_are_refused() {
         let mut m = Machine::new(MIN_RAM).unwrap();
