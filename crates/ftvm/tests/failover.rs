@@ -318,10 +318,11 @@ fn pair_status(lab: &Lab) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn wait_ready(p: &mut Proc) {
-    if let Err(seen) = await_ready(p.c()) {
-        panic!("primary never ready; console was:\n{seen}");
-    }
+/// Wait for the guest's ready line; the console up to it.
+fn wait_ready(p: &mut Proc) -> String {
+    await_ready(p.c())
+        .unwrap_or_else(|seen| panic!("primary never ready; console was:\n{seen}"))
+        .0
 }
 
 /// A blank disk image of 32 MiB.
@@ -335,22 +336,30 @@ fn blank_disk(path: &Path) {
 /// Start a pair: the primary on host 1, then a backup named `backup` on host 2 (its console
 /// output drained), and wait until the guest is ready.
 fn start_pair(lab: &Lab, tag: &str, backup: &str, arbiter: &str) -> (Proc, Proc) {
+    let (p, b, _) = start_pair_with(lab, tag, backup, arbiter, &[]);
+    (p, b)
+}
+
+/// `start_pair` with more options for the primary's machine (`--smp 2`); also returns the
+/// guest's console up to its ready line.
+fn start_pair_with(
+    lab: &Lab,
+    tag: &str,
+    backup: &str,
+    arbiter: &str,
+    extra: &[&str],
+) -> (Proc, Proc, String) {
     let disk_p = lab.dir.join(format!("{tag}p.img"));
     let disk_b = lab.dir.join(format!("{tag}b.img"));
     blank_disk(&disk_p);
     blank_disk(&disk_b);
-    let mut primary = side(
-        lab,
-        1,
-        "primary",
-        &["primary", "--listen", "10.80.0.1:7700"],
-        &disk_p,
-        arbiter,
-    );
+    let mut role = vec!["primary", "--listen", "10.80.0.1:7700"];
+    role.extend_from_slice(extra);
+    let mut primary = side(lab, 1, "primary", &role, &disk_p, arbiter);
     std::thread::sleep(Duration::from_millis(300));
     let b = start_backup(lab, backup, &disk_b, arbiter);
-    wait_ready(&mut primary);
-    (primary, b)
+    let seen = wait_ready(&mut primary);
+    (primary, b, seen)
 }
 
 /// A backup named `name` on host 2, attaching to the primary; its console output is drained.
@@ -1039,6 +1048,42 @@ fn backup_killed_a_new_backup_attaches_and_the_pair_survives_a_second_failure() 
         .to_string();
     eprintln!("re-protection: {total} keys read back; {paused}");
     poweroff(&mut backup2);
+}
+
+/// A guest on two harts: the backup replays both (its machine comes from the primary's
+/// state), and when the primary is killed it goes live with the client's connection and every
+/// acknowledged key.
+#[test]
+fn a_two_hart_pair_fails_over_with_every_acknowledged_key_read_back() {
+    let lab = Lab::new("m");
+    let arbiter_path = lab.dir.join("arbiter-m");
+    let arbiter = format!("file:{}", arbiter_path.display());
+    let (mut primary, mut backup, seen) =
+        start_pair_with(&lab, "m", "backup", &arbiter, &["--smp", "2"]);
+    assert!(seen.contains("Brought up 1 node, 2 CPUs"), "{seen}");
+    let mut client = Client::start(&lab, 6);
+    assert!(
+        client.acks_for(Duration::from_secs(3)) > 0,
+        "no keys written"
+    );
+    let _ = primary.c().kill();
+    let _ = primary.c().wait();
+    let context = || {
+        format!(
+            "primary: {}\nbackup: {}",
+            stderr_of(&lab, "primary"),
+            stderr_of(&lab, "backup")
+        )
+    };
+    let keys = client.finish(Duration::from_secs(60), &context);
+    assert!(keys > 0);
+    assert_eq!(file_winner(&arbiter_path, 0).as_deref(), Some("backup"));
+    assert!(
+        stderr_of(&lab, "backup").contains("backup live"),
+        "{}",
+        context()
+    );
+    poweroff(&mut backup);
 }
 
 /// The file arbiter's winner of `generation` (its key is PATH for generation 0, PATH.G for
