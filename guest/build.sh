@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the ftvm RISC-V guest images from Debian packages:
 #
-#   guest/out/Image              Linux 6.1 (linux-source-6.1), tinyconfig + guest/kernel.config
+#   guest/out/Image              Linux 6.12 (linux-source-6.12), tinyconfig + guest/kernel.config
 #   guest/out/initramfs.cpio.gz  static busybox + redis-server/redis-cli + cpubench + guest/init
 #   guest/out/manifest.txt       Debian package versions and SHA-256 of every artifact
 #
@@ -33,8 +33,11 @@ export LC_ALL=C TZ=UTC
 # kernel's setlocalversion and redis' mkreleasehdr.sh) from seeing it.
 export GIT_CEILING_DIRECTORIES=$OUT
 
+# The kernel source: Debian's patched tarball in /usr/src (bookworm-security
+# carries linux-source-6.12, the kernel of trixie, for bookworm).
+KPKG=linux-source-6.12
 PACKAGES=(gcc-riscv64-linux-gnu binutils-riscv64-linux-gnu libc6-dev-riscv64-cross
-	linux-source-6.1 build-essential dpkg-dev bc flex bison cpio xz-utils gzip
+	"$KPKG" build-essential dpkg-dev bc flex bison cpio xz-utils gzip
 	make perl python3 ca-certificates)
 SRC_PACKAGES=(busybox redis)
 
@@ -245,16 +248,16 @@ fetch_source() {
 	test -n "$SRC_TREE" && test -f "$SRC_TREE/debian/changelog"
 }
 
-# Extracts /usr/src/linux-source-6.1.tar.xz (once per package version) and
-# sets KSRC to the tree.
+# Extracts /usr/src/$KPKG.tar.xz (once per package version) and sets KSRC to
+# the tree.
 kernel_source() {
 	KSRC=$BUILD/linux-$KSRC_VERSION
 	if [ ! -f "$KSRC/Makefile" ]; then
-		echo "    extracting /usr/src/linux-source-6.1.tar.xz"
+		echo "    extracting /usr/src/$KPKG.tar.xz"
 		rm -rf "$KSRC" "$KSRC.tmp"
 		TMP_PATHS+=("$KSRC.tmp")
 		mkdir -p "$KSRC.tmp"
-		tar -xJf /usr/src/linux-source-6.1.tar.xz -C "$KSRC.tmp" --strip-components=1
+		tar -xJf "/usr/src/$KPKG.tar.xz" -C "$KSRC.tmp" --strip-components=1
 		mv "$KSRC.tmp" "$KSRC"
 	fi
 }
@@ -292,7 +295,7 @@ build_kernel() {
 do_kernel() {
 	step kernel "Linux $KSRC_VERSION -> out/Image"
 	local desc t0=$(date +%s)
-	desc="linux-source-6.1 $KSRC_VERSION
+	desc="$KPKG $KSRC_VERSION
 $TOOLCHAIN
 kernel.config $(sha "$GUEST/kernel.config")
 recipe $(recipe build_kernel kernel_source kconfig_verify)"
@@ -474,7 +477,7 @@ do_initramfs() {
 	for f in busybox busybox.links redis-server redis-cli cpubench; do
 		desc+=$'\n'"$f $(sha "$BIN/$f")"
 	done
-	desc+=$'\n'"gen_init_cpio linux-source-6.1 $KSRC_VERSION"
+	desc+=$'\n'"gen_init_cpio $KPKG $KSRC_VERSION"
 	desc+=$'\n'"recipe $(recipe build_initramfs kernel_source)"
 	if current "$OUT/initramfs.cpio.gz" "$desc"; then
 		up_to_date_msg "$OUT/initramfs.cpio.gz"
@@ -494,7 +497,7 @@ do_manifest() {
 # Check with: cd guest/out && grep -E '^[0-9a-f]{64}  ' manifest.txt | sha256sum -c
 
 [debian packages]
-linux-source-6.1 $KSRC_VERSION
+$KPKG $KSRC_VERSION
 $(toolchain_versions)
 
 [debian source packages]
@@ -527,13 +530,13 @@ main() {
 	ensure_packages
 
 	step versions "package versions"
-	KSRC_VERSION=$(pkg_version linux-source-6.1)
+	KSRC_VERSION=$(pkg_version "$KPKG")
 	TOOLCHAIN=$(toolchain_versions)$'\n'"build-epoch $EPOCH"
 	BUSYBOX_VERSION=$(src_candidate busybox)
 	REDIS_VERSION=$(src_candidate redis)
 	BUSYBOX_SRC_FULL=$(src_full_version busybox "$BUSYBOX_VERSION")
 	REDIS_SRC_FULL=$(src_full_version redis "$REDIS_VERSION")
-	echo "    linux-source-6.1 $KSRC_VERSION, busybox $BUSYBOX_SRC_FULL, redis $REDIS_SRC_FULL"
+	echo "    $KPKG $KSRC_VERSION, busybox $BUSYBOX_SRC_FULL, redis $REDIS_SRC_FULL"
 
 	do_kernel
 	do_busybox

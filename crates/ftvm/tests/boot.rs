@@ -25,7 +25,7 @@ fn boots_to_ready_and_powers_off() {
         let _ = child.kill();
         panic!("no ready line; console was:\n{seen}")
     });
-    assert!(seen.contains("Linux version 6.1"), "{seen}");
+    assert!(seen.contains("Linux version 6.12"), "{seen}");
     child
         .stdin
         .as_mut()

@@ -52,7 +52,7 @@ fn a_pair_runs_in_lockstep_to_the_guests_poweroff() {
         let _ = primary.kill();
         panic!("no ready line; console was:\n{seen}")
     });
-    assert!(seen.contains("Linux version 6.1"), "{seen}");
+    assert!(seen.contains("Linux version 6.12"), "{seen}");
     primary
         .stdin
         .as_mut()
