@@ -9,14 +9,19 @@ For N in 1, 2, 4 (each REPEAT times, median reported):
         rdinstret on ftvm's 1-hart run, per second of wall time)
 
 ftvm runs every hart on one host thread (deterministic interleaving), as QEMU -icount does;
-plain TCG runs a host thread per hart (MTTCG), so it can use both of this machine's cores.
+plain TCG runs a host thread per hart (MTTCG), so it can use both of this machine's cores. A run
+that gets no result within LIMIT seconds is reported as such (QEMU 7.2's -icount with -smp 2 or
+more did not boot Linux 6.12 here).
 
 usage: bench/smp.py [--repeat N] [--harts 1,2,4] [--json FILE]
 """
-import argparse, json, os, re, statistics, sys, time
+import argparse, json, os, re, select, statistics, sys, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import cpu as C  # noqa: E402
+
+# How long a boot, or the N copies of the program, may take before the engine is given up on.
+LIMIT = 120
 
 
 def command(engine, harts):
@@ -27,6 +32,10 @@ def command(engine, harts):
     return C.qemu(["-smp", str(harts), *images], engine == "qemu-icount")
 
 
+class TimedOut(Exception):
+    pass
+
+
 class Guest(C.Guest):
     def __init__(self, cmd):
         self.t0 = time.monotonic()
@@ -34,9 +43,34 @@ class Guest(C.Guest):
                                     stderr=C.subprocess.DEVNULL)
         self.buf = b""
 
+    def wait_for(self, needle, limit=LIMIT):
+        """Like cpu.Guest.wait_for, but a guest that prints nothing still times out."""
+        end = time.monotonic() + limit
+        while needle not in self.buf:
+            left = end - time.monotonic()
+            if left <= 0 or not select.select([self.p.stdout], [], [], left)[0]:
+                self.p.kill()
+                raise TimedOut(self.buf[-300:].decode(errors="replace"))
+            chunk = self.p.stdout.read1(65536)
+            if not chunk:
+                raise TimedOut("console closed: " + self.buf[-300:].decode(errors="replace"))
+            self.buf += chunk
+        i = self.buf.index(needle) + len(needle)
+        seen, self.buf = self.buf[:i], self.buf[i:]
+        return seen
+
 
 def run(engine, harts):
+    """The run's figures, or None if the guest did not get through in time."""
     g = Guest(command(engine, harts))
+    try:
+        return measure(g, engine, harts)
+    except TimedOut as e:
+        print(f"{engine} -smp {harts}: no result within {LIMIT} s; console: {e}", file=sys.stderr)
+        return None
+
+
+def measure(g, engine, harts):
     g.wait_for(b"ftvm-guest: ready")
     res = {"boot_s": time.monotonic() - g.t0}
     g.wait_for(b"# ")
@@ -65,16 +99,27 @@ def main():
     engines = a.engines.split(",")
     runs = {(e, n): [] for e in engines for n in harts}
     # Alternate the engines within each repetition: this machine's speed drifts.
+    given_up = set()
     for _ in range(a.repeat):
         for n in harts:
             for e in engines:
-                runs[(e, n)].append(run(e, n))
-                print(f"{e} -smp {n}: {runs[(e, n)][-1]['cpu_wall_s']:.2f} s", file=sys.stderr)
+                if (e, n) in given_up:
+                    continue
+                r = run(e, n)
+                if r is None:
+                    given_up.add((e, n))
+                    continue
+                runs[(e, n)].append(r)
+                print(f"{e} -smp {n}: boot {r['boot_s']:.2f} s, programs {r['cpu_wall_s']:.2f} s",
+                      file=sys.stderr)
     # One copy's instructions, as ftvm's guest counted them with one hart (exact).
     one = runs.get(("ftvm", 1)) or next(iter(runs.values()))
     per_copy = sum(one[0]["instret"])
     results = {}
     for (e, n), rs in runs.items():
+        if not rs:
+            results[f"{e}/{n}"] = {"engine": e, "harts": n, "timed_out": True}
+            continue
         wall = statistics.median(r["cpu_wall_s"] for r in rs)
         results[f"{e}/{n}"] = {
             "engine": e, "harts": n,
@@ -86,6 +131,9 @@ def main():
         json.dump({"repeat": a.repeat, "instructions_per_copy": per_copy, "results": results}, f, indent=2)
     print(f"\n{'engine':<12} {'harts':>5} {'boot-to-ready s':>16} {'N x cpubench s':>15} {'total MIPS':>11}")
     for r in results.values():
+        if r.get("timed_out"):
+            print(f"{r['engine']:<12} {r['harts']:>5} {'(no result within ' + str(LIMIT) + ' s)':>44}")
+            continue
         print(f"{r['engine']:<12} {r['harts']:>5} {r['boot_s']:>16.2f} {r['cpu_wall_s']:>15.2f} {r['cpu_total_mips']:>11.0f}")
     print(f"\n(median of {a.repeat}; one copy = {per_copy} instructions; JSON in {a.json})")
 

@@ -90,6 +90,8 @@ pub(crate) enum Kind {
     Bit,
     /// Zicbom's CBO.INVAL, CBO.CLEAN, CBO.FLUSH and Zicboz's CBO.ZERO (imm: 0, 1, 2, 4).
     Cbo,
+    /// Zihintpause's PAUSE (a FENCE with pred = W, succ = 0): the hart may yield on it.
+    Pause,
     /// Not an instruction: fetching at PC faulted (the trap is in `Hart::fetch_fault`).
     FetchFault,
 }
@@ -262,6 +264,7 @@ pub(crate) fn decode(raw: u32) -> Op {
         }
         // FENCE and FENCE.I: one hart, and the decoded-op cache is kept coherent with every
         // store, so neither needs work.
+        0x0f if insn == PAUSE => (Pause, 0),
         0x0f if f3 <= 1 => (Fence, 0),
         0x0f if f3 == 2 && (insn >> 7) & 31 == 0 && matches!(insn >> 20, 0 | 1 | 2 | 4) => {
             (Cbo, (insn >> 20) as i32)
@@ -381,6 +384,9 @@ pub(crate) fn bitmanip(insn: u32, a: u64, b: u64) -> Option<u64> {
         _ => return None,
     })
 }
+
+/// Zihintpause's PAUSE.
+const PAUSE: u32 = 0x0100_000f;
 
 /// The cache-block size of Zicbom and Zicboz (riscv,cbom-block-size and riscv,cboz-block-size).
 pub const CBO_BLOCK: u64 = 64;
@@ -511,6 +517,14 @@ impl Hart {
                 self.exec_cbo(bus, op.insn, op.imm as u32, a)?;
                 self.pc = next;
                 self.count += 1;
+                return Ok(());
+            }
+            Pause => {
+                self.pc = next;
+                self.count += 1;
+                if self.yield_on_pause {
+                    self.stop(Exit::Pause);
+                }
                 return Ok(());
             }
             Fence => {

@@ -164,6 +164,9 @@ pub enum Exit {
     Sbi,
     /// A store to the HTIF `tohost` word (bare-metal test programs).
     ToHost(u64),
+    /// PAUSE retired on a hart that yields on it ([`Hart::set_yield_on_pause`]): it spins,
+    /// waiting for something another hart is to do.
+    Pause,
 }
 
 /// A pending trap: cause (with [`cause::INTERRUPT`] for interrupts) and trap value.
@@ -214,6 +217,9 @@ pub struct Hart {
     pub(crate) reservation: Option<u64>,
     /// Serve ECALL from S-mode in the host instead of trapping to M-mode.
     pub(crate) host_sbi: bool,
+    /// End the run at PAUSE (the machine has other harts to run instead of a spinning one).
+    /// Set by the machine from its number of harts; not saved.
+    pub(crate) yield_on_pause: bool,
     /// Physical address of the HTIF `tohost` word, if the program has one.
     pub(crate) tohost: Option<u64>,
     mmu: mmu::Mmu,
@@ -247,6 +253,7 @@ impl Hart {
             ext_irq: 0,
             reservation: None,
             host_sbi: false,
+            yield_on_pause: false,
             tohost: None,
             mmu: mmu::Mmu::new(),
             exit: None,
@@ -314,6 +321,11 @@ impl Hart {
     /// Serve ECALL from S-mode in the host (returning [`Exit::Sbi`]) instead of trapping to M.
     pub fn set_host_sbi(&mut self, on: bool) {
         self.host_sbi = on;
+    }
+
+    /// Return [`Exit::Pause`] after a PAUSE (machines with several harts).
+    pub fn set_yield_on_pause(&mut self, on: bool) {
+        self.yield_on_pause = on;
     }
 
     /// The physical address of the HTIF `tohost` word (bare-metal programs), if any.

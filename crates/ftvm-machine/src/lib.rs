@@ -185,7 +185,13 @@ impl Machine {
         let mut state = vec![HartState::Stopped; harts];
         state[0] = HartState::Started;
         Ok(Machine {
-            harts: (0..harts as u64).map(Hart::new).collect(),
+            harts: (0..harts as u64)
+                .map(|i| {
+                    let mut h = Hart::new(i);
+                    h.set_yield_on_pause(harts > 1);
+                    h
+                })
+                .collect(),
             board,
             sched: Sched {
                 cur: 0,
@@ -400,6 +406,8 @@ impl Machine {
                     }
                 }
                 Exit::ToHost(v) => return RunExit::ToHost(v),
+                // A spinning hart waits for another: its slice ends here.
+                Exit::Pause => self.sched.slice_end = self.sched.slice_end.min(self.count()),
                 Exit::Wfi => {
                     self.update_irqs();
                     if !self.harts[cur].wakes() {
@@ -792,7 +800,11 @@ impl Machine {
         let console_out = r.bytes()?;
         snapshot::check_ram_header(&r, ram_size)?;
         let mut m = Machine::with_harts(ram_size, harts.len())?;
+        let several = harts.len() > 1;
         m.harts = harts;
+        for h in &mut m.harts {
+            h.set_yield_on_pause(several);
+        }
         m.sched = sched;
         let b = &mut m.board;
         b.timers = all_timers;
@@ -930,6 +942,37 @@ mod tests {
         // One hart still writes versions 1 and 2, byte for byte as before.
         let one = Machine::new(MIN_RAM).unwrap();
         assert_eq!(snapshot::unframe_version(&one.save()).unwrap().0, 1);
+    }
+
+    /// A hart spinning with PAUSE (as Linux's `cpu_relax` does) gives its slice away at
+    /// once: a busy hart beside it gets nearly all the steps.
+    #[test]
+    fn a_spinning_hart_yields_at_pause() {
+        let mut m = Machine::with_harts(MIN_RAM, 2).unwrap();
+        let put = |m: &mut Machine, at: usize, w: u32| {
+            m.board.ram[at..at + 4].copy_from_slice(&w.to_le_bytes())
+        };
+        put(&mut m, 0, 0x0012_8293); // 1: addi t0, t0, 1
+        put(&mut m, 4, 0xffdf_f06f); //    j 1b
+        put(&mut m, 0x100, 0x0100_000f); // 1: pause
+        put(&mut m, 0x104, 0xffdf_f06f); //    j 1b
+        m.harts[0].set_pc(RAM_BASE);
+        m.harts[1].set_pc(RAM_BASE + 0x100);
+        m.sched.state[1] = HartState::Started;
+        assert_eq!(m.run(100_000, u64::MAX), RunExit::StopAt);
+        // Hart 1 runs one PAUSE per turn, hart 0 a whole slice.
+        let spins = m.harts[1].count();
+        assert!(
+            spins < 100_000 / SMP_QUANTUM * 3,
+            "hart 1 ran {spins} steps"
+        );
+        // Without the yield both would have had half.
+        for h in &mut m.harts {
+            h.set_yield_on_pause(false);
+        }
+        let before = m.harts[1].count();
+        m.run(300_000, u64::MAX);
+        assert!(m.harts[1].count() - before > 90_000);
     }
 
     #[test]
