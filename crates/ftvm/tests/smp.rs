@@ -84,6 +84,23 @@ fn four_harts_come_up_and_four_benchmarks_run_at_once() {
     let text = String::from_utf8_lossy(&console.recv_timeout(LIMIT).unwrap()).into_owned();
     assert!(text.contains("smp-done"), "{text}");
     assert!(text.contains("cpus=4 online=4"), "{text}");
+    // The extensions the device tree advertises, as the guest's kernel took them.
+    let isa = text
+        .lines()
+        .find(|l| l.starts_with("isa"))
+        .unwrap_or_else(|| panic!("no isa line: {text}"));
+    for ext in [
+        "zicbom",
+        "zicboz",
+        "zicond",
+        "zihintpause",
+        "zba",
+        "zbb",
+        "zbs",
+        "svpbmt",
+    ] {
+        assert!(isa.contains(&format!("_{ext}")), "{ext} missing: {isa}");
+    }
     let sums = checksums(&text);
     assert_eq!(sums.len(), 5, "{text}");
     assert!(
