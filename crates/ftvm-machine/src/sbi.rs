@@ -250,3 +250,84 @@ impl Harts {
         self.0 & !(1 << cur) != 0
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{MIN_RAM, RAM_BASE};
+    use ftvm_cpu::Priv;
+
+    /// Make the running hart call SBI `eid`/`fid` with arguments `args`; a0 and a1 after it.
+    fn call(m: &mut Machine, eid: u64, fid: u64, args: &[u64]) -> (i64, u64) {
+        let cur = m.sched.cur;
+        let h = &mut m.harts[cur];
+        h.set_reg(17, eid);
+        h.set_reg(16, fid);
+        for (i, &a) in args.iter().enumerate() {
+            h.set_reg(10 + i, a);
+        }
+        m.handle_sbi();
+        let h = &m.harts[cur];
+        (h.reg(10) as i64, h.reg(11))
+    }
+
+    #[test]
+    fn hart_state_management_ipis_and_fences_reach_the_harts_named() {
+        let mut m = Machine::with_harts(MIN_RAM, 3).unwrap();
+        assert_eq!(call(&mut m, EXT_HSM, 2, &[1]), (SUCCESS, 1), "stopped");
+        assert_eq!(call(&mut m, EXT_HSM, 2, &[3]).0, ERR_INVALID_PARAM);
+        let entry = RAM_BASE + 0x2000;
+        let before = m.sched.slice_end;
+        assert_eq!(call(&mut m, EXT_HSM, 0, &[1, entry, 0x1234]).0, SUCCESS);
+        let h1 = &m.harts[1];
+        assert_eq!((h1.pc(), h1.reg(10), h1.reg(11)), (entry, 1, 0x1234));
+        assert_eq!(h1.privilege(), Priv::Supervisor);
+        assert_eq!(m.sched.state[1], HartState::Started);
+        assert!(
+            m.sched.slice_end < before,
+            "the caller yields to the started hart"
+        );
+        assert_eq!(call(&mut m, EXT_HSM, 2, &[1]), (SUCCESS, 0), "started");
+        assert_eq!(
+            call(&mut m, EXT_HSM, 0, &[1, entry, 0]).0,
+            ERR_ALREADY_AVAILABLE
+        );
+        assert_eq!(
+            call(&mut m, EXT_HSM, 0, &[7, entry, 0]).0,
+            ERR_INVALID_PARAM
+        );
+        assert_eq!(
+            call(&mut m, EXT_HSM, 0, &[2, 0x1000, 0]).0,
+            ERR_INVALID_ADDRESS
+        );
+        // IPIs: hart 1 only (mask relative to base 1), then a hart the machine lacks.
+        assert_eq!(call(&mut m, EXT_IPI, 0, &[0b1, 1]).0, SUCCESS);
+        assert!(m.harts[1].mip() & irq::SSIP != 0);
+        assert!(m.harts[0].mip() & irq::SSIP == 0);
+        assert_eq!(call(&mut m, EXT_IPI, 0, &[0b100, 1]).0, ERR_INVALID_PARAM);
+        assert_eq!(
+            call(&mut m, EXT_RFENCE, 1, &[0b11, 0, 0, u64::MAX]).0,
+            SUCCESS
+        );
+        assert_eq!(
+            call(&mut m, EXT_RFENCE, 1, &[1, 3, 0, u64::MAX]).0,
+            ERR_INVALID_PARAM
+        );
+        // The caller suspends (and waits), then stops.
+        assert_eq!(call(&mut m, EXT_HSM, 3, &[0, 0, 0]).0, SUCCESS);
+        assert_eq!(
+            (m.sched.state[0], m.sched.waiting[0]),
+            (HartState::Suspended, true)
+        );
+        assert_eq!(
+            call(&mut m, EXT_HSM, 3, &[0x8000_0000, 0, 0]).0,
+            ERR_NOT_SUPPORTED
+        );
+        assert_eq!(call(&mut m, EXT_HSM, 1, &[]).0, SUCCESS);
+        assert_eq!(m.sched.state[0], HartState::Stopped);
+        // One hart cannot stop: nothing could start it again.
+        let mut one = Machine::new(MIN_RAM).unwrap();
+        assert_eq!(call(&mut one, EXT_HSM, 1, &[]).0, ERR_NOT_SUPPORTED);
+        assert_eq!(one.sched.state[0], HartState::Started);
+    }
+}
