@@ -71,12 +71,7 @@ TEST_BEGIN
         MAP_SYM(pt_root48, 0, pt_root, PTE_V)
         MAP_SYM(pt_root48, 1, pt_root, PTE_V)
         MAP_PA(pt_root48, 2, 0, PTE_V | PTE_R | PTE_W | PTE_A | PTE_D)
-        la t0, pt_root
-        srli t0, t0, 12
-        li t1, SATP_SV39
-        or t0, t0, t1
-        csrw satp, t0
-        sfence.vma
+        SET_SATP(pt_root, SATP_SV39)
         csrr a0, satp
         CHECKR(a0, t0)
 
@@ -237,12 +232,7 @@ TEST_BEGIN
 
         /* ---- Sv48 ---- */
         CASE(90)
-        la t0, pt_root48
-        srli t0, t0, 12
-        li t1, SATP_SV48
-        or t0, t0, t1
-        csrw satp, t0
-        sfence.vma
+        SET_SATP(pt_root48, SATP_SV48)
         csrr a0, satp
         CHECKR(a0, t0)
         IN_S(91, li a1, VA_RW; ld a0, 0(a1))

@@ -50,12 +50,7 @@ TEST_BEGIN
         SET_PTE(5, GIGA(0x80000000, RWAD) | (1 << 60))
         SET_PTE(6, GIGA(0x80000000, PTE_V | PTE_R | PTE_A))
         SET_PTE(8, GIGA(0x80000000, RWAD) | (1 << 63))
-        la t0, pt_root
-        srli t0, t0, 12
-        li t1, SATP_SV39
-        or t0, t0, t1
-        csrw satp, t0
-        sfence.vma
+        SET_SATP(pt_root, SATP_SV39)
         li t0, CB_ALL
         csrw MENVCFG, t0
 

@@ -186,6 +186,16 @@ test_ ## n:                                                               \
 #define SATP_SV39 (8 << 60)
 #define SATP_SV48 (9 << 60)
 
+/* Translate through the root table `table` in `mode` (SATP_SV39, SATP_SV48); t0 = the satp
+ * value written. */
+#define SET_SATP(table, mode)                                             \
+        la t0, table;                                                     \
+        srli t0, t0, 12;                                                  \
+        li t1, mode;                                                      \
+        or t0, t0, t1;                                                    \
+        csrw satp, t0;                                                    \
+        sfence.vma
+
 /* table[idx] = PTE for physical address of symbol `sym` with `flags`. */
 #define MAP_SYM(table, idx, sym, flags)                                   \
         la t0, sym;                                                       \

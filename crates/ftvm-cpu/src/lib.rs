@@ -188,7 +188,8 @@ impl Trap {
 /// code pages since it last held the cache, flushes its store TLB: a page with code is never
 /// mapped there, so every store to one takes the slow path that drops the page's code.
 pub fn hand_over_code(from: &mut Hart, to: &mut Hart) {
-    from.mmu.code_seen = from.mmu.code.epoch;
+    // The holder saw every page made code: it made them (`Mmu::ensure_code_page`).
+    debug_assert_eq!(from.mmu.code_seen, from.mmu.code.epoch);
     std::mem::swap(&mut from.mmu.code, &mut to.mmu.code);
     to.mmu.code.forget_mappings();
     if to.mmu.code_seen != to.mmu.code.epoch {

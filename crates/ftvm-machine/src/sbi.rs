@@ -102,9 +102,9 @@ impl Machine {
                 after = After::Stop;
                 (SUCCESS, 0)
             }
-            (EXT_HSM, 2) => match self.sched.state.get(a0 as usize) {
-                Some(&s) if a0 < self.harts.len() as u64 => (SUCCESS, s as u64),
-                _ => (ERR_INVALID_PARAM, 0),
+            (EXT_HSM, 2) => match self.hart_index(a0) {
+                Some(i) => (SUCCESS, self.sched.state[i] as u64),
+                None => (ERR_INVALID_PARAM, 0),
             },
             (EXT_HSM, 3) if self.harts.len() > 1 => match a0 as u32 as u64 {
                 SUSPEND_RETENTIVE => {
@@ -150,37 +150,36 @@ impl Machine {
     /// The harts a (hart_mask, hart_mask_base) pair names, or None if it names one the
     /// machine does not have. A base of all ones means every hart.
     fn targets(&self, mask: u64, base: u64) -> Option<Harts> {
-        let n = self.harts.len() as u64;
         if base == u64::MAX {
-            return Some(Harts((1 << n) - 1));
+            return Some(Harts((1 << self.harts.len()) - 1));
         }
         let mut set = 0u64;
         for bit in 0..64 {
             if mask & (1 << bit) != 0 {
-                let hart = base.checked_add(bit).filter(|&h| h < n)?;
-                set |= 1 << hart;
+                set |= 1 << self.hart_index(base.checked_add(bit)?)?;
             }
         }
         Some(Harts(set))
     }
 
+    /// The hart with id `id`, if the machine has it.
+    fn hart_index(&self, id: u64) -> Option<usize> {
+        usize::try_from(id).ok().filter(|&i| i < self.harts.len())
+    }
+
     /// HSM hart_start: hart `id` begins in S-mode at `pc` with a1 = `opaque`. The error, and
     /// whether the caller should let it run.
     fn hart_start(&mut self, id: u64, pc: u64, opaque: u64) -> (i64, bool) {
-        let Some(&state) = self.sched.state.get(id as usize) else {
+        let Some(i) = self.hart_index(id) else {
             return (ERR_INVALID_PARAM, false);
         };
-        if id >= self.harts.len() as u64 {
-            return (ERR_INVALID_PARAM, false);
-        }
-        if state != HartState::Stopped {
+        if self.sched.state[i] != HartState::Stopped {
             return (ERR_ALREADY_AVAILABLE, false);
         }
         let ram = crate::RAM_BASE..crate::RAM_BASE + self.board.ram.len() as u64;
         if !ram.contains(&pc) {
             return (ERR_INVALID_ADDRESS, false);
         }
-        let i = id as usize;
         self.harts[i].sbi_start(pc, opaque);
         self.harts[i].set_ssip(false);
         self.sched.state[i] = HartState::Started;

@@ -3,24 +3,13 @@
 mod common;
 
 use std::io::Write;
-use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
 
 #[test]
 fn boots_to_ready_and_powers_off() {
-    let out = guest_out();
-    let mut child = ftvm()
-        .args(["run", "--kernel"])
-        .arg(out.join("Image"))
-        .arg("--initrd")
-        .arg(out.join("initramfs.cpio.gz"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn ftvm");
+    let mut child = guest_command(&["run"]).spawn().expect("spawn ftvm");
     let (seen, _console) = await_ready(&mut child).unwrap_or_else(|seen| {
         let _ = child.kill();
         panic!("no ready line; console was:\n{seen}")

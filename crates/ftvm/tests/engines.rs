@@ -30,34 +30,19 @@ fn ok(out: std::process::Output, what: &str) -> std::process::Output {
     out
 }
 
-fn boot(engine: &str, extra: &[&str]) -> std::process::Output {
-    let out = guest_out();
-    let (image, initrd) = (out.join("Image"), out.join("initramfs.cpio.gz"));
-    let mut args = vec![
-        "--engine",
-        engine,
-        "run",
-        "--kernel",
-        image.to_str().unwrap(),
-        "--initrd",
-        initrd.to_str().unwrap(),
-        "--clock",
-        "virtual",
-    ];
-    args.extend_from_slice(extra);
-    ok(run_ftvm(&args, LIMIT), &format!("ftvm {args:?}"))
-}
-
 #[test]
 fn boot_digests_agree_across_engines_and_snapshots() {
     // 300M instructions: past the guest's ready line.
-    let jit = boot("jit", &["--stop-at", "300000000", "--digest"]);
+    let jit = run_guest("jit", &["--stop-at", "300000000", "--digest"]);
     assert!(String::from_utf8_lossy(&jit.stdout).contains("ftvm-guest: ready"));
-    let interp = digest_of(&boot("interp", &["--stop-at", "300000000", "--digest"]));
+    let interp = digest_of(&run_guest(
+        "interp",
+        &["--stop-at", "300000000", "--digest"],
+    ));
     assert_eq!(digest_of(&jit), interp, "the engines disagree at 300M");
     // Half under the translator, the rest under the interpreter.
     let snap = dir().join("half.snap");
-    boot(
+    run_guest(
         "jit",
         &[
             "--stop-at",
@@ -89,18 +74,18 @@ fn boot_digests_agree_across_engines_and_snapshots() {
 
 /// Record (with `engine`) a boot, the console commands `cmds`, and a power-off.
 fn record(engine: &str, log: &Path, cmds: &str) {
-    let out = guest_out();
-    let mut child = ftvm()
-        .args(["--engine", engine, "record", "--log", log.to_str().unwrap()])
-        .args(["--digest-every", "100000000", "--kernel"])
-        .arg(out.join("Image"))
-        .arg("--initrd")
-        .arg(out.join("initramfs.cpio.gz"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn ftvm record");
+    let log = log.to_str().unwrap();
+    let mut child = guest_command(&[
+        "--engine",
+        engine,
+        "record",
+        "--log",
+        log,
+        "--digest-every",
+        "100000000",
+    ])
+    .spawn()
+    .expect("spawn ftvm record");
     let (_, console) = await_ready(&mut child).expect("the recorded guest boots");
     let stdin = child.stdin.as_mut().unwrap();
     stdin.write_all(cmds.as_bytes()).unwrap();

@@ -6,36 +6,11 @@
 mod common;
 
 use std::io::Write;
-use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
 
 const LIMIT: Duration = Duration::from_secs(300);
-
-fn boot(engine: &str, extra: &[&str]) -> std::process::Output {
-    let out = guest_out();
-    let (image, initrd) = (out.join("Image"), out.join("initramfs.cpio.gz"));
-    let mut args = vec![
-        "--engine",
-        engine,
-        "run",
-        "--kernel",
-        image.to_str().unwrap(),
-        "--initrd",
-        initrd.to_str().unwrap(),
-        "--clock",
-        "virtual",
-    ];
-    args.extend_from_slice(extra);
-    let out = run_ftvm(&args, LIMIT);
-    assert!(
-        out.status.success(),
-        "ftvm {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
 
 /// The `total checksum=` values cpubench printed, in order.
 fn checksums(console: &str) -> Vec<String> {
@@ -48,15 +23,7 @@ fn checksums(console: &str) -> Vec<String> {
 
 #[test]
 fn four_harts_come_up_and_four_benchmarks_run_at_once() {
-    let out = guest_out();
-    let mut child = ftvm()
-        .args(["run", "--smp", "4", "--clock", "virtual", "--kernel"])
-        .arg(out.join("Image"))
-        .arg("--initrd")
-        .arg(out.join("initramfs.cpio.gz"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+    let mut child = guest_command(&["run", "--smp", "4", "--clock", "virtual"])
         .spawn()
         .expect("spawn ftvm");
     let (seen, console) = await_ready(&mut child).unwrap_or_else(|seen| {
@@ -123,10 +90,14 @@ fn four_harts_come_up_and_four_benchmarks_run_at_once() {
 #[test]
 fn a_four_hart_machine_is_deterministic_across_runs_snapshots_and_engines() {
     let stop = ["--smp", "4", "--stop-at", "400000000", "--digest"];
-    let first = digest_of(&boot("jit", &stop));
-    assert_eq!(digest_of(&boot("jit", &stop)), first, "two runs differ");
+    let first = digest_of(&run_guest("jit", &stop));
     assert_eq!(
-        digest_of(&boot("interp", &stop)),
+        digest_of(&run_guest("jit", &stop)),
+        first,
+        "two runs differ"
+    );
+    assert_eq!(
+        digest_of(&run_guest("interp", &stop)),
         first,
         "the engines differ"
     );
@@ -134,7 +105,7 @@ fn a_four_hart_machine_is_deterministic_across_runs_snapshots_and_engines() {
     let dir = std::env::temp_dir().join(format!("ftvm-smp-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let snap = dir.join("split.snap");
-    boot(
+    run_guest(
         "jit",
         &[
             "--smp",
@@ -164,6 +135,6 @@ fn a_four_hart_machine_is_deterministic_across_runs_snapshots_and_engines() {
     assert_eq!(digest_of(&resumed), first, "the split run differs");
     // A different number of harts is a different machine.
     let two = ["--smp", "2", "--stop-at", "400000000", "--digest"];
-    assert_ne!(digest_of(&boot("jit", &two)), first);
+    assert_ne!(digest_of(&run_guest("jit", &two)), first);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -74,6 +74,49 @@ pub fn run_ftvm(args: &[&str], limit: Duration) -> Output {
     wait_limited(child, limit, &format!("ftvm {}", args.join(" ")))
 }
 
+/// `ftvm --engine <engine> run` of the guest images under the virtual clock, with `extra`
+/// options and no input; it must succeed within five minutes.
+pub fn run_guest(engine: &str, extra: &[&str]) -> Output {
+    let out = guest_out();
+    let (image, initrd) = (out.join("Image"), out.join("initramfs.cpio.gz"));
+    let mut args = vec![
+        "--engine",
+        engine,
+        "run",
+        "--kernel",
+        image.to_str().unwrap(),
+        "--initrd",
+        initrd.to_str().unwrap(),
+        "--clock",
+        "virtual",
+    ];
+    args.extend_from_slice(extra);
+    let done = run_ftvm(&args, Duration::from_secs(300));
+    assert!(
+        done.status.success(),
+        "ftvm {args:?} failed: {}\n{}",
+        String::from_utf8_lossy(&done.stdout),
+        String::from_utf8_lossy(&done.stderr)
+    );
+    done
+}
+
+/// `ftvm <args> --kernel <Image> --initrd <initramfs>`, its three streams piped: a live guest
+/// to talk to through its console.
+pub fn guest_command(args: &[&str]) -> Command {
+    let out = guest_out();
+    let mut c = ftvm();
+    c.args(args)
+        .arg("--kernel")
+        .arg(out.join("Image"))
+        .arg("--initrd")
+        .arg(out.join("initramfs.cpio.gz"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    c
+}
+
 /// The digest a run printed last (`digest <hex>`; the line may follow the guest's prompt).
 pub fn digest_of(out: &Output) -> String {
     let text = String::from_utf8_lossy(&out.stdout);
