@@ -148,6 +148,12 @@ pub trait Bus {
     fn mmio_write(&mut self, paddr: u64, size: u8, val: u64, count: u64) -> bool;
     /// The value of the `time` CSR when the hart's step counter is `count`.
     fn time(&mut self, count: u64) -> u64;
+    /// RAM page `page` (RAM offset / 4096) is written, or may be written from now on without
+    /// another call: the hart calls this when it maps the page in its store TLB and for every
+    /// write that bypasses that TLB. Dirty-page tracking (live migration, pre-copy) keeps a
+    /// bitmap here and calls [`Hart::forget_store_translations`] when it clears it.
+    #[inline(always)]
+    fn mark_dirty(&mut self, _page: usize) {}
 }
 
 /// Why [`Hart::run`] returned.
@@ -400,6 +406,13 @@ impl Hart {
     /// Forget every cached translation (after the state was changed from outside).
     pub fn flush_tlb(&mut self) {
         self.mmu.flush();
+    }
+
+    /// Forget the store translations only: the next store to each page takes the slow path,
+    /// which reports the page through [`Bus::mark_dirty`] again.
+    pub fn forget_store_translations(&mut self) {
+        self.mmu.store.flush();
+        self.mmu.jit_exit = true;
     }
 
     /// Complete an ECALL that returned [`Exit::Sbi`]: store the SBI result in a0/a1 and retire.

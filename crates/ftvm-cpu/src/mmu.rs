@@ -434,6 +434,7 @@ impl Hart {
             if pte & need != need {
                 pte |= need;
                 ram_write(bus.ram(), off, 8, pte);
+                bus.mark_dirty(off >> 12);
                 // The page table may share a page with code: only ops decoded from these 8
                 // bytes are stale, the rest of the page's ops stay.
                 self.mmu.invalidate_code_bytes(off, 8);
@@ -468,6 +469,7 @@ impl Hart {
                 Access::Load => self.mmu.load.fill(vaddr, page_off),
                 Access::Store if tohost_page != Some(page) => {
                     self.mmu.invalidate_code_page(page_off >> 12);
+                    bus.mark_dirty(page_off >> 12);
                     self.mmu.store.fill(vaddr, page_off)
                 }
                 Access::Store => return Ok(Pa::Io(paddr)),
@@ -559,6 +561,7 @@ impl Hart {
         }
         match self.slow_ram(bus, vaddr, Access::Store)? {
             Pa::Ram(off) => {
+                bus.mark_dirty(off >> 12);
                 ram_write(bus.ram(), off, size, v).ok_or(Trap::new(cause::STORE_ACCESS, vaddr))
             }
             Pa::Io(paddr) => {
@@ -566,6 +569,7 @@ impl Hart {
                     let off = Self::ram_offset(bus, paddr, size as u64)
                         .ok_or(Trap::new(cause::STORE_ACCESS, vaddr))?;
                     self.mmu.invalidate_code_page(off >> 12);
+                    bus.mark_dirty(off >> 12);
                     ram_write(bus.ram(), off, size, v);
                     if v != 0 {
                         self.stop(crate::Exit::ToHost(v));
@@ -574,6 +578,7 @@ impl Hart {
                 }
                 if let Some(off) = Self::ram_offset(bus, paddr, size as u64) {
                     self.mmu.invalidate_code_page(off >> 12);
+                    bus.mark_dirty(off >> 12);
                     return ram_write(bus.ram(), off, size, v)
                         .ok_or(Trap::new(cause::STORE_ACCESS, vaddr));
                 }
@@ -767,6 +772,7 @@ impl Hart {
     pub(crate) fn phys_write<B: Bus>(&mut self, bus: &mut B, paddr: u64, size: u8, v: u64) {
         if let Some(off) = Self::ram_offset(bus, paddr, size as u64) {
             self.mmu.invalidate_code_page(off >> 12);
+            bus.mark_dirty(off >> 12);
             ram_write(bus.ram(), off, size, v);
             if Some(paddr) == self.tohost && v != 0 {
                 self.stop(crate::Exit::ToHost(v));

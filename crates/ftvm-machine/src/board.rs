@@ -2,6 +2,7 @@
 
 use ftvm_cpu::Bus;
 
+use crate::dirty::DirtyPages;
 use crate::plic::Plic;
 use crate::uart::Uart;
 use crate::virtio::queue::GuestRam;
@@ -96,6 +97,8 @@ pub struct Board {
     pub rtc_base_ns: u64,
     /// TIME_HIGH as latched by the last TIME_LOW read.
     pub rtc_high: u64,
+    /// Pages of RAM written since the bitmap was last taken (host state, see crate::dirty).
+    pub dirty: DirtyPages,
 }
 
 /// `n` zero bytes, or None if the host cannot give them. The memory comes zeroed from the
@@ -121,6 +124,7 @@ impl Board {
     pub fn new(ram_size: usize) -> Option<Board> {
         Some(Board {
             ram: zeroed_ram(ram_size)?,
+            dirty: DirtyPages::new(ram_size.div_ceil(4096)),
             plic: Plic::default(),
             uart: Uart::default(),
             timers: vec![HartTimers::default()],
@@ -261,6 +265,11 @@ impl Bus for Board {
     #[inline(always)]
     fn ram_base(&self) -> u64 {
         crate::RAM_BASE
+    }
+
+    #[inline(always)]
+    fn mark_dirty(&mut self, page: usize) {
+        self.dirty.mark(page);
     }
 
     fn mmio_read(&mut self, paddr: u64, size: u8, count: u64) -> Option<u64> {

@@ -13,6 +13,7 @@
 //! the ticks that passed without instructions.
 
 pub mod board;
+pub mod dirty;
 mod fdt;
 mod loader;
 pub mod plic;
@@ -28,6 +29,7 @@ use ftvm_cpu::{
 use thiserror::Error;
 
 pub use board::{Board, HartTimers, PowerEvent};
+use dirty::DirtyPages;
 use snapshot::{Reader, SnapshotError, Writer};
 pub use virtio::{DeviceOutput, DiskOp, DiskRequest};
 
@@ -429,6 +431,7 @@ impl Machine {
         let hart = &mut self.harts[self.sched.cur];
         for (off, len) in self.board.dma.drain(..) {
             hart.invalidate_code(off, len);
+            self.board.dirty.mark_range(off, len);
         }
     }
 
@@ -654,9 +657,25 @@ impl Machine {
 
     /// The whole machine state as a snapshot file.
     pub fn save(&self) -> Vec<u8> {
+        self.save_framed(true)
+    }
+
+    /// The machine state with RAM left out, for a destination that received RAM otherwise
+    /// (live migration, a backup attached by pre-copy): a snapshot whose RAM (item 10) is
+    /// stored as if it were all zeros. [`Machine::restore_with_ram`] reads it.
+    pub fn save_without_ram(&self) -> Vec<u8> {
+        self.save_framed(false)
+    }
+
+    fn save_framed(&self, with_ram: bool) -> Vec<u8> {
         let mut w = Writer::default();
         w.u64(self.board.ram.len() as u64);
-        self.save_state(&mut w, true);
+        self.save_state(&mut w, false);
+        if with_ram {
+            snapshot::save_ram(&mut w, &self.board.ram);
+        } else {
+            snapshot::save_empty_ram(&mut w, self.board.ram.len());
+        }
         let version = if self.harts.len() > 1 {
             3
         } else if self.board.default_clock() {
@@ -672,6 +691,16 @@ impl Machine {
     /// known to be valid and the file holds the whole page bitmap, and only the pages the
     /// snapshot stores are written.
     pub fn restore(file: &[u8]) -> Result<Machine, MachineError> {
+        Machine::restore_inner(file, None)
+    }
+
+    /// A machine from a snapshot written by [`Machine::save_without_ram`] (its RAM stores no
+    /// page) and the RAM that was sent apart from it, which must have the snapshot's size.
+    pub fn restore_with_ram(file: &[u8], ram: Vec<u8>) -> Result<Machine, MachineError> {
+        Machine::restore_inner(file, Some(ram))
+    }
+
+    fn restore_inner(file: &[u8], given_ram: Option<Vec<u8>>) -> Result<Machine, MachineError> {
         let invalid = |what| MachineError::Snapshot(SnapshotError::Invalid(what));
         let (version, payload) = snapshot::unframe_version(file)?;
         let mut r = Reader::new(payload);
@@ -817,12 +846,43 @@ impl Machine {
         b.rtc_high = rtc_high;
         b.virtio = devices;
         b.console_out = console_out;
-        // The RAM was just allocated zeroed: only the stored pages are written.
-        snapshot::load_ram(&mut r, &mut b.ram, true)?;
+        match given_ram {
+            // The RAM was just allocated zeroed: only the stored pages are written.
+            None => snapshot::load_ram(&mut r, &mut b.ram, true)?,
+            Some(ram) => {
+                snapshot::skip_empty_ram(&mut r, ram_size)?;
+                if ram.len() as u64 != ram_size {
+                    return Err(invalid(
+                        "the RAM sent apart from the state has another size",
+                    ));
+                }
+                b.ram = ram;
+            }
+        }
         if !r.is_empty() {
             return Err(invalid("trailing bytes after the state"));
         }
         Ok(m)
+    }
+
+    /// Guest RAM.
+    pub fn ram(&self) -> &[u8] {
+        &self.board.ram
+    }
+
+    /// The pages written since the last call (or since the machine was made), and a fresh
+    /// start: every hart drops its store translations, so that its next store to any page
+    /// reports the page again (see [`dirty`]).
+    pub fn take_dirty(&mut self) -> DirtyPages {
+        for h in &mut self.harts {
+            h.forget_store_translations();
+        }
+        self.board.dirty.take()
+    }
+
+    /// How many pages were written since [`Machine::take_dirty`] was last called.
+    pub fn dirty_count(&self) -> usize {
+        self.board.dirty.count()
     }
 
     /// A digest of the whole machine state (RAM, CPU, devices).
@@ -843,6 +903,38 @@ impl Machine {
 mod tests {
     use super::*;
     use crate::alloc_probe;
+
+    #[test]
+    fn a_state_without_ram_restores_onto_the_ram_sent_apart() {
+        for harts in [1, 3] {
+            let mut m = Machine::with_harts(MIN_RAM, harts).unwrap();
+            m.board.ram[7 * 4096 + 1] = 9;
+            m.hart_mut(0).set_reg(6, 77);
+            let state = m.save_without_ram();
+            assert!(state.len() < 8192, "no RAM page in {} bytes", state.len());
+            let back = Machine::restore_with_ram(&state, m.board.ram.clone()).unwrap();
+            assert_eq!(back.digest(), m.digest());
+            assert_eq!(back.save(), m.save());
+            // Without its RAM the state is a machine with zeroed RAM, never this one.
+            assert_ne!(Machine::restore(&state).unwrap().digest(), m.digest());
+            // RAM of another size, and a state that stores pages, are refused.
+            let short = vec![0u8; MIN_RAM as usize - 4096];
+            assert!(Machine::restore_with_ram(&state, short).is_err());
+            let full = m.save();
+            assert!(Machine::restore_with_ram(&full, m.board.ram.clone()).is_err());
+        }
+    }
+
+    #[test]
+    fn dirty_pages_come_from_stores_and_dma_and_clear_when_taken() {
+        let mut m = Machine::new(MIN_RAM).unwrap();
+        m.take_dirty();
+        assert_eq!(m.dirty_count(), 0);
+        m.board.dma.push((5 * 4096 + 4000, 200));
+        m.invalidate_dma();
+        assert_eq!(m.take_dirty().iter().collect::<Vec<_>>(), vec![5, 6]);
+        assert_eq!(m.dirty_count(), 0);
+    }
 
     #[test]
     fn digest_hashes_exactly_what_a_snapshot_holds() {

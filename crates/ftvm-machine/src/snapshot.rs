@@ -164,7 +164,7 @@ pub fn unframe_version(file: &[u8]) -> Result<(u32, &[u8]), SnapshotError> {
     Ok((version, &file[20..file.len() - 4]))
 }
 
-fn page_is_zero(p: &[u8]) -> bool {
+pub fn page_is_zero(p: &[u8]) -> bool {
     let words = p.chunks_exact(8);
     let rest = words.remainder();
     words
@@ -194,6 +194,31 @@ pub fn ram_pieces(ram: &[u8], mut piece: impl FnMut(&[u8])) {
 /// Store RAM as a bitmap of non-zero pages followed by those pages.
 pub fn save_ram(w: &mut Writer, ram: &[u8]) {
     ram_pieces(ram, |b| w.buf.extend_from_slice(b));
+}
+
+/// Store RAM of `len` bytes as if it were all zeros (its size and an empty bitmap): the state
+/// of a machine whose RAM travels apart from it.
+pub fn save_empty_ram(w: &mut Writer, len: usize) {
+    w.u64(len as u64);
+    w.buf
+        .resize(w.buf.len() + len.div_ceil(4096).div_ceil(8), 0);
+}
+
+/// Read RAM stored by [`save_empty_ram`]: the size must be `ram_size` and no page stored.
+pub fn skip_empty_ram(r: &mut Reader, ram_size: u64) -> Result<(), SnapshotError> {
+    if r.u64()? != ram_size {
+        return Err(SnapshotError::Invalid(
+            "RAM size differs from the one at the start of the snapshot",
+        ));
+    }
+    let npages =
+        usize::try_from(ram_size.div_ceil(4096)).map_err(|_| SnapshotError::Invalid("RAM size"))?;
+    if r.take(npages.div_ceil(8))?.iter().any(|&b| b != 0) {
+        return Err(SnapshotError::Invalid(
+            "this state stores RAM pages, where its RAM was to come apart from it",
+        ));
+    }
+    Ok(())
 }
 
 /// Check, before RAM is allocated, that what is left starts with RAM of `ram_size` bytes and

@@ -18,12 +18,13 @@ use ftvm_runner::status::StatusFile;
 use ftvm_runner::{Backends, Devices, Ended, Event, Feeder, Gate, Options};
 
 use crate::channel::{Channel, ChannelError, Hello, Msg, Role};
-use crate::lease::{now_ns, sleep_until, Timing};
+use crate::lease::{now_ns, sleep_until};
 use crate::link::SendHalf;
 use crate::primary::Protector;
 use crate::protocol::{msg_name, BackupSide, Received};
 use crate::transport::{self, Halves, Incoming as Receive};
-use crate::{Arbiter, PairConfig, PairError};
+use crate::wire::PAGE;
+use crate::{PairConfig, PairError};
 
 /// Log bytes as they arrive, for a LogReader that follows the stream.
 #[derive(Default)]
@@ -60,17 +61,17 @@ fn wait_attach(rx: &mut dyn Receive) -> Result<(u64, Vec<u64>), PairError> {
     }
 }
 
-/// Receive the primary's disks (written over this side's images), up to the first bytes of
-/// the log, which are returned. A primary that goes silent for the stall limit fails the
-/// attach: this side never had the guest, so it stops.
+/// Receive the primary's disks (written over this side's images) and RAM, up to the first
+/// bytes of the log; returns those bytes and the RAM. A primary that goes silent for the stall
+/// limit fails the attach: this side never had the guest, so it stops.
 fn receive_state(
     rx: &mut dyn Receive,
     out: &SendHalf<BackupSide>,
     devices: &Devices,
-    arbiter: &Arbiter,
-    timing: Timing,
+    cfg: &PairConfig,
     (generation, sizes): (u64, &[u64]),
-) -> Result<Vec<u8>, PairError> {
+) -> Result<(Vec<u8>, Vec<u8>), PairError> {
+    let (arbiter, timing) = (&cfg.arbiter, cfg.timing);
     eprintln!(
         "ftvm: attaching as generation {generation}: receiving the primary's disks and state"
     );
@@ -123,8 +124,20 @@ fn receive_state(
         f.set_len(len).map_err(PairError::io(what))?;
         files.push((f, len));
     }
+    // The guest's RAM (its size agreed in the hellos), zero until pages arrive.
+    let mem = usize::try_from(cfg.mem_bytes)
+        .ok()
+        .filter(|&n| ftvm_machine::ram_size_ok(n as u64))
+        .ok_or_else(|| PairError::Protocol(format!("memory size {}", cfg.mem_bytes)))?;
+    let mut ram = ftvm_machine::board::zeroed_ram(mem).ok_or_else(|| {
+        PairError::Protocol(format!(
+            "cannot allocate {} MiB for the guest's RAM",
+            mem >> 20
+        ))
+    })?;
     let t0 = Instant::now();
     let mut got = 0u64;
+    let mut got_ram = 0u64;
     loop {
         match recv()? {
             Msg::Disk {
@@ -146,17 +159,35 @@ fn receive_state(
                     .map_err(PairError::io("writing this backup's disk copy"))?;
                 got += data.len() as u64;
             }
+            Msg::Ram { pages, data } => {
+                // The decoder checked that `data` holds exactly one page per page number.
+                for (&p, bytes) in pages.iter().zip(data.chunks_exact(PAGE)) {
+                    let dst = usize::try_from(p)
+                        .ok()
+                        .and_then(|p| p.checked_mul(PAGE))
+                        .and_then(|at| ram.get_mut(at..at.checked_add(PAGE)?))
+                        .ok_or_else(|| {
+                            PairError::Protocol(format!(
+                                "the primary sent RAM page {p}, beyond its {} MiB of RAM",
+                                mem >> 20
+                            ))
+                        })?;
+                    dst.copy_from_slice(bytes);
+                }
+                got_ram += data.len() as u64;
+            }
             Msg::Log { bytes, .. } => {
                 for (f, _) in &files {
                     f.sync_data()
                         .map_err(PairError::io("writing this backup's disk copy"))?;
                 }
                 eprintln!(
-                    "ftvm: received generation {generation}: {} KiB of disk in {} ms",
+                    "ftvm: received generation {generation}: {} KiB of disk and {} KiB of RAM in {} ms",
                     got >> 10,
+                    got_ram >> 10,
                     t0.elapsed().as_millis()
                 );
-                return Ok(bytes);
+                return Ok((bytes, ram));
             }
             Msg::Heartbeat { .. } => {}
             other => {
@@ -258,12 +289,11 @@ pub fn follow_primary(
     // its state; not while this side waits its turn, unread) tell the primary how far this side
     // has replayed, and echo its newest stamp.
     out.heartbeats(timing.beat, |s, _| s.heartbeat());
-    let first_log = receive_state(
+    let (first_log, ram) = receive_state(
         rx_half.as_mut(),
         &out,
         devices,
-        arbiter,
-        timing,
+        cfg,
         (generation, &disk_sizes),
     )?;
     // From here on the primary's liveness is judged by its heartbeats.
@@ -282,11 +312,12 @@ pub fn follow_primary(
         });
     }
 
-    // The primary's initial state.
+    // The primary's initial state, whose RAM came apart from it.
+    let mut ram = Some(ram);
     let mut m = loop {
         match rec_rx.recv_timeout(Duration::from_secs(60)) {
             Ok(FromPrimary::Record(Record::Header { snapshot, .. })) => {
-                break Machine::restore(&snapshot)?
+                break Machine::restore_with_ram(&snapshot, ram.take().unwrap_or_default())?
             }
             Ok(FromPrimary::Released(_)) => {}
             _ => {

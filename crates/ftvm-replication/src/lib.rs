@@ -47,6 +47,9 @@ pub struct PairConfig {
     pub status_file: Option<PathBuf>,
     /// The guest's memory size: both sides must run the same machine.
     pub mem_bytes: u64,
+    /// Attaching a backup to a running guest (pre-copy): the pause the guest may take for
+    /// what is left once copying converged.
+    pub max_downtime: std::time::Duration,
 }
 
 #[derive(Debug, Error)]

@@ -18,7 +18,8 @@ use ftvm_machine::Machine;
 use ftvm_runner::live::{Held, LinkError};
 use ftvm_runner::status::StatusFile;
 use ftvm_runner::{
-    Backends, Devices, Ended, Event, Feeder, Gate, Link, LinkState, Options, Protect,
+    Backends, Devices, DiskDirty, Ended, Event, Feeder, Gate, Link, LinkState, Options, Precopy,
+    Protect,
 };
 
 use crate::channel::{Channel, Hello, Msg, Psk, Role};
@@ -26,6 +27,7 @@ use crate::lease::{now_ns, Timing};
 use crate::link::{CloseOnDrop, LinkWriter, SendHalf};
 use crate::protocol::{PrimarySide, Received, Verdict};
 use crate::transport::{self, Halves};
+use crate::wire::{MAX_RAM_PAGES, PAGE};
 use crate::{Arbiter, PairConfig, PairError};
 
 /// The primary's view of its backup: the protocol state (under the sending lock), the way to
@@ -104,8 +106,281 @@ impl Drop for Finished {
     }
 }
 
-/// Disk contents travel in pieces of this size; pieces that are all zero are not sent.
+/// Disk contents travel in pieces of this size; in the first pass, pieces that are all zero
+/// are not sent.
 const DISK_PIECE: usize = 1 << 20;
+/// RAM pages the runner copies into messages per step of a pre-copy, at most.
+const PAGES_PER_STEP: usize = 4 * MAX_RAM_PAGES;
+/// Messages queued for the sending thread, at most (4 MiB of RAM pages).
+const QUEUE: usize = 4;
+/// Rounds of a pre-copy, at most, before the guest pauses for what is left however large.
+const MAX_ROUNDS: u32 = 30;
+/// A round whose expected pause is below this ends the pre-copy at once.
+const GOOD_ENOUGH: Duration = Duration::from_millis(1);
+
+/// Work for the thread that sends a backup its state.
+enum Job {
+    /// A message (RAM pages), and the bytes it counts for in `queued`.
+    Send(Msg, u64),
+    /// The disks' whole contents (pieces that are all zero are skipped: the backup's copy
+    /// starts zeroed).
+    WholeDisks,
+    /// Disk ranges `(index, offset, len)` the guest wrote since they were sent, zeros and all.
+    DiskRanges(Vec<(usize, u64, u64)>),
+    /// Answer once everything queued before has been written.
+    Flush(mpsc::Sender<()>),
+}
+
+/// What the sending thread has done, for the runner's decisions and the progress lines.
+#[derive(Default)]
+struct Sent {
+    ram: AtomicU64,
+    disk: AtomicU64,
+    /// Bytes of RAM pages queued and not written yet.
+    queued: AtomicU64,
+    /// Nanoseconds the thread spent writing (for the bandwidth).
+    busy_ns: AtomicU64,
+    failed: std::sync::Mutex<Option<String>>,
+}
+
+impl Sent {
+    fn fail(&self, why: String) {
+        let mut f = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+        f.get_or_insert(why);
+    }
+    fn failure(&self) -> Option<String> {
+        self.failed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+    /// Bytes per second while writing, once something was written.
+    fn bandwidth(&self) -> Option<f64> {
+        let busy = self.busy_ns.load(Ordering::Relaxed);
+        let bytes = self.ram.load(Ordering::Relaxed) + self.disk.load(Ordering::Relaxed);
+        (busy > 1_000_000 && bytes > 0).then(|| bytes as f64 * 1e9 / busy as f64)
+    }
+}
+
+/// The sending thread: writes RAM pages and reads and writes disk contents, in the order
+/// queued, while the runner goes on running the guest.
+fn send_state(
+    out: SendHalf<PrimarySide>,
+    files: Vec<(std::fs::File, u64)>,
+    jobs: Receiver<Job>,
+    sent: Arc<Sent>,
+    wake: Sender<Event>,
+) {
+    let write = |msg: Msg| -> bool {
+        let t0 = Instant::now();
+        let ok = out.send_with(|_| Some(msg));
+        sent.busy_ns
+            .fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        ok
+    };
+    let gone = "the backup stopped receiving while its state was sent".to_string();
+    let mut piece = vec![0u8; DISK_PIECE];
+    for job in jobs {
+        match job {
+            Job::Send(msg, bytes) => {
+                if !write(msg) {
+                    sent.fail(gone);
+                    return;
+                }
+                sent.queued.fetch_sub(bytes, Ordering::Relaxed);
+                sent.ram.fetch_add(bytes, Ordering::Relaxed);
+                // A runner that waits for an idle guest's next timer copies more now.
+                let _ = wake.send(Event::Wake);
+            }
+            Job::WholeDisks | Job::DiskRanges(_) => {
+                let skip_zero = matches!(job, Job::WholeDisks);
+                let ranges = match job {
+                    Job::DiskRanges(r) => r,
+                    _ => files
+                        .iter()
+                        .enumerate()
+                        .map(|(i, (_, len))| (i, 0, *len))
+                        .collect(),
+                };
+                for (index, start, len) in ranges {
+                    let Some((f, size)) = files.get(index) else {
+                        continue;
+                    };
+                    let end = start.saturating_add(len).min(*size);
+                    let mut offset = start;
+                    while offset < end {
+                        let n = (end - offset).min(DISK_PIECE as u64) as usize;
+                        if let Err(e) = f.read_exact_at(&mut piece[..n], offset) {
+                            sent.fail(format!("cannot read a disk: {e}"));
+                            return;
+                        }
+                        if !skip_zero || piece[..n].iter().any(|&b| b != 0) {
+                            let data = piece[..n].to_vec();
+                            if !write(Msg::Disk {
+                                index: index as u32,
+                                offset,
+                                data,
+                            }) {
+                                sent.fail(gone);
+                                return;
+                            }
+                            sent.disk.fetch_add(n as u64, Ordering::Relaxed);
+                        }
+                        offset += n as u64;
+                    }
+                }
+            }
+            Job::Flush(done) => {
+                let _ = done.send(());
+            }
+        }
+    }
+}
+
+/// A backup being brought up to date while the guest runs: iterative pre-copy, as in Clark et
+/// al. (NSDI 2005). Round 1 sends every page that is not zero and the disks; each later round
+/// sends the pages (and disk blocks) the guest wrote during the one before; when what is left
+/// would take less than the pause budget, the guest pauses for the rest and the state.
+struct Transfer {
+    generation: u64,
+    out: SendHalf<PrimarySide>,
+    /// Closes the link if the transfer ends before the backup is attached.
+    cut: CloseOnDrop<PrimarySide>,
+    /// Stops the watchdog when the transfer ends.
+    _watchdog: Finished,
+    jobs: mpsc::SyncSender<Job>,
+    sender: Option<std::thread::JoinHandle<()>>,
+    sent: Arc<Sent>,
+    round: u32,
+    /// Pages of this round not copied yet (in descending order: the next is last).
+    todo: Vec<usize>,
+    /// A message the queue had no room for.
+    stash: Option<(Msg, u64)>,
+    /// Round 1 skips zero pages (the backup's RAM starts zeroed); later rounds send them.
+    skip_zero: bool,
+    /// Pages dirtied during the previous round (to see whether rounds still converge).
+    last_dirty: usize,
+    round_started: Instant,
+    started: Instant,
+    /// Pages written during each round, per second (the guest's dirty rate).
+    dirty_rate: f64,
+    throttle: u32,
+}
+
+impl Transfer {
+    /// Copy pages of this round into messages while the queue has room; false once the round
+    /// is all queued.
+    fn fill(&mut self, m: &Machine) -> bool {
+        let ram = m.ram();
+        let mut budget = PAGES_PER_STEP;
+        loop {
+            let (msg, bytes) = match self.stash.take() {
+                Some(x) => x,
+                None => {
+                    if self.todo.is_empty() || budget == 0 {
+                        return !self.todo.is_empty();
+                    }
+                    let mut pages = Vec::new();
+                    let mut data = Vec::new();
+                    while pages.len() < MAX_RAM_PAGES && budget > 0 {
+                        let Some(p) = self.todo.pop() else { break };
+                        budget -= 1;
+                        let bytes = &ram[p * PAGE..(p + 1) * PAGE];
+                        if self.skip_zero && ftvm_machine::snapshot::page_is_zero(bytes) {
+                            continue;
+                        }
+                        pages.push(p as u64);
+                        data.extend_from_slice(bytes);
+                    }
+                    if pages.is_empty() {
+                        continue;
+                    }
+                    let bytes = data.len() as u64;
+                    (Msg::Ram { pages, data }, bytes)
+                }
+            };
+            match self.jobs.try_send(Job::Send(msg, bytes)) {
+                Ok(()) => {
+                    self.sent.queued.fetch_add(bytes, Ordering::Relaxed);
+                }
+                Err(mpsc::TrySendError::Full(Job::Send(msg, bytes))) => {
+                    self.stash = Some((msg, bytes));
+                    return true;
+                }
+                Err(_) => return true,
+            }
+        }
+    }
+
+    /// Queue (blocking) every page left of this round, the pages `left` (sent even if zero),
+    /// and the disk `ranges`; then wait until all is written.
+    fn flush_all(
+        &mut self,
+        m: &Machine,
+        left: &[usize],
+        ranges: Vec<(usize, u64, u64)>,
+    ) -> Result<(), PairError> {
+        let gone = || {
+            PairError::Protocol(
+                self.sent
+                    .failure()
+                    .unwrap_or_else(|| "the backup stopped receiving".into()),
+            )
+        };
+        if let Some((msg, bytes)) = self.stash.take() {
+            self.sent.queued.fetch_add(bytes, Ordering::Relaxed);
+            self.jobs.send(Job::Send(msg, bytes)).map_err(|_| gone())?;
+        }
+        let ram = m.ram();
+        let mut todo = std::mem::take(&mut self.todo);
+        todo.reverse();
+        let rest = todo.iter().map(|&p| (p, self.skip_zero));
+        let all: Vec<(usize, bool)> = rest.chain(left.iter().map(|&p| (p, false))).collect();
+        for chunk in all.chunks(MAX_RAM_PAGES) {
+            let mut pages = Vec::with_capacity(chunk.len());
+            let mut data = Vec::with_capacity(chunk.len() * PAGE);
+            for &(p, skip_zero) in chunk {
+                let bytes = &ram[p * PAGE..(p + 1) * PAGE];
+                if skip_zero && ftvm_machine::snapshot::page_is_zero(bytes) {
+                    continue;
+                }
+                pages.push(p as u64);
+                data.extend_from_slice(bytes);
+            }
+            if pages.is_empty() {
+                continue;
+            }
+            let bytes = data.len() as u64;
+            self.sent.queued.fetch_add(bytes, Ordering::Relaxed);
+            self.jobs
+                .send(Job::Send(Msg::Ram { pages, data }, bytes))
+                .map_err(|_| gone())?;
+        }
+        if !ranges.is_empty() {
+            self.jobs
+                .send(Job::DiskRanges(ranges))
+                .map_err(|_| gone())?;
+        }
+        let (tx, rx) = mpsc::channel();
+        self.jobs.send(Job::Flush(tx)).map_err(|_| gone())?;
+        rx.recv().map_err(|_| gone())?;
+        match self.sent.failure() {
+            Some(why) => Err(PairError::Protocol(why)),
+            None => Ok(()),
+        }
+    }
+
+    fn mib(b: u64) -> f64 {
+        b as f64 / (1 << 20) as f64
+    }
+
+    /// The pause that sending `pages` and `disk` bytes would take at the bandwidth seen.
+    fn expected_pause(&self, pages: usize, disk: u64) -> Duration {
+        let bytes = (pages * PAGE) as f64 + disk as f64;
+        let bw = self.sent.bandwidth().unwrap_or(100e6);
+        Duration::from_secs_f64(bytes / bw)
+    }
+}
 
 /// What a side needs to protect its guest with a backup: the backups that connect, and
 /// how to bring one up to date (the guest's state, the disks' contents, then the log).
@@ -113,6 +388,8 @@ pub struct Protector {
     incoming: Receiver<Halves>,
     /// A backup that connected while another protected the guest: it attaches next.
     standby: Option<Halves>,
+    /// The backup being brought up to date.
+    transfer: Option<Transfer>,
     /// The generation the next backup starts.
     next_generation: u64,
     arbiter: Arbiter,
@@ -120,6 +397,8 @@ pub struct Protector {
     timing: Timing,
     digest_every: u64,
     max_lag: u64,
+    /// The pause a pre-copy aims to stay under when it stops the guest for the rest.
+    max_downtime: Duration,
     wake: Sender<Event>,
 }
 
@@ -182,12 +461,14 @@ impl Protector {
         Protector {
             incoming,
             standby: None,
+            transfer: None,
             next_generation,
             arbiter: cfg.arbiter.clone(),
             disks: devices.disks.clone(),
             timing: cfg.timing,
             digest_every: cfg.digest_every,
             max_lag: cfg.max_lag_ms.saturating_mul(INSTRUCTIONS_PER_MS),
+            max_downtime: cfg.max_downtime,
             wake,
         }
     }
@@ -204,13 +485,9 @@ impl Protector {
         Ok(())
     }
 
-    /// Bring the waiting backup up to date with the machine as it is now (no disk request may
-    /// be in flight): the generation, the disks' contents, then a log whose header is the
-    /// machine's state. Returns the link to the backup and the log to write the inputs to.
-    pub fn attach_backup(
-        &mut self,
-        m: &Machine,
-    ) -> Result<(PrimaryLink, LogWriter<Box<dyn Write>>), PairError> {
+    /// Start bringing the waiting backup up to date (no disk request may be in flight): the
+    /// generation, then, from a sending thread, the disks and RAM while the guest runs on.
+    fn begin(&mut self, m: &mut Machine) -> Result<Transfer, PairError> {
         let Some((mut tx, mut rx)) = self.standby.take() else {
             return Err(PairError::Protocol("no backup waits to attach".into()));
         };
@@ -220,7 +497,6 @@ impl Protector {
                 "generation {generation} of the arbiter was already won: refusing the backup"
             )));
         }
-        let t0 = Instant::now();
         let mut files = Vec::new();
         for path in &self.disks {
             let what = format!("cannot read disk {}", path.display());
@@ -242,7 +518,7 @@ impl Protector {
         // ends a send that blocks.
         let heard = Arc::new(AtomicU64::new(now_ns()));
         let attaching = Arc::new(AtomicBool::new(true));
-        let _done = Finished(attaching.clone());
+        let watchdog = Finished(attaching.clone());
         {
             let (heard, attaching) = (heard.clone(), attaching.clone());
             let close = out.closer()?;
@@ -296,47 +572,162 @@ impl Protector {
             });
         }
         // Whatever fails from here on closes the link, so the backup does not wait for more.
-        let mut cut = CloseOnDrop(Some(out.clone()));
-        let gone =
-            || PairError::Protocol("the backup stopped receiving while its state was sent".into());
+        let cut = CloseOnDrop(Some(out.clone()));
         let attach = Msg::Attach {
             generation,
             disks: files.iter().map(|(_, len)| *len).collect(),
         };
         if !out.send_with(|_| Some(attach)) {
-            return Err(gone());
+            return Err(PairError::Protocol(
+                "the backup stopped receiving while its state was sent".into(),
+            ));
         }
         // Heartbeats from now on (the backup takes them with the disks), each stamped.
         out.heartbeats(self.timing.beat, |s, now| s.heartbeat(now));
-        let mut sent = 0u64;
-        let mut piece = vec![0u8; DISK_PIECE];
-        for (index, (f, len)) in files.iter().enumerate() {
-            let index =
-                u32::try_from(index).map_err(|_| PairError::Protocol("too many disks".into()))?;
-            let mut offset = 0u64;
-            while offset < *len {
-                let n = (*len - offset).min(DISK_PIECE as u64) as usize;
-                f.read_exact_at(&mut piece[..n], offset)
-                    .map_err(PairError::io("cannot read a disk"))?;
-                if piece[..n].iter().any(|&b| b != 0) {
-                    let data = piece[..n].to_vec();
-                    if !out.send_with(|_| {
-                        Some(Msg::Disk {
-                            index,
-                            offset,
-                            data,
-                        })
-                    }) {
-                        return Err(gone());
-                    }
-                    sent += n as u64;
-                }
-                offset += n as u64;
-            }
+        let sent = Arc::new(Sent::default());
+        let (jobs, queue) = mpsc::sync_channel(QUEUE);
+        let sender = {
+            let (out, sent, wake) = (out.clone(), sent.clone(), self.wake.clone());
+            std::thread::spawn(move || send_state(out, files, queue, sent, wake))
+        };
+        jobs.send(Job::WholeDisks)
+            .map_err(|_| PairError::Protocol("the sending thread stopped".into()))?;
+        // Round 1: every page, from here on every write marked.
+        m.take_dirty();
+        let pages = m.ram().len() / PAGE;
+        Ok(Transfer {
+            generation,
+            out,
+            cut,
+            _watchdog: watchdog,
+            jobs,
+            sender: Some(sender),
+            sent,
+            round: 1,
+            todo: (0..pages).rev().collect(),
+            stash: None,
+            skip_zero: true,
+            last_dirty: pages,
+            round_started: Instant::now(),
+            started: Instant::now(),
+            dirty_rate: 0.0,
+            throttle: 0,
+        })
+    }
+
+    /// One step of the pre-copy (see [`Protect::precopy`]).
+    fn step(&mut self, m: &mut Machine, disks: &mut DiskDirty) -> Result<Precopy, PairError> {
+        if self.transfer.is_none() {
+            let t = self.begin(m)?;
+            // Disk writes from here on are sent again.
+            disks.take();
+            eprintln!(
+                "\r\nftvm: pre-copy to the backup (generation {}) started: {} MiB of RAM\r",
+                t.generation,
+                m.ram().len() >> 20
+            );
+            self.transfer = Some(t);
         }
+        let max_downtime = self.max_downtime;
+        let Some(t) = self.transfer.as_mut() else {
+            return Err(PairError::Protocol("no transfer".into()));
+        };
+        if let Some(why) = t.sent.failure() {
+            return Err(PairError::Protocol(why));
+        }
+        if t.out.with(|s| s.broken()) {
+            return Err(PairError::Protocol(
+                "the backup's link broke while its state was sent".into(),
+            ));
+        }
+        if t.fill(m) || t.sent.queued.load(Ordering::Relaxed) > 0 {
+            return Ok(Precopy::Running {
+                throttle: t.throttle,
+            });
+        }
+        // The round is written: what did the guest dirty meanwhile?
+        let dirty = m.dirty_count();
+        let secs = t.round_started.elapsed().as_secs_f64().max(1e-6);
+        t.dirty_rate = (dirty * PAGE) as f64 / secs;
+        let pause = t.expected_pause(dirty, disks.bytes());
+        let bw = t.sent.bandwidth().unwrap_or(0.0);
+        eprintln!(
+            "\r\nftvm: pre-copy round {}: {:.1} MiB of RAM and {:.1} MiB of disk sent in {} ms ({:.0} MiB/s); {} pages dirtied meanwhile ({:.1} MiB/s), expected pause {:.1} ms\r",
+            t.round,
+            Transfer::mib(t.sent.ram.load(Ordering::Relaxed)),
+            Transfer::mib(t.sent.disk.load(Ordering::Relaxed)),
+            t.started.elapsed().as_millis(),
+            bw / (1 << 20) as f64,
+            dirty,
+            t.dirty_rate / (1 << 20) as f64,
+            pause.as_secs_f64() * 1e3,
+        );
+        // Stop when the rest is small, or fits the budget and rounds no longer shrink it.
+        let converged = dirty * 2 > t.last_dirty;
+        if pause <= GOOD_ENOUGH || (pause <= max_downtime && converged) || t.round >= MAX_ROUNDS {
+            return Ok(Precopy::Ready);
+        }
+        // Auto-converge: from round 4 on, a guest that dirties faster than half the link's
+        // bandwidth and is still over the budget is slowed, more each round (as QEMU does:
+        // 20%, then 10% more per round, up to 99%).
+        if t.round >= 4 && pause > max_downtime && t.dirty_rate * 2.0 > bw {
+            t.throttle = if t.throttle == 0 {
+                20
+            } else {
+                (t.throttle + 10).min(99)
+            };
+            eprintln!(
+                "\r\nftvm: pre-copy: the guest dirties memory faster than the link carries it; throttled to {}%\r",
+                100 - t.throttle
+            );
+        }
+        t.round += 1;
+        t.last_dirty = dirty;
+        t.skip_zero = false;
+        t.round_started = Instant::now();
+        let mut todo: Vec<usize> = m.take_dirty().iter().collect();
+        todo.reverse();
+        t.todo = todo;
+        let ranges = disks.take();
+        if !ranges.is_empty() {
+            let _ = t
+                .jobs
+                .try_send(Job::DiskRanges(ranges.clone()))
+                .map_err(|e| {
+                    // No room: put them back to go with a later round.
+                    if let mpsc::TrySendError::Full(Job::DiskRanges(r)) = e {
+                        for (slot, off, len) in r {
+                            disks.mark(slot, off, len);
+                        }
+                    }
+                });
+        }
+        Ok(Precopy::Running {
+            throttle: t.throttle,
+        })
+    }
+
+    /// Finish the transfer with the guest paused (no disk request in flight): the pages and
+    /// disk blocks left, then the log, whose header is the state without RAM.
+    fn finish(
+        &mut self,
+        m: &mut Machine,
+        disks: &mut DiskDirty,
+    ) -> Result<(PrimaryLink, LogWriter<Box<dyn Write>>), PairError> {
+        let mut t = self
+            .transfer
+            .take()
+            .ok_or_else(|| PairError::Protocol("no backup is being brought up to date".into()))?;
+        let t0 = Instant::now();
+        // The rest of this round (whose pages are skipped when zero in round 1), then every
+        // page written since it began, zero or not.
+        let left: Vec<usize> = m.take_dirty().iter().collect();
+        let pages_left = t.todo.len() + left.len();
+        t.flush_all(m, &left, disks.take())?;
+        let out = t.out.clone();
         let header = Record::Header {
             count: m.count(),
-            snapshot: m.save(),
+            snapshot: m.save_without_ram(),
             digest_every: self.digest_every,
         };
         let writer: Box<dyn Write> = Box::new(LinkWriter {
@@ -345,17 +736,29 @@ impl Protector {
         });
         let log = LogWriter::new(writer, header)?;
         if out.with(|s| s.is_dead(now_ns())) {
-            return Err(gone());
+            return Err(PairError::Protocol(
+                "the backup stopped receiving while its state was sent".into(),
+            ));
         }
         out.set_write_limit(self.timing.dead)?;
-        cut.0 = None;
+        t.cut.0 = None;
+        // The sending thread ends with its queue.
+        drop(t.jobs);
+        if let Some(h) = t.sender.take() {
+            let _ = h.join();
+        }
         eprintln!(
-            "ftvm: backup attached (generation {generation}) at instruction {}: {} KiB of disk sent, state sent in {} ms",
+            "\r\nftvm: backup attached (generation {}) at instruction {} by pre-copy: {} rounds, {:.1} MiB of RAM and {:.1} MiB of disk in {} ms; the last {} pages and the state took {:.1} ms\r",
+            t.generation,
             m.count(),
-            sent >> 10,
-            t0.elapsed().as_millis()
+            t.round,
+            Transfer::mib(t.sent.ram.load(Ordering::Relaxed)),
+            Transfer::mib(t.sent.disk.load(Ordering::Relaxed)),
+            t.started.elapsed().as_millis(),
+            pages_left,
+            t0.elapsed().as_secs_f64() * 1e3,
         );
-        self.next_generation = generation + 1;
+        self.next_generation = t.generation + 1;
         Ok((
             PrimaryLink {
                 out,
@@ -365,11 +768,27 @@ impl Protector {
             log,
         ))
     }
+
+    /// Bring the waiting backup up to date with the machine as it is now, the guest paused
+    /// throughout (no disk request may be in flight): the generation, the disks' contents and
+    /// RAM, then a log whose header is the machine's state.
+    pub fn attach_backup(
+        &mut self,
+        m: &mut Machine,
+    ) -> Result<(PrimaryLink, LogWriter<Box<dyn Write>>), PairError> {
+        let mut disks = DiskDirty::default();
+        if self.transfer.is_none() {
+            self.transfer = Some(self.begin(m)?);
+        }
+        let r = self.finish(m, &mut disks);
+        self.transfer = None;
+        r
+    }
 }
 
 impl Protect for Protector {
-    /// One backup may wait while another protects the guest; it attaches when that one is
-    /// gone. More are refused.
+    /// One backup may wait while another protects the guest (or is being brought up to date);
+    /// it attaches when that one is gone. More are refused.
     fn poll(&mut self) -> bool {
         while let Ok(backup) = self.incoming.try_recv() {
             if self.standby.is_none() {
@@ -379,14 +798,30 @@ impl Protect for Protector {
                 backup.0.shutdown();
             }
         }
-        self.standby.is_some()
+        self.standby.is_some() || self.transfer.is_some()
+    }
+
+    fn transferring(&self) -> bool {
+        self.transfer.is_some()
+    }
+
+    fn precopy(&mut self, m: &mut Machine, disks: &mut DiskDirty) -> Result<Precopy, LinkError> {
+        match self.step(m, disks) {
+            Ok(p) => Ok(p),
+            Err(e) => {
+                // The transfer's link closes as it is dropped.
+                self.transfer = None;
+                Err(Box::new(e))
+            }
+        }
     }
 
     fn attach(
         &mut self,
-        m: &Machine,
+        m: &mut Machine,
+        disks: &mut DiskDirty,
     ) -> Result<(Box<dyn Link>, LogWriter<Box<dyn Write>>), LinkError> {
-        let (link, log) = self.attach_backup(m)?;
+        let (link, log) = self.finish(m, disks)?;
         Ok((Box::new(link), log))
     }
 
@@ -400,7 +835,7 @@ impl Protect for Protector {
 #[allow(clippy::too_many_arguments)]
 pub fn run(
     mut protect: Protector,
-    m: Machine,
+    mut m: Machine,
     backends: Backends,
     devices: &Devices,
     cfg: &PairConfig,
@@ -410,7 +845,7 @@ pub fn run(
 ) -> Result<Ended, PairError> {
     let (link, log) = loop {
         protect.wait()?;
-        match protect.attach_backup(&m) {
+        match protect.attach_backup(&mut m) {
             Ok(attached) => break attached,
             Err(e) => eprintln!("ftvm: the backup could not attach: {e}"),
         }

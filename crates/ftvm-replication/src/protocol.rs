@@ -288,7 +288,7 @@ impl BackupSide {
                 self.released = self.released.max(count);
                 Ok(Received::Released(self.released))
             }
-            Msg::Disk { .. } => Ok(Received::Disk),
+            Msg::Disk { .. } | Msg::Ram { .. } => Ok(Received::Disk),
             ref other => Err(ProtocolError::Unexpected {
                 from: "primary",
                 what: msg_name(other),

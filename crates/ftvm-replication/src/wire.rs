@@ -13,8 +13,13 @@ use crate::channel::{ChannelError, Msg, Role};
 
 /// The version of the replication protocol this build speaks (version 1 was the BLAKE3
 /// handshake with per-message MACs, before Noise and the hello; version 2 shipped logs of
-/// format version 1, without the clock's `Rate` input, which version 3's logs may hold).
-pub const PROTOCOL_VERSION: u32 = 3;
+/// format version 1, without the clock's `Rate` input, which version 3's logs may hold; version
+/// 3 sent RAM inside the log's header, where version 4 sends it as `Ram` pages, by pre-copy).
+pub const PROTOCOL_VERSION: u32 = 4;
+/// The most pages one `Ram` message carries (1 MiB of them).
+pub const MAX_RAM_PAGES: usize = 256;
+/// The size of a RAM page.
+pub const PAGE: usize = 4096;
 /// The largest payload of one message (the bytes after its header): 64 MiB.
 pub const MAX_MSG: u32 = 64 << 20;
 /// The largest Noise message (ciphertext and tag).
@@ -40,6 +45,7 @@ pub enum Kind {
     Heartbeat = 3,
     Attach = 4,
     Disk = 5,
+    Ram = 6,
 }
 
 impl Kind {
@@ -51,6 +57,7 @@ impl Kind {
             3 => Kind::Heartbeat,
             4 => Kind::Attach,
             5 => Kind::Disk,
+            6 => Kind::Ram,
             _ => return None,
         })
     }
@@ -62,6 +69,7 @@ impl Kind {
             Msg::Heartbeat { .. } => Kind::Heartbeat,
             Msg::Attach { .. } => Kind::Attach,
             Msg::Disk { .. } => Kind::Disk,
+            Msg::Ram { .. } => Kind::Ram,
         }
     }
 
@@ -73,6 +81,7 @@ impl Kind {
             Kind::Heartbeat => "a heartbeat",
             Kind::Attach => "an attach message",
             Kind::Disk => "disk contents",
+            Kind::Ram => "RAM pages",
         }
     }
 }
@@ -130,6 +139,11 @@ pub fn payload_len(m: &Msg) -> usize {
         Msg::Ack { .. } | Msg::Heartbeat { .. } => 16,
         Msg::Attach { disks, .. } => disks.len().saturating_mul(8).saturating_add(8),
         Msg::Disk { data, .. } => data.len().saturating_add(12),
+        Msg::Ram { pages, data } => pages
+            .len()
+            .saturating_mul(8)
+            .saturating_add(data.len())
+            .saturating_add(4),
     }
 }
 
@@ -157,6 +171,13 @@ pub fn encode(m: &Msg, out: &mut Vec<u8>) {
         } => {
             out.extend_from_slice(&index.to_le_bytes());
             out.extend_from_slice(&offset.to_le_bytes());
+            out.extend_from_slice(data);
+        }
+        Msg::Ram { pages, data } => {
+            out.extend_from_slice(&(pages.len() as u32).to_le_bytes());
+            for p in pages {
+                out.extend_from_slice(&p.to_le_bytes());
+            }
             out.extend_from_slice(data);
         }
     }
@@ -231,6 +252,23 @@ pub fn decode(kind: Kind, mut payload: Vec<u8>) -> Result<Body, ChannelError> {
             Msg::Disk {
                 index,
                 offset,
+                data: payload,
+            }
+        }
+        Kind::Ram => {
+            let n = u32_at(&payload, 0)? as usize;
+            if n == 0 || n > MAX_RAM_PAGES {
+                return Err(bad("a RAM message holds 1 to 256 pages"));
+            }
+            if payload.len() != 4 + n * (8 + PAGE) {
+                return Err(bad("a RAM message's length does not match its page count"));
+            }
+            let pages = (0..n)
+                .map(|i| u64_at(&payload, 4 + 8 * i))
+                .collect::<Result<Vec<u64>, _>>()?;
+            payload.drain(..4 + 8 * n);
+            Msg::Ram {
+                pages,
                 data: payload,
             }
         }
@@ -390,7 +428,7 @@ impl Order {
                 })
             }
             (Role::Primary, O::Attach, K::Attach) => Some(O::Disks),
-            (Role::Primary, O::Disks, K::Disk | K::Heartbeat) => Some(O::Disks),
+            (Role::Primary, O::Disks, K::Disk | K::Ram | K::Heartbeat) => Some(O::Disks),
             (Role::Primary, O::Disks | O::Log, K::Log) => Some(O::Log),
             (Role::Primary, O::Log, K::Heartbeat) => Some(O::Log),
             (Role::Backup, O::Acks, K::Heartbeat | K::Ack) => Some(O::Acks),
@@ -535,6 +573,10 @@ mod tests {
                 offset: 4096,
                 data: vec![7; 300],
             },
+            Msg::Ram {
+                pages: vec![3, 1],
+                data: vec![9; 2 * PAGE],
+            },
         ]
     }
 
@@ -616,6 +658,21 @@ mod tests {
         assert!(decode(Kind::Attach, vec![]).is_err());
         assert!(decode(Kind::Attach, vec![0; 12]).is_err());
         assert!(decode(Kind::Disk, vec![0; 11]).is_err());
+        // RAM pages: a count of 1 to 256, and exactly that many page numbers and pages.
+        let ram = |n: u32, extra: usize| {
+            let mut p = n.to_le_bytes().to_vec();
+            p.resize(4 + n as usize * (8 + PAGE) + extra, 0);
+            p
+        };
+        assert!(decode(Kind::Ram, ram(1, 0)).is_ok());
+        assert!(decode(Kind::Ram, ram(256, 0)).is_ok());
+        assert!(decode(Kind::Ram, ram(0, 0)).is_err());
+        assert!(decode(Kind::Ram, ram(257, 0)).is_err());
+        assert!(decode(Kind::Ram, ram(2, 1)).is_err());
+        let mut short = ram(2, 0);
+        short.pop();
+        assert!(decode(Kind::Ram, short).is_err());
+        assert!(decode(Kind::Ram, vec![1, 0, 0]).is_err());
         assert!(Head::parse(&[9; HEAD]).is_err());
         assert!(Head::parse(&[1; HEAD - 1]).is_err());
     }
@@ -623,11 +680,11 @@ mod tests {
     #[test]
     fn an_unknown_version_is_named() {
         let mut h = Hello::new(Role::Primary, 1, "");
-        h.version = 4;
+        h.version = 3;
         let mut p = Vec::new();
         h.encode(&mut p);
         let e = Hello::decode(&p).unwrap_err();
-        assert!(matches!(e, ChannelError::Version { ours: 3, theirs: 4 }));
+        assert!(matches!(e, ChannelError::Version { ours: 4, theirs: 3 }));
         let text = e.to_string();
         assert!(text.contains('3') && text.contains('4'), "{text}");
         // Only the version is read of a hello of another version.
@@ -688,7 +745,7 @@ mod tests {
         // log began, a second attach, a backup's log, a primary's acknowledgement.
         assert!(matches!(
             run(p, &[K::Attach]),
-            Err(ChannelError::NoHello { ours: 3, .. })
+            Err(ChannelError::NoHello { ours: 4, .. })
         ));
         for (peer, kinds) in [
             (p, &[K::Hello, K::Hello][..]),

@@ -86,6 +86,7 @@ fn config(arbiter: &str) -> PairConfig {
         digest_every: 1_000_000,
         epoch: None,
         max_lag_ms: 50,
+        max_downtime: Duration::from_millis(300),
         status_file: None,
         mem_bytes: 16 << 20,
     }

@@ -24,7 +24,8 @@ pub mod status;
 pub use devices::{Backends, Devices, NetSpec};
 pub use follow::{FollowError, Sink};
 pub use live::{
-    live, ClockMode, Ended, Feeder, Gate, HoldTimes, Link, LinkState, Options, Protect, RunError,
+    live, ClockMode, DiskDirty, Ended, Feeder, Gate, HoldTimes, Link, LinkState, Options, Precopy,
+    Protect, RunError, DISK_BLOCK,
 };
 
 use ftvm_host::HostEvent;

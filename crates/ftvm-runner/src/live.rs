@@ -2,7 +2,7 @@
 //! (`Machine::apply`), and send its outputs out, through the output-commit gate when a backup
 //! protects the guest.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::io::Write;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
@@ -11,7 +11,9 @@ use ftvm_host::console::{Captured, Console};
 use ftvm_host::{DetEntropy, HostEvent};
 use ftvm_log::{LogError, LogWriter, Record};
 use ftvm_machine::board::NANOS_PER_TICK;
-use ftvm_machine::{DeviceOutput, DiskRequest, Input, Machine, Output, PowerEvent, RunExit};
+use ftvm_machine::{
+    DeviceOutput, DiskOp, DiskRequest, Input, Machine, Output, PowerEvent, RunExit,
+};
 use thiserror::Error;
 
 use crate::clock::{HostClock, MAX_LAG};
@@ -112,15 +114,88 @@ pub trait Link {
 pub trait Protect {
     /// Look for backups that connected; whether one waits to attach.
     fn poll(&mut self) -> bool;
-    /// Bring the waiting backup up to date with `m` (no disk request is in flight): the link,
-    /// and the log to write the inputs to from here on.
+    /// Whether a waiting backup is being brought up to date (a pre-copy is under way).
+    fn transferring(&self) -> bool;
+    /// One step of bringing the waiting backup up to date while the guest runs (pre-copy):
+    /// the first call starts it (no disk request may be in flight then), later ones send what
+    /// changed. `Ready` when what is left fits the pause the guest may take; an error ends
+    /// the attempt (the guest runs on as it was).
+    fn precopy(&mut self, m: &mut Machine, disks: &mut DiskDirty) -> Result<Precopy, LinkError>;
+    /// Finish bringing the backup up to date with `m` (no disk request is in flight): what
+    /// changed last, the state, then the link, and the log to write the inputs to from here on.
     #[allow(clippy::type_complexity)]
     fn attach(
         &mut self,
-        m: &Machine,
+        m: &mut Machine,
+        disks: &mut DiskDirty,
     ) -> Result<(Box<dyn Link>, LogWriter<Box<dyn Write>>), LinkError>;
     /// Digest interval of the log to a backup.
     fn digest_every(&self) -> u64;
+}
+
+/// Where a pre-copy stands after a step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Precopy {
+    /// More to send. `throttle`: the percentage of real time the guest should spend paused
+    /// (auto-converge: a guest that dirties memory faster than the link carries it is slowed
+    /// down until the copy converges).
+    Running { throttle: u32 },
+    /// What is left fits the pause: attach now.
+    Ready,
+}
+
+/// Disk bytes are tracked as written in blocks of this size.
+pub const DISK_BLOCK: u64 = 64 << 10;
+
+/// The disk blocks the guest wrote since the set was last taken, by disk slot (for a pre-copy:
+/// the blocks to send again). A write is marked when it is submitted, before any of its bytes
+/// reach the file.
+#[derive(Debug, Default)]
+pub struct DiskDirty(BTreeSet<(usize, u64)>);
+
+impl DiskDirty {
+    /// Mark `len` bytes at byte `offset` of the disk in `slot`.
+    pub fn mark(&mut self, slot: usize, offset: u64, len: u64) {
+        if len == 0 {
+            return;
+        }
+        let last = offset.saturating_add(len - 1) / DISK_BLOCK;
+        for block in offset / DISK_BLOCK..=last {
+            self.0.insert((slot, block));
+        }
+    }
+
+    /// The bytes marked.
+    pub fn bytes(&self) -> u64 {
+        self.0.len() as u64 * DISK_BLOCK
+    }
+
+    /// Take the marked blocks as ranges `(slot, offset, len)` (adjacent blocks merged),
+    /// leaving none marked. A range may run past the end of its disk.
+    pub fn take(&mut self) -> Vec<(usize, u64, u64)> {
+        let mut out: Vec<(usize, u64, u64)> = Vec::new();
+        for (slot, block) in std::mem::take(&mut self.0) {
+            let off = block * DISK_BLOCK;
+            match out.last_mut() {
+                Some((s, o, l)) if *s == slot && *o + *l == off => *l += DISK_BLOCK,
+                _ => out.push((slot, off, DISK_BLOCK)),
+            }
+        }
+        out
+    }
+}
+
+/// Hand a disk request to its backend, marking the blocks a write changes.
+fn submit(backends: &Backends, pending: &mut Pending, req: DiskRequest) {
+    if let Some(d) = backends.disks.get(&req.slot) {
+        if let DiskOp::Write { sector, data } = &req.op {
+            pending
+                .disk_dirty
+                .mark(req.slot, sector.saturating_mul(512), data.len() as u64);
+        }
+        pending.disk_in_flight += 1;
+        d.submit(req);
+    }
 }
 
 /// Steps between looks at the host (I/O, the clock): 5 ms of guest time.
@@ -141,6 +216,7 @@ struct Pending {
     console_open: bool,
     quit: bool,
     disk_in_flight: usize,
+    disk_dirty: DiskDirty,
 }
 
 impl Pending {
@@ -184,12 +260,7 @@ impl Pending {
             // A completion may let the device start the next queued request.
             for out in m.take_outputs() {
                 match out {
-                    Output::Device(DeviceOutput::Disk(req)) => {
-                        if let Some(d) = backends.disks.get(&req.slot) {
-                            self.disk_in_flight += 1;
-                            d.submit(req);
-                        }
-                    }
+                    Output::Device(DeviceOutput::Disk(req)) => submit(backends, self, req),
                     out => emit(out, con, backends),
                 }
             }
@@ -374,11 +445,10 @@ pub fn live(
         ..Default::default()
     };
     for req in resubmit {
-        if let Some(d) = backends.disks.get(&req.slot) {
-            pending.disk_in_flight += 1;
-            d.submit(req);
-        }
+        submit(&backends, &mut pending, req);
     }
+    // Auto-converge: the share of time the guest waits while a pre-copy cannot keep up.
+    let mut throttle = 0u32;
     let started = Instant::now();
     // Under the host clock, machine time keeps up with the host's (see crate::clock).
     let mut clock = HostClock::new(&m);
@@ -417,19 +487,22 @@ pub fn live(
             } else {
                 HELD_CHUNK
             };
-            m.run(stop_at.min(feed.next_digest).min(next_epoch), chunk)
+            let t0 = Instant::now();
+            let exit = m.run(stop_at.min(feed.next_digest).min(next_epoch), chunk);
+            if throttle > 0 {
+                let ran = t0.elapsed();
+                let pause = ran * throttle / (100 - throttle);
+                std::thread::sleep(pause);
+                clock.waited(pause);
+            }
+            exit
         };
         let was_idle = matches!(exit, RunExit::Idle { .. });
         let count = m.count();
         let mut held_new = false;
         for out in m.take_outputs() {
             match out {
-                Output::Device(DeviceOutput::Disk(req)) => {
-                    if let Some(d) = backends.disks.get(&req.slot) {
-                        pending.disk_in_flight += 1;
-                        d.submit(req);
-                    }
-                }
+                Output::Device(DeviceOutput::Disk(req)) => submit(&backends, &mut pending, req),
                 out if gate.link.is_some() => {
                     gate.held.push_back((count, Instant::now(), out));
                     held_new = true;
@@ -451,22 +524,34 @@ pub fn live(
             st.update(role, m.count(), peer);
         }
         let backup_waiting = gate.protect.as_mut().is_some_and(|p| p.poll());
+        throttle = 0;
         if backup_waiting && gate.link.is_none() {
-            // Bring the new backup up to date: no disk request may be in flight while the
-            // guest's state and the disks are copied.
-            let t0 = Instant::now();
-            pending.drain_disks(&mut m, &events, &mut feed, &backends, &mut con)?;
             if let Some(protect) = gate.protect.as_mut() {
-                match protect.attach(&m) {
-                    Ok((link, log)) => {
-                        feed.log = Some(log);
-                        feed.digest_every = protect.digest_every();
-                        feed.next_digest = m.count().saturating_add(feed.digest_every);
-                        gate.link = Some(link);
-                        eprintln!(
-                            "\r\nftvm: protected again; the guest paused {} ms\r",
-                            t0.elapsed().as_millis()
-                        );
+                // Bring the new backup up to date while the guest runs (pre-copy). A copy
+                // starts with no disk request in flight: every write from then on is marked.
+                if !protect.transferring() {
+                    pending.drain_disks(&mut m, &events, &mut feed, &backends, &mut con)?;
+                }
+                match protect.precopy(&mut m, &mut pending.disk_dirty) {
+                    Ok(Precopy::Running { throttle: t }) => throttle = t.min(99),
+                    Ok(Precopy::Ready) => {
+                        // The last changes and the state: the guest pauses for this, with no
+                        // disk request in flight.
+                        let t0 = Instant::now();
+                        pending.drain_disks(&mut m, &events, &mut feed, &backends, &mut con)?;
+                        match protect.attach(&mut m, &mut pending.disk_dirty) {
+                            Ok((link, log)) => {
+                                feed.log = Some(log);
+                                feed.digest_every = protect.digest_every();
+                                feed.next_digest = m.count().saturating_add(feed.digest_every);
+                                gate.link = Some(link);
+                                eprintln!(
+                                    "\r\nftvm: protected again; the guest paused {:.1} ms\r",
+                                    t0.elapsed().as_secs_f64() * 1e3
+                                );
+                            }
+                            Err(e) => eprintln!("\r\nftvm: a backup could not attach: {e}\r"),
+                        }
                     }
                     Err(e) => eprintln!("\r\nftvm: a backup could not attach: {e}\r"),
                 }

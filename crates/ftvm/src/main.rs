@@ -112,6 +112,10 @@ struct PairArgs {
     /// guest waits. It bounds the replay a failover needs first.
     #[arg(long, value_name = "MS", default_value_t = 50)]
     max_lag_ms: u64,
+    /// Attaching a backup to a running guest: the guest runs on while its RAM and disks are
+    /// copied in rounds (pre-copy), then pauses for what is left once that fits in MS.
+    #[arg(long, value_name = "MS", default_value_t = 300)]
+    max_downtime_ms: u64,
     /// Report this side's role, lag and protection in FILE (read it with `ftvm status`).
     #[arg(long, value_name = "FILE")]
     status_file: Option<PathBuf>,
@@ -457,6 +461,7 @@ fn pair_config(p: &PairArgs, a: &RunArgs) -> Result<PairConfig> {
         digest_every: p.digest_every.max(1),
         epoch: p.epoch(),
         max_lag_ms: p.max_lag_ms,
+        max_downtime: Duration::from_millis(p.max_downtime_ms),
         status_file: p.status_file.clone(),
         mem_bytes: a.mem,
     })
