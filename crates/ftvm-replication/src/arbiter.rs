@@ -37,12 +37,18 @@ pub enum ArbiterError {
     Io(String, std::io::Error),
     #[error("the etcd arbiter at {0} cannot be reached: {1}")]
     Etcd(String, String),
+    #[error("there is no arbiter (a migration started without --arbiter): this side cannot tell a dead peer from a cut-off one")]
+    NoArbiter,
 }
 
 #[derive(Clone, Debug)]
 pub enum Arbiter {
     File(PathBuf),
     Etcd(Etcd),
+    /// No arbiter: a race is never won. A live migration's destination without one goes live
+    /// only when the source hands it the guest; a source whose destination dies after the
+    /// guest was handed to it stops.
+    None,
 }
 
 /// An etcd v3 cluster, spoken to through its HTTP/JSON gateway.
@@ -107,6 +113,7 @@ impl Arbiter {
                 }
             }
             Arbiter::Etcd(e) => e.test_and_set(generation, who),
+            Arbiter::None => Err(ArbiterError::NoArbiter),
         }
     }
 
@@ -115,6 +122,7 @@ impl Arbiter {
         match self {
             Arbiter::File(p) => Ok(Self::file_for(p, generation).exists()),
             Arbiter::Etcd(e) => Ok(e.get(generation)?.is_some()),
+            Arbiter::None => Ok(false),
         }
     }
 
@@ -130,6 +138,7 @@ impl Arbiter {
                 }
             }
             Arbiter::Etcd(e) => e.get(generation),
+            Arbiter::None => Ok(None),
         }
     }
 }

@@ -43,6 +43,11 @@ impl std::io::Read for Incoming {
 enum FromPrimary {
     Record(Record),
     Released(u64),
+    /// The primary stopped its guest at `count` and hands it over (live migration).
+    HandOver {
+        count: u64,
+        released: u64,
+    },
     Gone,
 }
 
@@ -355,6 +360,8 @@ pub fn follow_primary(
         follower.disks.insert(slot, f);
     }
     let mut gone = false;
+    // Set when the primary handed the guest over (live migration) at this count.
+    let mut handed_over = None;
     let mut status = cfg.status_file.as_deref().map(StatusFile::new);
     // Hold the guest's TAP devices open while following (this side writes nothing to them and
     // drops what they receive), so that their bridge ports are up and forwarding when it goes
@@ -382,6 +389,7 @@ pub fn follow_primary(
                     return Ok(Ended {
                         code: code.min(255) as u8,
                         machine: m,
+                        handed_over: false,
                     });
                 }
             }
@@ -394,6 +402,23 @@ pub fn follow_primary(
                     follower.unreleased.pop_front();
                 }
             }
+            Some(FromPrimary::HandOver { count, released }) => {
+                // Every record up to `count` came before the hand-over and was applied.
+                if m.count() != count {
+                    return Err(PairError::Protocol(format!(
+                        "the primary handed the guest over at instruction {count}, but its log ends at {}",
+                        m.count()
+                    )));
+                }
+                while follower
+                    .unreleased
+                    .front()
+                    .is_some_and(|(c, _)| *c <= released)
+                {
+                    follower.unreleased.pop_front();
+                }
+                handed_over = Some(count);
+            }
             Some(FromPrimary::Gone) => gone = true,
             None => {}
         }
@@ -401,7 +426,7 @@ pub fn follow_primary(
             let primary_at = latest.load(Ordering::Relaxed).max(m.count());
             st.update("backup", m.count(), Some(primary_at));
         }
-        if gone || out.with(|s| s.is_dead(now_ns())) {
+        if handed_over.is_some() || gone || out.with(|s| s.is_dead(now_ns())) {
             break;
         }
     }
@@ -410,7 +435,9 @@ pub fn follow_primary(
     // can outlast `free_at`; then nothing is released before it.
     let detected = Instant::now();
     let (free_at, why) = out.cut_if(|s| {
-        let why = if s.broken() || gone {
+        let why = if handed_over.is_some() {
+            "the primary handed the guest over".to_string()
+        } else if s.broken() || gone {
             "the link closed".to_string()
         } else {
             format!(
@@ -421,8 +448,9 @@ pub fn follow_primary(
         ((s.fence(), why), true)
     });
     // Everything received is in the queue: replay it all (the catch-up, on the same path).
+    // After a hand-over nothing is left: the primary sent nothing more.
     let mut ended = None;
-    while let Ok(msg) = rec_rx.try_recv() {
+    while let (None, Ok(msg)) = (handed_over, rec_rx.try_recv()) {
         if let FromPrimary::Record(r) = msg {
             if let Applied::End { code } = follow::apply(&mut m, r, &mut follower)? {
                 ended = Some(code);
@@ -436,13 +464,18 @@ pub fn follow_primary(
         return Ok(Ended {
             code: code.min(255) as u8,
             machine: m,
+            handed_over: false,
         });
     }
-    sleep_until(free_at);
-    if !arbiter.test_and_set(generation, "backup")? {
-        return Err(PairError::Lost(format!(
-            "the primary won generation {generation} of the arbiter ({why}: this backup was stopped, stalled or cut off from it, and the primary runs on); this backup stops and never went live"
-        )));
+    // After a hand-over the primary has stopped its guest and releases nothing more: no lease
+    // to wait out, no race.
+    if handed_over.is_none() {
+        sleep_until(free_at);
+        if !arbiter.test_and_set(generation, "backup")? {
+            return Err(PairError::Lost(format!(
+                "the primary won generation {generation} of the arbiter ({why}: this backup was stopped, stalled or cut off from it, and the primary runs on); this backup stops and never went live"
+            )));
+        }
     }
     let Follower {
         disks,
@@ -453,11 +486,19 @@ pub fn follow_primary(
         let _ = f.sync_data();
     }
     drop(disks);
-    eprintln!(
-        "ftvm: primary lost ({why}); backup live at instruction {} ({} ms after detection)",
-        m.count(),
-        detected.elapsed().as_millis()
-    );
+    if handed_over.is_some() {
+        eprintln!(
+            "ftvm: the guest was handed over; live at instruction {} ({:.1} ms after the hand-over arrived)",
+            m.count(),
+            detected.elapsed().as_secs_f64() * 1e3
+        );
+    } else {
+        eprintln!(
+            "ftvm: primary lost ({why}); backup live at instruction {} ({} ms after detection)",
+            m.count(),
+            detected.elapsed().as_millis()
+        );
+    }
     while events.try_recv().is_ok() {}
     // The dead primary's TAP may take a moment to be released on a shared host: retry briefly.
     let t_open = Instant::now();
@@ -551,6 +592,11 @@ fn receive_log(
                     (Received::Released(count), _) => {
                         let _ = records.send(FromPrimary::Released(count));
                         continue;
+                    }
+                    (Received::HandOver { count, released }, _) => {
+                        // Nothing follows a hand-over.
+                        let _ = records.send(FromPrimary::HandOver { count, released });
+                        return Ok(());
                     }
                     (_, Msg::Log { bytes, .. }) => bytes,
                     (_, other) => {

@@ -166,6 +166,10 @@ pub enum Msg {
     /// offset / 4096), then each page's 4096 bytes in the same order. A page sent again
     /// replaces what was sent before; pages never sent are zero.
     Ram { pages: Vec<u64>, data: Vec<u8> },
+    /// The primary hands the guest over (live migration) and has stopped it: it stopped at
+    /// `count`, where its log ends, and released every output up to `released`. The backup
+    /// goes live at `count` without racing the arbiter; nothing follows.
+    HandOver { count: u64, released: u64 },
 }
 
 /// Write one handshake message: `len u16 (big-endian) | bytes`.

@@ -19,6 +19,7 @@ pub mod backup;
 pub mod channel;
 pub mod lease;
 mod link;
+pub mod migrate;
 pub mod primary;
 pub mod protocol;
 pub mod transport;

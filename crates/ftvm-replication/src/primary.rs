@@ -25,6 +25,7 @@ use ftvm_runner::{
 use crate::channel::{Channel, Hello, Msg, Psk, Role};
 use crate::lease::{now_ns, Timing};
 use crate::link::{CloseOnDrop, LinkWriter, SendHalf};
+use crate::migrate::{Control, Mode, Outcome};
 use crate::protocol::{PrimarySide, Received, Verdict};
 use crate::transport::{self, Halves};
 use crate::wire::{MAX_RAM_PAGES, PAGE};
@@ -37,11 +38,26 @@ pub struct PrimaryLink {
     /// How far (in instructions) the backup's replay may trail before the guest waits.
     max_lag: u64,
     arbiter: Arbiter,
+    /// A live migration: when the guest goes to the backup, and whom to tell.
+    migration: Option<(Mode, Outcome)>,
 }
+
+/// A hand-over (migration mode `handover`) happens once the backup's replay, as its last
+/// heartbeat told, trails by at most this many instructions (20 ms of guest time: a heartbeat
+/// interval and a little): the guest then pauses for about one round trip and that replay.
+const HANDOVER_LAG: u64 = 2_000_000;
 
 impl Link for PrimaryLink {
     fn check(&mut self) -> Result<LinkState, LinkError> {
         let now = now_ns();
+        if let Some((_, outcome)) = &self.migration {
+            if outcome.0.cancelled() {
+                self.out.cut_if(|s| {
+                    s.give_up();
+                    ((), true)
+                });
+            }
+        }
         // A dead backup makes the side cut every tie first (the connection closes under the
         // sending lock); then it races the arbiter.
         let (verdict, why, lease_until) = self.out.cut_if(|s| {
@@ -59,7 +75,29 @@ impl Link for PrimaryLink {
         match verdict {
             Verdict::Protected { acked } => Ok(LinkState::Protected(acked)),
             Verdict::Race { generation } => {
-                if self
+                if let Some((_, outcome)) = self.migration.take() {
+                    // A migration's destination goes live only when handed the guest, or by
+                    // winning the arbiter: without one, this side runs on.
+                    let why = if outcome.0.cancelled() {
+                        "cancelled by the operator".to_string()
+                    } else {
+                        format!("the destination was lost ({why})")
+                    };
+                    let won = match self.arbiter {
+                        Arbiter::None => true,
+                        _ => self
+                            .arbiter
+                            .test_and_set(generation, "primary")
+                            .map_err(PairError::from)?,
+                    };
+                    if won {
+                        outcome.0.finished(Err(why));
+                        return Ok(LinkState::Unprotected);
+                    }
+                    outcome.0.finished(Ok(
+                        "the destination won the arbiter: the guest runs there".into()
+                    ));
+                } else if self
                     .arbiter
                     .test_and_set(generation, "primary")
                     .map_err(PairError::from)?
@@ -95,6 +133,40 @@ impl Link for PrimaryLink {
     fn too_far_ahead(&self, count: u64) -> bool {
         count.saturating_sub(self.out.with(|s| s.replayed())) > self.max_lag
     }
+    fn hand_over_due(&self, count: u64) -> bool {
+        match &self.migration {
+            Some((Mode::Precopy, _)) => true,
+            Some((Mode::HandOver, o)) => {
+                !o.0.cancelled()
+                    && count.saturating_sub(self.out.with(|s| s.replayed())) <= HANDOVER_LAG
+            }
+            None => false,
+        }
+    }
+    fn hand_over(&self, count: u64) -> Result<(), LinkError> {
+        let Some((_, outcome)) = &self.migration else {
+            return Err("no migration is under way".into());
+        };
+        let t0 = Instant::now();
+        if !self.out.send_with(|s| s.hand_over(count)) {
+            let why = "the link to the destination broke during the hand-over: the guest may run there; this side stops".to_string();
+            outcome.0.finished(Ok(why.clone()));
+            return Err(why.into());
+        }
+        // The destination closes the link once it has the hand-over (leaving first could reset
+        // the connection before it was read).
+        let confirmed = self.hung_up(Duration::from_secs(5));
+        let m = format!(
+            "the guest was handed over at instruction {count}{}",
+            if confirmed {
+                format!(" (confirmed in {:.1} ms)", t0.elapsed().as_secs_f64() * 1e3)
+            } else {
+                ", not confirmed within 5 s".to_string()
+            }
+        );
+        outcome.0.finished(Ok(m));
+        Ok(())
+    }
 }
 
 /// Marks an attach finished when dropped, however it ends.
@@ -111,6 +183,8 @@ impl Drop for Finished {
 const DISK_PIECE: usize = 1 << 20;
 /// RAM pages the runner copies into messages per step of a pre-copy, at most.
 const PAGES_PER_STEP: usize = 4 * MAX_RAM_PAGES;
+/// RAM pages the runner looks at per step, at most (in round 1, zero pages are skipped).
+const SCAN_PER_STEP: usize = 16 * PAGES_PER_STEP;
 /// Messages queued for the sending thread, at most (4 MiB of RAM pages).
 const QUEUE: usize = 4;
 /// Rounds of a pre-copy, at most, before the guest pauses for what is left however large.
@@ -265,6 +339,10 @@ struct Transfer {
     /// Pages written during each round, per second (the guest's dirty rate).
     dirty_rate: f64,
     throttle: u32,
+    /// A live migration (else a backup of a pair).
+    migration: Option<(Mode, Outcome)>,
+    /// Wakes the runner.
+    wake: Sender<Event>,
 }
 
 impl Transfer {
@@ -272,23 +350,29 @@ impl Transfer {
     /// is all queued.
     fn fill(&mut self, m: &Machine) -> bool {
         let ram = m.ram();
-        let mut budget = PAGES_PER_STEP;
+        let (mut copies, mut scans) = (PAGES_PER_STEP, SCAN_PER_STEP);
         loop {
             let (msg, bytes) = match self.stash.take() {
                 Some(x) => x,
                 None => {
-                    if self.todo.is_empty() || budget == 0 {
+                    if self.todo.is_empty() || copies == 0 || scans == 0 {
+                        if !self.todo.is_empty() {
+                            // The queue has room: the runner comes back at once, even for an
+                            // idle guest (it would wait for the guest's next timer).
+                            let _ = self.wake.send(Event::Wake);
+                        }
                         return !self.todo.is_empty();
                     }
                     let mut pages = Vec::new();
                     let mut data = Vec::new();
-                    while pages.len() < MAX_RAM_PAGES && budget > 0 {
+                    while pages.len() < MAX_RAM_PAGES && copies > 0 && scans > 0 {
                         let Some(p) = self.todo.pop() else { break };
-                        budget -= 1;
+                        scans -= 1;
                         let bytes = &ram[p * PAGE..(p + 1) * PAGE];
                         if self.skip_zero && ftvm_machine::snapshot::page_is_zero(bytes) {
                             continue;
                         }
+                        copies -= 1;
                         pages.push(p as u64);
                         data.extend_from_slice(bytes);
                     }
@@ -382,6 +466,14 @@ impl Transfer {
     }
 }
 
+/// Say how a pre-copy goes: on the terminal, and to the operator of a migration.
+fn report(control: &Option<Arc<Control>>, m: &str) {
+    match control {
+        Some(c) if c.request().is_some() => c.progress(m),
+        _ => eprintln!("\r\nftvm: {m}\r"),
+    }
+}
+
 /// What a side needs to protect its guest with a backup: the backups that connect, and
 /// how to bring one up to date (the guest's state, the disks' contents, then the log).
 pub struct Protector {
@@ -400,6 +492,8 @@ pub struct Protector {
     /// The pause a pre-copy aims to stay under when it stops the guest for the rest.
     max_downtime: Duration,
     wake: Sender<Event>,
+    /// Live migrations asked for on the control socket (a source that is no pair member).
+    control: Option<Arc<Control>>,
 }
 
 impl Protector {
@@ -470,7 +564,23 @@ impl Protector {
             max_lag: cfg.max_lag_ms.saturating_mul(INSTRUCTIONS_PER_MS),
             max_downtime: cfg.max_downtime,
             wake,
+            control: None,
         }
+    }
+
+    /// Move the guest to the destinations that arrive on `incoming` (connected by the control
+    /// socket's thread, see [`crate::migrate`]), as `control` asks.
+    pub fn for_migration(
+        incoming: Receiver<Halves>,
+        cfg: &PairConfig,
+        devices: &Devices,
+        wake: Sender<Event>,
+        control: Arc<Control>,
+    ) -> Protector {
+        let mut p = Protector::new(incoming, cfg, 0, devices, wake);
+        p.arbiter = Arbiter::None;
+        p.control = Some(control);
+        p
     }
 
     /// Block until a backup connects.
@@ -491,6 +601,20 @@ impl Protector {
         let Some((mut tx, mut rx)) = self.standby.take() else {
             return Err(PairError::Protocol("no backup waits to attach".into()));
         };
+        let mut migration = None;
+        if let Some(control) = &self.control {
+            let Some(req) = control.request() else {
+                return Err(PairError::Protocol(
+                    "a destination connected with no migration asked for".into(),
+                ));
+            };
+            self.arbiter = match &req.arbiter {
+                Some(a) => Arbiter::parse(a)?,
+                None => Arbiter::None,
+            };
+            self.max_downtime = req.max_downtime;
+            migration = Some((req.mode, Outcome(control.clone())));
+        }
         let generation = self.next_generation;
         if self.arbiter.taken(generation)? {
             return Err(PairError::Protocol(format!(
@@ -558,8 +682,9 @@ impl Protector {
                         let _ = wake.send(Event::Wake);
                     }
                     Ok(Received::Ignored) => {
-                        // This side cut the link: nothing of the backup's counts any more.
-                        return;
+                        // This side cut the link (or handed the guest over): nothing of the
+                        // backup's counts any more, but its closing the link still does (the
+                        // confirmation of a hand-over).
                     }
                     Ok(_) => {}
                     Err(e) => {
@@ -612,6 +737,8 @@ impl Protector {
             started: Instant::now(),
             dirty_rate: 0.0,
             throttle: 0,
+            migration,
+            wake: self.wake.clone(),
         })
     }
 
@@ -621,14 +748,25 @@ impl Protector {
             let t = self.begin(m)?;
             // Disk writes from here on are sent again.
             disks.take();
-            eprintln!(
-                "\r\nftvm: pre-copy to the backup (generation {}) started: {} MiB of RAM\r",
-                t.generation,
-                m.ram().len() >> 20
+            report(
+                &self.control,
+                &format!(
+                    "pre-copy to the {} (generation {}) started: {} MiB of RAM",
+                    if t.migration.is_some() {
+                        "destination"
+                    } else {
+                        "backup"
+                    },
+                    t.generation,
+                    m.ram().len() >> 20
+                ),
             );
             self.transfer = Some(t);
         }
         let max_downtime = self.max_downtime;
+        if self.control.as_ref().is_some_and(|c| c.cancelled()) {
+            return Err(PairError::Protocol("cancelled by the operator".into()));
+        }
         let Some(t) = self.transfer.as_mut() else {
             return Err(PairError::Protocol("no transfer".into()));
         };
@@ -651,8 +789,8 @@ impl Protector {
         t.dirty_rate = (dirty * PAGE) as f64 / secs;
         let pause = t.expected_pause(dirty, disks.bytes());
         let bw = t.sent.bandwidth().unwrap_or(0.0);
-        eprintln!(
-            "\r\nftvm: pre-copy round {}: {:.1} MiB of RAM and {:.1} MiB of disk sent in {} ms ({:.0} MiB/s); {} pages dirtied meanwhile ({:.1} MiB/s), expected pause {:.1} ms\r",
+        let line = format!(
+            "pre-copy round {}: {:.1} MiB of RAM and {:.1} MiB of disk sent in {} ms ({:.0} MiB/s); {} pages dirtied meanwhile ({:.1} MiB/s), expected pause {:.1} ms",
             t.round,
             Transfer::mib(t.sent.ram.load(Ordering::Relaxed)),
             Transfer::mib(t.sent.disk.load(Ordering::Relaxed)),
@@ -662,6 +800,7 @@ impl Protector {
             t.dirty_rate / (1 << 20) as f64,
             pause.as_secs_f64() * 1e3,
         );
+        report(&self.control, &line);
         // Stop when the rest is small, or fits the budget and rounds no longer shrink it.
         let converged = dirty * 2 > t.last_dirty;
         if pause <= GOOD_ENOUGH || (pause <= max_downtime && converged) || t.round >= MAX_ROUNDS {
@@ -676,10 +815,11 @@ impl Protector {
             } else {
                 (t.throttle + 10).min(99)
             };
-            eprintln!(
-                "\r\nftvm: pre-copy: the guest dirties memory faster than the link carries it; throttled to {}%\r",
+            let line = format!(
+                "pre-copy: the guest dirties memory faster than the link carries it; throttled to {}%",
                 100 - t.throttle
             );
+            report(&self.control, &line);
         }
         t.round += 1;
         t.last_dirty = dirty;
@@ -747,8 +887,13 @@ impl Protector {
         if let Some(h) = t.sender.take() {
             let _ = h.join();
         }
-        eprintln!(
-            "\r\nftvm: backup attached (generation {}) at instruction {} by pre-copy: {} rounds, {:.1} MiB of RAM and {:.1} MiB of disk in {} ms; the last {} pages and the state took {:.1} ms\r",
+        let line = format!(
+            "{} attached (generation {}) at instruction {} by pre-copy: {} rounds, {:.1} MiB of RAM and {:.1} MiB of disk in {} ms; the last {} pages and the state took {:.1} ms",
+            if t.migration.is_some() {
+                "destination"
+            } else {
+                "backup"
+            },
             t.generation,
             m.count(),
             t.round,
@@ -758,12 +903,14 @@ impl Protector {
             pages_left,
             t0.elapsed().as_secs_f64() * 1e3,
         );
+        report(&self.control, &line);
         self.next_generation = t.generation + 1;
         Ok((
             PrimaryLink {
                 out,
                 max_lag: self.max_lag,
                 arbiter: self.arbiter.clone(),
+                migration: t.migration.take(),
             },
             log,
         ))
@@ -809,7 +956,11 @@ impl Protect for Protector {
         match self.step(m, disks) {
             Ok(p) => Ok(p),
             Err(e) => {
-                // The transfer's link closes as it is dropped.
+                // The transfer's link closes as it is dropped (and a migration's operator is
+                // told why).
+                if let Some(c) = &self.control {
+                    c.finished(Err(e.to_string()));
+                }
                 self.transfer = None;
                 Err(Box::new(e))
             }
@@ -821,8 +972,15 @@ impl Protect for Protector {
         m: &mut Machine,
         disks: &mut DiskDirty,
     ) -> Result<(Box<dyn Link>, LogWriter<Box<dyn Write>>), LinkError> {
-        let (link, log) = self.finish(m, disks)?;
-        Ok((Box::new(link), log))
+        match self.finish(m, disks) {
+            Ok((link, log)) => Ok((Box::new(link), log)),
+            Err(e) => {
+                if let Some(c) = &self.control {
+                    c.finished(Err(e.to_string()));
+                }
+                Err(Box::new(e))
+            }
+        }
     }
 
     fn digest_every(&self) -> u64 {

@@ -64,6 +64,8 @@ pub enum Received {
     Disk,
     /// The primary's heartbeat: it released outputs up to this count.
     Released(u64),
+    /// The primary stopped its guest and hands it over at `count`.
+    HandOver { count: u64, released: u64 },
 }
 
 /// What the primary's check of its link decided.
@@ -199,6 +201,26 @@ impl PrimarySide {
         }
     }
 
+    /// The hand-over of the guest, stopped at `count` (live migration), if this side still
+    /// talks: from it on, this side releases nothing and sends nothing more (it is fenced),
+    /// and the backup produces again every output after the `released` count it carries.
+    pub fn hand_over(&mut self, count: u64) -> Option<Msg> {
+        if !self.talking() {
+            return None;
+        }
+        self.fenced = true;
+        Some(Msg::HandOver {
+            count,
+            released: self.released.min(count),
+        })
+    }
+
+    /// Stop protecting the guest with this backup (a migration cancelled): fenced, as if the
+    /// backup had died; the caller races the arbiter next.
+    pub fn give_up(&mut self) {
+        self.fenced = true;
+    }
+
     pub fn acked(&self) -> u64 {
         self.acked
     }
@@ -289,6 +311,10 @@ impl BackupSide {
                 Ok(Received::Released(self.released))
             }
             Msg::Disk { .. } | Msg::Ram { .. } => Ok(Received::Disk),
+            Msg::HandOver { count, released } => {
+                self.released = self.released.max(released);
+                Ok(Received::HandOver { count, released })
+            }
             ref other => Err(ProtocolError::Unexpected {
                 from: "primary",
                 what: msg_name(other),

@@ -46,6 +46,7 @@ pub enum Kind {
     Attach = 4,
     Disk = 5,
     Ram = 6,
+    HandOver = 7,
 }
 
 impl Kind {
@@ -58,6 +59,7 @@ impl Kind {
             4 => Kind::Attach,
             5 => Kind::Disk,
             6 => Kind::Ram,
+            7 => Kind::HandOver,
             _ => return None,
         })
     }
@@ -70,6 +72,7 @@ impl Kind {
             Msg::Attach { .. } => Kind::Attach,
             Msg::Disk { .. } => Kind::Disk,
             Msg::Ram { .. } => Kind::Ram,
+            Msg::HandOver { .. } => Kind::HandOver,
         }
     }
 
@@ -82,6 +85,7 @@ impl Kind {
             Kind::Attach => "an attach message",
             Kind::Disk => "disk contents",
             Kind::Ram => "RAM pages",
+            Kind::HandOver => "a hand-over",
         }
     }
 }
@@ -136,7 +140,7 @@ impl Head {
 pub fn payload_len(m: &Msg) -> usize {
     match m {
         Msg::Log { bytes, .. } => bytes.len().saturating_add(8),
-        Msg::Ack { .. } | Msg::Heartbeat { .. } => 16,
+        Msg::Ack { .. } | Msg::Heartbeat { .. } | Msg::HandOver { .. } => 16,
         Msg::Attach { disks, .. } => disks.len().saturating_mul(8).saturating_add(8),
         Msg::Disk { data, .. } => data.len().saturating_add(12),
         Msg::Ram { pages, data } => pages
@@ -157,6 +161,10 @@ pub fn encode(m: &Msg, out: &mut Vec<u8>) {
         Msg::Ack { count, clock } | Msg::Heartbeat { count, clock } => {
             out.extend_from_slice(&count.to_le_bytes());
             out.extend_from_slice(&clock.to_le_bytes());
+        }
+        Msg::HandOver { count, released } => {
+            out.extend_from_slice(&count.to_le_bytes());
+            out.extend_from_slice(&released.to_le_bytes());
         }
         Msg::Attach { generation, disks } => {
             out.extend_from_slice(&generation.to_le_bytes());
@@ -218,15 +226,25 @@ pub fn decode(kind: Kind, mut payload: Vec<u8>) -> Result<Body, ChannelError> {
                 bytes: payload,
             }
         }
-        Kind::Ack | Kind::Heartbeat => {
+        Kind::Ack | Kind::Heartbeat | Kind::HandOver => {
             if payload.len() != 16 {
-                return Err(bad("an acknowledgement or heartbeat is 16 bytes"));
+                return Err(bad(
+                    "an acknowledgement, heartbeat or hand-over is 16 bytes",
+                ));
             }
-            let (count, clock) = (u64_at(&payload, 0)?, u64_at(&payload, 8)?);
-            if kind == Kind::Ack {
-                Msg::Ack { count, clock }
-            } else {
-                Msg::Heartbeat { count, clock }
+            let (a, b) = (u64_at(&payload, 0)?, u64_at(&payload, 8)?);
+            match kind {
+                Kind::Ack => Msg::Ack { count: a, clock: b },
+                Kind::Heartbeat => Msg::Heartbeat { count: a, clock: b },
+                _ => {
+                    if b > a {
+                        return Err(bad("a hand-over releases past its count"));
+                    }
+                    Msg::HandOver {
+                        count: a,
+                        released: b,
+                    }
+                }
             }
         }
         Kind::Attach => {
@@ -408,6 +426,8 @@ pub enum Order {
     Disks,
     /// The primary's log began: log and heartbeats.
     Log,
+    /// The primary handed the guest over: nothing more.
+    HandedOver,
     /// The backup's hello came: heartbeats and acknowledgements.
     Acks,
 }
@@ -431,6 +451,7 @@ impl Order {
             (Role::Primary, O::Disks, K::Disk | K::Ram | K::Heartbeat) => Some(O::Disks),
             (Role::Primary, O::Disks | O::Log, K::Log) => Some(O::Log),
             (Role::Primary, O::Log, K::Heartbeat) => Some(O::Log),
+            (Role::Primary, O::Log, K::HandOver) => Some(O::HandedOver),
             (Role::Backup, O::Acks, K::Heartbeat | K::Ack) => Some(O::Acks),
             _ => None,
         };
@@ -449,6 +470,7 @@ impl fmt::Display for Order {
             Order::Attach => "after its hello, where its attach message belongs",
             Order::Disks => "while it sent its disks",
             Order::Log => "after its log began",
+            Order::HandedOver => "after it handed the guest over",
             Order::Acks => "after its hello (a backup sends only heartbeats and acknowledgements)",
         })
     }
@@ -576,6 +598,10 @@ mod tests {
             Msg::Ram {
                 pages: vec![3, 1],
                 data: vec![9; 2 * PAGE],
+            },
+            Msg::HandOver {
+                count: 9,
+                released: 8,
             },
         ]
     }

@@ -81,6 +81,8 @@ pub struct Ended {
     /// The guest's exit code (0 for a stop at --stop-at or a quit).
     pub code: u8,
     pub machine: Machine,
+    /// The guest was handed over to the backup (live migration): it runs there now.
+    pub handed_over: bool,
 }
 
 /// An output waiting for the backup: the count that produced it, since when it waits, and
@@ -108,6 +110,15 @@ pub trait Link {
     fn too_far_ahead(&self, count: u64) -> bool;
     /// Wait up to `limit` for the backup to close the link (as it does at the end of the log).
     fn hung_up(&self, limit: Duration) -> bool;
+    /// Whether the guest, at `count`, is to be handed over to the backup now (live migration).
+    fn hand_over_due(&self, _count: u64) -> bool {
+        false
+    }
+    /// Hand the guest, stopped at `count` with its log pushed out to there, over to the
+    /// backup: from the moment this is called this side releases nothing more.
+    fn hand_over(&self, count: u64) -> Result<(), LinkError> {
+        Err(format!("this link cannot hand the guest over (at instruction {count})").into())
+    }
 }
 
 /// Where new backups come from (implemented by the replication layer).
@@ -449,6 +460,7 @@ pub fn live(
     }
     // Auto-converge: the share of time the guest waits while a pre-copy cannot keep up.
     let mut throttle = 0u32;
+    let mut handed_over = false;
     let started = Instant::now();
     // Under the host clock, machine time keeps up with the host's (see crate::clock).
     let mut clock = HostClock::new(&m);
@@ -546,7 +558,7 @@ pub fn live(
                                 feed.next_digest = m.count().saturating_add(feed.digest_every);
                                 gate.link = Some(link);
                                 eprintln!(
-                                    "\r\nftvm: protected again; the guest paused {:.1} ms\r",
+                                    "\r\nftvm: attached; the guest paused {:.1} ms\r",
                                     t0.elapsed().as_secs_f64() * 1e3
                                 );
                             }
@@ -559,6 +571,15 @@ pub fn live(
         }
         if !gate.look(&mut con, &backends)? {
             feed.log = None;
+        }
+        if gate
+            .link
+            .as_ref()
+            .is_some_and(|l| l.hand_over_due(m.count()))
+        {
+            // Live migration: the guest stops here and goes on on the backup.
+            handed_over = true;
+            break 0;
         }
         match exit {
             RunExit::Yield | RunExit::Output => {}
@@ -748,6 +769,21 @@ pub fn live(
         mips = m.count() as f64 / secs / 1e6,
         "run ended"
     );
+    if handed_over {
+        let count = m.count();
+        if let Some(link) = &gate.link {
+            link.hand_over(count).map_err(RunError::Link)?;
+        }
+        let secs = started.elapsed().as_secs_f64();
+        eprintln!(
+            "ftvm: the guest was handed over at instruction {count} after {secs:.1} s; it runs on the backup now"
+        );
+        return Ok(Ended {
+            code: 0,
+            machine: m,
+            handed_over: true,
+        });
+    }
     if let Some(log) = &mut feed.log {
         log.record(Record::End {
             count: m.count(),
@@ -772,7 +808,11 @@ pub fn live(
             eprintln!("ftvm: the backup did not confirm the end of the run");
         }
     }
-    Ok(Ended { code, machine: m })
+    Ok(Ended {
+        code,
+        machine: m,
+        handed_over: false,
+    })
 }
 
 /// How long outputs waited for the backup's acknowledgement (output commit), in buckets of

@@ -13,7 +13,7 @@ use clap::{Parser, Subcommand};
 use ftvm_cpu::Engine;
 use ftvm_log::{LogWriter, Record};
 use ftvm_machine::Machine;
-use ftvm_replication::{backup, primary, Arbiter, PairConfig, Psk};
+use ftvm_replication::{backup, migrate, primary, Arbiter, Hello, PairConfig, Psk, Role};
 use ftvm_runner::status::field;
 use ftvm_runner::{Backends, Devices, Ended, Event, Feeder, Gate, NetSpec, Options};
 
@@ -44,7 +44,12 @@ pub(crate) enum EngineArg {
 #[derive(Subcommand)]
 enum Cmd {
     /// Boot a guest (by default the images in guest/out/) or run a bare-metal ELF.
-    Run(RunArgs),
+    Run {
+        #[command(flatten)]
+        run: RunArgs,
+        #[command(flatten)]
+        migration: MigrationArgs,
+    },
     /// Run live, writing every input and periodic state digests to a log.
     Record(RecordArgs),
     /// Re-execute a recorded log offline and check every digest.
@@ -59,6 +64,9 @@ enum Cmd {
         #[command(flatten)]
         run: RunArgs,
     },
+    /// Move a running guest to another host: ask the ftvm that runs it (started with
+    /// `ftvm run --control SOCK`) to migrate it to an ftvm waiting with `ftvm run --incoming`.
+    Migrate(MigrateArgs),
     /// Show the role, lag and protection of pair members from their --status-file.
     Status {
         /// Status files written by `ftvm primary/backup --status-file`.
@@ -78,6 +86,69 @@ enum Cmd {
         #[command(flatten)]
         run: RunArgs,
     },
+}
+
+#[derive(clap::Args, Default)]
+struct MigrationArgs {
+    /// Serve a control socket at SOCK (a Unix socket): `ftvm migrate --control SOCK` moves
+    /// the guest to another host through it.
+    #[arg(long, value_name = "SOCK")]
+    control: Option<PathBuf>,
+    /// Boot no guest: wait on ADDR for one that migrates in (from an `ftvm migrate` to this
+    /// address), then run it. Give the same run options as the source's.
+    #[arg(
+        long,
+        value_name = "ADDR",
+        requires = "psk",
+        conflicts_with = "control"
+    )]
+    incoming: Option<String>,
+    /// With --incoming: the file holding the key the source's `ftvm migrate --psk` gives.
+    #[arg(long, value_name = "FILE", requires = "incoming")]
+    psk: Option<PathBuf>,
+    /// With --incoming: an arbiter (as for a pair) to race for the guest if the source dies
+    /// during a hand-over; the source's `ftvm migrate --arbiter` names the same one. Without
+    /// it a destination goes live only when handed the guest.
+    #[arg(long, value_name = "SPEC", requires = "incoming")]
+    arbiter: Option<String>,
+}
+
+#[derive(clap::Args)]
+struct MigrateArgs {
+    /// The control socket of the ftvm that runs the guest (its `run --control`).
+    #[arg(long, value_name = "SOCK")]
+    control: PathBuf,
+    /// The destination: the address an `ftvm run --incoming ADDR` waits on.
+    #[arg(long, value_name = "ADDR", required_unless_present_any = ["cancel", "status"])]
+    to: Option<String>,
+    /// The key file both sides use (at least 16 bytes; the destination's --psk).
+    #[arg(long, value_name = "FILE", required_unless_present_any = ["cancel", "status"])]
+    psk: Option<PathBuf>,
+    /// `precopy`: copy RAM and disks in rounds while the guest runs, then pause it for what
+    /// is left and the state. `handover`: the same, then the destination follows the guest in
+    /// lockstep and takes over at an instruction boundary, the guest pausing about one
+    /// round trip.
+    #[arg(long, value_enum, default_value_t = MigrationMode::Precopy)]
+    mode: MigrationMode,
+    /// Stop copying once what is left would pause the guest at most this long.
+    #[arg(long, value_name = "MS", default_value_t = 300)]
+    max_downtime_ms: u64,
+    /// An arbiter both sides race for if one of them dies during a hand-over (the
+    /// destination's --arbiter).
+    #[arg(long, value_name = "SPEC")]
+    arbiter: Option<String>,
+    /// Cancel the migration under way: the guest runs on at the source.
+    #[arg(long, conflicts_with_all = ["to", "status"])]
+    cancel: bool,
+    /// Tell whether a migration is under way.
+    #[arg(long, conflicts_with_all = ["to", "cancel"])]
+    status: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum MigrationMode {
+    Precopy,
+    Handover,
 }
 
 #[derive(clap::Args)]
@@ -305,7 +376,14 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let result = match cli.cmd {
-        Some(Cmd::Run(args)) => run(args, None),
+        Some(Cmd::Run {
+            run: args,
+            migration,
+        }) => match migration.incoming.clone() {
+            Some(addr) => run_incoming(&addr, &migration, args),
+            None => run_with(args, None, migration.control.as_deref()),
+        },
+        Some(Cmd::Migrate(m)) => migrate(m),
         Some(Cmd::Record(r)) => run(r.run, Some((r.log, r.digest_every.max(1)))),
         Some(Cmd::Replay(r)) => replay::replay(r, cli.engine == EngineArg::Check),
         Some(Cmd::Primary { listen, pair, run }) => run_primary(&listen, pair, run),
@@ -468,8 +546,110 @@ fn pair_config(p: &PairArgs, a: &RunArgs) -> Result<PairConfig> {
 }
 
 fn run(a: RunArgs, record: Option<(PathBuf, u64)>) -> Result<u8> {
+    run_with(a, record, None)
+}
+
+/// The pair's configuration for a live migration, either side: the key and the arbiter come
+/// with each migration (see `ftvm_replication::migrate`).
+fn migration_config(a: &RunArgs, psk: Psk, arbiter: Arbiter) -> PairConfig {
+    PairConfig {
+        psk,
+        arbiter,
+        timing: ftvm_replication::Timing::new(
+            Duration::from_millis(10),
+            Duration::from_millis(100),
+        ),
+        digest_every: 1_000_000_000,
+        epoch: None,
+        max_lag_ms: 50,
+        max_downtime: Duration::from_millis(300),
+        status_file: None,
+        mem_bytes: a.mem,
+    }
+}
+
+/// `ftvm run --incoming ADDR`: receive a migrating guest and run it.
+fn run_incoming(addr: &str, mig: &MigrationArgs, a: RunArgs) -> Result<u8> {
+    let psk = match &mig.psk {
+        Some(p) => Psk::from_file(p)?,
+        None => bail!("--incoming needs --psk FILE"),
+    };
+    let arbiter = match &mig.arbiter {
+        Some(spec) => Arbiter::parse(spec)?,
+        None => Arbiter::None,
+    };
+    let devices = devices_of(&a);
+    let cfg = migration_config(&a, psk, arbiter);
+    let hello = Hello::new(Role::Backup, cfg.mem_bytes, devices.layout());
+    let halves = migrate::incoming(addr, &cfg.psk, &hello)?;
+    let ended = backup::follow_primary(halves, None, &devices, &cfg, &a.options())?;
+    finish(&a, ended)
+}
+
+/// `ftvm migrate`: ask a running ftvm to move its guest, and show how it goes.
+fn migrate(m: MigrateArgs) -> Result<u8> {
+    let request = if m.cancel {
+        serde_json::json!({"cmd": "cancel"})
+    } else if m.status {
+        serde_json::json!({"cmd": "status"})
+    } else {
+        let (Some(to), Some(psk)) = (&m.to, &m.psk) else {
+            bail!("ftvm migrate needs --to ADDR and --psk FILE");
+        };
+        // The source reads the key file itself: it must exist where the source runs.
+        let psk = std::fs::canonicalize(psk)
+            .with_context(|| format!("cannot find the key file {}", psk.display()))?;
+        let mut r = serde_json::json!({
+            "cmd": "migrate",
+            "to": to,
+            "psk": psk,
+            "mode": match m.mode {
+                MigrationMode::Precopy => "precopy",
+                MigrationMode::Handover => "handover",
+            },
+            "max_downtime_ms": m.max_downtime_ms,
+        });
+        if let Some(a) = &m.arbiter {
+            Arbiter::parse(a)?;
+            r["arbiter"] = a.clone().into();
+        }
+        r
+    };
+    let moved = migrate::request(&m.control, request, |v| {
+        let msg = v["message"].as_str().unwrap_or_default();
+        match v["event"].as_str() {
+            Some("status") => println!("{v}"),
+            Some("error") => {}
+            _ => eprintln!("ftvm: {msg}"),
+        }
+    })
+    .map_err(|e| anyhow::anyhow!(e))?;
+    Ok(if moved || m.cancel || m.status { 0 } else { 1 })
+}
+
+fn run_with(a: RunArgs, record: Option<(PathBuf, u64)>, control: Option<&Path>) -> Result<u8> {
     let (events_tx, events) = mpsc::channel::<Event>();
     let (m, backends) = build_machine(&a, &events_tx)?;
+    let mut gate = Gate::open();
+    if let Some(sock) = control {
+        if record.is_some() {
+            bail!("--control works with `ftvm run` only");
+        }
+        let devices = devices_of(&a);
+        // Only migrations arrive here; each brings its key, and its arbiter if any.
+        let cfg = migration_config(&a, Psk::from_bytes(&[0; 32]), Arbiter::None);
+        let control = std::sync::Arc::new(migrate::Control::default());
+        let (tx, rx) = mpsc::channel();
+        let hello = Hello::new(Role::Primary, cfg.mem_bytes, devices.layout());
+        migrate::serve(sock, control.clone(), hello, tx, events_tx.clone())?;
+        gate = gate.with_protector(Box::new(primary::Protector::for_migration(
+            rx,
+            &cfg,
+            &devices,
+            events_tx.clone(),
+            control,
+        )));
+    }
     let feed = match &record {
         Some((path, every)) => {
             let header = Record::Header {
@@ -491,7 +671,7 @@ fn run(a: RunArgs, record: Option<(PathBuf, u64)>) -> Result<u8> {
         events_tx,
         events,
         feed,
-        Gate::open(),
+        gate,
         Vec::new(),
     )?;
     finish(&a, ended)

@@ -1042,7 +1042,7 @@ fn backup_killed_a_new_backup_attaches_and_the_pair_survives_a_second_failure() 
     );
     let paused = primary_err
         .lines()
-        .find(|l| l.contains("protected again"))
+        .find(|l| l.contains("the guest paused"))
         .unwrap_or("")
         .trim()
         .to_string();
