@@ -11,6 +11,7 @@ use std::sync::mpsc::{self, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ftvm_host::HostEvent;
 use ftvm_log::{LogReader, Next, Record};
 use ftvm_machine::{DeviceOutput, DiskOp, DiskRequest, Input, Machine, Output};
 use ftvm_runner::follow::{self, Applied, Sink};
@@ -47,6 +48,11 @@ enum FromPrimary {
     HandOver {
         count: u64,
         released: u64,
+    },
+    /// After the hand-over: a frame for the guest that reached the primary.
+    Relay {
+        slot: usize,
+        frame: Vec<u8>,
     },
     Gone,
 }
@@ -294,6 +300,14 @@ pub fn follow_primary(
     // its state; not while this side waits its turn, unread) tell the primary how far this side
     // has replayed, and echo its newest stamp.
     out.heartbeats(timing.beat, |s, _| s.heartbeat());
+    // Hold the guest's TAP devices open from the attach on, while the state arrives and while
+    // following (this side writes nothing to them and drops what they receive), so that their
+    // bridge ports are up and forwarding when it goes live: a TAP first opened at the takeover
+    // can take a few hundred ms to pass frames, and a client's retransmission lost meanwhile
+    // costs it another timeout (a pre-copy migration goes live right after the state). On a
+    // host where the primary holds the same TAP they open only at the takeover.
+    let (events_tx, events) = mpsc::channel::<Event>();
+    let mut early_taps = devices.open_taps(&events_tx).ok();
     let (first_log, ram) = receive_state(
         rx_half.as_mut(),
         &out,
@@ -363,13 +377,6 @@ pub fn follow_primary(
     // Set when the primary handed the guest over (live migration) at this count.
     let mut handed_over = None;
     let mut status = cfg.status_file.as_deref().map(StatusFile::new);
-    // Hold the guest's TAP devices open while following (this side writes nothing to them and
-    // drops what they receive), so that their bridge ports are up and forwarding when it goes
-    // live: a TAP first opened at the takeover can take a few hundred ms to pass frames, and a
-    // client's retransmission lost meanwhile costs it another timeout. On a host where the
-    // primary holds the same TAP they open only at the takeover.
-    let (events_tx, events) = mpsc::channel::<Event>();
-    let mut early_taps = devices.open_taps(&events_tx).ok();
     loop {
         // Nothing received on the TAPs before the takeover is the guest's: drop it.
         while events.try_recv().is_ok() {}
@@ -420,7 +427,8 @@ pub fn follow_primary(
                 handed_over = Some(count);
             }
             Some(FromPrimary::Gone) => gone = true,
-            None => {}
+            // Relayed frames follow the hand-over, after which this loop ends.
+            Some(FromPrimary::Relay { .. }) | None => {}
         }
         if let Some(st) = &mut status {
             let primary_at = latest.load(Ordering::Relaxed).max(m.count());
@@ -434,6 +442,8 @@ pub fn follow_primary(
     // no acknowledgement, echo or heartbeat leaves from now on, so no lease of the primary's
     // can outlast `free_at`; then nothing is released before it.
     let detected = Instant::now();
+    // After a hand-over the link stays open for the frames the primary relays.
+    let close = handed_over.is_none();
     let (free_at, why) = out.cut_if(|s| {
         let why = if handed_over.is_some() {
             "the primary handed the guest over".to_string()
@@ -445,12 +455,13 @@ pub fn follow_primary(
                 now_ns().saturating_sub(s.last_heard()) / 1_000_000
             )
         };
-        ((s.fence(), why), true)
+        ((s.fence(), why), close)
     });
     // Everything received is in the queue: replay it all (the catch-up, on the same path).
     // After a hand-over nothing is left: the primary sent nothing more.
     let mut ended = None;
-    while let (None, Ok(msg)) = (handed_over, rec_rx.try_recv()) {
+    while handed_over.is_none() {
+        let Ok(msg) = rec_rx.try_recv() else { break };
         if let FromPrimary::Record(r) = msg {
             if let Applied::End { code } = follow::apply(&mut m, r, &mut follower)? {
                 ended = Some(code);
@@ -541,6 +552,21 @@ pub fn follow_primary(
             Output::Device(DeviceOutput::Disk(_)) => {}
         }
     }
+    // Frames that reached the primary after the hand-over come relayed: the guest gets them
+    // as if this side's TAP had received them (only for this side's network devices).
+    if handed_over.is_some() {
+        let nets = devices.disks.len()..devices.disks.len() + devices.nets.len();
+        let events_tx = events_tx.clone();
+        std::thread::spawn(move || {
+            for msg in rec_rx {
+                if let FromPrimary::Relay { slot, frame } = msg {
+                    if nets.contains(&slot) {
+                        let _ = events_tx.send(Event::Host(HostEvent::Frame { slot, frame }));
+                    }
+                }
+            }
+        });
+    }
     let mut resubmit: Vec<DiskRequest> = outstanding.into_values().collect();
     resubmit.sort_by_key(|r| (r.slot, r.id));
     let mut gate = Gate::open().with_status(status);
@@ -594,8 +620,17 @@ fn receive_log(
                         continue;
                     }
                     (Received::HandOver { count, released }, _) => {
-                        // Nothing follows a hand-over.
+                        // Say it arrived (the primary closes the link only then), then take
+                        // the frames it relays until it closes the link; nothing else
+                        // follows a hand-over (the channel refuses it).
+                        out.send_with(|s| s.ack(count));
                         let _ = records.send(FromPrimary::HandOver { count, released });
+                        while let Ok(Msg::Relay { slot, frame }) = rx.recv() {
+                            let slot = slot as usize;
+                            if records.send(FromPrimary::Relay { slot, frame }).is_err() {
+                                break;
+                            }
+                        }
                         return Ok(());
                     }
                     (_, Msg::Log { bytes, .. }) => bytes,

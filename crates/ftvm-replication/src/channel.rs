@@ -170,6 +170,10 @@ pub enum Msg {
     /// `count`, where its log ends, and released every output up to `released`. The backup
     /// goes live at `count` without racing the arbiter; nothing follows.
     HandOver { count: u64, released: u64 },
+    /// After a hand-over: a frame the primary's TAP in `slot` received that its guest never
+    /// got (it came too late, or on its way while the network learned where the guest went).
+    /// The backup, live now, gives it to its guest as if its own TAP had received it.
+    Relay { slot: u32, frame: Vec<u8> },
 }
 
 /// Write one handshake message: `len u16 (big-endian) | bytes`.

@@ -63,6 +63,11 @@ pub struct Request {
     pub psk: PathBuf,
     pub mode: Mode,
     pub max_downtime: Duration,
+    /// The most bytes per second the copy may use (None: as fast as the link goes).
+    pub max_bandwidth: Option<u64>,
+    /// Hand-over mode: the destination follows in lockstep at least this long before it takes
+    /// over.
+    pub lockstep: Duration,
     /// Without one, a destination whose source dies before the hand-over stops (the guest is
     /// lost with its source); with one, it races for the guest as a backup does.
     pub arbiter: Option<String>,
@@ -289,6 +294,15 @@ fn parse_request(v: &Value) -> Result<Request, String> {
             .transpose()?
             .unwrap_or(300),
     );
+    let num = |k: &str| -> Result<Option<u64>, String> {
+        v.get(k)
+            .map(|x| x.as_u64().ok_or(format!("{k} must be a whole number")))
+            .transpose()
+    };
+    let max_bandwidth = num("max_bandwidth_mib")?
+        .filter(|&b| b > 0)
+        .map(|b| b.saturating_mul(1 << 20));
+    let lockstep = Duration::from_millis(num("lockstep_ms")?.unwrap_or(0));
     let arbiter = s("arbiter");
     if let Some(a) = &arbiter {
         Arbiter::parse(a).map_err(|e| e.to_string())?;
@@ -298,6 +312,8 @@ fn parse_request(v: &Value) -> Result<Request, String> {
         psk: PathBuf::from(psk),
         mode,
         max_downtime,
+        max_bandwidth,
+        lockstep,
         arbiter,
     })
 }

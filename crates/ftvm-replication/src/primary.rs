@@ -40,6 +40,8 @@ pub struct PrimaryLink {
     arbiter: Arbiter,
     /// A live migration: when the guest goes to the backup, and whom to tell.
     migration: Option<(Mode, Outcome)>,
+    /// Hand-over mode: not before this instant.
+    hand_over_after: Instant,
 }
 
 /// A hand-over (migration mode `handover`) happens once the backup's replay, as its last
@@ -138,6 +140,7 @@ impl Link for PrimaryLink {
             Some((Mode::Precopy, _)) => true,
             Some((Mode::HandOver, o)) => {
                 !o.0.cancelled()
+                    && Instant::now() >= self.hand_over_after
                     && count.saturating_sub(self.out.with(|s| s.replayed())) <= HANDOVER_LAG
             }
             None => false,
@@ -147,25 +150,41 @@ impl Link for PrimaryLink {
         let Some((_, outcome)) = &self.migration else {
             return Err("no migration is under way".into());
         };
-        let t0 = Instant::now();
         if !self.out.send_with(|s| s.hand_over(count)) {
             let why = "the link to the destination broke during the hand-over: the guest may run there; this side stops".to_string();
             outcome.0.finished(Ok(why.clone()));
             return Err(why.into());
         }
-        // The destination closes the link once it has the hand-over (leaving first could reset
-        // the connection before it was read).
-        let confirmed = self.hung_up(Duration::from_secs(5));
-        let m = format!(
-            "the guest was handed over at instruction {count}{}",
-            if confirmed {
-                format!(" (confirmed in {:.1} ms)", t0.elapsed().as_secs_f64() * 1e3)
-            } else {
-                ", not confirmed within 5 s".to_string()
-            }
-        );
-        outcome.0.finished(Ok(m));
+        outcome
+            .0
+            .progress(&format!("the guest was handed over at instruction {count}"));
         Ok(())
+    }
+    fn relay(&self, slot: usize, frame: Vec<u8>) {
+        let Ok(slot) = u32::try_from(slot) else {
+            return;
+        };
+        self.out.send_with(|s| s.relay(slot, frame));
+    }
+    fn end_hand_over(&self, relayed: usize) {
+        // The destination acknowledges the hand-over as soon as it has it; closing the link
+        // before could lose it (a reset discards what the peer has not read yet).
+        let t0 = Instant::now();
+        while !self.out.with(|s| s.hand_over_confirmed()) && t0.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let confirmed = self.out.with(|s| s.hand_over_confirmed());
+        self.out.broke();
+        if let Some((_, outcome)) = &self.migration {
+            outcome.0.finished(Ok(format!(
+                "the destination runs the guest{}; {relayed} frames that arrived here on their way relayed to it",
+                if confirmed {
+                    ""
+                } else {
+                    " (it did not confirm within 5 s)"
+                }
+            )));
+        }
     }
 }
 
@@ -181,10 +200,12 @@ impl Drop for Finished {
 /// Disk contents travel in pieces of this size; in the first pass, pieces that are all zero
 /// are not sent.
 const DISK_PIECE: usize = 1 << 20;
-/// RAM pages the runner copies into messages per step of a pre-copy, at most.
-const PAGES_PER_STEP: usize = 4 * MAX_RAM_PAGES;
-/// RAM pages the runner looks at per step, at most (in round 1, zero pages are skipped).
-const SCAN_PER_STEP: usize = 16 * PAGES_PER_STEP;
+/// RAM pages the runner copies into messages per step of a pre-copy, at most (1 MiB: the
+/// guest waits while the runner copies, a fraction of a millisecond).
+const PAGES_PER_STEP: usize = MAX_RAM_PAGES;
+/// RAM pages the runner looks at per step, at most (in round 1, zero pages are skipped; a
+/// page the guest never touched costs a page fault to look at).
+const SCAN_PER_STEP: usize = 8 * PAGES_PER_STEP;
 /// Messages queued for the sending thread, at most (4 MiB of RAM pages).
 const QUEUE: usize = 4;
 /// Rounds of a pre-copy, at most, before the guest pauses for what is left however large.
@@ -244,12 +265,27 @@ fn send_state(
     jobs: Receiver<Job>,
     sent: Arc<Sent>,
     wake: Sender<Event>,
+    max_bandwidth: Option<u64>,
 ) {
-    let write = |msg: Msg| -> bool {
+    let started = Instant::now();
+    let mut written = 0u64;
+    let mut write = |msg: Msg| -> bool {
+        let bytes = crate::wire::payload_len(&msg) as u64;
         let t0 = Instant::now();
         let ok = out.send_with(|_| Some(msg));
         sent.busy_ns
             .fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        written += bytes;
+        if let Some(cap) = max_bandwidth {
+            // Keep to the cap on average since the start; the pause counts as time the link
+            // was busy, so the expected pause of a round reflects the cap too.
+            let due = Duration::from_secs_f64(written as f64 / cap as f64);
+            if let Some(ahead) = due.checked_sub(started.elapsed()) {
+                std::thread::sleep(ahead);
+                sent.busy_ns
+                    .fetch_add(ahead.as_nanos() as u64, Ordering::Relaxed);
+            }
+        }
         ok
     };
     let gone = "the backup stopped receiving while its state was sent".to_string();
@@ -343,6 +379,8 @@ struct Transfer {
     migration: Option<(Mode, Outcome)>,
     /// Wakes the runner.
     wake: Sender<Event>,
+    /// Hand-over mode: how long the destination follows in lockstep, at least.
+    lockstep: Duration,
 }
 
 impl Transfer {
@@ -602,6 +640,7 @@ impl Protector {
             return Err(PairError::Protocol("no backup waits to attach".into()));
         };
         let mut migration = None;
+        let (mut lockstep, mut max_bandwidth) = (Duration::ZERO, None);
         if let Some(control) = &self.control {
             let Some(req) = control.request() else {
                 return Err(PairError::Protocol(
@@ -613,6 +652,8 @@ impl Protector {
                 None => Arbiter::None,
             };
             self.max_downtime = req.max_downtime;
+            lockstep = req.lockstep;
+            max_bandwidth = req.max_bandwidth;
             migration = Some((req.mode, Outcome(control.clone())));
         }
         let generation = self.next_generation;
@@ -713,7 +754,7 @@ impl Protector {
         let (jobs, queue) = mpsc::sync_channel(QUEUE);
         let sender = {
             let (out, sent, wake) = (out.clone(), sent.clone(), self.wake.clone());
-            std::thread::spawn(move || send_state(out, files, queue, sent, wake))
+            std::thread::spawn(move || send_state(out, files, queue, sent, wake, max_bandwidth))
         };
         jobs.send(Job::WholeDisks)
             .map_err(|_| PairError::Protocol("the sending thread stopped".into()))?;
@@ -739,6 +780,7 @@ impl Protector {
             throttle: 0,
             migration,
             wake: self.wake.clone(),
+            lockstep,
         })
     }
 
@@ -911,6 +953,7 @@ impl Protector {
                 max_lag: self.max_lag,
                 arbiter: self.arbiter.clone(),
                 migration: t.migration.take(),
+                hand_over_after: Instant::now() + t.lockstep,
             },
             log,
         ))

@@ -94,6 +94,10 @@ pub struct PrimarySide {
     replayed: u64,
     /// Outputs produced up to here were released.
     released: u64,
+    /// The guest was handed over at this count (live migration).
+    handed_over: Option<u64>,
+    /// The backup acknowledged the hand-over.
+    hand_over_confirmed: bool,
 }
 
 impl PrimarySide {
@@ -109,11 +113,17 @@ impl PrimarySide {
             acked: 0,
             replayed: count,
             released: 0,
+            handed_over: None,
+            hand_over_confirmed: false,
         }
     }
 
     /// A message from the backup, received at `now`.
     pub fn receive(&mut self, now: Nanos, msg: &Msg) -> Result<Received, ProtocolError> {
+        if let (Some(c), Msg::Ack { count, .. }) = (self.handed_over, msg) {
+            // The backup's word that it holds the hand-over (this side is fenced by then).
+            self.hand_over_confirmed |= *count >= c;
+        }
         if self.fenced {
             return Ok(Received::Ignored);
         }
@@ -209,10 +219,21 @@ impl PrimarySide {
             return None;
         }
         self.fenced = true;
+        self.handed_over = Some(count);
         Some(Msg::HandOver {
             count,
             released: self.released.min(count),
         })
+    }
+
+    /// Whether the backup acknowledged the hand-over.
+    pub fn hand_over_confirmed(&self) -> bool {
+        self.hand_over_confirmed
+    }
+
+    /// A frame to relay to the backup after the hand-over (while the link is whole).
+    pub fn relay(&self, slot: u32, frame: Vec<u8>) -> Option<Msg> {
+        (self.handed_over.is_some() && !self.broken).then_some(Msg::Relay { slot, frame })
     }
 
     /// Stop protecting the guest with this backup (a migration cancelled): fenced, as if the

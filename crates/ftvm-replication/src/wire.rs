@@ -20,6 +20,8 @@ pub const PROTOCOL_VERSION: u32 = 4;
 pub const MAX_RAM_PAGES: usize = 256;
 /// The size of a RAM page.
 pub const PAGE: usize = 4096;
+/// The largest frame a `Relay` carries (a network device's largest, with its header room).
+pub const MAX_RELAY_FRAME: usize = 65536 + 64;
 /// The largest payload of one message (the bytes after its header): 64 MiB.
 pub const MAX_MSG: u32 = 64 << 20;
 /// The largest Noise message (ciphertext and tag).
@@ -47,6 +49,7 @@ pub enum Kind {
     Disk = 5,
     Ram = 6,
     HandOver = 7,
+    Relay = 8,
 }
 
 impl Kind {
@@ -60,6 +63,7 @@ impl Kind {
             5 => Kind::Disk,
             6 => Kind::Ram,
             7 => Kind::HandOver,
+            8 => Kind::Relay,
             _ => return None,
         })
     }
@@ -73,6 +77,7 @@ impl Kind {
             Msg::Disk { .. } => Kind::Disk,
             Msg::Ram { .. } => Kind::Ram,
             Msg::HandOver { .. } => Kind::HandOver,
+            Msg::Relay { .. } => Kind::Relay,
         }
     }
 
@@ -86,6 +91,7 @@ impl Kind {
             Kind::Disk => "disk contents",
             Kind::Ram => "RAM pages",
             Kind::HandOver => "a hand-over",
+            Kind::Relay => "a relayed frame",
         }
     }
 }
@@ -143,6 +149,7 @@ pub fn payload_len(m: &Msg) -> usize {
         Msg::Ack { .. } | Msg::Heartbeat { .. } | Msg::HandOver { .. } => 16,
         Msg::Attach { disks, .. } => disks.len().saturating_mul(8).saturating_add(8),
         Msg::Disk { data, .. } => data.len().saturating_add(12),
+        Msg::Relay { frame, .. } => frame.len().saturating_add(4),
         Msg::Ram { pages, data } => pages
             .len()
             .saturating_mul(8)
@@ -165,6 +172,10 @@ pub fn encode(m: &Msg, out: &mut Vec<u8>) {
         Msg::HandOver { count, released } => {
             out.extend_from_slice(&count.to_le_bytes());
             out.extend_from_slice(&released.to_le_bytes());
+        }
+        Msg::Relay { slot, frame } => {
+            out.extend_from_slice(&slot.to_le_bytes());
+            out.extend_from_slice(frame);
         }
         Msg::Attach { generation, disks } => {
             out.extend_from_slice(&generation.to_le_bytes());
@@ -271,6 +282,17 @@ pub fn decode(kind: Kind, mut payload: Vec<u8>) -> Result<Body, ChannelError> {
                 index,
                 offset,
                 data: payload,
+            }
+        }
+        Kind::Relay => {
+            let slot = u32_at(&payload, 0)?;
+            if payload.len() - 4 > MAX_RELAY_FRAME {
+                return Err(bad("a relayed frame larger than a network device takes"));
+            }
+            payload.drain(..4);
+            Msg::Relay {
+                slot,
+                frame: payload,
             }
         }
         Kind::Ram => {
@@ -426,7 +448,7 @@ pub enum Order {
     Disks,
     /// The primary's log began: log and heartbeats.
     Log,
-    /// The primary handed the guest over: nothing more.
+    /// The primary handed the guest over: frames it relays, nothing else.
     HandedOver,
     /// The backup's hello came: heartbeats and acknowledgements.
     Acks,
@@ -452,6 +474,7 @@ impl Order {
             (Role::Primary, O::Disks | O::Log, K::Log) => Some(O::Log),
             (Role::Primary, O::Log, K::Heartbeat) => Some(O::Log),
             (Role::Primary, O::Log, K::HandOver) => Some(O::HandedOver),
+            (Role::Primary, O::HandedOver, K::Relay) => Some(O::HandedOver),
             (Role::Backup, O::Acks, K::Heartbeat | K::Ack) => Some(O::Acks),
             _ => None,
         };
@@ -602,6 +625,10 @@ mod tests {
             Msg::HandOver {
                 count: 9,
                 released: 8,
+            },
+            Msg::Relay {
+                slot: 1,
+                frame: vec![0xff; 60],
             },
         ]
     }

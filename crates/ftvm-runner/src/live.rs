@@ -119,7 +119,16 @@ pub trait Link {
     fn hand_over(&self, count: u64) -> Result<(), LinkError> {
         Err(format!("this link cannot hand the guest over (at instruction {count})").into())
     }
+    /// After the hand-over: pass on a frame that this side's TAP in `slot` received and its
+    /// guest never got.
+    fn relay(&self, _slot: usize, _frame: Vec<u8>) {}
+    /// The hand-over is over (the frames on their way relayed): close the link.
+    fn end_hand_over(&self, _relayed: usize) {}
 }
+
+/// After a hand-over, frames still reaching this side (the network learns where the guest
+/// went from the backup's announcement) are relayed to the backup for this long.
+pub const RELAY_GRACE: Duration = Duration::from_millis(300);
 
 /// Where new backups come from (implemented by the replication layer).
 pub trait Protect {
@@ -773,6 +782,28 @@ pub fn live(
         let count = m.count();
         if let Some(link) = &gate.link {
             link.hand_over(count).map_err(RunError::Link)?;
+            // The frames the guest never got here go to the backup, which runs it now: the
+            // ones taken in and not delivered, and those still arriving for a moment.
+            let mut relayed = 0;
+            for (&slot, q) in pending.frames.iter_mut() {
+                for frame in q.drain(..) {
+                    link.relay(slot, frame);
+                    relayed += 1;
+                }
+            }
+            let until = Instant::now() + RELAY_GRACE;
+            while let Some(left) = until.checked_duration_since(Instant::now()) {
+                match events.recv_timeout(left) {
+                    Ok(Event::Host(HostEvent::Frame { slot, frame })) => {
+                        link.relay(slot, frame);
+                        relayed += 1;
+                    }
+                    Ok(_) => {}
+                    Err(RecvTimeoutError::Timeout) => break,
+                    Err(RecvTimeoutError::Disconnected) => std::thread::sleep(left),
+                }
+            }
+            link.end_hand_over(relayed);
         }
         let secs = started.elapsed().as_secs_f64();
         eprintln!(

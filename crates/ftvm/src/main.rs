@@ -133,6 +133,13 @@ struct MigrateArgs {
     /// Stop copying once what is left would pause the guest at most this long.
     #[arg(long, value_name = "MS", default_value_t = 300)]
     max_downtime_ms: u64,
+    /// The most the copy may send, in MiB per second (0: as fast as the link goes).
+    #[arg(long, value_name = "MIB", default_value_t = 0)]
+    max_bandwidth_mib: u64,
+    /// Hand-over mode: the destination follows the guest in lockstep at least this long
+    /// before it takes over (0: as soon as its replay caught up).
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    lockstep_ms: u64,
     /// An arbiter both sides race for if one of them dies during a hand-over (the
     /// destination's --arbiter).
     #[arg(long, value_name = "SPEC")]
@@ -608,6 +615,8 @@ fn migrate(m: MigrateArgs) -> Result<u8> {
                 MigrationMode::Handover => "handover",
             },
             "max_downtime_ms": m.max_downtime_ms,
+            "max_bandwidth_mib": m.max_bandwidth_mib,
+            "lockstep_ms": m.lockstep_ms,
         });
         if let Some(a) = &m.arbiter {
             Arbiter::parse(a)?;
