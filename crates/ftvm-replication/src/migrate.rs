@@ -80,6 +80,8 @@ pub struct Control {
     request: Mutex<Option<Request>>,
     cancel: AtomicBool,
     report: Mutex<Option<Sender<Value>>>,
+    /// The newest progress line of the migration under way.
+    last: Mutex<String>,
 }
 
 impl Control {
@@ -99,6 +101,7 @@ impl Control {
     /// Tell the operator (and the terminal) how the migration goes.
     pub fn progress(&self, message: &str) {
         eprintln!("\r\nftvm: {message}\r");
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = message.to_string();
         self.send(json!({"event": "progress", "message": message}));
     }
 
@@ -210,11 +213,17 @@ fn handle(
     match req.get("cmd").and_then(Value::as_str) {
         Some("status") => {
             let r = control.request();
+            let last = control
+                .last
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
             reply(
                 &mut conn,
                 json!({"event": "status", "migrating": r.is_some(),
                        "to": r.as_ref().map(|r| r.to.clone()),
-                       "mode": r.as_ref().map(|r| r.mode.name())}),
+                       "mode": r.as_ref().map(|r| r.mode.name()),
+                       "message": last}),
             )
         }
         Some("cancel") => {

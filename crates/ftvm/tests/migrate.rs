@@ -75,22 +75,25 @@ struct Hosts {
     dest: Proc,
 }
 
-/// The source on host 1 (ready), a destination waiting on host 2 (`dest_args` more).
+/// The source on host 1 (ready), a destination waiting on host 2 (`dest_args` more); `both`:
+/// run options for both.
 fn hosts(tag: &str, dest_args: &[&str]) -> Hosts {
+    hosts_with(tag, dest_args, &[])
+}
+
+fn hosts_with(tag: &str, dest_args: &[&str], both: &[&str]) -> Hosts {
     let lab = Lab::new(tag);
     let sock = lab.dir.join("source.sock");
     let psk = lab.dir.join("psk");
     let (disk_s, disk_d) = (lab.dir.join("s.img"), lab.dir.join("d.img"));
     blank_disk(&disk_s);
     blank_disk(&disk_d);
-    let mut source = vm(
-        &lab,
-        1,
-        "source",
-        &["--control", sock.to_str().unwrap()],
-        &disk_s,
-    );
-    let dest = destination(&lab, "destination", dest_args, &disk_d);
+    let mut src_args = vec!["--control", sock.to_str().unwrap()];
+    src_args.extend_from_slice(both);
+    let mut source = vm(&lab, 1, "source", &src_args, &disk_s);
+    let mut dest_args = dest_args.to_vec();
+    dest_args.extend_from_slice(both);
+    let dest = destination(&lab, "destination", &dest_args, &disk_d);
     wait_ready(&mut source);
     Hosts {
         lab,
@@ -167,9 +170,9 @@ fn overlap(dest: &[Duration], source: &[Duration]) -> usize {
     }
 }
 
-fn moves_under_load(tag: &str, mode: &str) {
+fn moves_under_load(tag: &str, mode: &str, both: &[&str]) {
     let _one = serial();
-    let mut h = hosts(tag, &[]);
+    let mut h = hosts_with(tag, &[], both);
     let cap_s = Capture::start(&h.lab, 1, "source");
     let cap_d = Capture::start(&h.lab, 2, "destination");
     let mut client = Client::start(&h.lab, 8);
@@ -230,12 +233,17 @@ fn moves_under_load(tag: &str, mode: &str) {
 
 #[test]
 fn a_precopy_migration_moves_the_guest_under_a_write_load() {
-    moves_under_load("p", "precopy");
+    moves_under_load("p", "precopy", &[]);
 }
 
 #[test]
 fn a_hand_over_moves_the_guest_under_a_write_load() {
-    moves_under_load("h", "handover");
+    moves_under_load("h", "handover", &[]);
+}
+
+#[test]
+fn a_two_hart_guest_moves_by_hand_over() {
+    moves_under_load("t", "handover", &["--smp", "2"]);
 }
 
 /// A slow migration (capped at 2 MiB/s: about 10 s for the guest's RAM) that `stop` ends
