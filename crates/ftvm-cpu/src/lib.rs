@@ -154,6 +154,11 @@ pub trait Bus {
     /// bitmap here and calls [`Hart::forget_store_translations`] when it clears it.
     #[inline(always)]
     fn mark_dirty(&mut self, _page: usize) {}
+    /// RAM page `page` is about to be read or written, or mapped in a TLB: a bus whose RAM
+    /// is still arriving (a post-copy migration's destination) brings it in first. Pages in
+    /// a TLB are present (a page never goes missing again), so the hot path never asks.
+    #[inline(always)]
+    fn ensure_present(&mut self, _page: usize) {}
 }
 
 /// Why [`Hart::run`] returned.

@@ -380,6 +380,7 @@ impl Hart {
             let Some(off) = Self::ram_offset(bus, pte_addr, 8) else {
                 return Err(acc.access_fault(vaddr));
             };
+            bus.ensure_present(off >> 12);
             let mut pte = ram_read(bus.ram(), off, 8).unwrap_or(0);
             // Bits 63 (Svnapot's N) and 60..54 are reserved; bits 62..61 are Svpbmt's memory
             // type when menvcfg.PBMTE allows it (type 3 is reserved). The type changes nothing
@@ -464,6 +465,7 @@ impl Hart {
         let paddr = self.translate(bus, vaddr, acc)?;
         let page = paddr & !0xfff;
         if let Some(page_off) = Self::ram_offset(bus, page, 4096) {
+            bus.ensure_present(page_off >> 12);
             let tohost_page = self.tohost.map(|t| t & !0xfff);
             match acc {
                 Access::Load => self.mmu.load.fill(vaddr, page_off),
@@ -483,6 +485,7 @@ impl Hart {
             Ok(Pa::Ram(page_off + (paddr & 0xfff) as usize))
         } else if let Some(off) = Self::ram_offset(bus, paddr, 1) {
             // RAM that ends inside this page.
+            bus.ensure_present(off >> 12);
             Ok(Pa::Ram(off))
         } else {
             Ok(Pa::Io(paddr))
@@ -568,6 +571,7 @@ impl Hart {
                 if Some(paddr) == self.tohost {
                     let off = Self::ram_offset(bus, paddr, size as u64)
                         .ok_or(Trap::new(cause::STORE_ACCESS, vaddr))?;
+                    bus.ensure_present(off >> 12);
                     self.mmu.invalidate_code_page(off >> 12);
                     bus.mark_dirty(off >> 12);
                     ram_write(bus.ram(), off, size, v);
@@ -577,6 +581,7 @@ impl Hart {
                     return Ok(());
                 }
                 if let Some(off) = Self::ram_offset(bus, paddr, size as u64) {
+                    bus.ensure_present(off >> 12);
                     self.mmu.invalidate_code_page(off >> 12);
                     bus.mark_dirty(off >> 12);
                     return ram_write(bus.ram(), off, size, v)
@@ -766,11 +771,13 @@ impl Hart {
 
     pub(crate) fn phys_read<B: Bus>(bus: &mut B, paddr: u64, size: u8) -> u64 {
         let off = Self::ram_offset(bus, paddr, size as u64).unwrap_or(0);
+        bus.ensure_present(off >> 12);
         ram_read(bus.ram(), off, size).unwrap_or(0)
     }
 
     pub(crate) fn phys_write<B: Bus>(&mut self, bus: &mut B, paddr: u64, size: u8, v: u64) {
         if let Some(off) = Self::ram_offset(bus, paddr, size as u64) {
+            bus.ensure_present(off >> 12);
             self.mmu.invalidate_code_page(off >> 12);
             bus.mark_dirty(off >> 12);
             ram_write(bus.ram(), off, size, v);

@@ -4,6 +4,7 @@ use ftvm_cpu::Bus;
 
 use crate::dirty::DirtyPages;
 use crate::plic::Plic;
+use crate::postcopy::Postcopy;
 use crate::uart::Uart;
 use crate::virtio::queue::GuestRam;
 use crate::virtio::{DeviceOutput, VirtioMmio, MAX_SLOTS, MMIO_BASE, MMIO_SIZE};
@@ -99,6 +100,8 @@ pub struct Board {
     pub rtc_high: u64,
     /// Pages of RAM written since the bitmap was last taken (host state, see crate::dirty).
     pub dirty: DirtyPages,
+    /// RAM still arriving (a post-copy migration's destination), see crate::postcopy.
+    pub postcopy: Option<Postcopy>,
 }
 
 /// `n` zero bytes, or None if the host cannot give them. The memory comes zeroed from the
@@ -125,6 +128,7 @@ impl Board {
         Some(Board {
             ram: zeroed_ram(ram_size)?,
             dirty: DirtyPages::new(ram_size.div_ceil(4096)),
+            postcopy: None,
             plic: Plic::default(),
             uart: Uart::default(),
             timers: vec![HartTimers::default()],
@@ -272,6 +276,13 @@ impl Bus for Board {
         self.dirty.mark(page);
     }
 
+    #[inline(always)]
+    fn ensure_present(&mut self, page: usize) {
+        if let Some(p) = &mut self.postcopy {
+            p.ensure(&mut self.ram, page);
+        }
+    }
+
     fn mmio_read(&mut self, paddr: u64, size: u8, count: u64) -> Option<u64> {
         let count = count.wrapping_add(self.count_base);
         if paddr == RTC_BASE {
@@ -318,7 +329,7 @@ impl Bus for Board {
             _ => match Self::virtio_slot(paddr) {
                 Some((slot, off)) if slot < b.virtio.len() => {
                     if size == 4 {
-                        let mut ram = GuestRam::new(&mut b.ram);
+                        let mut ram = GuestRam::arriving(&mut b.ram, b.postcopy.as_mut());
                         b.virtio[slot].write(off, v as u32, &mut ram, &mut b.outbox);
                         b.dma.extend(ram.1);
                     }

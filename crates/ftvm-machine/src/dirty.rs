@@ -49,6 +49,13 @@ impl DirtyPages {
         }
     }
 
+    /// Clear page `page`.
+    pub fn unmark(&mut self, page: usize) {
+        if page < self.pages {
+            self.bits[page / 64] &= !(1 << (page % 64));
+        }
+    }
+
     pub fn is_dirty(&self, page: usize) -> bool {
         page < self.pages && self.bits[page / 64] & (1 << (page % 64)) != 0
     }
@@ -85,6 +92,34 @@ impl DirtyPages {
         }
     }
 
+    /// The bitmap as bytes: bit p % 8 of byte p / 8 for page p.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out: Vec<u8> = self.bits.iter().flat_map(|w| w.to_le_bytes()).collect();
+        out.truncate(self.pages.div_ceil(8));
+        out
+    }
+
+    /// A bitmap of `pages` pages from [`DirtyPages::to_bytes`]; None if the length is not
+    /// exactly that or a bit past the last page is set.
+    pub fn from_bytes(bytes: &[u8], pages: usize) -> Option<DirtyPages> {
+        if bytes.len() != pages.div_ceil(8) {
+            return None;
+        }
+        let mut d = DirtyPages::new(pages);
+        for (i, &b) in bytes.iter().enumerate() {
+            for bit in 0..8 {
+                if b & (1 << bit) != 0 {
+                    let p = i * 8 + bit;
+                    if p >= pages {
+                        return None;
+                    }
+                    d.mark(p);
+                }
+            }
+        }
+        Some(d)
+    }
+
     /// Take the bitmap, leaving one with no page dirty.
     pub fn take(&mut self) -> DirtyPages {
         let fresh = DirtyPages::new(self.pages);
@@ -110,6 +145,15 @@ mod tests {
         let taken = d.take();
         assert_eq!(taken.count(), 5);
         assert_eq!(d.count(), 0);
+        let bytes = taken.to_bytes();
+        assert_eq!(bytes.len(), 25);
+        assert_eq!(DirtyPages::from_bytes(&bytes, 200), Some(taken.clone()));
+        assert_eq!(DirtyPages::from_bytes(&bytes, 199), None, "length");
+        assert_eq!(
+            DirtyPages::from_bytes(&[0x80], 7),
+            None,
+            "a bit past the end"
+        );
         let mut all = DirtyPages::all(70);
         assert_eq!(all.count(), 70);
         all.union(&DirtyPages::new(70));

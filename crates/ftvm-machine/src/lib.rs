@@ -17,6 +17,7 @@ pub mod dirty;
 mod fdt;
 mod loader;
 pub mod plic;
+pub mod postcopy;
 mod sbi;
 pub mod snapshot;
 pub mod uart;
@@ -443,7 +444,7 @@ impl Machine {
             return;
         }
         let b = &mut self.board;
-        let mut ram = virtio::queue::GuestRam::new(&mut b.ram);
+        let mut ram = virtio::queue::GuestRam::arriving(&mut b.ram, b.postcopy.as_mut());
         match input {
             Input::Console(byte) => b.uart.push_rx(byte),
             Input::Frame { slot, frame } => {
@@ -504,17 +505,17 @@ impl Machine {
     /// Whether the network device in `slot` has a receive buffer for a frame now.
     pub fn net_ready(&mut self, slot: usize) -> bool {
         let b = &mut self.board;
-        let ram = virtio::queue::GuestRam::new(&mut b.ram);
-        b.virtio.get(slot).is_some_and(|d| d.net_rx_ready(&ram))
+        let mut ram = virtio::queue::GuestRam::arriving(&mut b.ram, b.postcopy.as_mut());
+        b.virtio.get(slot).is_some_and(|d| d.net_rx_ready(&mut ram))
     }
 
     /// An entropy device waiting for bytes: its slot and how many it wants.
     pub fn entropy_wanted(&mut self) -> Option<(usize, usize)> {
         let b = &mut self.board;
-        let ram = virtio::queue::GuestRam::new(&mut b.ram);
+        let mut ram = virtio::queue::GuestRam::arriving(&mut b.ram, b.postcopy.as_mut());
         b.virtio
             .iter()
-            .map(|d| (d.slot, d.rng_wanted(&ram)))
+            .map(|d| (d.slot, d.rng_wanted(&mut ram)))
             .find(|&(_, n)| n > 0)
     }
 
@@ -878,6 +879,26 @@ impl Machine {
             h.forget_store_translations();
         }
         self.board.dirty.take()
+    }
+
+    /// Run on before all of RAM arrived (a post-copy migration's destination): the pages in
+    /// `missing` come from `source` when first touched, or when it pushes them.
+    pub fn start_postcopy(&mut self, missing: DirtyPages, source: Box<dyn postcopy::PageSource>) {
+        let pc = postcopy::Postcopy::new(missing, source);
+        self.board.postcopy = (pc.left() > 0).then_some(pc);
+    }
+
+    /// Take in the pages that arrived (all of them with `wait`); the pages still missing, and
+    /// the accesses that waited for one so far. Post-copy ends when none is missing.
+    pub fn poll_postcopy(&mut self, wait: bool) -> Option<(usize, u64)> {
+        let b = &mut self.board;
+        let pc = b.postcopy.as_mut()?;
+        pc.poll(&mut b.ram, wait);
+        let (left, faults) = (pc.left(), pc.faults);
+        if left == 0 {
+            b.postcopy = None;
+        }
+        Some((left, faults))
     }
 
     /// How many pages were written since [`Machine::take_dirty`] was last called.

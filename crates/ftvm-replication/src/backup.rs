@@ -44,10 +44,13 @@ impl std::io::Read for Incoming {
 enum FromPrimary {
     Record(Record),
     Released(u64),
-    /// The primary stopped its guest at `count` and hands it over (live migration).
+    /// The primary stopped its guest at `count` and hands it over (live migration); with
+    /// post-copy, the pages still missing, which arrive on `pages`.
     HandOver {
         count: u64,
         released: u64,
+        missing: Vec<u8>,
+        pages: mpsc::Receiver<(u64, Vec<u8>)>,
     },
     /// After the hand-over: a frame for the guest that reached the primary.
     Relay {
@@ -208,6 +211,49 @@ fn receive_state(
                 )))
             }
         }
+    }
+}
+
+/// The RAM pages a post-copy destination lacks come over the link: asked for when its guest
+/// touches one, pushed by the source otherwise.
+struct LinkPages {
+    out: SendHalf<BackupSide>,
+    pages: mpsc::Receiver<(u64, Vec<u8>)>,
+    /// A source silent this long with pages missing is lost.
+    limit: Duration,
+}
+
+impl ftvm_machine::postcopy::PageSource for LinkPages {
+    fn request(&mut self, page: u64) {
+        self.out.send_with(|s| s.page_request(vec![page]));
+    }
+    fn next(&mut self, wait: bool) -> Result<Option<(u64, Vec<u8>)>, String> {
+        let got = if wait {
+            self.pages.recv_timeout(self.limit)
+        } else {
+            self.pages.try_recv().map_err(|e| match e {
+                mpsc::TryRecvError::Empty => mpsc::RecvTimeoutError::Timeout,
+                mpsc::TryRecvError::Disconnected => mpsc::RecvTimeoutError::Disconnected,
+            })
+        };
+        match got {
+            Ok(p) => Ok(Some(p)),
+            Err(mpsc::RecvTimeoutError::Timeout) if !wait => Ok(None),
+            Err(mpsc::RecvTimeoutError::Timeout) => Err(format!(
+                "the source sent no RAM page for {} s",
+                self.limit.as_secs()
+            )),
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                Err("the source closed the link".to_string())
+            }
+        }
+    }
+    fn lost(&mut self, why: &str) -> ! {
+        // Part of the guest's RAM is only at the source: it cannot run on anywhere.
+        eprintln!(
+            "ftvm: error: post-copy failed ({why}) with RAM pages still missing: the guest is lost; stopping"
+        );
+        std::process::exit(1)
     }
 }
 
@@ -376,6 +422,8 @@ pub fn follow_primary(
     let mut gone = false;
     // Set when the primary handed the guest over (live migration) at this count.
     let mut handed_over = None;
+    // A post-copy hand-over: the pages still missing and where they arrive.
+    let mut postcopy = None;
     let mut status = cfg.status_file.as_deref().map(StatusFile::new);
     loop {
         // Nothing received on the TAPs before the takeover is the guest's: drop it.
@@ -409,7 +457,12 @@ pub fn follow_primary(
                     follower.unreleased.pop_front();
                 }
             }
-            Some(FromPrimary::HandOver { count, released }) => {
+            Some(FromPrimary::HandOver {
+                count,
+                released,
+                missing,
+                pages,
+            }) => {
                 // Every record up to `count` came before the hand-over and was applied.
                 if m.count() != count {
                     return Err(PairError::Protocol(format!(
@@ -425,6 +478,16 @@ pub fn follow_primary(
                     follower.unreleased.pop_front();
                 }
                 handed_over = Some(count);
+                if !missing.is_empty() {
+                    let n = m.ram().len() / PAGE;
+                    let Some(missing) = ftvm_machine::dirty::DirtyPages::from_bytes(&missing, n)
+                    else {
+                        return Err(PairError::Protocol(
+                            "the primary's map of missing pages does not fit the RAM".into(),
+                        ));
+                    };
+                    postcopy = Some((missing, pages));
+                }
             }
             Some(FromPrimary::Gone) => gone = true,
             // Relayed frames follow the hand-over, after which this loop ends.
@@ -552,6 +615,21 @@ pub fn follow_primary(
             Output::Device(DeviceOutput::Disk(_)) => {}
         }
     }
+    if let Some((missing, pages)) = postcopy {
+        eprintln!(
+            "ftvm: post-copy: {} pages ({} MiB) of RAM still to come; the guest runs meanwhile",
+            missing.count(),
+            missing.count() >> 8
+        );
+        m.start_postcopy(
+            missing,
+            Box::new(LinkPages {
+                out: out.clone(),
+                pages,
+                limit: timing.stall().max(Duration::from_secs(5)),
+            }),
+        );
+    }
     // Frames that reached the primary after the hand-over come relayed: the guest gets them
     // as if this side's TAP had received them (only for this side's network devices).
     if handed_over.is_some() {
@@ -619,16 +697,40 @@ fn receive_log(
                         let _ = records.send(FromPrimary::Released(count));
                         continue;
                     }
-                    (Received::HandOver { count, released }, _) => {
+                    (
+                        Received::HandOver {
+                            count,
+                            released,
+                            missing,
+                        },
+                        _,
+                    ) => {
                         // Say it arrived (the primary closes the link only then), then take
-                        // the frames it relays until it closes the link; nothing else
-                        // follows a hand-over (the channel refuses it).
+                        // the frames it relays and the RAM pages it sends (post-copy) until it
+                        // closes the link; nothing else follows a hand-over (the channel
+                        // refuses it).
                         out.send_with(|s| s.ack(count));
-                        let _ = records.send(FromPrimary::HandOver { count, released });
-                        while let Ok(Msg::Relay { slot, frame }) = rx.recv() {
-                            let slot = slot as usize;
-                            if records.send(FromPrimary::Relay { slot, frame }).is_err() {
-                                break;
+                        let (page_tx, pages) = mpsc::channel();
+                        let _ = records.send(FromPrimary::HandOver {
+                            count,
+                            released,
+                            missing,
+                            pages,
+                        });
+                        loop {
+                            match rx.recv() {
+                                Ok(Msg::Relay { slot, frame }) => {
+                                    let slot = slot as usize;
+                                    if records.send(FromPrimary::Relay { slot, frame }).is_err() {
+                                        break;
+                                    }
+                                }
+                                Ok(Msg::Ram { pages, data }) => {
+                                    for (p, d) in pages.into_iter().zip(data.chunks_exact(PAGE)) {
+                                        let _ = page_tx.send((p, d.to_vec()));
+                                    }
+                                }
+                                _ => break,
                             }
                         }
                         return Ok(());

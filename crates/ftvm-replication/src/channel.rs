@@ -169,7 +169,16 @@ pub enum Msg {
     /// The primary hands the guest over (live migration) and has stopped it: it stopped at
     /// `count`, where its log ends, and released every output up to `released`. The backup
     /// goes live at `count` without racing the arbiter; nothing follows.
-    HandOver { count: u64, released: u64 },
+    HandOver {
+        count: u64,
+        released: u64,
+        /// Post-copy: a bitmap (bit p of byte p / 8) of the RAM pages the backup still lacks;
+        /// they follow as `Ram`, first those it asks for. Empty: it lacks none.
+        missing: Vec<u8>,
+    },
+    /// After a post-copy hand-over (backup to primary): the backup's guest waits for these
+    /// RAM pages.
+    PageRequest { pages: Vec<u64> },
     /// After a hand-over: a frame the primary's TAP in `slot` received that its guest never
     /// got (it came too late, or on its way while the network learned where the guest went).
     /// The backup, live now, gives it to its guest as if its own TAP had received it.

@@ -38,6 +38,9 @@ pub enum Mode {
     /// Once the destination, attached as a backup by pre-copy, has followed the guest in
     /// lockstep and its replay caught up: the guest pauses about one round trip.
     HandOver,
+    /// At once, before RAM was sent (the disks were): the destination runs and fetches each
+    /// missing page when its guest first touches it, while the source pushes the rest.
+    Postcopy,
 }
 
 impl Mode {
@@ -45,6 +48,7 @@ impl Mode {
         match s {
             "precopy" | "pre-copy" => Some(Mode::Precopy),
             "handover" | "hand-over" => Some(Mode::HandOver),
+            "postcopy" | "post-copy" => Some(Mode::Postcopy),
             _ => None,
         }
     }
@@ -52,6 +56,7 @@ impl Mode {
         match self {
             Mode::Precopy => "precopy",
             Mode::HandOver => "handover",
+            Mode::Postcopy => "postcopy",
         }
     }
 }
@@ -294,7 +299,7 @@ fn parse_request(v: &Value) -> Result<Request, String> {
     let mode = match s("mode") {
         None => Mode::Precopy,
         Some(m) => Mode::parse(&m).ok_or(format!(
-            "unknown migration mode {m:?} (expected precopy or handover)"
+            "unknown migration mode {m:?} (expected precopy, handover or postcopy)"
         ))?,
     };
     let max_downtime = Duration::from_millis(

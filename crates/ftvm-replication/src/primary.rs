@@ -14,8 +14,9 @@ use std::time::{Duration, Instant};
 
 use ftvm_log::{LogWriter, Record};
 use ftvm_machine::board::INSTRUCTIONS_PER_MS;
+use ftvm_machine::dirty::DirtyPages;
 use ftvm_machine::Machine;
-use ftvm_runner::live::{Held, LinkError};
+use ftvm_runner::live::{Held, LinkError, RELAY_GRACE};
 use ftvm_runner::status::StatusFile;
 use ftvm_runner::{
     Backends, Devices, DiskDirty, Ended, Event, Feeder, Gate, Link, LinkState, Options, Precopy,
@@ -42,6 +43,10 @@ pub struct PrimaryLink {
     migration: Option<(Mode, Outcome)>,
     /// Hand-over mode: not before this instant.
     hand_over_after: Instant,
+    /// Post-copy: the pages the backup lacks, and its requests for them.
+    postcopy: Option<(std::sync::Mutex<DirtyPages>, Receiver<Vec<u64>>)>,
+    /// The most bytes per second a migration may send.
+    max_bandwidth: Option<u64>,
 }
 
 /// A hand-over (migration mode `handover`) happens once the backup's replay, as its last
@@ -137,7 +142,7 @@ impl Link for PrimaryLink {
     }
     fn hand_over_due(&self, count: u64) -> bool {
         match &self.migration {
-            Some((Mode::Precopy, _)) => true,
+            Some((Mode::Precopy | Mode::Postcopy, _)) => true,
             Some((Mode::HandOver, o)) => {
                 !o.0.cancelled()
                     && Instant::now() >= self.hand_over_after
@@ -150,7 +155,10 @@ impl Link for PrimaryLink {
         let Some((_, outcome)) = &self.migration else {
             return Err("no migration is under way".into());
         };
-        if !self.out.send_with(|s| s.hand_over(count)) {
+        let missing = self.postcopy.as_ref().map_or(Vec::new(), |(m, _)| {
+            m.lock().unwrap_or_else(|e| e.into_inner()).to_bytes()
+        });
+        if !self.out.send_with(|s| s.hand_over(count, missing)) {
             let why = "the link to the destination broke during the hand-over: the guest may run there; this side stops".to_string();
             outcome.0.finished(Ok(why.clone()));
             return Err(why.into());
@@ -160,33 +168,133 @@ impl Link for PrimaryLink {
             .progress(&format!("the guest was handed over at instruction {count}"));
         Ok(())
     }
-    fn relay(&self, slot: usize, frame: Vec<u8>) {
-        let Ok(slot) = u32::try_from(slot) else {
-            return;
-        };
-        self.out.send_with(|s| s.relay(slot, frame));
-    }
-    fn end_hand_over(&self, relayed: usize) {
+    fn after_hand_over(
+        &self,
+        ram: &[u8],
+        next_frame: &mut dyn FnMut(Duration) -> Option<(usize, Vec<u8>)>,
+    ) {
+        let t0 = Instant::now();
+        let grace_until = t0 + RELAY_GRACE;
+        let (mut relayed, mut pushed, mut asked) = (0usize, 0usize, 0usize);
+        let mut cursor = 0usize;
+        let mut sent_bytes = 0u64;
+        loop {
+            let now = Instant::now();
+            if self.out.with(|s| s.broken()) {
+                break;
+            }
+            // Frames that reach this side go to the backup while the network learns where the
+            // guest went.
+            if now < grace_until {
+                let wait = if self.postcopy.is_some() {
+                    Duration::ZERO
+                } else {
+                    grace_until - now
+                };
+                if let Some((slot, frame)) = next_frame(wait) {
+                    if let Ok(slot) = u32::try_from(slot) {
+                        self.out.send_with(|s| s.relay(slot, frame));
+                        relayed += 1;
+                    }
+                    continue;
+                }
+            }
+            let Some((missing, requests)) = &self.postcopy else {
+                if Instant::now() >= grace_until {
+                    break;
+                }
+                continue;
+            };
+            let mut missing = missing.lock().unwrap_or_else(|e| e.into_inner());
+            // The pages the backup's guest waits for first, then the rest in order.
+            let mut batch: Vec<usize> = Vec::new();
+            while let Ok(pages) = requests.try_recv() {
+                for p in pages {
+                    if let Ok(p) = usize::try_from(p) {
+                        if missing.is_dirty(p) && batch.len() < MAX_RAM_PAGES {
+                            missing.unmark(p);
+                            batch.push(p);
+                            asked += 1;
+                        }
+                    }
+                }
+            }
+            while batch.len() < PUSH_PAGES && cursor < missing.pages() {
+                if missing.is_dirty(cursor) {
+                    missing.unmark(cursor);
+                    batch.push(cursor);
+                    pushed += 1;
+                }
+                cursor += 1;
+            }
+            let done = missing.count() == 0;
+            drop(missing);
+            if batch.is_empty() {
+                if done && now >= grace_until {
+                    break;
+                }
+                // Only frames may still come: wait for them a little.
+                std::thread::sleep(Duration::from_micros(200));
+                continue;
+            }
+            let mut data = Vec::with_capacity(batch.len() * PAGE);
+            for &p in &batch {
+                data.extend_from_slice(&ram[p * PAGE..(p + 1) * PAGE]);
+            }
+            let pages = batch.iter().map(|&p| p as u64).collect();
+            self.out.send_with(|s| s.pages_after_hand_over(pages, data));
+            sent_bytes += (batch.len() * PAGE) as u64;
+            if let Some(cap) = self.max_bandwidth {
+                let due = Duration::from_secs_f64(sent_bytes as f64 / cap as f64);
+                if let Some(ahead) = due.checked_sub(t0.elapsed()) {
+                    std::thread::sleep(ahead);
+                }
+            }
+        }
         // The destination acknowledges the hand-over as soon as it has it; closing the link
         // before could lose it (a reset discards what the peer has not read yet).
-        let t0 = Instant::now();
-        while !self.out.with(|s| s.hand_over_confirmed()) && t0.elapsed() < Duration::from_secs(5) {
+        let t1 = Instant::now();
+        while !self.out.with(|s| s.hand_over_confirmed()) && t1.elapsed() < Duration::from_secs(5) {
             std::thread::sleep(Duration::from_millis(1));
         }
         let confirmed = self.out.with(|s| s.hand_over_confirmed());
+        let broken = self.out.with(|s| s.broken());
+        let left = self.postcopy.as_ref().map_or(0, |(m, _)| {
+            m.lock().unwrap_or_else(|e| e.into_inner()).count()
+        });
         self.out.broke();
         if let Some((_, outcome)) = &self.migration {
-            outcome.0.finished(Ok(format!(
-                "the destination runs the guest{}; {relayed} frames that arrived here on their way relayed to it",
+            let pages = if self.postcopy.is_some() {
+                format!(
+                    "; post-copy: {} pages sent ({asked} asked for, {pushed} pushed) in {} ms",
+                    asked + pushed,
+                    t0.elapsed().as_millis()
+                )
+            } else {
+                String::new()
+            };
+            let m = format!(
+                "the destination runs the guest{}; {relayed} frames that arrived here on their way relayed to it{pages}",
                 if confirmed {
                     ""
                 } else {
                     " (it did not confirm within 5 s)"
                 }
-            )));
+            );
+            if broken && left > 0 {
+                outcome.0.finished(Err(format!(
+                    "the link to the destination broke with {left} pages not sent: the destination cannot run the guest on; {m}"
+                )));
+            } else {
+                outcome.0.finished(Ok(m));
+            }
         }
     }
 }
+
+/// Pages pushed per message after a post-copy hand-over (64 KiB: a page asked for waits at
+/// most about one such message).
+const PUSH_PAGES: usize = 16;
 
 /// Marks an attach finished when dropped, however it ends.
 struct Finished(Arc<AtomicBool>);
@@ -381,6 +489,14 @@ struct Transfer {
     wake: Sender<Event>,
     /// Hand-over mode: how long the destination follows in lockstep, at least.
     lockstep: Duration,
+    /// Post-copy: the pages found not zero so far (the scan that replaces the rounds).
+    scan: Option<DirtyPages>,
+    /// The most bytes per second a migration may send.
+    max_bandwidth: Option<u64>,
+    /// Post-copy: answers once the disks' contents are written.
+    disks_done: Option<Receiver<()>>,
+    /// The backup's requests for pages (post-copy, after the hand-over).
+    page_requests: Option<Receiver<Vec<u64>>>,
 }
 
 impl Transfer {
@@ -388,6 +504,20 @@ impl Transfer {
     /// is all queued.
     fn fill(&mut self, m: &Machine) -> bool {
         let ram = m.ram();
+        if let Some(scan) = &mut self.scan {
+            // Post-copy sends no RAM before the hand-over: only find the pages not zero (the
+            // others the destination has already), a bounded number per step.
+            for _ in 0..SCAN_PER_STEP {
+                let Some(p) = self.todo.pop() else { break };
+                if !ftvm_machine::snapshot::page_is_zero(&ram[p * PAGE..(p + 1) * PAGE]) {
+                    scan.mark(p);
+                }
+            }
+            if !self.todo.is_empty() {
+                let _ = self.wake.send(Event::Wake);
+            }
+            return !self.todo.is_empty();
+        }
         let (mut copies, mut scans) = (PAGES_PER_STEP, SCAN_PER_STEP);
         loop {
             let (msg, bytes) = match self.stash.take() {
@@ -700,12 +830,18 @@ impl Protector {
                 }
             });
         }
+        let (page_tx, page_rx) = mpsc::channel::<Vec<u64>>();
         {
             let out = out.clone();
             let wake = self.wake.clone();
             std::thread::spawn(move || loop {
                 let msg = rx.recv();
                 let got = match msg {
+                    Ok(Msg::PageRequest { pages }) => {
+                        // A post-copy destination's guest waits for these pages.
+                        let _ = page_tx.send(pages);
+                        continue;
+                    }
                     Ok(msg) => {
                         heard.store(now_ns(), Ordering::SeqCst);
                         out.with(|s| s.receive(now_ns(), &msg))
@@ -758,6 +894,15 @@ impl Protector {
         };
         jobs.send(Job::WholeDisks)
             .map_err(|_| PairError::Protocol("the sending thread stopped".into()))?;
+        let postcopy = matches!(migration, Some((Mode::Postcopy, _)));
+        let disks_done = if postcopy {
+            let (tx, rx) = mpsc::channel();
+            jobs.send(Job::Flush(tx))
+                .map_err(|_| PairError::Protocol("the sending thread stopped".into()))?;
+            Some(rx)
+        } else {
+            None
+        };
         // Round 1: every page, from here on every write marked.
         m.take_dirty();
         let pages = m.ram().len() / PAGE;
@@ -781,6 +926,10 @@ impl Protector {
             migration,
             wake: self.wake.clone(),
             lockstep,
+            scan: postcopy.then(|| DirtyPages::new(pages)),
+            max_bandwidth,
+            disks_done,
+            page_requests: Some(page_rx),
         })
     }
 
@@ -793,7 +942,12 @@ impl Protector {
             report(
                 &self.control,
                 &format!(
-                    "pre-copy to the {} (generation {}) started: {} MiB of RAM",
+                    "{} to the {} (generation {}) started: {} MiB of RAM",
+                    if t.scan.is_some() {
+                        "post-copy (the disks first)"
+                    } else {
+                        "pre-copy"
+                    },
                     if t.migration.is_some() {
                         "destination"
                     } else {
@@ -823,6 +977,13 @@ impl Protector {
         if t.fill(m) || t.sent.queued.load(Ordering::Relaxed) > 0 {
             return Ok(Precopy::Running {
                 throttle: t.throttle,
+            });
+        }
+        if t.scan.is_some() {
+            // Post-copy: ready once the disks are there (RAM comes after the hand-over).
+            return Ok(match t.disks_done.as_ref().map(|d| d.try_recv()) {
+                Some(Err(mpsc::TryRecvError::Empty)) => Precopy::Running { throttle: 0 },
+                _ => Precopy::Ready,
             });
         }
         // The round is written: what did the guest dirty meanwhile?
@@ -903,8 +1064,21 @@ impl Protector {
         let t0 = Instant::now();
         // The rest of this round (whose pages are skipped when zero in round 1), then every
         // page written since it began, zero or not.
-        let left: Vec<usize> = m.take_dirty().iter().collect();
-        let pages_left = t.todo.len() + left.len();
+        let dirty = m.take_dirty();
+        // Post-copy: nothing of RAM is sent now; the pages not zero when scanned, and those
+        // written since the scan began, are what the destination lacks.
+        let missing = t.scan.take().map(|mut found| {
+            found.union(&dirty);
+            found
+        });
+        let left: Vec<usize> = if missing.is_some() {
+            Vec::new()
+        } else {
+            dirty.iter().collect()
+        };
+        let pages_left = missing
+            .as_ref()
+            .map_or(t.todo.len() + left.len(), |m| m.count());
         t.flush_all(m, &left, disks.take())?;
         let out = t.out.clone();
         let header = Record::Header {
@@ -929,7 +1103,18 @@ impl Protector {
         if let Some(h) = t.sender.take() {
             let _ = h.join();
         }
-        let line = format!(
+        let line = if missing.is_some() {
+            format!(
+                "destination attached (generation {}) at instruction {} for post-copy: {:.1} MiB of disk in {} ms; {} RAM pages to follow; the state took {:.1} ms",
+                t.generation,
+                m.count(),
+                Transfer::mib(t.sent.disk.load(Ordering::Relaxed)),
+                t.started.elapsed().as_millis(),
+                pages_left,
+                t0.elapsed().as_secs_f64() * 1e3,
+            )
+        } else {
+            format!(
             "{} attached (generation {}) at instruction {} by pre-copy: {} rounds, {:.1} MiB of RAM and {:.1} MiB of disk in {} ms; the last {} pages and the state took {:.1} ms",
             if t.migration.is_some() {
                 "destination"
@@ -944,7 +1129,8 @@ impl Protector {
             t.started.elapsed().as_millis(),
             pages_left,
             t0.elapsed().as_secs_f64() * 1e3,
-        );
+        )
+        };
         report(&self.control, &line);
         self.next_generation = t.generation + 1;
         Ok((
@@ -954,6 +1140,10 @@ impl Protector {
                 arbiter: self.arbiter.clone(),
                 migration: t.migration.take(),
                 hand_over_after: Instant::now() + t.lockstep,
+                postcopy: missing
+                    .zip(t.page_requests.take())
+                    .map(|(m, r)| (std::sync::Mutex::new(m), r)),
+                max_bandwidth: t.max_bandwidth,
             },
             log,
         ))

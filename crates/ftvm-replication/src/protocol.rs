@@ -65,7 +65,11 @@ pub enum Received {
     /// The primary's heartbeat: it released outputs up to this count.
     Released(u64),
     /// The primary stopped its guest and hands it over at `count`.
-    HandOver { count: u64, released: u64 },
+    HandOver {
+        count: u64,
+        released: u64,
+        missing: Vec<u8>,
+    },
 }
 
 /// What the primary's check of its link decided.
@@ -214,7 +218,7 @@ impl PrimarySide {
     /// The hand-over of the guest, stopped at `count` (live migration), if this side still
     /// talks: from it on, this side releases nothing and sends nothing more (it is fenced),
     /// and the backup produces again every output after the `released` count it carries.
-    pub fn hand_over(&mut self, count: u64) -> Option<Msg> {
+    pub fn hand_over(&mut self, count: u64, missing: Vec<u8>) -> Option<Msg> {
         if !self.talking() {
             return None;
         }
@@ -223,7 +227,13 @@ impl PrimarySide {
         Some(Msg::HandOver {
             count,
             released: self.released.min(count),
+            missing,
         })
+    }
+
+    /// RAM pages to send after a post-copy hand-over (while the link is whole).
+    pub fn pages_after_hand_over(&self, pages: Vec<u64>, data: Vec<u8>) -> Option<Msg> {
+        (self.handed_over.is_some() && !self.broken).then_some(Msg::Ram { pages, data })
     }
 
     /// Whether the backup acknowledged the hand-over.
@@ -332,9 +342,17 @@ impl BackupSide {
                 Ok(Received::Released(self.released))
             }
             Msg::Disk { .. } | Msg::Ram { .. } => Ok(Received::Disk),
-            Msg::HandOver { count, released } => {
+            Msg::HandOver {
+                count,
+                released,
+                ref missing,
+            } => {
                 self.released = self.released.max(released);
-                Ok(Received::HandOver { count, released })
+                Ok(Received::HandOver {
+                    count,
+                    released,
+                    missing: missing.clone(),
+                })
             }
             ref other => Err(ProtocolError::Unexpected {
                 from: "primary",
@@ -350,6 +368,12 @@ impl BackupSide {
 
     fn talking(&self) -> bool {
         !self.fenced && !self.broken
+    }
+
+    /// A request for RAM pages after a post-copy hand-over (this side is fenced by then; the
+    /// link must be whole).
+    pub fn page_request(&self, pages: Vec<u64>) -> Option<Msg> {
+        (!self.broken).then_some(Msg::PageRequest { pages })
     }
 
     /// The acknowledgement that this side holds the log up to `count`, if it still talks.

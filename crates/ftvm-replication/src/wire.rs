@@ -50,6 +50,7 @@ pub enum Kind {
     Ram = 6,
     HandOver = 7,
     Relay = 8,
+    PageRequest = 9,
 }
 
 impl Kind {
@@ -64,6 +65,7 @@ impl Kind {
             6 => Kind::Ram,
             7 => Kind::HandOver,
             8 => Kind::Relay,
+            9 => Kind::PageRequest,
             _ => return None,
         })
     }
@@ -78,6 +80,7 @@ impl Kind {
             Msg::Ram { .. } => Kind::Ram,
             Msg::HandOver { .. } => Kind::HandOver,
             Msg::Relay { .. } => Kind::Relay,
+            Msg::PageRequest { .. } => Kind::PageRequest,
         }
     }
 
@@ -92,6 +95,7 @@ impl Kind {
             Kind::Ram => "RAM pages",
             Kind::HandOver => "a hand-over",
             Kind::Relay => "a relayed frame",
+            Kind::PageRequest => "a page request",
         }
     }
 }
@@ -146,7 +150,9 @@ impl Head {
 pub fn payload_len(m: &Msg) -> usize {
     match m {
         Msg::Log { bytes, .. } => bytes.len().saturating_add(8),
-        Msg::Ack { .. } | Msg::Heartbeat { .. } | Msg::HandOver { .. } => 16,
+        Msg::Ack { .. } | Msg::Heartbeat { .. } => 16,
+        Msg::HandOver { missing, .. } => missing.len().saturating_add(16),
+        Msg::PageRequest { pages } => pages.len().saturating_mul(8).saturating_add(4),
         Msg::Attach { disks, .. } => disks.len().saturating_mul(8).saturating_add(8),
         Msg::Disk { data, .. } => data.len().saturating_add(12),
         Msg::Relay { frame, .. } => frame.len().saturating_add(4),
@@ -169,9 +175,20 @@ pub fn encode(m: &Msg, out: &mut Vec<u8>) {
             out.extend_from_slice(&count.to_le_bytes());
             out.extend_from_slice(&clock.to_le_bytes());
         }
-        Msg::HandOver { count, released } => {
+        Msg::HandOver {
+            count,
+            released,
+            missing,
+        } => {
             out.extend_from_slice(&count.to_le_bytes());
             out.extend_from_slice(&released.to_le_bytes());
+            out.extend_from_slice(missing);
+        }
+        Msg::PageRequest { pages } => {
+            out.extend_from_slice(&(pages.len() as u32).to_le_bytes());
+            for p in pages {
+                out.extend_from_slice(&p.to_le_bytes());
+            }
         }
         Msg::Relay { slot, frame } => {
             out.extend_from_slice(&slot.to_le_bytes());
@@ -237,25 +254,37 @@ pub fn decode(kind: Kind, mut payload: Vec<u8>) -> Result<Body, ChannelError> {
                 bytes: payload,
             }
         }
-        Kind::Ack | Kind::Heartbeat | Kind::HandOver => {
+        Kind::Ack | Kind::Heartbeat => {
             if payload.len() != 16 {
-                return Err(bad(
-                    "an acknowledgement, heartbeat or hand-over is 16 bytes",
-                ));
+                return Err(bad("an acknowledgement or heartbeat is 16 bytes"));
             }
             let (a, b) = (u64_at(&payload, 0)?, u64_at(&payload, 8)?);
             match kind {
                 Kind::Ack => Msg::Ack { count: a, clock: b },
-                Kind::Heartbeat => Msg::Heartbeat { count: a, clock: b },
-                _ => {
-                    if b > a {
-                        return Err(bad("a hand-over releases past its count"));
-                    }
-                    Msg::HandOver {
-                        count: a,
-                        released: b,
-                    }
-                }
+                _ => Msg::Heartbeat { count: a, clock: b },
+            }
+        }
+        Kind::HandOver => {
+            let (count, released) = (u64_at(&payload, 0)?, u64_at(&payload, 8)?);
+            if released > count {
+                return Err(bad("a hand-over releases past its count"));
+            }
+            payload.drain(..16);
+            Msg::HandOver {
+                count,
+                released,
+                missing: payload,
+            }
+        }
+        Kind::PageRequest => {
+            let n = u32_at(&payload, 0)? as usize;
+            if n == 0 || n > MAX_RAM_PAGES || payload.len() != 4 + 8 * n {
+                return Err(bad("a page request names 1 to 256 pages"));
+            }
+            Msg::PageRequest {
+                pages: (0..n)
+                    .map(|i| u64_at(&payload, 4 + 8 * i))
+                    .collect::<Result<_, _>>()?,
             }
         }
         Kind::Attach => {
@@ -474,8 +503,8 @@ impl Order {
             (Role::Primary, O::Disks | O::Log, K::Log) => Some(O::Log),
             (Role::Primary, O::Log, K::Heartbeat) => Some(O::Log),
             (Role::Primary, O::Log, K::HandOver) => Some(O::HandedOver),
-            (Role::Primary, O::HandedOver, K::Relay) => Some(O::HandedOver),
-            (Role::Backup, O::Acks, K::Heartbeat | K::Ack) => Some(O::Acks),
+            (Role::Primary, O::HandedOver, K::Relay | K::Ram) => Some(O::HandedOver),
+            (Role::Backup, O::Acks, K::Heartbeat | K::Ack | K::PageRequest) => Some(O::Acks),
             _ => None,
         };
         next.ok_or(ChannelError::Order {
@@ -625,7 +654,14 @@ mod tests {
             Msg::HandOver {
                 count: 9,
                 released: 8,
+                missing: vec![],
             },
+            Msg::HandOver {
+                count: 9,
+                released: 9,
+                missing: vec![0xff, 1],
+            },
+            Msg::PageRequest { pages: vec![7, 3] },
             Msg::Relay {
                 slot: 1,
                 frame: vec![0xff; 60],

@@ -119,11 +119,16 @@ pub trait Link {
     fn hand_over(&self, count: u64) -> Result<(), LinkError> {
         Err(format!("this link cannot hand the guest over (at instruction {count})").into())
     }
-    /// After the hand-over: pass on a frame that this side's TAP in `slot` received and its
-    /// guest never got.
-    fn relay(&self, _slot: usize, _frame: Vec<u8>) {}
-    /// The hand-over is over (the frames on their way relayed): close the link.
-    fn end_hand_over(&self, _relayed: usize) {}
+    /// After the hand-over, until the backup needs nothing more of this side: pass on the
+    /// frames that this side's TAPs receive and its guest never got (`next_frame(wait)` gives
+    /// the next, waiting up to `wait`), and the RAM a post-copy backup still lacks (`ram`, the
+    /// guest's, stopped). Then close the link.
+    fn after_hand_over(
+        &self,
+        _ram: &[u8],
+        _next_frame: &mut dyn FnMut(Duration) -> Option<(usize, Vec<u8>)>,
+    ) {
+    }
 }
 
 /// After a hand-over, frames still reaching this side (the network learns where the guest
@@ -476,6 +481,14 @@ pub fn live(
     // Where the log was last pushed out to the backup.
     let mut last_mark = m.count();
     let code = loop {
+        // A post-copy destination takes in the RAM pages that arrived.
+        if let Some((left, faults)) = m.poll_postcopy(false) {
+            if left == 0 {
+                eprintln!(
+                    "\r\nftvm: post-copy complete: every RAM page arrived ({faults} accesses waited for one)\r"
+                );
+            }
+        }
         let fed_before = feed.fed;
         let next_epoch = feed
             .epoch
@@ -783,27 +796,21 @@ pub fn live(
         if let Some(link) = &gate.link {
             link.hand_over(count).map_err(RunError::Link)?;
             // The frames the guest never got here go to the backup, which runs it now: the
-            // ones taken in and not delivered, and those still arriving for a moment.
-            let mut relayed = 0;
-            for (&slot, q) in pending.frames.iter_mut() {
-                for frame in q.drain(..) {
-                    link.relay(slot, frame);
-                    relayed += 1;
+            // ones taken in and not delivered first, then those still arriving.
+            let mut waiting: VecDeque<(usize, Vec<u8>)> = pending
+                .frames
+                .iter_mut()
+                .flat_map(|(&slot, q)| q.drain(..).map(move |f| (slot, f)))
+                .collect();
+            link.after_hand_over(m.ram(), &mut |wait| {
+                if let Some(f) = waiting.pop_front() {
+                    return Some(f);
                 }
-            }
-            let until = Instant::now() + RELAY_GRACE;
-            while let Some(left) = until.checked_duration_since(Instant::now()) {
-                match events.recv_timeout(left) {
-                    Ok(Event::Host(HostEvent::Frame { slot, frame })) => {
-                        link.relay(slot, frame);
-                        relayed += 1;
-                    }
-                    Ok(_) => {}
-                    Err(RecvTimeoutError::Timeout) => break,
-                    Err(RecvTimeoutError::Disconnected) => std::thread::sleep(left),
+                match events.recv_timeout(wait) {
+                    Ok(Event::Host(HostEvent::Frame { slot, frame })) => Some((slot, frame)),
+                    _ => None,
                 }
-            }
-            link.end_hand_over(relayed);
+            });
         }
         let secs = started.elapsed().as_secs_f64();
         eprintln!(

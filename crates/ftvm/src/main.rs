@@ -127,7 +127,9 @@ struct MigrateArgs {
     /// `precopy`: copy RAM and disks in rounds while the guest runs, then pause it for what
     /// is left and the state. `handover`: the same, then the destination follows the guest in
     /// lockstep and takes over at an instruction boundary, the guest pausing about one
-    /// round trip.
+    /// round trip. `postcopy`: the disks first, then the destination runs at once and
+    /// fetches each RAM page its guest touches while the source pushes the rest (the guest is
+    /// lost if the source dies before the last page arrived).
     #[arg(long, value_enum, default_value_t = MigrationMode::Precopy)]
     mode: MigrationMode,
     /// Stop copying once what is left would pause the guest at most this long.
@@ -156,6 +158,7 @@ struct MigrateArgs {
 enum MigrationMode {
     Precopy,
     Handover,
+    Postcopy,
 }
 
 #[derive(clap::Args)]
@@ -613,6 +616,7 @@ fn migrate(m: MigrateArgs) -> Result<u8> {
             "mode": match m.mode {
                 MigrationMode::Precopy => "precopy",
                 MigrationMode::Handover => "handover",
+                MigrationMode::Postcopy => "postcopy",
             },
             "max_downtime_ms": m.max_downtime_ms,
             "max_bandwidth_mib": m.max_bandwidth_mib,

@@ -222,6 +222,9 @@ fn moves_under_load(tag: &str, mode: &str, both: &[&str]) {
         dest_err.contains("handed over; live at instruction"),
         "{dest_err}"
     );
+    if mode == "postcopy" {
+        assert!(dest_err.contains("post-copy complete"), "{dest_err}");
+    }
     poweroff(&mut h.dest);
     eprintln!(
         "{mode}: {keys} keys read back; migrate took {} ms; longest pause seen by the client {} ms, {} ms after the migration began",
@@ -239,6 +242,38 @@ fn a_precopy_migration_moves_the_guest_under_a_write_load() {
 #[test]
 fn a_hand_over_moves_the_guest_under_a_write_load() {
     moves_under_load("h", "handover", &[]);
+}
+
+#[test]
+fn a_postcopy_migration_moves_the_guest_under_a_write_load() {
+    moves_under_load("o", "postcopy", &[]);
+}
+
+/// Post-copy's cost: a source that dies before the last page arrived takes the guest with it.
+/// The destination must say so and stop (not hang, not run on with pages of zeros).
+#[test]
+fn a_source_killed_during_post_copy_stops_the_destination_with_the_reason() {
+    let _one = serial();
+    let mut h = hosts("q", &[]);
+    // 1 MiB/s: the guest's 20-odd MiB of RAM take 20 s to push.
+    let mut mig = migrate(&h, &["--mode", "postcopy", "--max-bandwidth-mib", "1"]);
+    says(
+        &h.lab,
+        "destination",
+        "of RAM still to come",
+        Duration::from_secs(30),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    signal(h.source.c(), libc::SIGKILL);
+    let st = exits_within(&mut h.dest, Duration::from_secs(15));
+    assert!(
+        st.is_some_and(|s| !s.success()),
+        "the destination after its source died mid-way: {st:?}\n{}",
+        context(&h.lab)
+    );
+    let err = stderr_of(&h.lab, "destination");
+    assert!(err.contains("the guest is lost"), "{err}");
+    let _ = outcome(&mut mig, Duration::from_secs(10));
 }
 
 #[test]

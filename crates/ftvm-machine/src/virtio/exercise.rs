@@ -93,7 +93,7 @@ pub fn exercise(data: &[u8]) {
                 }
             }
             _ => {
-                let n = dev.rng_wanted(&ram);
+                let n = dev.rng_wanted(&mut ram);
                 dev.rng_fill(&mut ram, &vec![7; n.min(op[1] as usize)]);
             }
         }

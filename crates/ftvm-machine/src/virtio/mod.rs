@@ -508,7 +508,7 @@ impl VirtioMmio {
     }
 
     /// Whether a received frame can be delivered now (the driver posted a receive buffer).
-    pub fn net_rx_ready(&self, ram: &GuestRam) -> bool {
+    pub fn net_rx_ready(&self, ram: &mut GuestRam) -> bool {
         matches!(self.dev, Device::Net { .. })
             && self.driver_ok()
             && self.queues[0].has_available(ram)
@@ -541,7 +541,7 @@ impl VirtioMmio {
     }
 
     /// Bytes of entropy the driver is waiting for (0 if none).
-    pub fn rng_wanted(&self, ram: &GuestRam) -> usize {
+    pub fn rng_wanted(&self, ram: &mut GuestRam) -> usize {
         if matches!(self.dev, Device::Rng) && self.driver_ok() && self.queues[0].has_available(ram)
         {
             64

@@ -32,13 +32,26 @@ pub enum QueueError {
 }
 
 /// Guest RAM as devices see it: bounds-checked accesses by guest physical address. The RAM
-/// offsets written are recorded, so that decoded instructions there can be dropped.
-pub struct GuestRam<'a>(pub &'a mut [u8], pub Vec<(usize, usize)>);
+/// offsets written are recorded, so that decoded instructions there can be dropped. RAM that is
+/// still arriving (post-copy) is brought in before the bytes are read or written.
+pub struct GuestRam<'a>(
+    pub &'a mut [u8],
+    pub Vec<(usize, usize)>,
+    pub Option<&'a mut crate::postcopy::Postcopy>,
+);
 
 impl<'a> GuestRam<'a> {
     pub fn new(mem: &'a mut [u8]) -> GuestRam<'a> {
-        GuestRam(mem, Vec::new())
+        GuestRam(mem, Vec::new(), None)
     }
+    /// RAM whose missing pages `postcopy` brings in.
+    pub fn arriving(
+        mem: &'a mut [u8],
+        postcopy: Option<&'a mut crate::postcopy::Postcopy>,
+    ) -> GuestRam<'a> {
+        GuestRam(mem, Vec::new(), postcopy)
+    }
+    /// The RAM offsets of `len` bytes at `addr`, if they lie in RAM (a check only).
     pub fn range(&self, addr: u64, len: u64) -> Option<std::ops::Range<usize>> {
         let off = addr.checked_sub(RAM_BASE)?;
         let end = off.checked_add(len)?;
@@ -48,22 +61,31 @@ impl<'a> GuestRam<'a> {
             None
         }
     }
-    pub fn read(&self, addr: u64, len: u64) -> Option<&[u8]> {
-        self.range(addr, len).map(|r| &self.0[r])
+    /// The offsets of `len` bytes at `addr`, present.
+    fn access(&mut self, addr: u64, len: u64) -> Option<std::ops::Range<usize>> {
+        let r = self.range(addr, len)?;
+        if let Some(p) = &mut self.2 {
+            p.ensure_range(self.0, r.clone());
+        }
+        Some(r)
+    }
+    pub fn read(&mut self, addr: u64, len: u64) -> Option<&[u8]> {
+        let r = self.access(addr, len)?;
+        Some(&self.0[r])
     }
     pub fn write(&mut self, addr: u64, data: &[u8]) -> Option<()> {
-        let r = self.range(addr, data.len() as u64)?;
+        let r = self.access(addr, data.len() as u64)?;
         self.1.push((r.start, r.len()));
         self.0[r].copy_from_slice(data);
         Some(())
     }
-    pub fn u16(&self, addr: u64) -> Option<u16> {
+    pub fn u16(&mut self, addr: u64) -> Option<u16> {
         Some(u16::from_le_bytes(self.read(addr, 2)?.try_into().ok()?))
     }
-    pub fn u32(&self, addr: u64) -> Option<u32> {
+    pub fn u32(&mut self, addr: u64) -> Option<u32> {
         Some(u32::from_le_bytes(self.read(addr, 4)?.try_into().ok()?))
     }
-    pub fn u64(&self, addr: u64) -> Option<u64> {
+    pub fn u64(&mut self, addr: u64) -> Option<u64> {
         Some(u64::from_le_bytes(self.read(addr, 8)?.try_into().ok()?))
     }
 }
@@ -96,7 +118,7 @@ impl Chain {
     /// Copy the device-readable bytes from offset `skip` of the chain into `out`, as many as
     /// fit; returns the bytes copied. The caller sizes `out`, so the copy is bounded by what
     /// the device accepts, never by what the driver claims.
-    pub fn read_into(&self, ram: &GuestRam, mut skip: u64, out: &mut [u8]) -> usize {
+    pub fn read_into(&self, ram: &mut GuestRam, mut skip: u64, out: &mut [u8]) -> usize {
         let mut done = 0;
         for b in &self.readable {
             if done == out.len() {
@@ -184,7 +206,7 @@ impl Queue {
     }
 
     /// Whether the driver has made buffers available that the device has not taken.
-    pub fn has_available(&self, ram: &GuestRam) -> bool {
+    pub fn has_available(&self, ram: &mut GuestRam) -> bool {
         self.check_rings(ram).is_ok()
             && ram
                 .u16(self.avail + 2)
@@ -192,7 +214,7 @@ impl Queue {
     }
 
     /// Take the next available chain, if any.
-    pub fn pop(&mut self, ram: &GuestRam) -> Result<Option<Chain>, QueueError> {
+    pub fn pop(&mut self, ram: &mut GuestRam) -> Result<Option<Chain>, QueueError> {
         self.check_rings(ram)?;
         let idx = ram.u16(self.avail + 2).ok_or(QueueError::RingOutOfRange)?;
         if idx == self.last_avail {
@@ -305,11 +327,11 @@ mod tests {
         desc(&mut ram, 0, RAM_BASE + 0x4000, 16, DESC_F_NEXT, 1);
         desc(&mut ram, 1, RAM_BASE + 0x5000, 512, DESC_F_WRITE, 0);
         offer(&mut ram, 0, 0, 1);
-        let c = q.pop(&GuestRam::new(&mut ram)).unwrap().unwrap();
+        let c = q.pop(&mut GuestRam::new(&mut ram)).unwrap().unwrap();
         assert_eq!(c.readable.len(), 1);
         assert_eq!(c.writable_len(), 512);
         assert_eq!(c.readable_len(), 16);
-        assert_eq!(q.pop(&GuestRam::new(&mut ram)).unwrap(), None);
+        assert_eq!(q.pop(&mut GuestRam::new(&mut ram)).unwrap(), None);
         q.push_used(&mut GuestRam::new(&mut ram), c.head, 512)
             .unwrap();
         assert_eq!(GuestRam::new(&mut ram).u16(USED + 2), Some(1));
@@ -335,13 +357,13 @@ mod tests {
             ],
             writable: vec![],
         };
-        let g = GuestRam::new(&mut ram);
+        let mut g = GuestRam::new(&mut ram);
         let mut out = [0u8; 5];
-        assert_eq!(c.read_into(&g, 2, &mut out), 5);
+        assert_eq!(c.read_into(&mut g, 2, &mut out), 5);
         assert_eq!(out, [0x02, 0x03, 0x00, 0x01, 0x02]);
         let mut big = [0u8; 16];
-        assert_eq!(c.read_into(&g, 7, &mut big), 1);
-        assert_eq!(c.read_into(&g, 9, &mut big), 0);
+        assert_eq!(c.read_into(&mut g, 7, &mut big), 1);
+        assert_eq!(c.read_into(&mut g, 9, &mut big), 0);
     }
 
     #[test]
@@ -352,28 +374,28 @@ mod tests {
         desc(&mut ram, 0, RAM_BASE + 0x4000, 16, DESC_F_NEXT, 1);
         desc(&mut ram, 1, RAM_BASE + 0x4000, 16, DESC_F_NEXT, 0);
         offer(&mut ram, 0, 0, 1);
-        assert_eq!(q.pop(&GuestRam::new(&mut ram)), Err(QueueError::Loop));
+        assert_eq!(q.pop(&mut GuestRam::new(&mut ram)), Err(QueueError::Loop));
         // Out of range buffer.
         desc(&mut ram, 2, 0x1234, 16, 0, 0);
         offer(&mut ram, 1, 2, 2);
         assert!(matches!(
-            q.pop(&GuestRam::new(&mut ram)),
+            q.pop(&mut GuestRam::new(&mut ram)),
             Err(QueueError::BufferOutOfRange { .. })
         ));
         // Wrapping length.
         desc(&mut ram, 3, RAM_BASE + 0xfff0, u32::MAX, 0, 0);
         offer(&mut ram, 2, 3, 3);
-        assert!(q.pop(&GuestRam::new(&mut ram)).is_err());
+        assert!(q.pop(&mut GuestRam::new(&mut ram)).is_err());
         // Index past the table.
         offer(&mut ram, 3, 200, 4);
         assert_eq!(
-            q.pop(&GuestRam::new(&mut ram)),
+            q.pop(&mut GuestRam::new(&mut ram)),
             Err(QueueError::BadIndex(200))
         );
         // Ring outside RAM.
         q.used = u64::MAX - 4;
         assert_eq!(
-            q.pop(&GuestRam::new(&mut ram)),
+            q.pop(&mut GuestRam::new(&mut ram)),
             Err(QueueError::RingOutOfRange)
         );
     }
