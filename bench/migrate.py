@@ -1,44 +1,47 @@
 #!/usr/bin/env python3
-"""Live migration of the redis guest (256 MiB) on ftvm (`--mode precopy` and `--mode handover`)
-and on qemu-system-riscv64 (its own pre-copy live migration), on one machine.
+"""Live migration of the redis guest (256 MiB, no disk) on ftvm (`ftvm migrate --mode precopy` and
+`--mode handover`, `--mode postcopy`) and on qemu-system-riscv64 7.2 (its own pre-copy live migration), on one machine.
 
-usage: bench/migrate.py [--repeat R] [--cases idle,write,dirty[,zeros]] [--json FILE] [--no-build]
-Layout (network namespaces as hosts, as in the end-to-end tests' lab): a switch (a bridge) and
-two hosts, the source and the destination, each with the guest's TAP and its uplink on a bridge
-of its own, plus a dedicated migration link (10.82.0.1 - 10.82.0.2) between them, and a client
-host on the switch. The guest (10.81.0.10, one MAC) runs on the source's TAP, then on the
-destination's. QEMU's destination waits with `-incoming tcp:10.82.0.2:PORT` and sends no frame
-before the migration completes (it then announces the guest itself). Both sides get the same
-budget: a 300 ms maximum downtime (ftvm's default, QEMU's too) and no bandwidth cap (ftvm's
-default; QEMU's 128 MiB/s default is raised). No disk: redis keeps its data in a tmpfs.
+usage: bench/migrate.py [--repeat R] [--cases idle,write,dirty[,zeros]] [--engines ...] [--json FILE]
+                        [--no-build]
+Layout, as in the end-to-end tests' lab (crates/ftvm/tests/common/lab.rs), built afresh for each
+run: network namespaces as hosts; a switch (a bridge), a source and a destination host (each
+with the guest's TAP and its uplink on a bridge of its own, and a migration link 10.82.0.1 -
+10.82.0.2 between them) and a client host. The guest (10.81.0.10, one MAC) runs on the source's
+TAP, then on the destination's; QEMU's destination waits with `-incoming tcp:10.82.0.2:PORT`,
+sends no frame before the migration completes, then announces the guest. Both get the same
+budget: at most 300 ms of downtime (both defaults) and no bandwidth cap (ftvm's default; QEMU's
+128 MiB/s default is raised). ftvm's stream is authenticated and encrypted, QEMU's plain TCP.
 
-Cases: idle (booted to its ready line, nothing running); write (a client in the client host
+Cases: idle (booted to its ready line, nothing running); write (a client on the client host
 writes keys into redis over ONE TCP connection as fast as it can, each SET acknowledged before
-the next, a timestamp per acknowledgement, as in bench/failover.py); dirty (the same client,
-and the guest's `dd` reading a 32 MiB file of random bytes, over and over through a pipe, into
-one 32 MiB buffer: the same 32 MiB of RAM rewritten with non-zero data without end); zeros (not by default: the
-client, and `dd if=/dev/zero of=/dev/null bs=32M`, a buffer rewritten with zeros, which QEMU
-sends as zero-page markers). Engines alternate in each repetition (ftvm precopy, ftvm
-handover, QEMU); a failed run is reported and left out of the medians. Figures:
-  total     from the migration request to done: ftvm, `ftvm migrate` started to exited (which
-            includes the source relaying late frames for 300 ms after the hand-over); QEMU,
-            `migrate` sent to query-migrate "completed" (polled every 10 ms).
+the next, a timestamp per acknowledgement, as in bench/failover.py); dirty (the client, and the
+guest's `dd` reading a 32 MiB file of random bytes over and over through a pipe into one 32 MiB
+buffer: the same 32 MiB of RAM rewritten with non-zero data without end); zeros (not by
+default: the client and `dd if=/dev/zero of=/dev/null bs=32M`, a buffer rewritten with zeros,
+which QEMU sends as zero-page markers; QEMU 7.2 then often loses the guest's timer at the
+destination, and a guest that never idles never re-arms it: redis starves, the run fails).
+Engines alternate in each repetition; a failed run is reported and left out of the medians.
+  total     from the request to done: ftvm, `ftvm migrate` started to exited (when the
+            destination confirmed the hand-over; with post-copy, when the last page left);
+            QEMU, `migrate` sent to query-migrate saying "completed" (polled every 5 ms).
   live      from the request until the guest runs at the destination: ftvm, until the
-            destination prints "live at instruction"; QEMU, until the destination's QMP
-            query-status says "running" (both polled every 5 ms).
+            destination prints "live at instruction"; QEMU, until the destination's
+            query-status says "running" (polled every 5 ms).
   MiB sent  ftvm, RAM + disk from its "destination attached ... X MiB of RAM and Y MiB of disk"
             line (a hand-over's lockstep log afterwards is not counted); QEMU, ram.transferred.
-  downtime  as each reports it. ftvm: the source's "attached; the guest paused D ms" (the
-            stop-and-copy) plus the destination's "live at instruction N (X ms after the
-            hand-over arrived)" (with --mode handover the two pauses are apart: the guest runs
-            on the source in lockstep between them). QEMU: query-migrate's downtime.
-  client    the longest gap between two acknowledgements from the migration's request to 2 s
-            after it ended, as the client saw it (write and dirty only).
+  downtime  as each reports it, on the source's side. ftvm: the source's "attached; the guest
+            paused D ms" (the stop-and-copy) plus the destination's "live at instruction N (X ms
+            after the hand-over arrived)" (with --mode handover the two pauses are apart: the
+            guest runs on the source in lockstep between them). QEMU: query-migrate's downtime.
+  client gap  the longest gap between two acknowledgements from the request to 2 s after the
+            migration ended, as the client saw it (every case but idle): the pause that counts.
   missing   acknowledged keys that do not read back on the same connection afterwards (must be 0).
-Medians over the repetitions; ratio = ftvm precopy / QEMU. Needs root (namespaces, TAP).
+Medians over the repetitions; ratio: ftvm precopy / QEMU. Needs root (namespaces, TAP).
 """
-import argparse, json, os, re, shutil, socket, statistics, subprocess, sys, tempfile, threading, time
+import argparse, json, os, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, threading, time
 
+sys.dont_write_bytecode = True  # no __pycache__ in bench/
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import redis as lab  # ROOT, GUEST, FTVM, sh
 
@@ -50,7 +53,7 @@ APPEND = f"console=ttyS0 ftvm.ip={GUEST_IP}/24"
 LOADS = {"dirty": b"head -c 33554432 /dev/urandom > /tmp/r; echo fmig-load-$((1+1)); while :; do cat /tmp/r; "
                   b"done | dd of=/dev/null bs=33554432 iflag=fullblock 2>/dev/null &\n",
          "zeros": b"echo fmig-load-$((1+1)); dd if=/dev/zero of=/dev/null bs=33554432 &\n"}
-ENGINES = ("ftvm-precopy", "ftvm-handover", "qemu")
+ENGINES = ("ftvm-precopy", "ftvm-handover", "ftvm-postcopy", "qemu")
 
 # Writes SET k<i> v<i> until a line arrives on stdin, one acknowledgement at a time, printing
 # "acked i T" (T: CLOCK_MONOTONIC, the same clock as the script's); then reads every key back.
@@ -58,7 +61,7 @@ CLIENT = r"""
 import socket, sys, threading, time
 stop = []
 threading.Thread(target=lambda: (sys.stdin.readline(), stop.append(1)), daemon=True).start()
-s = socket.create_connection((sys.argv[1], 6379), timeout=30)
+s = socket.create_connection((sys.argv[1], 6379), timeout=10)
 f = s.makefile("rb")
 def cmd(*a):
     s.sendall(b"*%d\r\n" % len(a) + b"".join(b"$%d\r\n%s\r\n" % (len(x), x) for x in a))
@@ -117,7 +120,7 @@ def net_down():
 
 
 class Proc:
-    """A process whose stdout and stderr threads collect (stderr a line at a time, with the moment each came)."""
+    """A process whose output threads collect: stdout whole, stderr by line with when each came."""
 
     def __init__(self, cmd, stdin=subprocess.PIPE):
         self.p = subprocess.Popen(cmd, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -164,17 +167,17 @@ class Proc:
             pass
 
 
-def images():
-    return [os.path.join(lab.GUEST, "Image"), os.path.join(lab.GUEST, "initramfs.cpio.gz")]
+KERNEL, INITRD = os.path.join(lab.GUEST, "Image"), os.path.join(lab.GUEST, "initramfs.cpio.gz")
 
 
 def ftvm_run(extra):
-    return [lab.FTVM, "run", "--kernel", images()[0], "--initrd", images()[1], "--mem", "256M", "--append", APPEND, "--net", f"tap={TAP},mac={MAC}", *extra]
+    return [lab.FTVM, "run", "--kernel", KERNEL, "--initrd", INITRD, "--mem", "256M", "--append", APPEND,
+            "--net", f"tap={TAP},mac={MAC}", *extra]
 
 
 def qemu_cmd(extra):
     return ["qemu-system-riscv64", "-M", "virt", "-m", "256M", "-display", "none", "-serial", "stdio",
-            "-monitor", "none", "-kernel", images()[0], "-initrd", images()[1], "-append", APPEND,
+            "-monitor", "none", "-kernel", KERNEL, "-initrd", INITRD, "-append", APPEND,
             "-netdev", f"tap,id=n0,ifname={TAP},script=no,downscript=no",
             "-device", f"virtio-net-device,netdev=n0,mac={MAC}", *extra]
 
@@ -218,7 +221,7 @@ def start_client():
     return c
 
 
-def run(engine, case, tmp):
+def run(engine, case, tmp, lockstep_ms=0):
     """One migration: a dict of figures."""
     procs, client = [], None
     qmp_path = os.path.join(tmp, "src.qmp")
@@ -237,7 +240,8 @@ def run(engine, case, tmp):
         procs.append(src)
         src.wait_out(r"ftvm-guest: ready", 120)
         for _ in range(100):
-            if lab.sh(*ns("cl", "timeout", "2", "redis-cli", "-h", GUEST_IP, "ping"), check=False).stdout.strip() == b"PONG":
+            ping = lab.sh(*ns("cl", "timeout", "2", "redis-cli", "-h", GUEST_IP, "ping"), check=False)
+            if ping.stdout.strip() == b"PONG":
                 break
             time.sleep(0.1)
         else:
@@ -274,7 +278,9 @@ def run(engine, case, tmp):
             q("quit")
         else:
             mig = Proc(ns("src", lab.FTVM, "migrate", "--control", sock, "--to", f"{DEST_IP}:{FTVM_PORT}",
-                          "--psk", f"{tmp}/psk", "--mode", engine.split("-")[1]), stdin=subprocess.DEVNULL)
+                          "--psk", f"{tmp}/psk", "--mode", engine.split("-")[1],
+                          *(["--lockstep-ms", str(lockstep_ms)] if engine == "ftvm-handover" else [])),
+                       stdin=subprocess.DEVNULL)
             procs.append(mig)
             try:
                 code = mig.p.wait(timeout=120)
@@ -282,16 +288,27 @@ def run(engine, case, tmp):
                 code = "timeout after 120 s"
             t1 = time.monotonic()
             time.sleep(0.1)  # the last stderr lines
-            m = re.search(r"attached \(generation \d+\) at instruction \d+ by pre-copy: (\d+) rounds, ([0-9.]+) MiB "
-                          r"of RAM and ([0-9.]+) MiB of disk in (\d+) ms", mig.stderr())
-            if code != 0 or not m:
-                raise RuntimeError(f"ftvm migrate: exit {code}:\n{mig.stderr()}\n-- source:\n{src.stderr()[-3000:]}\n"
+            err = mig.stderr()
+            info = None
+            if engine == "ftvm-postcopy":
+                # The disks go first, RAM after the hand-over ("N pages sent" on the source).
+                pc = re.search(r"for post-copy: ([0-9.]+) MiB of disk in (\d+) ms", err)
+                if code == 0 and pc:
+                    pages = int(src.wait_err(r"post-copy: (\d+) pages sent", 30).group(1))
+                    info = dict(rounds=0, ram=pages * 4096 / 2**20, disk=float(pc.group(1)), ms=int(pc.group(2)))
+            else:
+                m = re.search(r"attached \(generation \d+\) at instruction \d+ by pre-copy: (\d+) rounds, ([0-9.]+) MiB "
+                              r"of RAM and ([0-9.]+) MiB of disk in (\d+) ms", err)
+                if m:
+                    info = dict(rounds=int(m.group(1)), ram=float(m.group(2)), disk=float(m.group(3)), ms=int(m.group(4)))
+            if code != 0 or not info:
+                raise RuntimeError(f"ftvm migrate: exit {code}:\n{err}\n-- source:\n{src.stderr()[-3000:]}\n"
                                    f"-- destination:\n{dst.stderr()[-3000:]}")
             paused = float(src.wait_err(r"attached; the guest paused ([0-9.]+) ms", 10).group(1))
             handover = float(dst.wait_err(r"live at instruction \d+ \(([0-9.]+) ms after the hand-over", 10).group(1))
             live = next(t for t, l in dst.lines if "live at instruction" in l)
-            r.update(total_ms=(t1 - t0) * 1e3, live_ms=(live - t0) * 1e3, mib=float(m.group(2)) + float(m.group(3)),
-                     rounds=int(m.group(1)), precopy_ms=int(m.group(4)), paused_ms=paused, handover_ms=handover,
+            r.update(total_ms=(t1 - t0) * 1e3, live_ms=(live - t0) * 1e3, mib=info["ram"] + info["disk"],
+                     rounds=info["rounds"], precopy_ms=info["ms"], paused_ms=paused, handover_ms=handover,
                      downtime_ms=paused + handover)
         if client:
             time.sleep(2.0)
@@ -299,12 +316,12 @@ def run(engine, case, tmp):
             client.stdin.write("stop\n")
             client.stdin.flush()
             client.wait(timeout=120)
-            around = [t0] + [a for a in client.acks if t0 < a <= t2]
-            gaps = [(b - a, a) for a, b in zip(around, around[1:])]
-            gap, at = max(gaps) if gaps else (t2 - t0, t0)
+            around = [t0] + [a for a in client.acks if t0 < a <= t2] + [t2]
+            gap, at = max((b - a, a) for a, b in zip(around, around[1:]))
             done = (client.last or ["?"])[-1].split()
             if client.returncode != 0 or done[0] != "done":
-                raise RuntimeError(f"the client failed: {client.last}")
+                raise RuntimeError(f"the client failed ({client.last}); the destination's console:\n"
+                                   f"{dst.out[-1500:].decode(errors='replace')}\n{dst.stderr()[-2000:]}")
             r.update(client_gap_ms=gap * 1e3, gap_at_ms=(at - t0) * 1e3, keys=int(done[1]), missing=int(done[2]))
         if engine != "qemu":
             r["log"] = {"migrate": mig.stderr(), "source": src.stderr()[-2000:], "destination": dst.stderr()[-2000:]}
@@ -327,9 +344,12 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--cases", default="idle,write,dirty")
+    ap.add_argument("--engines", default=",".join(ENGINES))
     ap.add_argument("--json", default=os.path.join(lab.ROOT, "bench", "out", "migrate.json"))
+    ap.add_argument("--lockstep-ms", type=int, default=0, help="ftvm-handover: `ftvm migrate --lockstep-ms`")
     ap.add_argument("--no-build", action="store_true", help="use the ftvm binary as it is")
     a = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("terminated"))  # clean up as on an error
     os.makedirs(os.path.dirname(a.json), exist_ok=True)
     if not shutil.which("qemu-system-riscv64"):
         subprocess.run(["apt-get", "install", "-y", "-qq", "qemu-system-misc"], check=True)
@@ -339,14 +359,15 @@ def main():
     with open(os.path.join(tmp, "psk"), "wb") as f:
         f.write(os.urandom(32))
     cases = a.cases.split(",")
-    runs = {c: {e: [] for e in ENGINES} for c in cases}
+    engines = a.engines.split(",")
+    runs = {c: {e: [] for e in engines} for c in cases}
     try:
         for n in range(a.repeat):
             print(f"repetition {n + 1}/{a.repeat}", flush=True)
             for c in cases:
-                for e in ENGINES:
+                for e in engines:
                     try:
-                        runs[c][e].append(run(e, c, tmp))
+                        runs[c][e].append(run(e, c, tmp, a.lockstep_ms))
                     except (RuntimeError, OSError, subprocess.TimeoutExpired) as err:
                         print(f"  {c:<6} {e:<14} FAILED: {err}", flush=True)
                         runs[c][e].append({"error": str(err)})
@@ -357,14 +378,16 @@ def main():
     med = {c: {e: {k: statistics.median(r[k] for r in rs if k in r) for k in keys if any(k in r for r in rs)}
                for e, rs in by.items()} for c, by in runs.items()}
     with open(a.json, "w") as f:
-        json.dump({"repeat": a.repeat, "medians": med, "runs": runs}, f, indent=2)
+        json.dump({"repeat": a.repeat, "lockstep_ms": a.lockstep_ms, "medians": med, "runs": runs}, f, indent=2)
     print(f"\nlive migration of a 256 MiB guest on one machine (median of {a.repeat}; ratio: ftvm precopy / QEMU)")
     cols = (("total ms", "total_ms", ".0f"), ("live ms", "live_ms", ".0f"), ("MiB sent", "mib", ".1f"),
             ("downtime ms", "downtime_ms", ".1f"), ("client gap ms", "client_gap_ms", ".0f"),
             ("missing", "missing", ".0f"))
     print(f"{'case':<6} {'engine':<14}" + "".join(f" {h:>{len(h) + 1}}" for h, _, _ in cols) + " failed")
     for c in cases:
-        for e in (*ENGINES, "ratio"):
+        for e in (*engines, "ratio"):
+            if e == "ratio" and not {"ftvm-precopy", "qemu"} <= set(engines):
+                continue
             r = med[c][e] if e != "ratio" else {k: med[c]["ftvm-precopy"][k] / med[c]["qemu"][k] for _, k, _ in cols[:5]
                                                 if med[c]["qemu"].get(k) and k in med[c]["ftvm-precopy"]}
             cell = lambda k, f: (f"{r[k]:.2f}" if e == "ratio" else f"{r[k]:{f}}") if k in r else "-"

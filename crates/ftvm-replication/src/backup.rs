@@ -24,7 +24,7 @@ use crate::link::SendHalf;
 use crate::primary::Protector;
 use crate::protocol::{msg_name, BackupSide, Received};
 use crate::transport::{self, Halves, Incoming as Receive};
-use crate::wire::PAGE;
+use crate::wire::{ram_pages, PAGE};
 use crate::{PairConfig, PairError};
 
 /// Log bytes as they arrive, for a LogReader that follows the stream.
@@ -174,8 +174,9 @@ fn receive_state(
                 got += data.len() as u64;
             }
             Msg::Ram { pages, data } => {
-                // The decoder checked that `data` holds exactly one page per page number.
-                for (&p, bytes) in pages.iter().zip(data.chunks_exact(PAGE)) {
+                // The decoder checked that `data` holds one page per page number that is not
+                // marked as zeros.
+                for (p, bytes) in ram_pages(&pages, &data) {
                     let dst = usize::try_from(p)
                         .ok()
                         .and_then(|p| p.checked_mul(PAGE))
@@ -186,7 +187,10 @@ fn receive_state(
                                 mem >> 20
                             ))
                         })?;
-                    dst.copy_from_slice(bytes);
+                    match bytes {
+                        Some(b) => dst.copy_from_slice(b),
+                        None => dst.fill(0),
+                    }
                 }
                 got_ram += data.len() as u64;
             }
@@ -726,8 +730,9 @@ fn receive_log(
                                     }
                                 }
                                 Ok(Msg::Ram { pages, data }) => {
-                                    for (p, d) in pages.into_iter().zip(data.chunks_exact(PAGE)) {
-                                        let _ = page_tx.send((p, d.to_vec()));
+                                    for (p, d) in ram_pages(&pages, &data) {
+                                        let d = d.map_or_else(|| vec![0; PAGE], <[u8]>::to_vec);
+                                        let _ = page_tx.send((p, d));
                                     }
                                 }
                                 _ => break,

@@ -29,7 +29,7 @@ use crate::link::{CloseOnDrop, LinkWriter, SendHalf};
 use crate::migrate::{Control, Mode, Outcome};
 use crate::protocol::{PrimarySide, Received, Verdict};
 use crate::transport::{self, Halves};
-use crate::wire::{MAX_RAM_PAGES, PAGE};
+use crate::wire::{RamBatch, MAX_RAM_PAGES, PAGE};
 use crate::{Arbiter, PairConfig, PairError};
 
 /// The primary's view of its backup: the protocol state (under the sending lock), the way to
@@ -43,6 +43,8 @@ pub struct PrimaryLink {
     migration: Option<(Mode, Outcome)>,
     /// Hand-over mode: not before this instant.
     hand_over_after: Instant,
+    /// The count at which the backup attached.
+    attached_at: u64,
     /// Post-copy: the pages the backup lacks, and its requests for them.
     postcopy: Option<(std::sync::Mutex<DirtyPages>, Receiver<Vec<u64>>)>,
     /// The most bytes per second a migration may send.
@@ -144,9 +146,12 @@ impl Link for PrimaryLink {
         match &self.migration {
             Some((Mode::Precopy | Mode::Postcopy, _)) => true,
             Some((Mode::HandOver, o)) => {
+                // The destination follows: it reported a replay past the attach, close behind.
+                let replayed = self.out.with(|s| s.replayed());
                 !o.0.cancelled()
                     && Instant::now() >= self.hand_over_after
-                    && count.saturating_sub(self.out.with(|s| s.replayed())) <= HANDOVER_LAG
+                    && replayed > self.attached_at
+                    && count.saturating_sub(replayed) <= HANDOVER_LAG
             }
             None => false,
         }
@@ -178,16 +183,30 @@ impl Link for PrimaryLink {
         let (mut relayed, mut pushed, mut asked) = (0usize, 0usize, 0usize);
         let mut cursor = 0usize;
         let mut sent_bytes = 0u64;
+        let mut reported = false;
         loop {
             let now = Instant::now();
             if self.out.with(|s| s.broken()) {
                 break;
+            }
+            if !reported && self.postcopy.is_none() && self.out.with(|s| s.hand_over_confirmed()) {
+                // The destination runs the guest: that is the migration's end for its
+                // operator; relaying the frames still on their way is this side's epilogue.
+                if let Some((_, outcome)) = &self.migration {
+                    outcome.0.finished(Ok(format!(
+                        "the destination runs the guest (it confirmed the hand-over {:.1} ms after it was sent)",
+                        t0.elapsed().as_secs_f64() * 1e3
+                    )));
+                }
+                reported = true;
             }
             // Frames that reach this side go to the backup while the network learns where the
             // guest went.
             if now < grace_until {
                 let wait = if self.postcopy.is_some() {
                     Duration::ZERO
+                } else if !reported {
+                    (grace_until - now).min(Duration::from_millis(1))
                 } else {
                     grace_until - now
                 };
@@ -237,13 +256,13 @@ impl Link for PrimaryLink {
                 std::thread::sleep(Duration::from_micros(200));
                 continue;
             }
-            let mut data = Vec::with_capacity(batch.len() * PAGE);
+            let mut msg = RamBatch::default();
             for &p in &batch {
-                data.extend_from_slice(&ram[p * PAGE..(p + 1) * PAGE]);
+                msg.push(p as u64, &ram[p * PAGE..(p + 1) * PAGE]);
             }
-            let pages = batch.iter().map(|&p| p as u64).collect();
+            let RamBatch { pages, data } = msg;
+            sent_bytes += (pages.len() * 8 + data.len()) as u64;
             self.out.send_with(|s| s.pages_after_hand_over(pages, data));
-            sent_bytes += (batch.len() * PAGE) as u64;
             if let Some(cap) = self.max_bandwidth {
                 let due = Duration::from_secs_f64(sent_bytes as f64 / cap as f64);
                 if let Some(ahead) = due.checked_sub(t0.elapsed()) {
@@ -263,6 +282,7 @@ impl Link for PrimaryLink {
             m.lock().unwrap_or_else(|e| e.into_inner()).count()
         });
         self.out.broke();
+        eprintln!("\r\nftvm: {relayed} frames that arrived here after the hand-over were relayed to the destination\r");
         if let Some((_, outcome)) = &self.migration {
             let pages = if self.postcopy.is_some() {
                 format!(
@@ -531,9 +551,8 @@ impl Transfer {
                         }
                         return !self.todo.is_empty();
                     }
-                    let mut pages = Vec::new();
-                    let mut data = Vec::new();
-                    while pages.len() < MAX_RAM_PAGES && copies > 0 && scans > 0 {
+                    let mut batch = RamBatch::default();
+                    while batch.len() < MAX_RAM_PAGES && copies > 0 && scans > 0 {
                         let Some(p) = self.todo.pop() else { break };
                         scans -= 1;
                         let bytes = &ram[p * PAGE..(p + 1) * PAGE];
@@ -541,14 +560,12 @@ impl Transfer {
                             continue;
                         }
                         copies -= 1;
-                        pages.push(p as u64);
-                        data.extend_from_slice(bytes);
+                        batch.push(p as u64, bytes);
                     }
-                    if pages.is_empty() {
+                    if batch.is_empty() {
                         continue;
                     }
-                    let bytes = data.len() as u64;
-                    (Msg::Ram { pages, data }, bytes)
+                    batch.take()
                 }
             };
             match self.jobs.try_send(Job::Send(msg, bytes)) {
@@ -589,24 +606,20 @@ impl Transfer {
         let rest = todo.iter().map(|&p| (p, self.skip_zero));
         let all: Vec<(usize, bool)> = rest.chain(left.iter().map(|&p| (p, false))).collect();
         for chunk in all.chunks(MAX_RAM_PAGES) {
-            let mut pages = Vec::with_capacity(chunk.len());
-            let mut data = Vec::with_capacity(chunk.len() * PAGE);
+            let mut batch = RamBatch::default();
             for &(p, skip_zero) in chunk {
                 let bytes = &ram[p * PAGE..(p + 1) * PAGE];
                 if skip_zero && ftvm_machine::snapshot::page_is_zero(bytes) {
                     continue;
                 }
-                pages.push(p as u64);
-                data.extend_from_slice(bytes);
+                batch.push(p as u64, bytes);
             }
-            if pages.is_empty() {
+            if batch.is_empty() {
                 continue;
             }
-            let bytes = data.len() as u64;
+            let (msg, bytes) = batch.take();
             self.sent.queued.fetch_add(bytes, Ordering::Relaxed);
-            self.jobs
-                .send(Job::Send(Msg::Ram { pages, data }, bytes))
-                .map_err(|_| gone())?;
+            self.jobs.send(Job::Send(msg, bytes)).map_err(|_| gone())?;
         }
         if !ranges.is_empty() {
             self.jobs
@@ -847,7 +860,11 @@ impl Protector {
                         out.with(|s| s.receive(now_ns(), &msg))
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, "replication channel closed");
+                        if out.with(|s| s.handed_over()) {
+                            tracing::debug!(error = %e, "replication channel closed after the hand-over");
+                        } else {
+                            tracing::warn!(error = %e, "replication channel closed");
+                        }
                         out.broke();
                         let _ = wake.send(Event::Wake);
                         return;
@@ -1140,6 +1157,7 @@ impl Protector {
                 arbiter: self.arbiter.clone(),
                 migration: t.migration.take(),
                 hand_over_after: Instant::now() + t.lockstep,
+                attached_at: m.count(),
                 postcopy: missing
                     .zip(t.page_requests.take())
                     .map(|(m, r)| (std::sync::Mutex::new(m), r)),

@@ -236,6 +236,11 @@ impl PrimarySide {
         (self.handed_over.is_some() && !self.broken).then_some(Msg::Ram { pages, data })
     }
 
+    /// Whether this side handed the guest over.
+    pub fn handed_over(&self) -> bool {
+        self.handed_over.is_some()
+    }
+
     /// Whether the backup acknowledged the hand-over.
     pub fn hand_over_confirmed(&self) -> bool {
         self.hand_over_confirmed

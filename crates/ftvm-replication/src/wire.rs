@@ -20,6 +20,61 @@ pub const PROTOCOL_VERSION: u32 = 4;
 pub const MAX_RAM_PAGES: usize = 256;
 /// The size of a RAM page.
 pub const PAGE: usize = 4096;
+/// In a `Ram` message, a page number with this bit set names a page that is all zeros: no
+/// bytes follow for it.
+pub const ZERO_PAGE: u64 = 1 << 63;
+
+/// The pages of a `Ram` message (checked by the decoder): each page number (without
+/// [`ZERO_PAGE`]) and its bytes, `None` for a page of zeros.
+pub fn ram_pages<'a>(
+    pages: &'a [u64],
+    data: &'a [u8],
+) -> impl Iterator<Item = (u64, Option<&'a [u8]>)> + 'a {
+    let mut chunks = data.chunks_exact(PAGE);
+    pages.iter().map(move |&p| {
+        if p & ZERO_PAGE != 0 {
+            (p & !ZERO_PAGE, None)
+        } else {
+            (p, chunks.next())
+        }
+    })
+}
+
+/// Builds `Ram` messages: pages of zeros travel as their number alone.
+#[derive(Default)]
+pub struct RamBatch {
+    pub pages: Vec<u64>,
+    pub data: Vec<u8>,
+}
+
+impl RamBatch {
+    pub fn push(&mut self, page: u64, bytes: &[u8]) {
+        if bytes.iter().all(|&b| b == 0) {
+            self.pages.push(page | ZERO_PAGE);
+        } else {
+            self.pages.push(page);
+            self.data.extend_from_slice(bytes);
+        }
+    }
+    pub fn len(&self) -> usize {
+        self.pages.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.pages.is_empty()
+    }
+    /// The message, and the bytes it carries.
+    pub fn take(&mut self) -> (Msg, u64) {
+        let b = std::mem::take(self);
+        let n = (b.pages.len() * 8 + b.data.len()) as u64;
+        (
+            Msg::Ram {
+                pages: b.pages,
+                data: b.data,
+            },
+            n,
+        )
+    }
+}
 /// The largest frame a `Relay` carries (a network device's largest, with its header room).
 pub const MAX_RELAY_FRAME: usize = 65536 + 64;
 /// The largest payload of one message (the bytes after its header): 64 MiB.
@@ -326,15 +381,16 @@ pub fn decode(kind: Kind, mut payload: Vec<u8>) -> Result<Body, ChannelError> {
         }
         Kind::Ram => {
             let n = u32_at(&payload, 0)? as usize;
-            if n == 0 || n > MAX_RAM_PAGES {
+            if n == 0 || n > MAX_RAM_PAGES || payload.len() < 4 + 8 * n {
                 return Err(bad("a RAM message holds 1 to 256 pages"));
-            }
-            if payload.len() != 4 + n * (8 + PAGE) {
-                return Err(bad("a RAM message's length does not match its page count"));
             }
             let pages = (0..n)
                 .map(|i| u64_at(&payload, 4 + 8 * i))
                 .collect::<Result<Vec<u64>, _>>()?;
+            let with_bytes = pages.iter().filter(|&&p| p & ZERO_PAGE == 0).count();
+            if payload.len() != 4 + 8 * n + PAGE * with_bytes {
+                return Err(bad("a RAM message's length does not match its pages"));
+            }
             payload.drain(..4 + 8 * n);
             Msg::Ram {
                 pages,
@@ -758,6 +814,20 @@ mod tests {
         assert!(decode(Kind::Ram, ram(0, 0)).is_err());
         assert!(decode(Kind::Ram, ram(257, 0)).is_err());
         assert!(decode(Kind::Ram, ram(2, 1)).is_err());
+        // A page of zeros is its number alone.
+        let mut z = 2u32.to_le_bytes().to_vec();
+        z.extend_from_slice(&(5 | ZERO_PAGE).to_le_bytes());
+        z.extend_from_slice(&6u64.to_le_bytes());
+        z.resize(4 + 16 + PAGE, 7);
+        let Ok(Body::Msg(Msg::Ram { pages, data })) = decode(Kind::Ram, z.clone()) else {
+            panic!("a zero page and a page")
+        };
+        let got: Vec<_> = ram_pages(&pages, &data)
+            .map(|(p, b)| (p, b.map(|b| b[0])))
+            .collect();
+        assert_eq!(got, vec![(5, None), (6, Some(7))]);
+        z.resize(4 + 16 + 2 * PAGE, 7);
+        assert!(decode(Kind::Ram, z).is_err(), "bytes for the zero page too");
         let mut short = ram(2, 0);
         short.pop();
         assert!(decode(Kind::Ram, short).is_err());
