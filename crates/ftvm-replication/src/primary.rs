@@ -647,6 +647,52 @@ impl Transfer {
     }
 }
 
+/// Where a pre-copy stands at the end of a round.
+#[derive(Clone, Copy, Debug)]
+struct RoundEnd {
+    round: u32,
+    /// Pages the guest dirtied during the round, and during the one before.
+    dirty: usize,
+    last_dirty: usize,
+    /// The pause sending those pages would take.
+    pause: Duration,
+    max_downtime: Duration,
+    /// Bytes per second the guest dirtied, and the link carried.
+    dirty_rate: f64,
+    bandwidth: f64,
+    /// The guest's throttle so far (percent of the time it waits).
+    throttle: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Next {
+    /// Pause the guest for the rest.
+    Stop,
+    /// Another round, with the guest throttled this much.
+    Round { throttle: u32 },
+}
+
+/// The pre-copy's policy: stop when the rest is small (under [`GOOD_ENOUGH`]), or fits the
+/// budget and rounds no longer halve it, or after [`MAX_ROUNDS`]. Auto-converge: from round 4
+/// on, a guest still over the budget that dirties faster than half the link's bandwidth is
+/// slowed, more each round (as QEMU does: 20%, then 10% more per round, up to 99%).
+fn round_end(r: RoundEnd) -> Next {
+    let converged = r.dirty * 2 > r.last_dirty;
+    if r.pause <= GOOD_ENOUGH || (r.pause <= r.max_downtime && converged) || r.round >= MAX_ROUNDS {
+        return Next::Stop;
+    }
+    let throttle = if r.round >= 4 && r.pause > r.max_downtime && r.dirty_rate * 2.0 > r.bandwidth {
+        if r.throttle == 0 {
+            20
+        } else {
+            (r.throttle + 10).min(99)
+        }
+    } else {
+        r.throttle
+    };
+    Next::Round { throttle }
+}
+
 /// Say how a pre-copy goes: on the terminal, and to the operator of a migration.
 fn report(control: &Option<Arc<Control>>, m: &str) {
     match control {
@@ -1021,25 +1067,27 @@ impl Protector {
             pause.as_secs_f64() * 1e3,
         );
         report(&self.control, &line);
-        // Stop when the rest is small, or fits the budget and rounds no longer shrink it.
-        let converged = dirty * 2 > t.last_dirty;
-        if pause <= GOOD_ENOUGH || (pause <= max_downtime && converged) || t.round >= MAX_ROUNDS {
-            return Ok(Precopy::Ready);
-        }
-        // Auto-converge: from round 4 on, a guest that dirties faster than half the link's
-        // bandwidth and is still over the budget is slowed, more each round (as QEMU does:
-        // 20%, then 10% more per round, up to 99%).
-        if t.round >= 4 && pause > max_downtime && t.dirty_rate * 2.0 > bw {
-            t.throttle = if t.throttle == 0 {
-                20
-            } else {
-                (t.throttle + 10).min(99)
-            };
-            let line = format!(
-                "pre-copy: the guest dirties memory faster than the link carries it; throttled to {}%",
-                100 - t.throttle
-            );
-            report(&self.control, &line);
+        match round_end(RoundEnd {
+            round: t.round,
+            dirty,
+            last_dirty: t.last_dirty,
+            pause,
+            max_downtime,
+            dirty_rate: t.dirty_rate,
+            bandwidth: bw,
+            throttle: t.throttle,
+        }) {
+            Next::Stop => return Ok(Precopy::Ready),
+            Next::Round { throttle } => {
+                if throttle != t.throttle {
+                    t.throttle = throttle;
+                    let line = format!(
+                        "pre-copy: the guest dirties memory faster than the link carries it; throttled to {}%",
+                        100 - throttle
+                    );
+                    report(&self.control, &line);
+                }
+            }
         }
         t.round += 1;
         t.last_dirty = dirty;
@@ -1276,4 +1324,59 @@ pub fn run(
         gate,
         Vec::new(),
     )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn end(round: u32, dirty: usize, last: usize, pause_ms: u64, rate: f64) -> Next {
+        round_end(RoundEnd {
+            round,
+            dirty,
+            last_dirty: last,
+            pause: Duration::from_millis(pause_ms),
+            max_downtime: Duration::from_millis(300),
+            dirty_rate: rate,
+            bandwidth: 100e6,
+            throttle: 0,
+        })
+    }
+
+    #[test]
+    fn rounds_stop_when_the_rest_is_small_or_stops_shrinking_within_the_budget() {
+        // Under a millisecond: stop at once, however it shrinks.
+        assert_eq!(end(1, 10, 60_000, 0, 1e3), Next::Stop);
+        // Within the budget but still halving: one more round.
+        assert_eq!(end(1, 1000, 60_000, 40, 1e6), Next::Round { throttle: 0 });
+        // Within the budget and no longer halving: stop.
+        assert_eq!(end(2, 900, 1000, 40, 1e6), Next::Stop);
+        // Over the budget: go on, and stop after the last round allowed however large.
+        assert_eq!(end(2, 9000, 9000, 900, 1e6), Next::Round { throttle: 0 });
+        assert_eq!(end(MAX_ROUNDS, 9000, 9000, 900, 1e6), Next::Stop);
+    }
+
+    #[test]
+    fn a_guest_that_outruns_the_link_is_throttled_more_each_round_from_round_4() {
+        let fast = 80e6; // over half the 100 MB/s link
+        assert_eq!(end(3, 9000, 9000, 900, fast), Next::Round { throttle: 0 });
+        assert_eq!(end(4, 9000, 9000, 900, fast), Next::Round { throttle: 20 });
+        let mut r = RoundEnd {
+            round: 5,
+            dirty: 9000,
+            last_dirty: 9000,
+            pause: Duration::from_millis(900),
+            max_downtime: Duration::from_millis(300),
+            dirty_rate: fast,
+            bandwidth: 100e6,
+            throttle: 20,
+        };
+        assert_eq!(round_end(r), Next::Round { throttle: 30 });
+        r.throttle = 95;
+        assert_eq!(round_end(r), Next::Round { throttle: 99 }, "at most 99%");
+        // A slow writer is never throttled, nor one that fits the budget.
+        r.throttle = 0;
+        r.dirty_rate = 10e6;
+        assert_eq!(round_end(r), Next::Round { throttle: 0 });
+    }
 }
