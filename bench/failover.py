@@ -118,7 +118,7 @@ def trial(n, out):
         b2 = side("backup", arbiter, files["backup2"])
         procs.append(b2)
         attach_start = time.monotonic()
-        reprotect = int(wait_line(logs["primary"], r"paused (\d+) ms", 30).group(1))
+        reprotect = float(wait_line(logs["primary"], r"paused ([0-9.]+) ms", 30).group(1))
         time.sleep(0.5)
         attach_gap = gap_after(attach_start, time.monotonic())
         time.sleep(1.0 + random.random() * 2)
@@ -159,6 +159,7 @@ def main():
     a = ap.parse_args()
     out = os.path.dirname(a.json)
     os.makedirs(out, exist_ok=True)
+    os.makedirs(os.path.dirname(lab.PSK), exist_ok=True)
     with open(lab.PSK, "wb") as f:
         f.write(os.urandom(32))
     subprocess.run(["cargo", "build", "--release", "-q", "-p", "ftvm"], cwd=ROOT, check=True)

@@ -10,7 +10,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::lab::*;
@@ -29,34 +29,9 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 /// `ftvm run ARGS` on host `ns` with the lab's guest, TAP and the disk `disk`; stderr goes to
 /// `<name>.stderr`; stdin and stdout are piped.
 fn vm(lab: &Lab, ns: usize, name: &str, args: &[&str], disk: &Path) -> Proc {
-    let out = guest_out();
-    let child = Command::new("ip")
-        .args(["netns", "exec", &lab.ns[ns]])
-        .arg(env!("CARGO_BIN_EXE_ftvm"))
-        .arg("run")
-        .args(args)
-        .arg("--kernel")
-        .arg(out.join("Image"))
-        .arg("--initrd")
-        .arg(out.join("initramfs.cpio.gz"))
-        .arg("--disk")
-        .arg(disk)
-        .args(["--net", "tap=ftap0,mac=52:54:00:79:00:10"])
-        .args(["--append", &format!("console=ttyS0 ftvm.ip={GUEST_IP}/24")])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn ftvm");
-    let mut p = Proc(Some(child));
-    let mut err = p.c().stderr.take().unwrap();
-    let log = lab.dir.join(format!("{name}.stderr"));
-    std::thread::spawn(move || {
-        if let Ok(mut f) = std::fs::File::create(log) {
-            let _ = std::io::copy(&mut err, &mut f);
-        }
-    });
-    p
+    let mut all = vec!["run"];
+    all.extend_from_slice(args);
+    guest_on(lab, ns, name, &all, disk)
 }
 
 /// Drain a process's console output (a destination's, before and after it goes live).

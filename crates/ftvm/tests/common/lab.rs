@@ -236,17 +236,28 @@ impl Drop for Proc {
 
 /// One side of the pair in host namespace `ns`; `name` names its status and stderr files.
 pub fn side(lab: &Lab, ns: usize, name: &str, role: &[&str], disk: &Path, arbiter: &str) -> Proc {
+    let status = lab.dir.join(format!("{name}.status"));
+    let psk = lab.dir.join("psk");
+    let mut args = role.to_vec();
+    args.extend_from_slice(&[
+        "--status-file",
+        status.to_str().unwrap(),
+        "--psk",
+        psk.to_str().unwrap(),
+        "--arbiter",
+        arbiter,
+    ]);
+    guest_on(lab, ns, name, &args, disk)
+}
+
+/// `ftvm ARGS` on host `ns` with the lab's guest (its images, the disk `disk`, the TAP and the
+/// guest's address); stdin and stdout piped, stderr kept in `<name>.stderr`.
+pub fn guest_on(lab: &Lab, ns: usize, name: &str, args: &[&str], disk: &Path) -> Proc {
     let out = guest_out();
     let child = Command::new("ip")
         .args(["netns", "exec", &lab.ns[ns]])
         .arg(env!("CARGO_BIN_EXE_ftvm"))
-        .args(role)
-        .arg("--status-file")
-        .arg(lab.dir.join(format!("{name}.status")))
-        .arg("--psk")
-        .arg(lab.dir.join("psk"))
-        .arg("--arbiter")
-        .arg(arbiter)
+        .args(args)
         .arg("--kernel")
         .arg(out.join("Image"))
         .arg("--initrd")
