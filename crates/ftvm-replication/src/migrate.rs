@@ -270,7 +270,7 @@ fn handle(
                     }
                     let _ = wake.send(Event::Wake);
                 }
-                Err(e) => control.finished(Err(format!("cannot reach {}: {e}", req.to))),
+                Err(e) => control.finished(Err(format!("cannot migrate to {}: {e}", req.to))),
             }
             // Stream the events until the migration ends (the sender is dropped then).
             for v in rx {
@@ -336,8 +336,7 @@ fn parse_request(v: &Value) -> Result<Request, String> {
 fn connect(req: &Request, hello: &Hello) -> Result<Halves, PairError> {
     let psk = Psk::from_file(&req.psk)?;
     let addr = req.to.as_str();
-    let stream =
-        TcpStream::connect(addr).map_err(PairError::io(format!("connecting to {addr}")))?;
+    let stream = TcpStream::connect(addr).map_err(PairError::io("cannot connect"))?;
     let (out, inc, theirs) = Channel::handshake(stream, &psk, hello)?;
     hello
         .check_compatible(&theirs)

@@ -385,3 +385,74 @@ fn a_source_killed_during_a_hand_over_leaves_the_destination_live() {
         pause.as_millis()
     );
 }
+
+/// Bad requests get clear errors and a non-zero exit, and leave the source running: a
+/// destination nobody listens on, a missing key file, a cancel with nothing to cancel, a
+/// control socket that does not exist. (Loopback only: no lab needed.)
+#[test]
+fn bad_migration_requests_are_refused_and_the_source_runs_on() {
+    let dir = std::env::temp_dir().join(format!("ftvm-mig-err-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let sock = dir.join("s.sock");
+    let psk = dir.join("psk");
+    std::fs::write(&psk, b"ftvm test pre-shared key 0123456789").unwrap();
+    let mut source = Proc(Some(
+        guest_command(&["run", "--control", sock.to_str().unwrap()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("ftvm run"),
+    ));
+    await_ready(source.c()).expect("the source boots");
+    let closed = free_local_addr();
+    let ask = |args: &[&str]| {
+        let out = ftvm()
+            .arg("migrate")
+            .arg("--control")
+            .arg(&sock)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (st, err) = ask(&["--to", &closed, "--psk", psk.to_str().unwrap()]);
+    assert!(
+        !st.success() && err.contains("cannot migrate to") && err.contains("cannot connect"),
+        "{err}"
+    );
+    let (st, err) = ask(&["--to", &closed, "--psk", "/nonexistent/key"]);
+    assert!(
+        !st.success() && err.contains("cannot find the key file"),
+        "{err}"
+    );
+    let (st, err) = ask(&["--cancel"]);
+    assert!(
+        !st.success() && err.contains("no migration is under way"),
+        "{err}"
+    );
+    let out = ftvm()
+        .args(["migrate", "--control", "/nonexistent/s.sock", "--status"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let out = ftvm()
+        .arg("migrate")
+        .arg("--control")
+        .arg(&sock)
+        .arg("--status")
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("\"migrating\":false"),
+        "{out:?}"
+    );
+    assert!(
+        source.c().try_wait().unwrap().is_none(),
+        "the source stopped"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
