@@ -671,10 +671,8 @@ impl Machine {
     fn save_framed(&self, with_ram: bool) -> Vec<u8> {
         let mut w = Writer::default();
         w.u64(self.board.ram.len() as u64);
-        self.save_state(&mut w, false);
-        if with_ram {
-            snapshot::save_ram(&mut w, &self.board.ram);
-        } else {
+        self.save_state(&mut w, with_ram);
+        if !with_ram {
             snapshot::save_empty_ram(&mut w, self.board.ram.len());
         }
         let version = if self.harts.len() > 1 {

@@ -47,10 +47,6 @@ impl Postcopy {
         self.left
     }
 
-    pub fn is_missing(&self, page: usize) -> bool {
-        self.missing.is_dirty(page)
-    }
-
     /// Make `page` of `ram` present, waiting for it if it is missing.
     #[inline]
     pub fn ensure(&mut self, ram: &mut [u8], page: usize) {

@@ -1226,9 +1226,7 @@ impl Protector {
         if self.transfer.is_none() {
             self.transfer = Some(self.begin(m)?);
         }
-        let r = self.finish(m, &mut disks);
-        self.transfer = None;
-        r
+        self.finish(m, &mut disks)
     }
 }
 

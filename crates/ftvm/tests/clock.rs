@@ -7,7 +7,6 @@ mod common;
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -81,16 +80,7 @@ fn records(log: &Path) -> Vec<Record> {
 fn guest_time_keeps_up_with_the_host_over_a_cpu_bound_stretch() {
     let d = dir();
     let log = d.join("clock.log");
-    let out = guest_out();
-    let mut child = ftvm()
-        .args(["record", "--log", log.to_str().unwrap(), "--clock", "host"])
-        .arg("--kernel")
-        .arg(out.join("Image"))
-        .arg("--initrd")
-        .arg(out.join("initramfs.cpio.gz"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+    let mut child = guest_command(&["record", "--log", log.to_str().unwrap(), "--clock", "host"])
         .spawn()
         .expect("spawn ftvm record");
     let seen: Timed = Arc::new(Mutex::new(Vec::new()));

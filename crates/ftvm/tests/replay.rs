@@ -24,19 +24,17 @@ fn dir() -> PathBuf {
 
 /// Record a console session: boot, run a command, power off. Returns the console output.
 fn record(log: &Path) -> Vec<u8> {
-    let out = guest_out();
-    let mut child = ftvm()
-        .args(["record", "--log", log.to_str().unwrap(), "--digest-every"])
-        .arg(EVERY.to_string())
-        .arg("--kernel")
-        .arg(out.join("Image"))
-        .arg("--initrd")
-        .arg(out.join("initramfs.cpio.gz"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn ftvm record");
+    let every = EVERY.to_string();
+    let mut child = guest_command(&[
+        "record",
+        "--log",
+        log.to_str().unwrap(),
+        "--digest-every",
+        &every,
+    ])
+    .stderr(Stdio::null())
+    .spawn()
+    .expect("spawn ftvm record");
     let seen = Arc::new(Mutex::new(Vec::new()));
     let mut stdout = child.stdout.take().unwrap();
     let sink = seen.clone();
