@@ -13,6 +13,7 @@
 
 mod csr;
 mod exec;
+mod fault;
 mod fpu;
 #[cfg(target_arch = "x86_64")]
 mod jit;
@@ -22,6 +23,7 @@ mod state;
 
 pub use csr::{Csr, ENVCFG_CBCFE, ENVCFG_CBIE_SHIFT, ENVCFG_CBZE, MENVCFG_PBMTE};
 pub use exec::CBO_BLOCK;
+pub use fault::{FlipError, TlbFlip, DATA_TLB_ENTRIES};
 /// Counters of the translator's work (not machine state; zeros on hosts without one).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct JitStats {

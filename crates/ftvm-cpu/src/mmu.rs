@@ -62,6 +62,19 @@ impl Tlb {
             e.vpn = INVALID;
         }
     }
+    /// Flip bit `bit` (below 64) of the virtual page number of entry `slot` (below
+    /// [`TLB_ENTRIES`]): the number before and after, and the RAM offset of the page the entry
+    /// maps; None if the entry is empty. The offset stays as it is, so the entry still maps a
+    /// RAM page that it mapped before (both engines use offsets without bounds checks).
+    pub(crate) fn flip_vpn(&mut self, slot: usize, bit: u32) -> Option<(u64, u64, usize)> {
+        let e = self.0.get_mut(slot)?;
+        if e.vpn == INVALID || bit >= 64 {
+            return None;
+        }
+        let before = e.vpn;
+        e.vpn ^= 1 << bit;
+        Some((before, e.vpn, e.off))
+    }
     /// The entries, for the translator's inline lookups (16 bytes each: vpn, then offset).
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub(crate) fn as_ptr(&self) -> *const Entry {

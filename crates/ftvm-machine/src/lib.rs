@@ -14,6 +14,7 @@
 
 pub mod board;
 pub mod dirty;
+pub mod fault;
 mod fdt;
 mod loader;
 pub mod plic;
