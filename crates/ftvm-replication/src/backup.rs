@@ -16,9 +16,12 @@ use ftvm_log::{LogReader, Next, Record};
 use ftvm_machine::{DeviceOutput, DiskOp, DiskRequest, Input, Machine, Output};
 use ftvm_runner::follow::{self, Applied, Sink};
 use ftvm_runner::status::StatusFile;
+use ftvm_runner::vote::{output_hash, Chain};
 use ftvm_runner::{Backends, Devices, Ended, Event, Feeder, Gate, Options};
 
-use crate::channel::{Channel, ChannelError, Hello, Msg, Role};
+use crate::channel::{
+    Channel, ChannelError, Hello, Msg, Role, VERDICT_REJOIN, VOTE_DIGEST, VOTE_OUTPUTS,
+};
 use crate::lease::{now_ns, sleep_until};
 use crate::link::SendHalf;
 use crate::primary::Protector;
@@ -57,6 +60,8 @@ enum FromPrimary {
         slot: usize,
         frame: Vec<u8>,
     },
+    /// The group found this replica faulty (N-modular redundancy).
+    Verdict { count: u64, how: u8, action: u8 },
     Gone,
 }
 
@@ -270,10 +275,15 @@ struct Follower {
     outstanding: HashMap<(usize, u64), DiskRequest>,
     /// Outputs of the replay the primary may not have released yet.
     unreleased: VecDeque<(u64, Output)>,
+    /// N-modular redundancy: the chain of every output's hash since this side attached.
+    chain: Option<Chain>,
 }
 
 impl Sink for Follower {
     fn output(&mut self, _: &Machine, count: u64, out: Output) -> std::io::Result<()> {
+        if let Some(chain) = &mut self.chain {
+            chain.add(&output_hash(&out));
+        }
         match out {
             Output::Device(DeviceOutput::Disk(req)) => {
                 if let (DiskOp::Write { sector, data }, Some(f)) =
@@ -296,8 +306,27 @@ impl Sink for Follower {
 }
 
 /// Follow the primary at `primary_addr` in lockstep; go live when it dies (and, with `listen`,
-/// accept a new backup there). Returns when the guest stops, on either side.
+/// accept a new backup there). Returns when the guest stops, on either side. A replica of a
+/// group (N-modular redundancy) that the others outvote attaches again, from the leader's
+/// state.
 pub fn run(
+    primary_addr: &str,
+    listen: Option<&str>,
+    devices: &Devices,
+    cfg: &PairConfig,
+    opts: &Options,
+) -> Result<Ended, PairError> {
+    loop {
+        match connect_and_follow(primary_addr, listen, devices, cfg, opts) {
+            Err(PairError::Outvoted(why)) => {
+                eprintln!("ftvm: {why}; attaching again to {primary_addr}");
+            }
+            other => return other,
+        }
+    }
+}
+
+fn connect_and_follow(
     primary_addr: &str,
     listen: Option<&str>,
     devices: &Devices,
@@ -321,7 +350,7 @@ pub fn run(
         }
     };
     // The machine description (memory, devices) is not wired yet: 0 and empty.
-    let hello = Hello::new(Role::Backup, cfg.mem_bytes, devices.layout());
+    let hello = Hello::new(Role::Backup, cfg.mem_bytes, cfg.layout(devices));
     let (out, inc, theirs) = Channel::handshake(stream, &cfg.psk, &hello)?;
     // Refused on both sides, each with the differences named.
     hello.check_compatible(&theirs)?;
@@ -345,6 +374,9 @@ pub fn follow_primary(
     // dropped.
     let mut tx_half = tx_half;
     tx_half.set_generation(generation);
+    // The newest generation the primary stamped (a group's leader moves its members on to
+    // the next one when it drops a member): the one this side races for.
+    let newest = Arc::new(AtomicU64::new(generation));
     let out = SendHalf::new(tx_half, timing.dead, BackupSide::new(timing, now_ns()))?;
     // Heartbeats (from the attach on, so the primary knows this side is there while it sends
     // its state; not while this side waits its turn, unread) tell the primary how far this side
@@ -371,9 +403,10 @@ pub fn follow_primary(
     // The count of the newest record received (the primary's progress as this side knows it).
     let latest = Arc::new(AtomicU64::new(0));
     {
-        let (latest, out) = (latest.clone(), out.clone());
+        let (latest, out, newest) = (latest.clone(), out.clone(), newest.clone());
         std::thread::spawn(move || {
-            if let Err(why) = receive_log(rx_half.as_mut(), first_log, &out, &latest, &rec_tx) {
+            let seen = (&*latest, &*newest);
+            if let Err(why) = receive_log(rx_half.as_mut(), first_log, &out, seen, &rec_tx) {
                 tracing::warn!("{why}");
                 out.broke();
             }
@@ -407,11 +440,17 @@ pub fn follow_primary(
     }
     out.with(|s| s.replayed(m.count()));
     // The backup's own disk copies receive the same writes, by replay.
+    // N-modular redundancy: this replica votes (every member was given the group's size).
+    let votes = cfg.replicas.is_some();
     let mut follower = Follower {
         disks: HashMap::new(),
         outstanding: HashMap::new(),
         unreleased: VecDeque::new(),
+        chain: votes.then(Chain::default),
     };
+    // A fault still to inject, and where and when one was.
+    let mut inject = opts.inject.clone().filter(|i| i.at >= m.count());
+    let mut injected: Option<(u64, Instant)> = None;
     for (slot, path) in devices.disks.iter().enumerate() {
         let f = std::fs::OpenOptions::new()
             .read(true)
@@ -439,7 +478,34 @@ pub fn follow_primary(
         };
         match msg {
             Some(FromPrimary::Record(r)) => {
-                let applied = follow::apply(&mut m, r, &mut follower)?;
+                if let Some(i) = inject.take_if(|i| r.count() >= i.at) {
+                    // A soft error, modelled: one bit of this replica's state flips here.
+                    follow::run_to(&mut m, i.at, &mut follower)?;
+                    match m.inject(&i.fault) {
+                        Ok(what) => {
+                            eprintln!("ftvm: fault injected at instruction {}: {what}", i.at);
+                            injected = Some((i.at, Instant::now()));
+                        }
+                        Err(e) => eprintln!("ftvm: the fault {} was not injected: {e}", i.fault),
+                    }
+                }
+                let inj = injected.map_or(u64::MAX, |(c, _)| c);
+                let applied = match r {
+                    Record::Digest { count, digest } if votes => {
+                        // The leader compares: a replica whose state differs reports it.
+                        follow::run_to(&mut m, count, &mut follower)?;
+                        let ours = *m.digest().as_bytes();
+                        if ours != digest {
+                            eprintln!("ftvm: this replica's state digest at instruction {count} differs from the leader's");
+                        }
+                        out.send_with(|s| s.vote(VOTE_DIGEST, count, ours, inj));
+                        Applied::Digest
+                    }
+                    r => follow::apply(&mut m, r, &mut follower)?,
+                };
+                if let (Applied::Mark, Some(chain)) = (applied, &follower.chain) {
+                    out.send_with(|s| s.vote(VOTE_OUTPUTS, m.count(), chain.0, inj));
+                }
                 out.with(|s| s.replayed(m.count()));
                 if let Applied::End { code } = applied {
                     // Closing the link tells the primary the end arrived.
@@ -492,6 +558,30 @@ pub fn follow_primary(
                     };
                     postcopy = Some((missing, pages));
                 }
+            }
+            Some(FromPrimary::Verdict { count, how, action }) => {
+                let what = if how == VOTE_DIGEST {
+                    "its state digest"
+                } else {
+                    "its outputs"
+                };
+                let latency = injected.map_or(String::new(), |(at, t)| {
+                    format!(
+                        "; its fault was injected at instruction {at}: detected {} instructions and {:.1} ms later",
+                        count.saturating_sub(at),
+                        t.elapsed().as_secs_f64() * 1e3
+                    )
+                });
+                let why = format!(
+                    "this replica was found faulty by the group at instruction {count} ({what} differ from the leader's){latency}"
+                );
+                out.broke();
+                if action == VERDICT_REJOIN {
+                    return Err(PairError::Outvoted(why));
+                }
+                return Err(PairError::Lost(format!(
+                    "{why}; with two replicas neither can be trusted: the guest stops"
+                )));
             }
             Some(FromPrimary::Gone) => gone = true,
             // Relayed frames follow the hand-over, after which this loop ends.
@@ -547,11 +637,19 @@ pub fn follow_primary(
     }
     // After a hand-over the primary has stopped its guest and releases nothing more: no lease
     // to wait out, no race.
+    let generation = newest.load(Ordering::SeqCst);
     if handed_over.is_none() {
         sleep_until(free_at);
         if !arbiter.test_and_set(generation, "backup")? {
+            let why = format!(
+                "the primary won generation {generation} of the arbiter ({why}: this backup was stopped, stalled or cut off from it, and the primary runs on)"
+            );
+            if votes {
+                // A replica of a group attaches again, from the leader's state.
+                return Err(PairError::Outvoted(why));
+            }
             return Err(PairError::Lost(format!(
-                "the primary won generation {generation} of the arbiter ({why}: this backup was stopped, stalled or cut off from it, and the primary runs on); this backup stops and never went live"
+                "{why}; this backup stops and never went live"
             )));
         }
     }
@@ -559,6 +657,7 @@ pub fn follow_primary(
         disks,
         outstanding,
         unreleased,
+        ..
     } = follower;
     for f in disks.values() {
         let _ = f.sync_data();
@@ -678,7 +777,7 @@ fn receive_log(
     rx: &mut dyn Receive,
     first: Vec<u8>,
     out: &SendHalf<BackupSide>,
-    latest: &AtomicU64,
+    (latest, newest): (&AtomicU64, &AtomicU64),
     records: &Sender<FromPrimary>,
 ) -> Result<(), String> {
     let mut reader: Option<LogReader<Incoming>> = None;
@@ -691,6 +790,12 @@ fn receive_log(
                 let msg = rx
                     .recv()
                     .map_err(|e| format!("replication channel closed: {e}"))?;
+                let g = rx.generation();
+                if g > newest.load(Ordering::SeqCst) {
+                    // The leader moved its group on to a newer generation: so does this side.
+                    newest.store(g, Ordering::SeqCst);
+                    out.set_generation(g);
+                }
                 let got = out
                     .with(|s| s.receive(now_ns(), &msg))
                     .map_err(|e| e.to_string())?;
@@ -700,6 +805,10 @@ fn receive_log(
                     (Received::Released(count), _) => {
                         let _ = records.send(FromPrimary::Released(count));
                         continue;
+                    }
+                    (Received::Verdict { count, how, action }, _) => {
+                        let _ = records.send(FromPrimary::Verdict { count, how, action });
+                        return Ok(());
                     }
                     (
                         Received::HandOver {

@@ -183,7 +183,32 @@ pub enum Msg {
     /// got (it came too late, or on its way while the network learned where the guest went).
     /// The backup, live now, gives it to its guest as if its own TAP had received it.
     Relay { slot: u32, frame: Vec<u8> },
+    /// N-modular redundancy (backup to primary): this replica's vote at `count`, where its
+    /// replay stands. `what` is [`VOTE_OUTPUTS`] (`hash` chains every output it produced since
+    /// it attached) or [`VOTE_DIGEST`] (`hash` is its state digest at a `Digest` record of the
+    /// log); `injected` is the count at which a fault was injected into this replica (for the
+    /// detection report), `u64::MAX` for none.
+    Vote {
+        what: u8,
+        count: u64,
+        hash: [u8; 32],
+        injected: u64,
+    },
+    /// N-modular redundancy (primary to backup): the replicas' votes found this one faulty at
+    /// `count` (`how`: [`VOTE_OUTPUTS`] or [`VOTE_DIGEST`]). `action` [`VERDICT_REJOIN`]: it is
+    /// cut off and attaches again from the majority's state; [`VERDICT_STOP`]: two replicas
+    /// disagree and neither can be trusted, the guest stops on both.
+    Verdict { count: u64, how: u8, action: u8 },
 }
+
+/// A vote on the outputs (a chain of their hashes).
+pub const VOTE_OUTPUTS: u8 = 0;
+/// A vote on the state digest.
+pub const VOTE_DIGEST: u8 = 1;
+/// The replica is repaired: it attaches again.
+pub const VERDICT_REJOIN: u8 = 0;
+/// The guest stops (a mismatch between two replicas).
+pub const VERDICT_STOP: u8 = 1;
 
 /// Write one handshake message: `len u16 (big-endian) | bytes`.
 fn write_handshake(stream: &mut TcpStream, msg: &[u8]) -> Result<(), ChannelError> {

@@ -17,6 +17,7 @@
 pub mod arbiter;
 pub mod backup;
 pub mod channel;
+pub mod group;
 pub mod lease;
 mod link;
 pub mod migrate;
@@ -51,6 +52,21 @@ pub struct PairConfig {
     /// Attaching a backup to a running guest (pre-copy): the pause the guest may take for
     /// what is left once copying converged.
     pub max_downtime: std::time::Duration,
+    /// N-modular redundancy: the replicas of the guest, the leader among them (2 or more;
+    /// every member is given the same number), which vote on outputs and digests. `None`: a
+    /// pair, whose backup does not vote.
+    pub replicas: Option<usize>,
+}
+
+impl PairConfig {
+    /// The machine's description in the hello: the devices, and the group's size (members of
+    /// groups of different sizes, or a group member and a pair member, refuse each other).
+    pub fn layout(&self, devices: &ftvm_runner::Devices) -> String {
+        match self.replicas {
+            Some(n) => format!("{} replicas={n}", devices.layout()),
+            None => devices.layout(),
+        }
+    }
 }
 
 #[derive(Debug, Error)]
@@ -80,6 +96,9 @@ pub enum PairError {
     /// This side lost the arbiter and stops.
     #[error("{0}")]
     Lost(String),
+    /// This replica of a group was outvoted (N-modular redundancy): it attaches again.
+    #[error("{0}")]
+    Outvoted(String),
 }
 
 impl PairError {

@@ -89,6 +89,11 @@ impl<S: Side> SendHalf<S> {
         self.lock().tx.closer()
     }
 
+    /// Stamp every message from now on with `generation`.
+    pub(crate) fn set_generation(&self, generation: u64) {
+        self.lock().tx.set_generation(generation)
+    }
+
     pub(crate) fn set_write_limit(&self, limit: Duration) -> Result<(), ChannelError> {
         self.lock().tx.set_write_timeout(Some(limit))
     }

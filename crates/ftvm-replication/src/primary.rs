@@ -19,11 +19,12 @@ use ftvm_machine::Machine;
 use ftvm_runner::live::{Held, LinkError, RELAY_GRACE};
 use ftvm_runner::status::StatusFile;
 use ftvm_runner::{
-    Backends, Devices, DiskDirty, Ended, Event, Feeder, Gate, Link, LinkState, Options, Precopy,
-    Protect,
+    Attached, Backends, Devices, DiskDirty, Ended, Event, Feeder, Gate, Link, LinkState, Options,
+    Precopy, Protect,
 };
 
 use crate::channel::{Channel, Hello, Msg, Psk, Role};
+use crate::group::{Fanout, Group, Member};
 use crate::lease::{now_ns, Timing};
 use crate::link::{CloseOnDrop, LinkWriter, SendHalf};
 use crate::migrate::{Control, Mode, Outcome};
@@ -721,6 +722,10 @@ pub struct Protector {
     wake: Sender<Event>,
     /// Live migrations asked for on the control socket (a source that is no pair member).
     control: Option<Arc<Control>>,
+    /// N-modular redundancy: the number of replicas (the leader among them), and the group
+    /// of followers once the first one attached.
+    replicas: Option<usize>,
+    group: Option<Group>,
 }
 
 impl Protector {
@@ -738,7 +743,7 @@ impl Protector {
         let (tx, incoming) = mpsc::channel();
         let waker = wake.clone();
         let psk: Psk = cfg.psk.clone();
-        let hello = Hello::new(Role::Primary, cfg.mem_bytes, devices.layout());
+        let hello = Hello::new(Role::Primary, cfg.mem_bytes, cfg.layout(devices));
         std::thread::spawn(move || {
             for s in listener.incoming() {
                 let Ok(s) = s else { continue };
@@ -792,6 +797,8 @@ impl Protector {
             max_downtime: cfg.max_downtime,
             wake,
             control: None,
+            replicas: cfg.replicas,
+            group: None,
         }
     }
 
@@ -845,7 +852,11 @@ impl Protector {
             max_bandwidth = req.max_bandwidth;
             migration = Some((req.mode, Outcome(control.clone())));
         }
-        let generation = self.next_generation;
+        // A follower joins its group's generation; a backup starts the next one.
+        let generation = match self.joining() {
+            Some(g) => g.lock().generation,
+            None => self.next_generation,
+        };
         if self.arbiter.taken(generation)? {
             return Err(PairError::Protocol(format!(
                 "generation {generation} of the arbiter was already won: refusing the backup"
@@ -918,7 +929,7 @@ impl Protector {
                 };
                 match got {
                     // Held outputs may leave now: wake the runner if it waits.
-                    Ok(Received::Acked(_)) => {
+                    Ok(Received::Acked(_) | Received::Vote) => {
                         let _ = wake.send(Event::Wake);
                     }
                     Ok(Received::Ignored) => {
@@ -1117,11 +1128,14 @@ impl Protector {
 
     /// Finish the transfer with the guest paused (no disk request in flight): the pages and
     /// disk blocks left, then the log, whose header is the state without RAM.
-    fn finish(
-        &mut self,
-        m: &mut Machine,
-        disks: &mut DiskDirty,
-    ) -> Result<(PrimaryLink, LogWriter<Box<dyn Write>>), PairError> {
+    /// The group a new follower joins (N-modular redundancy, while it has members).
+    fn joining(&self) -> Option<&Group> {
+        self.group
+            .as_ref()
+            .filter(|g| !g.lock().members.is_empty())
+    }
+
+    fn finish(&mut self, m: &mut Machine, disks: &mut DiskDirty) -> Result<Attached, PairError> {
         let mut t = self
             .transfer
             .take()
@@ -1151,11 +1165,42 @@ impl Protector {
             snapshot: m.save_without_ram(),
             digest_every: self.digest_every,
         };
-        let writer: Box<dyn Write> = Box::new(LinkWriter {
+        let mut writer = LinkWriter {
             buf: Vec::new(),
             out: out.clone(),
-        });
-        let log = LogWriter::new(writer, header)?;
+        };
+        // N-modular redundancy: a follower joins the group's log where it stands (the runner
+        // marked it at this count), or starts a new group; a backup gets a log of its own.
+        let mut group_log = None;
+        let mut joined = None;
+        let log = match (self.replicas, self.joining().cloned()) {
+            (Some(_), Some(group)) => {
+                LogWriter::new(&mut writer, header)?;
+                let mut g = group.lock();
+                let id = g.next_id();
+                g.fanout.add(id, writer);
+                g.members.push(Member::new(id, out.clone(), m.count()));
+                joined = Some(id);
+                None
+            }
+            (Some(replicas), None) => {
+                let fanout = Fanout::default();
+                let group = Group::new(
+                    replicas,
+                    t.generation,
+                    self.arbiter.clone(),
+                    fanout.clone(),
+                    self.max_lag,
+                );
+                let id = group.lock().next_id();
+                fanout.add(id, writer);
+                group.lock().members.push(Member::new(id, out.clone(), m.count()));
+                self.group = Some(group.clone());
+                group_log = Some(group);
+                Some(LogWriter::new(Box::new(fanout) as Box<dyn Write>, header)?)
+            }
+            (None, _) => Some(LogWriter::new(Box::new(writer) as Box<dyn Write>, header)?),
+        };
         if out.with(|s| s.is_dead(now_ns())) {
             return Err(PairError::Protocol(
                 "the backup stopped receiving while its state was sent".into(),
@@ -1197,9 +1242,19 @@ impl Protector {
         )
         };
         report(&self.control, &line);
+        if let Some(id) = joined {
+            eprintln!("\r\nftvm: replica {id} joined the group\r");
+            return Ok(Attached::Joined);
+        }
+        let Some(log) = log else {
+            return Err(PairError::Protocol("no log for the backup".into()));
+        };
+        if let Some(group) = group_log {
+            return Ok(Attached::Link(Box::new(group), log));
+        }
         self.next_generation = t.generation + 1;
-        Ok((
-            PrimaryLink {
+        Ok(Attached::Link(
+            Box::new(PrimaryLink {
                 out,
                 max_lag: self.max_lag,
                 arbiter: self.arbiter.clone(),
@@ -1210,7 +1265,7 @@ impl Protector {
                     .zip(t.page_requests.take())
                     .map(|(m, r)| (std::sync::Mutex::new(m), r)),
                 max_bandwidth: t.max_bandwidth,
-            },
+            }),
             log,
         ))
     }
@@ -1218,10 +1273,7 @@ impl Protector {
     /// Bring the waiting backup up to date with the machine as it is now, the guest paused
     /// throughout (no disk request may be in flight): the generation, the disks' contents and
     /// RAM, then a log whose header is the machine's state.
-    pub fn attach_backup(
-        &mut self,
-        m: &mut Machine,
-    ) -> Result<(PrimaryLink, LogWriter<Box<dyn Write>>), PairError> {
+    pub fn attach_backup(&mut self, m: &mut Machine) -> Result<Attached, PairError> {
         let mut disks = DiskDirty::default();
         if self.transfer.is_none() {
             self.transfer = Some(self.begin(m)?);
@@ -1264,13 +1316,13 @@ impl Protect for Protector {
         }
     }
 
-    fn attach(
-        &mut self,
-        m: &mut Machine,
-        disks: &mut DiskDirty,
-    ) -> Result<(Box<dyn Link>, LogWriter<Box<dyn Write>>), LinkError> {
+    fn joins(&self) -> bool {
+        self.group.as_ref().is_some_and(|g| g.has_room())
+    }
+
+    fn attach(&mut self, m: &mut Machine, disks: &mut DiskDirty) -> Result<Attached, LinkError> {
         match self.finish(m, disks) {
-            Ok((link, log)) => Ok((Box::new(link), log)),
+            Ok(a) => Ok(a),
             Err(e) => {
                 if let Some(c) = &self.control {
                     c.finished(Err(e.to_string()));
@@ -1301,7 +1353,8 @@ pub fn run(
     let (link, log) = loop {
         protect.wait()?;
         match protect.attach_backup(&mut m) {
-            Ok(attached) => break attached,
+            Ok(Attached::Link(link, log)) => break (link, log),
+            Ok(Attached::Joined) => {}
             Err(e) => eprintln!("ftvm: the backup could not attach: {e}"),
         }
     };
@@ -1310,7 +1363,7 @@ pub fn run(
     let feed = Feeder::logged(log, cfg.digest_every, m.count(), cfg.epoch);
     let gate = Gate::open()
         .with_status(cfg.status_file.as_deref().map(StatusFile::new))
-        .with_link(Box::new(link))
+        .with_link(link)
         .with_protector(Box::new(protect));
     Ok(ftvm_runner::live(
         opts,

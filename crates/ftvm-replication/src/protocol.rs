@@ -64,6 +64,10 @@ pub enum Received {
     Disk,
     /// The primary's heartbeat: it released outputs up to this count.
     Released(u64),
+    /// A replica's vote (N-modular redundancy), kept for the group to count.
+    Vote,
+    /// The group found this replica faulty (N-modular redundancy).
+    Verdict { count: u64, how: u8, action: u8 },
     /// The primary stopped its guest and hands it over at `count`.
     HandOver {
         count: u64,
@@ -102,7 +106,14 @@ pub struct PrimarySide {
     handed_over: Option<u64>,
     /// The backup acknowledged the hand-over.
     hand_over_confirmed: bool,
+    /// Votes received (N-modular redundancy), for the group to count: `(what, count, hash,
+    /// injected)`.
+    votes: VecDeque<(u8, u64, [u8; 32], u64)>,
 }
+
+/// At most this many votes wait to be counted; older ones are dropped (a vote on the outputs
+/// covers all those before it, so only the newest matter when the runner falls behind).
+const MAX_VOTES: usize = 4096;
 
 impl PrimarySide {
     /// A link to a backup attached at `now` with the guest at `count`.
@@ -119,6 +130,7 @@ impl PrimarySide {
             released: 0,
             handed_over: None,
             hand_over_confirmed: false,
+            votes: VecDeque::new(),
         }
     }
 
@@ -141,6 +153,21 @@ impl PrimarySide {
                 self.heard(now, clock);
                 self.replayed = self.replayed.max(count);
                 Ok(Received::Beat)
+            }
+            Msg::Vote {
+                what,
+                count,
+                hash,
+                injected,
+            } => {
+                // A vote is no echo: it renews nothing, but it is word from the backup.
+                self.last_heard = self.last_heard.max(now);
+                self.replayed = self.replayed.max(count);
+                if self.votes.len() >= MAX_VOTES {
+                    self.votes.pop_front();
+                }
+                self.votes.push_back((what, count, hash, injected));
+                Ok(Received::Vote)
             }
             ref other => Err(ProtocolError::Unexpected {
                 from: "backup",
@@ -251,6 +278,36 @@ impl PrimarySide {
         (self.handed_over.is_some() && !self.broken).then_some(Msg::Relay { slot, frame })
     }
 
+    /// The votes received since last asked.
+    pub fn take_votes(&mut self) -> VecDeque<(u8, u64, [u8; 32], u64)> {
+        std::mem::take(&mut self.votes)
+    }
+
+    /// Outputs up to `count` were released (by the group's vote, N-modular redundancy).
+    pub fn released_to(&mut self, count: u64) {
+        self.released = self.released.max(count);
+    }
+
+    /// The link belongs to `generation` from now on (the group moved on after winning the
+    /// one before).
+    pub fn set_generation(&mut self, generation: u64) {
+        self.generation = generation;
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Tell the backup it was found faulty, if this side still talks; this side is fenced
+    /// from then on (the caller closes the link).
+    pub fn verdict(&mut self, count: u64, how: u8, action: u8) -> Option<Msg> {
+        let m = self
+            .talking()
+            .then_some(Msg::Verdict { count, how, action });
+        self.fenced = true;
+        m
+    }
+
     /// Stop protecting the guest with this backup (a migration cancelled): fenced, as if the
     /// backup had died; the caller races the arbiter next.
     pub fn give_up(&mut self) {
@@ -347,6 +404,7 @@ impl BackupSide {
                 Ok(Received::Released(self.released))
             }
             Msg::Disk { .. } | Msg::Ram { .. } => Ok(Received::Disk),
+            Msg::Verdict { count, how, action } => Ok(Received::Verdict { count, how, action }),
             Msg::HandOver {
                 count,
                 released,
@@ -386,6 +444,16 @@ impl BackupSide {
         self.talking().then_some(Msg::Ack {
             count,
             clock: self.echo,
+        })
+    }
+
+    /// This replica's vote (N-modular redundancy), if it still talks.
+    pub fn vote(&self, what: u8, count: u64, hash: [u8; 32], injected: u64) -> Option<Msg> {
+        self.talking().then_some(Msg::Vote {
+            what,
+            count,
+            hash,
+            injected,
         })
     }
 

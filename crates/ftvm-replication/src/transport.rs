@@ -25,6 +25,8 @@ pub trait Incoming: Send {
     fn recv(&mut self) -> Result<Msg, ChannelError>;
     /// The oldest generation accepted from now on.
     fn set_generation(&mut self, generation: u64);
+    /// The newest generation seen (or set).
+    fn generation(&self) -> u64;
     /// Bound how long a receive may wait (`None`: forever); a timeout is an `Io` error of kind
     /// `TimedOut` or `WouldBlock`.
     fn set_read_timeout(&mut self, limit: Option<Duration>) -> Result<(), ChannelError>;
@@ -58,6 +60,9 @@ impl Incoming for Channel {
     }
     fn set_generation(&mut self, generation: u64) {
         Channel::set_generation(self, generation)
+    }
+    fn generation(&self) -> u64 {
+        Channel::generation(self)
     }
     fn set_read_timeout(&mut self, limit: Option<Duration>) -> Result<(), ChannelError> {
         Channel::set_read_timeout(self, limit)
@@ -153,6 +158,9 @@ pub mod memory {
         }
         fn set_generation(&mut self, generation: u64) {
             self.generation = generation;
+        }
+        fn generation(&self) -> u64 {
+            self.generation
         }
         fn set_read_timeout(&mut self, limit: Option<Duration>) -> Result<(), ChannelError> {
             self.timeout = limit;

@@ -93,6 +93,9 @@ pub const FIRST_RESERVE: usize = 1 << 20;
 /// The largest hello accepted (its layout is a short description of the devices).
 pub const MAX_HELLO: usize = 64 << 10;
 
+/// The length of a `Vote`'s payload: `what u8, count u64, hash [u8; 32], injected u64`.
+const VOTE_LEN: usize = 49;
+
 /// The kinds of message, as numbered on the wire.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -106,6 +109,8 @@ pub enum Kind {
     HandOver = 7,
     Relay = 8,
     PageRequest = 9,
+    Vote = 10,
+    Verdict = 11,
 }
 
 impl Kind {
@@ -121,6 +126,8 @@ impl Kind {
             7 => Kind::HandOver,
             8 => Kind::Relay,
             9 => Kind::PageRequest,
+            10 => Kind::Vote,
+            11 => Kind::Verdict,
             _ => return None,
         })
     }
@@ -136,6 +143,8 @@ impl Kind {
             Msg::HandOver { .. } => Kind::HandOver,
             Msg::Relay { .. } => Kind::Relay,
             Msg::PageRequest { .. } => Kind::PageRequest,
+            Msg::Vote { .. } => Kind::Vote,
+            Msg::Verdict { .. } => Kind::Verdict,
         }
     }
 
@@ -151,6 +160,8 @@ impl Kind {
             Kind::HandOver => "a hand-over",
             Kind::Relay => "a relayed frame",
             Kind::PageRequest => "a page request",
+            Kind::Vote => "a vote",
+            Kind::Verdict => "a verdict",
         }
     }
 }
@@ -211,6 +222,8 @@ pub fn payload_len(m: &Msg) -> usize {
         Msg::Attach { disks, .. } => disks.len().saturating_mul(8).saturating_add(8),
         Msg::Disk { data, .. } => data.len().saturating_add(12),
         Msg::Relay { frame, .. } => frame.len().saturating_add(4),
+        Msg::Vote { .. } => VOTE_LEN,
+        Msg::Verdict { .. } => 10,
         Msg::Ram { pages, data } => pages
             .len()
             .saturating_mul(8)
@@ -248,6 +261,22 @@ pub fn encode(m: &Msg, out: &mut Vec<u8>) {
         Msg::Relay { slot, frame } => {
             out.extend_from_slice(&slot.to_le_bytes());
             out.extend_from_slice(frame);
+        }
+        Msg::Vote {
+            what,
+            count,
+            hash,
+            injected,
+        } => {
+            out.push(*what);
+            out.extend_from_slice(&count.to_le_bytes());
+            out.extend_from_slice(hash);
+            out.extend_from_slice(&injected.to_le_bytes());
+        }
+        Msg::Verdict { count, how, action } => {
+            out.extend_from_slice(&count.to_le_bytes());
+            out.push(*how);
+            out.push(*action);
         }
         Msg::Attach { generation, disks } => {
             out.extend_from_slice(&generation.to_le_bytes());
@@ -340,6 +369,29 @@ pub fn decode(kind: Kind, mut payload: Vec<u8>) -> Result<Body, ChannelError> {
                 pages: (0..n)
                     .map(|i| u64_at(&payload, 4 + 8 * i))
                     .collect::<Result<_, _>>()?,
+            }
+        }
+        Kind::Vote => {
+            if payload.len() != VOTE_LEN || payload[0] > 1 {
+                return Err(bad("a vote is 49 bytes, on the outputs (0) or the digest (1)"));
+            }
+            let mut hash = [0u8; 32];
+            hash.copy_from_slice(&payload[9..41]);
+            Msg::Vote {
+                what: payload[0],
+                count: u64_at(&payload, 1)?,
+                hash,
+                injected: u64_at(&payload, 41)?,
+            }
+        }
+        Kind::Verdict => {
+            if payload.len() != 10 || payload[8] > 1 || payload[9] > 1 {
+                return Err(bad("a verdict is 10 bytes"));
+            }
+            Msg::Verdict {
+                count: u64_at(&payload, 0)?,
+                how: payload[8],
+                action: payload[9],
             }
         }
         Kind::Attach => {
@@ -557,10 +609,12 @@ impl Order {
             (Role::Primary, O::Attach, K::Attach) => Some(O::Disks),
             (Role::Primary, O::Disks, K::Disk | K::Ram | K::Heartbeat) => Some(O::Disks),
             (Role::Primary, O::Disks | O::Log, K::Log) => Some(O::Log),
-            (Role::Primary, O::Log, K::Heartbeat) => Some(O::Log),
+            (Role::Primary, O::Log, K::Heartbeat | K::Verdict) => Some(O::Log),
             (Role::Primary, O::Log, K::HandOver) => Some(O::HandedOver),
             (Role::Primary, O::HandedOver, K::Relay | K::Ram) => Some(O::HandedOver),
-            (Role::Backup, O::Acks, K::Heartbeat | K::Ack | K::PageRequest) => Some(O::Acks),
+            (Role::Backup, O::Acks, K::Heartbeat | K::Ack | K::PageRequest | K::Vote) => {
+                Some(O::Acks)
+            }
             _ => None,
         };
         next.ok_or(ChannelError::Order {
@@ -718,6 +772,17 @@ mod tests {
                 missing: vec![0xff, 1],
             },
             Msg::PageRequest { pages: vec![7, 3] },
+            Msg::Vote {
+                what: 1,
+                count: 99,
+                hash: [5; 32],
+                injected: u64::MAX,
+            },
+            Msg::Verdict {
+                count: 7,
+                how: 0,
+                action: 1,
+            },
             Msg::Relay {
                 slot: 1,
                 frame: vec![0xff; 60],

@@ -89,6 +89,7 @@ fn config(arbiter: &str) -> PairConfig {
         max_downtime: Duration::from_millis(300),
         status_file: None,
         mem_bytes: 16 << 20,
+        replicas: None,
     }
 }
 
@@ -97,6 +98,7 @@ fn options(out: &Arc<Mutex<Vec<u8>>>) -> Options {
         stop_at: u64::MAX,
         clock: ClockMode::Virtual,
         capture: Some(out.clone()),
+        inject: None,
     }
 }
 

@@ -20,11 +20,12 @@ pub mod devices;
 pub mod follow;
 pub mod live;
 pub mod status;
+pub mod vote;
 
 pub use devices::{Backends, Devices, NetSpec};
 pub use follow::{FollowError, Sink};
 pub use live::{
-    live, ClockMode, DiskDirty, Ended, Feeder, Gate, HoldTimes, Link, LinkState, Options, Precopy,
+    live, Attached, ClockMode, DiskDirty, Ended, Feeder, Gate, HoldTimes, Link, LinkState, Options, Precopy,
     Protect, RunError, DISK_BLOCK,
 };
 

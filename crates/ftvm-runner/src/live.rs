@@ -65,6 +65,9 @@ pub struct Options {
     /// The guest's console: the terminal (stdin and stdout), or, with no terminal, output
     /// captured here (tests, embedding).
     pub capture: Option<Captured>,
+    /// A fault to inject when the count reaches its instruction (N-modular redundancy's
+    /// tests): live, or in a backup's replay.
+    pub inject: Option<crate::vote::Injection>,
 }
 
 impl Options {
@@ -129,6 +132,16 @@ pub trait Link {
         _next_frame: &mut dyn FnMut(Duration) -> Option<(usize, Vec<u8>)>,
     ) {
     }
+    /// Whether the backups vote on outputs and digests (N-modular redundancy): the runner then
+    /// tells the link its own (below).
+    fn votes(&self) -> bool {
+        false
+    }
+    /// The hashes ([`crate::vote::output_hash`]) of the outputs the guest produced, in order,
+    /// taken at `count`.
+    fn outputs(&self, _count: u64, _hashes: &[[u8; 32]]) {}
+    /// The machine's state digest at `count` (written to the log as a `Digest` record).
+    fn digest(&self, _count: u64, _digest: [u8; 32]) {}
 }
 
 /// After a hand-over, frames still reaching this side (the network learns where the guest
@@ -147,15 +160,25 @@ pub trait Protect {
     /// the attempt (the guest runs on as it was).
     fn precopy(&mut self, m: &mut Machine, disks: &mut DiskDirty) -> Result<Precopy, LinkError>;
     /// Finish bringing the backup up to date with `m` (no disk request is in flight): what
-    /// changed last, the state, then the link, and the log to write the inputs to from here on.
-    #[allow(clippy::type_complexity)]
-    fn attach(
-        &mut self,
-        m: &mut Machine,
-        disks: &mut DiskDirty,
-    ) -> Result<(Box<dyn Link>, LogWriter<Box<dyn Write>>), LinkError>;
+    /// changed last, the state, then the link, and the log to write the inputs to from here on
+    /// (or, for a backup that joins a group, nothing new: the group's link and log carry it).
+    fn attach(&mut self, m: &mut Machine, disks: &mut DiskDirty) -> Result<Attached, LinkError>;
+    /// Whether a backup may attach while the guest is protected already (a group of replicas
+    /// with room, N-modular redundancy). Before such an attach the runner marks its log at the
+    /// machine's count and pushes it out, so the new member's log starts where it stands.
+    fn joins(&self) -> bool {
+        false
+    }
     /// Digest interval of the log to a backup.
     fn digest_every(&self) -> u64;
+}
+
+/// What an attach gave the runner.
+pub enum Attached {
+    /// The link to the backup, and the log to write the inputs to from here on.
+    Link(Box<dyn Link>, LogWriter<Box<dyn Write>>),
+    /// The backup joined the group the runner's link and log already reach.
+    Joined,
 }
 
 /// Where a pre-copy stands after a step.
@@ -279,13 +302,22 @@ impl Pending {
         feed: &mut Feeder,
         backends: &Backends,
         con: &mut Console,
+        gate: &mut Gate,
     ) -> Result<(), RunError> {
         loop {
             self.deliver_disk_done(m, feed)?;
             // A completion may let the device start the next queued request.
-            for out in m.take_outputs() {
+            let outputs = m.take_outputs();
+            if let Some(link) = gate.link.as_ref().filter(|l| l.votes() && !outputs.is_empty()) {
+                let hashes: Vec<[u8; 32]> = outputs.iter().map(crate::vote::output_hash).collect();
+                link.outputs(m.count(), &hashes);
+            }
+            for out in outputs {
                 match out {
                     Output::Device(DeviceOutput::Disk(req)) => submit(backends, self, req),
+                    out if gate.link.is_some() => {
+                        gate.held.push_back((m.count(), Instant::now(), out))
+                    }
                     out => emit(out, con, backends),
                 }
             }
@@ -456,6 +488,8 @@ pub fn live(
     resubmit: Vec<DiskRequest>,
 ) -> Result<Ended, RunError> {
     let stop_at = opts.stop_at;
+    // A fault still to come (one at a count already passed is not injected).
+    let mut inject = opts.inject.clone().filter(|i| i.at >= m.count());
     if stop_at < m.count() {
         return Err(RunError::StopAtPast {
             stop_at,
@@ -493,6 +527,10 @@ pub fn live(
         let next_epoch = feed
             .epoch
             .map_or(u64::MAX, |e| (m.count() / e + 1).saturating_mul(e));
+        // A fault to inject: the run stops at its count (and it is injected below).
+        let next_inject = inject
+            .as_ref()
+            .map_or(u64::MAX, |i| i.at.max(m.count()));
         let exit = if gate
             .link
             .as_ref()
@@ -522,7 +560,13 @@ pub fn live(
                 HELD_CHUNK
             };
             let t0 = Instant::now();
-            let exit = m.run(stop_at.min(feed.next_digest).min(next_epoch), chunk);
+            let exit = m.run(
+                stop_at
+                    .min(feed.next_digest)
+                    .min(next_epoch)
+                    .min(next_inject),
+                chunk,
+            );
             if throttle > 0 {
                 let ran = t0.elapsed();
                 let pause = ran * throttle / (100 - throttle);
@@ -534,7 +578,13 @@ pub fn live(
         let was_idle = matches!(exit, RunExit::Idle { .. });
         let count = m.count();
         let mut held_new = false;
-        for out in m.take_outputs() {
+        let outputs = m.take_outputs();
+        if let Some(link) = gate.link.as_ref().filter(|l| l.votes() && !outputs.is_empty()) {
+            // The replicas vote on every output, disk requests included.
+            let hashes: Vec<[u8; 32]> = outputs.iter().map(crate::vote::output_hash).collect();
+            link.outputs(count, &hashes);
+        }
+        for out in outputs {
             match out {
                 Output::Device(DeviceOutput::Disk(req)) => submit(&backends, &mut pending, req),
                 out if gate.link.is_some() => {
@@ -559,12 +609,14 @@ pub fn live(
         }
         let backup_waiting = gate.protect.as_mut().is_some_and(|p| p.poll());
         throttle = 0;
-        if backup_waiting && gate.link.is_none() {
-            if let Some(protect) = gate.protect.as_mut() {
+        let may_attach =
+            gate.link.is_none() || gate.protect.as_ref().is_some_and(|p| p.joins());
+        if backup_waiting && may_attach {
+            if let Some(mut protect) = gate.protect.take() {
                 // Bring the new backup up to date while the guest runs (pre-copy). A copy
                 // starts with no disk request in flight: every write from then on is marked.
                 if !protect.transferring() {
-                    pending.drain_disks(&mut m, &events, &mut feed, &backends, &mut con)?;
+                    pending.drain_disks(&mut m, &events, &mut feed, &backends, &mut con, &mut gate)?;
                 }
                 match protect.precopy(&mut m, &mut pending.disk_dirty) {
                     Ok(Precopy::Running { throttle: t }) => throttle = t.min(99),
@@ -572,9 +624,14 @@ pub fn live(
                         // The last changes and the state: the guest pauses for this, with no
                         // disk request in flight.
                         let t0 = Instant::now();
-                        pending.drain_disks(&mut m, &events, &mut feed, &backends, &mut con)?;
+                        pending.drain_disks(&mut m, &events, &mut feed, &backends, &mut con, &mut gate)?;
+                        if let Some(log) = &mut feed.log {
+                            // A member joins the group: its log starts here.
+                            log.mark(m.count())?;
+                            last_mark = m.count();
+                        }
                         match protect.attach(&mut m, &mut pending.disk_dirty) {
-                            Ok((link, log)) => {
+                            Ok(Attached::Link(link, log)) => {
                                 feed.log = Some(log);
                                 feed.digest_every = protect.digest_every();
                                 feed.next_digest = m.count().saturating_add(feed.digest_every);
@@ -584,11 +641,16 @@ pub fn live(
                                     t0.elapsed().as_secs_f64() * 1e3
                                 );
                             }
+                            Ok(Attached::Joined) => eprintln!(
+                                "\r\nftvm: a replica joined; the guest paused {:.1} ms\r",
+                                t0.elapsed().as_secs_f64() * 1e3
+                            ),
                             Err(e) => eprintln!("\r\nftvm: a backup could not attach: {e}\r"),
                         }
                     }
                     Err(e) => eprintln!("\r\nftvm: a backup could not attach: {e}\r"),
                 }
+                gate.protect = Some(protect);
             }
         }
         if !gate.look(&mut con, &backends)? {
@@ -603,13 +665,31 @@ pub fn live(
             handed_over = true;
             break 0;
         }
+        if inject.as_ref().is_some_and(|i| i.at == m.count()) {
+            if let Some(i) = inject.take() {
+                // A soft error, modelled: one bit of this replica's state flips here.
+                match m.inject(&i.fault) {
+                    Ok(what) => eprintln!(
+                        "\r\nftvm: fault injected at instruction {}: {what}\r",
+                        m.count()
+                    ),
+                    Err(e) => eprintln!("\r\nftvm: the fault {} was not injected: {e}\r", i.fault),
+                }
+            }
+        }
         match exit {
             RunExit::Yield | RunExit::Output => {}
             RunExit::StopAt
                 if m.count() == next_epoch && m.count() < stop_at.min(feed.next_digest) => {}
+            RunExit::StopAt
+                if m.count() == next_inject
+                    && m.count() < stop_at.min(feed.next_digest).min(next_epoch) => {}
             RunExit::StopAt if m.count() == feed.next_digest => {
                 let digest = *m.digest().as_bytes();
                 let count = m.count();
+                if let Some(link) = gate.link.as_ref().filter(|l| l.votes()) {
+                    link.digest(count, digest);
+                }
                 if let Some(log) = &mut feed.log {
                     log.record(Record::Digest { count, digest })?;
                 }

@@ -200,6 +200,12 @@ struct PairArgs {
     /// Report this side's role, lag and protection in FILE (read it with `ftvm status`).
     #[arg(long, value_name = "FILE")]
     status_file: Option<PathBuf>,
+    /// N-modular redundancy: the guest has N replicas (2 or more, the primary among them; give
+    /// every member the same N). The primary ships its log to N-1 backups that vote on every
+    /// output and state digest: an output leaves once a majority produced it; a replica that
+    /// disagrees is outvoted and attaches again (N >= 3), or the guest stops (N = 2).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(2..=16))]
+    replicas: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -306,6 +312,11 @@ pub(crate) struct RunArgs {
     /// the RTC starts at 2026-01-01, entropy is a fixed stream), so runs are reproducible.
     #[arg(long, value_enum, default_value_t = ClockMode::Host)]
     clock: ClockMode,
+    /// Inject a fault (a soft error, for tests of N-modular redundancy): flip one bit of a
+    /// register, CSR, RAM word or TLB entry when the count reaches COUNT, as SPEC@COUNT
+    /// (x10:3@250000000, csr:mepc:5@..., ram:0x80200000:7@..., tlb:12:40@...; hart1/x10:3@...).
+    #[arg(long, value_name = "SPEC@COUNT")]
+    inject: Option<ftvm_runner::vote::Injection>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -513,6 +524,7 @@ impl RunArgs {
                 ClockMode::Virtual => ftvm_runner::ClockMode::Virtual,
             },
             capture: None,
+            inject: self.inject.clone(),
         }
     }
 }
@@ -552,6 +564,7 @@ fn pair_config(p: &PairArgs, a: &RunArgs) -> Result<PairConfig> {
         max_downtime: Duration::from_millis(p.max_downtime_ms),
         status_file: p.status_file.clone(),
         mem_bytes: a.mem,
+        replicas: p.replicas.map(|n| n as usize),
     })
 }
 
@@ -575,6 +588,7 @@ fn migration_config(a: &RunArgs, psk: Psk, arbiter: Arbiter) -> PairConfig {
         max_downtime: Duration::from_millis(300),
         status_file: None,
         mem_bytes: a.mem,
+        replicas: None,
     }
 }
 
