@@ -15,6 +15,7 @@ use ftvm_host::HostEvent;
 use ftvm_log::{LogReader, Next, Record};
 use ftvm_machine::{DeviceOutput, DiskOp, DiskRequest, Input, Machine, Output};
 use ftvm_runner::follow::{self, Applied, Sink};
+use ftvm_runner::FollowError;
 use ftvm_runner::status::StatusFile;
 use ftvm_runner::vote::{output_hash, Chain};
 use ftvm_runner::{Backends, Devices, Ended, Event, Feeder, Gate, Options};
@@ -449,8 +450,10 @@ pub fn follow_primary(
         chain: votes.then(Chain::default),
     };
     // A fault still to inject, and where and when one was.
-    let mut inject = opts.inject.clone().filter(|i| i.at >= m.count());
+    let mut inject = opts.inject.as_ref().and_then(|i| i.from_start(m.count()));
     let mut injected: Option<(u64, Instant)> = None;
+    // The replay went astray (N-modular redundancy: reported, then the verdict awaited).
+    let mut diverged = false;
     for (slot, path) in devices.disks.iter().enumerate() {
         let f = std::fs::OpenOptions::new()
             .read(true)
@@ -479,6 +482,7 @@ pub fn follow_primary(
         match msg {
             Some(FromPrimary::Record(r)) => {
                 if let Some(i) = inject.take_if(|i| r.count() >= i.at) {
+                    i.done();
                     // A soft error, modelled: one bit of this replica's state flips here.
                     follow::run_to(&mut m, i.at, &mut follower)?;
                     match m.inject(&i.fault) {
@@ -490,18 +494,40 @@ pub fn follow_primary(
                     }
                 }
                 let inj = injected.map_or(u64::MAX, |(c, _)| c);
+                if diverged {
+                    // This replica's machine no longer follows the log: it waits for the
+                    // group's verdict.
+                    continue;
+                }
+                let target = r.count();
                 let applied = match r {
                     Record::Digest { count, digest } if votes => {
                         // The leader compares: a replica whose state differs reports it.
-                        follow::run_to(&mut m, count, &mut follower)?;
-                        let ours = *m.digest().as_bytes();
-                        if ours != digest {
-                            eprintln!("ftvm: this replica's state digest at instruction {count} differs from the leader's");
-                        }
-                        out.send_with(|s| s.vote(VOTE_DIGEST, count, ours, inj));
-                        Applied::Digest
+                        follow::run_to(&mut m, count, &mut follower).map(|()| {
+                            let ours = *m.digest().as_bytes();
+                            if ours != digest {
+                                eprintln!("ftvm: this replica's state digest at instruction {count} differs from the leader's");
+                            }
+                            out.send_with(|s| s.vote(VOTE_DIGEST, count, ours, inj));
+                            Applied::Digest
+                        })
                     }
-                    r => follow::apply(&mut m, r, &mut follower)?,
+                    r => follow::apply(&mut m, r, &mut follower),
+                };
+                let applied = match applied {
+                    Ok(a) => a,
+                    Err(e @ (FollowError::Stopped { .. } | FollowError::Digest { .. }))
+                        if votes =>
+                    {
+                        // Its own fault, most likely (the group decides): a vote that cannot
+                        // match the leader's, then nothing more until the verdict.
+                        eprintln!("ftvm: this replica's replay diverged: {e}");
+                        let hash = *blake3::hash(e.to_string().as_bytes()).as_bytes();
+                        out.send_with(|s| s.vote(VOTE_OUTPUTS, target, hash, inj));
+                        diverged = true;
+                        continue;
+                    }
+                    Err(e) => return Err(e.into()),
                 };
                 if let (Applied::Mark, Some(chain)) = (applied, &follower.chain) {
                     out.send_with(|s| s.vote(VOTE_OUTPUTS, m.count(), chain.0, inj));

@@ -489,7 +489,7 @@ pub fn live(
 ) -> Result<Ended, RunError> {
     let stop_at = opts.stop_at;
     // A fault still to come (one at a count already passed is not injected).
-    let mut inject = opts.inject.clone().filter(|i| i.at >= m.count());
+    let mut inject = opts.inject.as_ref().and_then(|i| i.from_start(m.count()));
     if stop_at < m.count() {
         return Err(RunError::StopAtPast {
             stop_at,
@@ -667,6 +667,7 @@ pub fn live(
         }
         if inject.as_ref().is_some_and(|i| i.at == m.count()) {
             if let Some(i) = inject.take() {
+                i.done();
                 // A soft error, modelled: one bit of this replica's state flips here.
                 match m.inject(&i.fault) {
                     Ok(what) => eprintln!(

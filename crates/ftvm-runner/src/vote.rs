@@ -6,6 +6,8 @@
 //! device slot, a disk request (its device slot, sequence number, operation, sector and the
 //! bytes written). Two chains agree at a point only if every output before it agreed.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use ftvm_machine::fault::Fault;
 use ftvm_machine::{DeviceOutput, DiskOp, Output};
 
@@ -64,22 +66,62 @@ impl Chain {
 #[derive(Clone, Debug)]
 pub struct Injection {
     pub at: u64,
+    /// `at` counts from where this replica's machine started (its boot, or its attach).
+    pub relative: bool,
     pub fault: Fault,
+}
+
+/// Set once this process injected its fault: a replica that attaches again after it was
+/// outvoted, or goes live, does not inject it a second time.
+static INJECTED: AtomicBool = AtomicBool::new(false);
+
+impl Injection {
+    /// Note that the fault was injected (see [`Injection::from_start`]).
+    pub fn done(&self) {
+        INJECTED.store(true, Ordering::SeqCst);
+    }
+
+    /// The injection for a machine that starts at `start`: `None` if its count is passed, or
+    /// if this process injected its fault already.
+    pub fn from_start(&self, start: u64) -> Option<Injection> {
+        if INJECTED.load(Ordering::SeqCst) {
+            return None;
+        }
+        let at = if self.relative {
+            start.saturating_add(self.at)
+        } else {
+            self.at
+        };
+        (at >= start).then(|| Injection {
+            at,
+            relative: false,
+            fault: self.fault,
+        })
+    }
 }
 
 impl std::str::FromStr for Injection {
     type Err = String;
-    /// `SPEC@COUNT`, SPEC as [`Fault`] parses it (`x10:3@250000000`).
+    /// `SPEC@COUNT` or `SPEC@+COUNT` (counted from where the machine starts: its boot, or
+    /// its attach for a backup), SPEC as [`Fault`] parses it (`x10:3@250000000`).
     fn from_str(s: &str) -> Result<Injection, String> {
         let (spec, at) = s
             .rsplit_once('@')
             .ok_or_else(|| format!("'{s}': a fault is SPEC@COUNT, as x10:3@250000000"))?;
+        let (relative, at) = match at.strip_prefix('+') {
+            Some(rest) => (true, rest),
+            None => (false, at),
+        };
         let at = at
             .replace('_', "")
             .parse::<u64>()
             .map_err(|_| format!("'{at}' is no instruction count"))?;
         let fault = spec.parse::<Fault>().map_err(|e| format!("'{spec}': {e}"))?;
-        Ok(Injection { at, fault })
+        Ok(Injection {
+            at,
+            relative,
+            fault,
+        })
     }
 }
 
@@ -143,6 +185,10 @@ mod tests {
     fn injections_parse() {
         let i: Injection = "x10:3@1_000".parse().unwrap();
         assert_eq!(i.at, 1000);
+        assert!(!i.relative);
+        assert_eq!(i.from_start(2000).map(|i| i.at), None);
+        let r: Injection = "ram:0x80000000:5@+300".parse().unwrap();
+        assert_eq!(r.from_start(2000).map(|i| i.at), Some(2300));
         assert!("x10:3".parse::<Injection>().is_err());
         assert!("x10:3@soon".parse::<Injection>().is_err());
         assert!("x0:3@5".parse::<Injection>().is_err());

@@ -1,0 +1,233 @@
+//! N-modular redundancy end to end, on network namespaces as hosts (the pair's lab): a leader
+//! on host 1 and its followers on host 2 (`--replicas N`), a guest running redis, and a client
+//! writing keys over one TCP connection, each acknowledged before the next and every one read
+//! back at the end. Faults are injected into one replica (`--inject SPEC@+COUNT`, counted
+//! from where that replica's machine starts); the group must find them, by its vote on the
+//! outputs or its exchange of state digests, and the client must see only correct replies.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::lab::*;
+
+/// A state digest every 100 M instructions (a second of guest time).
+const DIGEST_EVERY: &str = "100000000";
+
+/// One group at a time: each runs three guests on a small machine.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn says(lab: &Lab, name: &str, what: &str, limit: Duration) -> String {
+    let t0 = Instant::now();
+    loop {
+        let err = stderr_of(lab, name);
+        if err.contains(what) {
+            return err;
+        }
+        assert!(
+            t0.elapsed() < limit,
+            "{name} never said {what:?}:\n{err}\n{}",
+            context(lab)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn context(lab: &Lab) -> String {
+    ["leader", "f1", "f2"]
+        .iter()
+        .map(|n| format!("--- {n}:\n{}", stderr_of(lab, n)))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A member: `role` (primary or backup options) with the group's size and digest interval.
+fn member(lab: &Lab, ns: usize, name: &str, role: &[&str], n: &str, arbiter: &str) -> Proc {
+    let disk = lab.dir.join(format!("{name}.img"));
+    blank_disk(&disk);
+    let mut args = role.to_vec();
+    args.extend_from_slice(&["--replicas", n, "--digest-every", DIGEST_EVERY]);
+    let mut p = side(lab, ns, name, &args, Path::new(&disk), arbiter);
+    if ns != 1 {
+        // A follower's console output is never read.
+        let mut out = p.c().stdout.take().unwrap();
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut out, &mut std::io::sink());
+        });
+    }
+    p
+}
+
+fn follower(lab: &Lab, name: &str, n: &str, arbiter: &str, extra: &[&str]) -> Proc {
+    let mut role = vec!["backup", "--primary", "10.80.0.1:7700"];
+    role.extend_from_slice(extra);
+    member(lab, 2, name, &role, n, arbiter)
+}
+
+/// A group of `n` (2 or 3): the leader on host 1, followers f1 and f2 on host 2 (the second
+/// joins the running guest by pre-copy); `inject` goes to the last follower.
+struct Group {
+    lab: Lab,
+    leader: Proc,
+    followers: Vec<Proc>,
+}
+
+fn group(tag: &str, n: usize, inject: Option<&str>) -> Group {
+    let lab = Lab::new(tag);
+    let arbiter = format!("file:{}", lab.dir.join("arbiter").display());
+    let ns = n.to_string();
+    let mut leader = member(
+        &lab,
+        1,
+        "leader",
+        &["primary", "--listen", "10.80.0.1:7700"],
+        &ns,
+        &arbiter,
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let last = |i: usize| i + 1 == n - 1;
+    let inj = inject.map(|s| vec!["--inject", s]).unwrap_or_default();
+    let mut followers = vec![follower(
+        &lab,
+        "f1",
+        &ns,
+        &arbiter,
+        if last(0) { &inj } else { &[] },
+    )];
+    wait_ready(&mut leader);
+    if n == 3 {
+        followers.push(follower(&lab, "f2", &ns, &arbiter, &inj));
+        says(
+            &lab,
+            "leader",
+            "replica 2 joined the group",
+            Duration::from_secs(60),
+        );
+    }
+    Group {
+        lab,
+        leader,
+        followers,
+    }
+}
+
+/// TMR: a register flip in a follower changes what it sends; the leader and the other
+/// follower outvote it, the client gets only correct replies, and the faulty replica attaches
+/// again (as replica 3) from the leader's state.
+#[test]
+fn tmr_outvotes_a_follower_whose_register_flipped_and_repairs_it() {
+    let _one = serial();
+    let mut g = group("v", 3, Some("x2:40@+150000000"));
+    let mut client = Client::start(&g.lab, 14);
+    let err = says(
+        &g.lab,
+        "leader",
+        "fault detected: replica 2",
+        Duration::from_secs(60),
+    );
+    says(&g.lab, "f2", "was found faulty", Duration::from_secs(10));
+    says(
+        &g.lab,
+        "leader",
+        "replica 3 joined the group",
+        Duration::from_secs(60),
+    );
+    let keys = client.finish(Duration::from_secs(60), &|| context(&g.lab));
+    assert!(
+        g.leader.c().try_wait().unwrap().is_none(),
+        "the leader stopped\n{}",
+        context(&g.lab)
+    );
+    let line = err
+        .lines()
+        .find(|l| l.contains("fault detected"))
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    eprintln!("{keys} keys read back; {line}");
+    poweroff(&mut g.leader);
+}
+
+/// TMR: a RAM flip in memory the guest does not use changes no output; the exchange of
+/// state digests finds it.
+#[test]
+fn tmr_finds_a_ram_flip_that_changes_no_output_by_its_digests() {
+    let _one = serial();
+    let mut g = group("w", 3, Some("ram:0x8c000000:5@+50000000"));
+    let mut client = Client::start(&g.lab, 8);
+    let err = says(
+        &g.lab,
+        "leader",
+        "fault detected: replica 2",
+        Duration::from_secs(60),
+    );
+    let line = err
+        .lines()
+        .find(|l| l.contains("fault detected"))
+        .unwrap_or_default()
+        .to_string();
+    assert!(line.contains("state digest"), "{line}");
+    let keys = client.finish(Duration::from_secs(60), &|| context(&g.lab));
+    eprintln!("{keys} keys read back; {}", line.trim());
+    poweroff(&mut g.leader);
+}
+
+/// DMR: two replicas that disagree cannot tell which is wrong: the leader releases nothing
+/// after the mismatch and both stop, saying why; the client never gets a wrong reply.
+#[test]
+fn dmr_detects_a_mismatch_and_stops_both_replicas() {
+    let _one = serial();
+    let mut g = group("x", 2, Some("x2:40@+150000000"));
+    let mut client = Client::start(&g.lab, 30);
+    let st = exits_within(&mut g.leader, Duration::from_secs(60));
+    assert!(
+        st.is_some_and(|s| !s.success()),
+        "the leader: {st:?}\n{}",
+        context(&g.lab)
+    );
+    let err = stderr_of(&g.lab, "leader");
+    assert!(
+        err.contains("neither can be trusted") && err.contains("no output after instruction"),
+        "{}",
+        context(&g.lab)
+    );
+    let st = exits_within(&mut g.followers[0], Duration::from_secs(20));
+    assert!(
+        st.is_some_and(|s| !s.success()),
+        "the follower: {st:?}\n{}",
+        context(&g.lab)
+    );
+    assert!(stderr_of(&g.lab, "f1").contains("neither can be trusted"));
+    // The client's connection stalls (no replica answers any more): every reply it got was
+    // right (it checks each one), none was wrong.
+    let _ = client.acks_for(Duration::from_secs(2));
+    let _ = client.proc.c().kill();
+    let out = client.proc.0.take().unwrap().wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("AssertionError"), "a wrong reply: {stderr}");
+    assert!(client.missing.is_empty());
+}
+
+/// TMR: the leader killed; a follower wins its generation and goes live with the client's
+/// connection and every acknowledged key.
+#[test]
+fn tmr_fails_over_when_the_leader_is_killed() {
+    let _one = serial();
+    let mut g = group("y", 3, None);
+    let mut client = Client::start(&g.lab, 10);
+    assert!(client.acks_for(Duration::from_secs(3)) > 0, "no writes");
+    signal(g.leader.c(), libc::SIGKILL);
+    let keys = client.finish(Duration::from_secs(60), &|| context(&g.lab));
+    let live: Vec<usize> = (0..2)
+        .filter(|&i| stderr_of(&g.lab, ["f1", "f2"][i]).contains("backup live at instruction"))
+        .collect();
+    assert_eq!(live.len(), 1, "one follower goes live\n{}", context(&g.lab));
+    eprintln!("{keys} keys read back after the leader was killed");
+    let i = live[0];
+    poweroff(&mut g.followers[i]);
+}
