@@ -341,6 +341,14 @@ impl GroupState {
                     "with two replicas neither can be trusted: the guest stops on both",
                 );
                 self.tell(i, count, what, VERDICT_STOP);
+                // It closes the link once it has the verdict; closing first could lose it (a
+                // reset discards what the peer has not read yet).
+                let t0 = Instant::now();
+                while !self.members[i].out.with(|s| s.broken())
+                    && t0.elapsed() < Duration::from_secs(2)
+                {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
                 // The member may have missed the verdict: winning its generation keeps it from
                 // ever going live.
                 let generation = self.generation;

@@ -182,7 +182,8 @@ fn tmr_finds_a_ram_flip_that_changes_no_output_by_its_digests() {
 #[test]
 fn dmr_detects_a_mismatch_and_stops_both_replicas() {
     let _one = serial();
-    let mut g = group("x", 2, Some("x2:40@+150000000"));
+    // f1 attaches at the boot: the fault comes after the guest is ready.
+    let mut g = group("x", 2, Some("x2:40@+700000000"));
     let mut client = Client::start(&g.lab, 30);
     let st = exits_within(&mut g.leader, Duration::from_secs(60));
     assert!(
