@@ -643,12 +643,30 @@ pub fn follow_primary(
     // Everything received is in the queue: replay it all (the catch-up, on the same path).
     // After a hand-over nothing is left: the primary sent nothing more.
     let mut ended = None;
-    while handed_over.is_none() {
+    while handed_over.is_none() && !diverged {
         let Ok(msg) = rec_rx.try_recv() else { break };
         if let FromPrimary::Record(r) = msg {
-            if let Applied::End { code } = follow::apply(&mut m, r, &mut follower)? {
-                ended = Some(code);
-                break;
+            let applied = match r {
+                // A group's leader may be the faulty one: its digests are the group's to
+                // compare, not this replica's to obey.
+                Record::Digest { count, .. } if votes => {
+                    follow::run_to(&mut m, count, &mut follower).map(|()| Applied::Digest)
+                }
+                r => follow::apply(&mut m, r, &mut follower),
+            };
+            match applied {
+                Ok(Applied::End { code }) => {
+                    ended = Some(code);
+                    break;
+                }
+                Ok(_) => {}
+                Err(e) if votes => {
+                    // The leader's log stops fitting this replica (a faulty leader's would
+                    // not): it goes on from where it was.
+                    eprintln!("ftvm: the catch-up stops where this replica's replay diverged: {e}");
+                    break;
+                }
+                Err(e) => return Err(e.into()),
             }
         }
     }

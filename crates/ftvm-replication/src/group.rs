@@ -333,7 +333,7 @@ impl GroupState {
             Judgement::Undecidable(i) => {
                 self.stopped = true;
                 let (count, what, _) = self.members[i].dissent.unwrap_or_default();
-                let released = self.members[i].out.with(|s| s.acked()).min(count);
+                let released = self.members[i].out.with(|s| s.released());
                 self.report(
                     &self.members[i],
                     count,
@@ -358,7 +358,7 @@ impl GroupState {
                     "fault detected: replica {} and this replica disagree at instruction {count} ({}): no output after instruction {} left; the guest stops",
                     m.id,
                     how(what),
-                    released.min(m.outputs_ok)
+                    released
                 ))));
             }
         }

@@ -283,6 +283,11 @@ impl PrimarySide {
         std::mem::take(&mut self.votes)
     }
 
+    /// The count up to which outputs were released.
+    pub fn released(&self) -> u64 {
+        self.released
+    }
+
     /// Outputs up to `count` were released (by the group's vote, N-modular redundancy).
     pub fn released_to(&mut self, count: u64) {
         self.released = self.released.max(count);

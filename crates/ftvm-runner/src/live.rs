@@ -250,6 +250,9 @@ fn submit(backends: &Backends, pending: &mut Pending, req: DiskRequest) {
 const CHUNK: u64 = 500_000;
 /// Steps between looks while protected by a backup: 0.1 ms of guest time.
 const HELD_CHUNK: u64 = 10_000;
+/// While replicas vote, the log is marked at least this often (0.5 ms of guest time) while
+/// the guest runs.
+const VOTE_MARK: u64 = 50_000;
 /// Longest real-time wait while the guest is idle, before looking again.
 const MAX_IDLE_WAIT: Duration = Duration::from_millis(50);
 /// Fixed seed of the entropy stream under the virtual clock.
@@ -594,7 +597,10 @@ pub fn live(
                 out => emit(out, &mut con, &backends),
             }
         }
-        if held_new {
+        let voting = gate.link.as_ref().is_some_and(|l| l.votes());
+        if held_new || (voting && count.saturating_sub(last_mark) >= VOTE_MARK) {
+            // Replicas that vote replay only as far as the log is marked: marked often, they
+            // execute beside this one rather than after it, and their votes come sooner.
             if let Some(log) = &mut feed.log {
                 log.mark(count)?;
             }

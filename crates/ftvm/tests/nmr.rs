@@ -78,17 +78,20 @@ struct Group {
 }
 
 fn group(tag: &str, n: usize, inject: Option<&str>) -> Group {
+    group_with(tag, n, inject, None)
+}
+
+/// `group`, with a fault for the leader too; then the second follower is started with the
+/// first, so that it joins during the boot, before the leader's fault.
+fn group_with(tag: &str, n: usize, inject: Option<&str>, leader_fault: Option<&str>) -> Group {
     let lab = Lab::new(tag);
     let arbiter = format!("file:{}", lab.dir.join("arbiter").display());
     let ns = n.to_string();
-    let mut leader = member(
-        &lab,
-        1,
-        "leader",
-        &["primary", "--listen", "10.80.0.1:7700"],
-        &ns,
-        &arbiter,
-    );
+    let mut role = vec!["primary", "--listen", "10.80.0.1:7700"];
+    if let Some(f) = leader_fault {
+        role.extend_from_slice(&["--inject", f]);
+    }
+    let mut leader = member(&lab, 1, "leader", &role, &ns, &arbiter);
     std::thread::sleep(Duration::from_millis(300));
     let last = |i: usize| i + 1 == n - 1;
     let inj = inject.map(|s| vec!["--inject", s]).unwrap_or_default();
@@ -99,9 +102,16 @@ fn group(tag: &str, n: usize, inject: Option<&str>) -> Group {
         &arbiter,
         if last(0) { &inj } else { &[] },
     )];
+    let early = leader_fault.is_some() && n == 3;
+    if early {
+        std::thread::sleep(Duration::from_millis(300));
+        followers.push(follower(&lab, "f2", &ns, &arbiter, &inj));
+    }
     wait_ready(&mut leader);
     if n == 3 {
-        followers.push(follower(&lab, "f2", &ns, &arbiter, &inj));
+        if !early {
+            followers.push(follower(&lab, "f2", &ns, &arbiter, &inj));
+        }
         says(
             &lab,
             "leader",
@@ -231,4 +241,39 @@ fn tmr_fails_over_when_the_leader_is_killed() {
     eprintln!("{keys} keys read back after the leader was killed");
     let i = live[0];
     poweroff(&mut g.followers[i]);
+}
+
+/// TMR: a register flip in the leader: both followers disagree with it, so the leader is
+/// outvoted and stops without releasing its wrong outputs; a follower takes the guest over
+/// with the client's connection and every acknowledged key.
+#[test]
+fn tmr_outvotes_a_faulty_leader_and_a_follower_takes_over() {
+    let _one = serial();
+    let mut g = group_with("z", 3, None, Some("x2:40@+450000000"));
+    let mut client = Client::start(&g.lab, 12);
+    let st = exits_within(&mut g.leader, Duration::from_secs(90));
+    assert!(
+        st.is_some_and(|s| !s.success()),
+        "the leader: {st:?}\n{}",
+        context(&g.lab)
+    );
+    let err = stderr_of(&g.lab, "leader");
+    assert!(
+        err.contains("fault injected") && err.contains("it is outvoted and stops"),
+        "{}",
+        context(&g.lab)
+    );
+    let keys = client.finish(Duration::from_secs(60), &|| context(&g.lab));
+    let live: Vec<usize> = (0..2)
+        .filter(|&i| stderr_of(&g.lab, ["f1", "f2"][i]).contains("backup live at instruction"))
+        .collect();
+    assert_eq!(live.len(), 1, "one follower goes live\n{}", context(&g.lab));
+    let line = err
+        .lines()
+        .find(|l| l.contains("outvoted"))
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    eprintln!("{keys} keys read back; {line}");
+    poweroff(&mut g.followers[live[0]]);
 }
