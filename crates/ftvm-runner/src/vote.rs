@@ -92,7 +92,7 @@ impl Injection {
         } else {
             self.at
         };
-        (at >= start).then(|| Injection {
+        (at >= start).then_some(Injection {
             at,
             relative: false,
             fault: self.fault,
