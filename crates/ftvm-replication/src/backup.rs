@@ -15,9 +15,9 @@ use ftvm_host::HostEvent;
 use ftvm_log::{LogReader, Next, Record};
 use ftvm_machine::{DeviceOutput, DiskOp, DiskRequest, Input, Machine, Output};
 use ftvm_runner::follow::{self, Applied, Sink};
-use ftvm_runner::FollowError;
 use ftvm_runner::status::StatusFile;
 use ftvm_runner::vote::{output_hash, Chain};
+use ftvm_runner::FollowError;
 use ftvm_runner::{Backends, Devices, Ended, Event, Feeder, Gate, Options};
 
 use crate::channel::{
@@ -62,7 +62,11 @@ enum FromPrimary {
         frame: Vec<u8>,
     },
     /// The group found this replica faulty (N-modular redundancy).
-    Verdict { count: u64, how: u8, action: u8 },
+    Verdict {
+        count: u64,
+        how: u8,
+        action: u8,
+    },
     Gone,
 }
 

@@ -537,7 +537,8 @@ mod tests {
 
     fn dead_half() -> SendHalf<PrimarySide> {
         let ((tx, _), _) = crate::transport::memory::pair();
-        let timing = crate::lease::Timing::new(Duration::from_millis(10), Duration::from_millis(100));
+        let timing =
+            crate::lease::Timing::new(Duration::from_millis(10), Duration::from_millis(100));
         let side = PrimarySide::new(0, timing, 0, 0);
         SendHalf::new(tx, Duration::from_secs(1), side).unwrap()
     }
@@ -557,21 +558,33 @@ mod tests {
 
     #[test]
     fn one_member_against_the_leader_and_another_is_outvoted() {
-        let ms = [member(Some((100, VOTE_OUTPUTS)), 50, 0), member(None, 120, 0)];
+        let ms = [
+            member(Some((100, VOTE_OUTPUTS)), 50, 0),
+            member(None, 120, 0),
+        ];
         assert_eq!(judge(&ms), Judgement::Faulty(vec![0]));
     }
 
     #[test]
     fn a_dissent_waits_for_the_other_members_vote() {
-        let ms = [member(Some((100, VOTE_OUTPUTS)), 50, 0), member(None, 90, 0)];
+        let ms = [
+            member(Some((100, VOTE_OUTPUTS)), 50, 0),
+            member(None, 90, 0),
+        ];
         assert_eq!(judge(&ms), Judgement::Wait);
     }
 
     #[test]
     fn a_digest_dissent_needs_a_digest_to_confirm_the_leader() {
-        let ms = [member(Some((100, VOTE_DIGEST)), 150, 0), member(None, 150, 0)];
+        let ms = [
+            member(Some((100, VOTE_DIGEST)), 150, 0),
+            member(None, 150, 0),
+        ];
         assert_eq!(judge(&ms), Judgement::Wait);
-        let ms = [member(Some((100, VOTE_DIGEST)), 150, 0), member(None, 0, 100)];
+        let ms = [
+            member(Some((100, VOTE_DIGEST)), 150, 0),
+            member(None, 0, 100),
+        ];
         assert_eq!(judge(&ms), Judgement::Faulty(vec![0]));
     }
 

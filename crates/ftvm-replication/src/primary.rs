@@ -1130,9 +1130,7 @@ impl Protector {
     /// disk blocks left, then the log, whose header is the state without RAM.
     /// The group a new follower joins (N-modular redundancy, while it has members).
     fn joining(&self) -> Option<&Group> {
-        self.group
-            .as_ref()
-            .filter(|g| !g.lock().members.is_empty())
+        self.group.as_ref().filter(|g| !g.lock().members.is_empty())
     }
 
     fn finish(&mut self, m: &mut Machine, disks: &mut DiskDirty) -> Result<Attached, PairError> {
@@ -1194,7 +1192,10 @@ impl Protector {
                 );
                 let id = group.lock().next_id();
                 fanout.add(id, writer);
-                group.lock().members.push(Member::new(id, out.clone(), m.count()));
+                group
+                    .lock()
+                    .members
+                    .push(Member::new(id, out.clone(), m.count()));
                 self.group = Some(group.clone());
                 group_log = Some(group);
                 Some(LogWriter::new(Box::new(fanout) as Box<dyn Write>, header)?)

@@ -373,7 +373,9 @@ pub fn decode(kind: Kind, mut payload: Vec<u8>) -> Result<Body, ChannelError> {
         }
         Kind::Vote => {
             if payload.len() != VOTE_LEN || payload[0] > 1 {
-                return Err(bad("a vote is 49 bytes, on the outputs (0) or the digest (1)"));
+                return Err(bad(
+                    "a vote is 49 bytes, on the outputs (0) or the digest (1)",
+                ));
             }
             let mut hash = [0u8; 32];
             hash.copy_from_slice(&payload[9..41]);

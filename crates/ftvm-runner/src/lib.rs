@@ -25,8 +25,8 @@ pub mod vote;
 pub use devices::{Backends, Devices, NetSpec};
 pub use follow::{FollowError, Sink};
 pub use live::{
-    live, Attached, ClockMode, DiskDirty, Ended, Feeder, Gate, HoldTimes, Link, LinkState, Options, Precopy,
-    Protect, RunError, DISK_BLOCK,
+    live, Attached, ClockMode, DiskDirty, Ended, Feeder, Gate, HoldTimes, Link, LinkState, Options,
+    Precopy, Protect, RunError, DISK_BLOCK,
 };
 
 use ftvm_host::HostEvent;

@@ -311,7 +311,11 @@ impl Pending {
             self.deliver_disk_done(m, feed)?;
             // A completion may let the device start the next queued request.
             let outputs = m.take_outputs();
-            if let Some(link) = gate.link.as_ref().filter(|l| l.votes() && !outputs.is_empty()) {
+            if let Some(link) = gate
+                .link
+                .as_ref()
+                .filter(|l| l.votes() && !outputs.is_empty())
+            {
                 let hashes: Vec<[u8; 32]> = outputs.iter().map(crate::vote::output_hash).collect();
                 link.outputs(m.count(), &hashes);
             }
@@ -531,9 +535,7 @@ pub fn live(
             .epoch
             .map_or(u64::MAX, |e| (m.count() / e + 1).saturating_mul(e));
         // A fault to inject: the run stops at its count (and it is injected below).
-        let next_inject = inject
-            .as_ref()
-            .map_or(u64::MAX, |i| i.at.max(m.count()));
+        let next_inject = inject.as_ref().map_or(u64::MAX, |i| i.at.max(m.count()));
         let exit = if gate
             .link
             .as_ref()
@@ -582,7 +584,11 @@ pub fn live(
         let count = m.count();
         let mut held_new = false;
         let outputs = m.take_outputs();
-        if let Some(link) = gate.link.as_ref().filter(|l| l.votes() && !outputs.is_empty()) {
+        if let Some(link) = gate
+            .link
+            .as_ref()
+            .filter(|l| l.votes() && !outputs.is_empty())
+        {
             // The replicas vote on every output, disk requests included.
             let hashes: Vec<[u8; 32]> = outputs.iter().map(crate::vote::output_hash).collect();
             link.outputs(count, &hashes);
@@ -615,14 +621,14 @@ pub fn live(
         }
         let backup_waiting = gate.protect.as_mut().is_some_and(|p| p.poll());
         throttle = 0;
-        let may_attach =
-            gate.link.is_none() || gate.protect.as_ref().is_some_and(|p| p.joins());
+        let may_attach = gate.link.is_none() || gate.protect.as_ref().is_some_and(|p| p.joins());
         if backup_waiting && may_attach {
             if let Some(mut protect) = gate.protect.take() {
                 // Bring the new backup up to date while the guest runs (pre-copy). A copy
                 // starts with no disk request in flight: every write from then on is marked.
                 if !protect.transferring() {
-                    pending.drain_disks(&mut m, &events, &mut feed, &backends, &mut con, &mut gate)?;
+                    pending
+                        .drain_disks(&mut m, &events, &mut feed, &backends, &mut con, &mut gate)?;
                 }
                 match protect.precopy(&mut m, &mut pending.disk_dirty) {
                     Ok(Precopy::Running { throttle: t }) => throttle = t.min(99),
@@ -630,7 +636,9 @@ pub fn live(
                         // The last changes and the state: the guest pauses for this, with no
                         // disk request in flight.
                         let t0 = Instant::now();
-                        pending.drain_disks(&mut m, &events, &mut feed, &backends, &mut con, &mut gate)?;
+                        pending.drain_disks(
+                            &mut m, &events, &mut feed, &backends, &mut con, &mut gate,
+                        )?;
                         if let Some(log) = &mut feed.log {
                             // A member joins the group: its log starts here.
                             log.mark(m.count())?;

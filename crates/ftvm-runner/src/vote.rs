@@ -116,7 +116,9 @@ impl std::str::FromStr for Injection {
             .replace('_', "")
             .parse::<u64>()
             .map_err(|_| format!("'{at}' is no instruction count"))?;
-        let fault = spec.parse::<Fault>().map_err(|e| format!("'{spec}': {e}"))?;
+        let fault = spec
+            .parse::<Fault>()
+            .map_err(|e| format!("'{spec}': {e}"))?;
         Ok(Injection {
             at,
             relative,

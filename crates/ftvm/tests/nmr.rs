@@ -220,7 +220,10 @@ fn dmr_detects_a_mismatch_and_stops_both_replicas() {
     let _ = client.proc.c().kill();
     let out = client.proc.0.take().unwrap().wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!stderr.contains("AssertionError"), "a wrong reply: {stderr}");
+    assert!(
+        !stderr.contains("AssertionError"),
+        "a wrong reply: {stderr}"
+    );
     assert!(client.missing.is_empty());
 }
 
