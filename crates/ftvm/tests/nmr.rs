@@ -1,5 +1,6 @@
-//! N-modular redundancy end to end, on network namespaces as hosts (the pair's lab): a leader
-//! on host 1 and its followers on host 2 (`--replicas N`), a guest running redis, and a client
+//! N-modular redundancy end to end, on network namespaces as hosts (the pair's lab and a third
+//! host): a leader on host 1 and its followers on hosts 2 and 3 (`--replicas N`), each over a
+//! replication link of its own, a guest running redis, and a client
 //! writing keys over one TCP connection, each acknowledged before the next and every one read
 //! back at the end. Faults are injected into one replica (`--inject SPEC@+COUNT`, counted
 //! from where that replica's machine starts); the group must find them, by its vote on the
@@ -63,10 +64,16 @@ fn member(lab: &Lab, ns: usize, name: &str, role: &[&str], n: &str, arbiter: &st
     p
 }
 
+/// Follower f1 on host 2, f2 on host 3, each over its own replication link.
 fn follower(lab: &Lab, name: &str, n: &str, arbiter: &str, extra: &[&str]) -> Proc {
-    let mut role = vec!["backup", "--primary", "10.80.0.1:7700"];
+    let (ns, leader) = if name == "f2" {
+        (4, "10.81.0.1:7700")
+    } else {
+        (2, "10.80.0.1:7700")
+    };
+    let mut role = vec!["backup", "--primary", leader];
     role.extend_from_slice(extra);
-    member(lab, 2, name, &role, n, arbiter)
+    member(lab, ns, name, &role, n, arbiter)
 }
 
 /// A group of `n` (2 or 3): the leader on host 1, followers f1 and f2 on host 2 (the second
@@ -84,10 +91,14 @@ fn group(tag: &str, n: usize, inject: Option<&str>) -> Group {
 /// `group`, with a fault for the leader too; then the second follower is started with the
 /// first, so that it joins during the boot, before the leader's fault.
 fn group_with(tag: &str, n: usize, inject: Option<&str>, leader_fault: Option<&str>) -> Group {
-    let lab = Lab::new(tag);
+    let mut lab = Lab::new(tag);
+    if n == 3 {
+        lab.third_host();
+    }
     let arbiter = format!("file:{}", lab.dir.join("arbiter").display());
     let ns = n.to_string();
-    let mut role = vec!["primary", "--listen", "10.80.0.1:7700"];
+    // The leader takes followers over both replication links.
+    let mut role = vec!["primary", "--listen", "0.0.0.0:7700"];
     if let Some(f) = leader_fault {
         role.extend_from_slice(&["--inject", f]);
     }

@@ -121,6 +121,56 @@ impl Lab {
         lab
     }
 
+    /// A third host (namespace index 4) for a group of replicas: on the guests' network with a
+    /// bridge and TAP of its own (10.79.0.4), and a replication link of its own to host 1
+    /// (10.81.0.1 there, 10.81.0.3 here).
+    pub fn third_host(&mut self) {
+        let id = self.id.clone();
+        let ns = format!("ftvm-fth{id}");
+        sh(&["ip", "netns", "add", &ns]);
+        sh(&["ip", "netns", "exec", &ns, "ip", "link", "set", "lo", "up"]);
+        let sw = self.ns[0].clone();
+        let (up, down) = (format!("fu{id}x3"), format!("fd{id}x3"));
+        sh(&[
+            "ip", "link", "add", &up, "type", "veth", "peer", "name", &down,
+        ]);
+        sh(&["ip", "link", "set", &down, "netns", &sw]);
+        sh(&["ip", "link", "set", &up, "netns", &ns]);
+        sh(&[
+            "ip", "netns", "exec", &sw, "ip", "link", "set", &down, "master", "br0",
+        ]);
+        sh(&["ip", "netns", "exec", &sw, "ip", "link", "set", &down, "up"]);
+        let x = |args: &[&str]| {
+            let mut v = vec!["ip", "netns", "exec", ns.as_str()];
+            v.extend_from_slice(args);
+            sh(&v);
+        };
+        x(&["ip", "link", "add", "brh", "type", "bridge"]);
+        x(&["ip", "link", "set", &up, "master", "brh"]);
+        x(&["ip", "tuntap", "add", "dev", "ftap0", "mode", "tap"]);
+        x(&["ip", "link", "set", "ftap0", "master", "brh"]);
+        x(&["ip", "addr", "add", "10.79.0.4/24", "dev", "brh"]);
+        for d in ["brh", up.as_str(), "ftap0"] {
+            x(&["ip", "link", "set", d, "up"]);
+        }
+        let (ra, rb) = (format!("fr{id}c"), format!("fr{id}d"));
+        sh(&[
+            "ip", "link", "add", &ra, "type", "veth", "peer", "name", &rb,
+        ]);
+        sh(&["ip", "link", "set", &ra, "netns", &self.ns[1]]);
+        sh(&["ip", "link", "set", &rb, "netns", &ns]);
+        for (n, dev, ip) in [
+            (&self.ns[1], &ra, "10.81.0.1/24"),
+            (&ns, &rb, "10.81.0.3/24"),
+        ] {
+            sh(&[
+                "ip", "netns", "exec", n, "ip", "addr", "add", ip, "dev", dev,
+            ]);
+            sh(&["ip", "netns", "exec", n, "ip", "link", "set", dev, "up"]);
+        }
+        self.ns.push(ns);
+    }
+
     /// An etcd server (Debian's etcd-server) on the client host, which both hosts reach over
     /// the bridge: the arbiter `etcd:http://10.79.0.3:2379/...`.
     pub fn etcd(&self) -> Proc {
@@ -198,7 +248,8 @@ impl Lab {
     }
 
     pub fn cleanup(&self) {
-        for ns in &self.ns {
+        let third = format!("ftvm-fth{}", self.id);
+        for ns in self.ns.iter().chain(std::iter::once(&third)) {
             let _ = Command::new("ip")
                 .args(["netns", "del", ns])
                 .stderr(Stdio::null())
