@@ -117,10 +117,14 @@ def bench(engine, requests, clients, pin=False):
     m = re.search(r"outputs held for the backup: \d+ outputs, median ([0-9.]+) ms, p99 ([0-9.]+) ms", err)
     if m:
         res["hold_p50_ms"], res["hold_p99_ms"] = float(m.group(1)), float(m.group(2))
-    for line in r.stdout.decode().splitlines():
-        f = [x.strip('"') for x in line.split(",")]
-        if f[0] in ("SET", "GET"):
-            res[f[0]] = {"rps": float(f[1]), "p50_ms": float(f[5])}
+    # Columns by name (redis 7.0: test, rps, avg, min, p50, p95, p99, max; until 2026-12-02
+    # this read the sixth, p95, as the median).
+    lines = [[x.strip('"') for x in line.split(",")] for line in r.stdout.decode().splitlines()]
+    head = next((f for f in lines if f and f[0] == "test"), [])
+    for f in lines:
+        if f[0] in ("SET", "GET") and "p50_latency_ms" in head:
+            row = dict(zip(head, f))
+            res[f[0]] = {"rps": float(row["rps"]), "p50_ms": float(row["p50_latency_ms"])}
     if r.returncode != 0 or "SET" not in res or "GET" not in res or b"rror" in r.stderr:
         sys.exit(f"{engine}: redis-benchmark failed: {r.stderr.decode()[-500:]}")
     return res
