@@ -282,6 +282,11 @@ struct Follower {
     unreleased: VecDeque<(u64, Output)>,
     /// N-modular redundancy: the chain of every output's hash since this side attached.
     chain: Option<Chain>,
+    /// N-modular redundancy: a disk read whose data in the leader's log differs from this
+    /// replica's copy (a faulty leader would pass its error on through its reads).
+    disk_differs: Option<String>,
+    /// Reads in flight that a later write overlaps (the leader's may have read either data).
+    overlapped: std::collections::HashSet<(usize, u64)>,
 }
 
 impl Sink for Follower {
@@ -295,6 +300,17 @@ impl Sink for Follower {
                     (&req.op, self.disks.get(&req.slot))
                 {
                     f.write_all_at(data, sector.saturating_mul(512))?;
+                    if self.chain.is_some() {
+                        let end = sector.saturating_add(data.len() as u64 / 512);
+                        for ((slot, id), r) in &self.outstanding {
+                            if let DiskOp::Read { sector: s, len } = &r.op {
+                                let (s, e) = (*s, s.saturating_add(*len as u64 / 512));
+                                if *slot == req.slot && s < end && *sector < e {
+                                    self.overlapped.insert((*slot, *id));
+                                }
+                            }
+                        }
+                    }
                 }
                 self.outstanding.insert((req.slot, req.id), req);
             }
@@ -304,10 +320,52 @@ impl Sink for Follower {
     }
 
     fn input(&mut self, input: &Input) {
-        if let Input::DiskDone { slot, id, .. } = input {
-            self.outstanding.remove(&(*slot, *id));
+        if let Input::DiskDone { slot, id, ok, data } = input {
+            let req = self.outstanding.remove(&(*slot, *id));
+            let overlapped = self.overlapped.remove(&(*slot, *id));
+            if let (Some(_), true, false, Some(req)) = (&self.chain, *ok, overlapped, req) {
+                if let (DiskOp::Read { sector, len }, Some(f)) = (req.op, self.disks.get(slot)) {
+                    // This copy holds every write replayed so far, as the leader's held its
+                    // own when it read.
+                    let mut mine = vec![0u8; len.min(data.len())];
+                    let same = mine.len() == data.len()
+                        && f.read_exact_at(&mut mine, sector.saturating_mul(512))
+                            .is_ok()
+                        && mine == *data;
+                    if !same && self.disk_differs.is_none() {
+                        self.disk_differs = Some(format!(
+                            "the leader read other data from disk {slot} at sector {sector} than this replica's copy holds"
+                        ));
+                    }
+                }
+            }
         }
     }
+}
+
+/// The error that ends this replica's follow when its group found it faulty at `count`.
+fn verdict(count: u64, how: u8, action: u8, injected: Option<(u64, Instant)>) -> PairError {
+    let what = if how == VOTE_DIGEST {
+        "its state digest"
+    } else {
+        "its outputs"
+    };
+    let latency = injected.map_or(String::new(), |(at, t)| {
+        format!(
+            "; its fault was injected at instruction {at}: detected {} instructions and {:.1} ms later",
+            count.saturating_sub(at),
+            t.elapsed().as_secs_f64() * 1e3
+        )
+    });
+    let why = format!(
+        "this replica was found faulty by the group at instruction {count} ({what} differ from the leader's){latency}"
+    );
+    if action == VERDICT_REJOIN {
+        return PairError::Outvoted(why);
+    }
+    PairError::Lost(format!(
+        "{why}; with two replicas neither can be trusted: the guest stops"
+    ))
 }
 
 /// Follow the primary at `primary_addr` in lockstep; go live when it dies (and, with `listen`,
@@ -452,12 +510,16 @@ pub fn follow_primary(
         outstanding: HashMap::new(),
         unreleased: VecDeque::new(),
         chain: votes.then(Chain::default),
+        disk_differs: None,
+        overlapped: Default::default(),
     };
     // A fault still to inject, and where and when one was.
     let mut inject = opts.inject.as_ref().and_then(|i| i.from_start(m.count()));
     let mut injected: Option<(u64, Instant)> = None;
     // The replay went astray (N-modular redundancy: reported, then the verdict awaited).
     let mut diverged = false;
+    // This replica's state digest differed from the leader's.
+    let mut differs = false;
     for (slot, path) in devices.disks.iter().enumerate() {
         let f = std::fs::OpenOptions::new()
             .read(true)
@@ -511,12 +573,24 @@ pub fn follow_primary(
                             let ours = *m.digest().as_bytes();
                             if ours != digest {
                                 eprintln!("ftvm: this replica's state digest at instruction {count} differs from the leader's");
+                                differs = true;
                             }
                             out.send_with(|s| s.vote(VOTE_DIGEST, count, ours, inj));
                             Applied::Digest
                         })
                     }
                     r => follow::apply(&mut m, r, &mut follower),
+                };
+                let applied = match (applied, follower.disk_differs.take()) {
+                    (Ok(_), Some(why)) => {
+                        // The leader's disk read gave other data than this replica's copy.
+                        eprintln!("ftvm: this replica's replay diverged: {why}");
+                        let hash = *blake3::hash(why.as_bytes()).as_bytes();
+                        out.send_with(|s| s.vote(VOTE_OUTPUTS, target, hash, inj));
+                        diverged = true;
+                        continue;
+                    }
+                    (a, _) => a,
                 };
                 let applied = match applied {
                     Ok(a) => a,
@@ -590,28 +664,8 @@ pub fn follow_primary(
                 }
             }
             Some(FromPrimary::Verdict { count, how, action }) => {
-                let what = if how == VOTE_DIGEST {
-                    "its state digest"
-                } else {
-                    "its outputs"
-                };
-                let latency = injected.map_or(String::new(), |(at, t)| {
-                    format!(
-                        "; its fault was injected at instruction {at}: detected {} instructions and {:.1} ms later",
-                        count.saturating_sub(at),
-                        t.elapsed().as_secs_f64() * 1e3
-                    )
-                });
-                let why = format!(
-                    "this replica was found faulty by the group at instruction {count} ({what} differ from the leader's){latency}"
-                );
                 out.broke();
-                if action == VERDICT_REJOIN {
-                    return Err(PairError::Outvoted(why));
-                }
-                return Err(PairError::Lost(format!(
-                    "{why}; with two replicas neither can be trusted: the guest stops"
-                )));
+                return Err(verdict(count, how, action, injected));
             }
             Some(FromPrimary::Gone) => gone = true,
             // Relayed frames follow the hand-over, after which this loop ends.
@@ -647,8 +701,20 @@ pub fn follow_primary(
     // Everything received is in the queue: replay it all (the catch-up, on the same path).
     // After a hand-over nothing is left: the primary sent nothing more.
     let mut ended = None;
+    if diverged {
+        // Only the group's verdict may still be in the queue for this replica.
+        while let Ok(msg) = rec_rx.try_recv() {
+            if let FromPrimary::Verdict { count, how, action } = msg {
+                return Err(verdict(count, how, action, injected));
+            }
+        }
+    }
     while handed_over.is_none() && !diverged {
         let Ok(msg) = rec_rx.try_recv() else { break };
+        if let FromPrimary::Verdict { count, how, action } = msg {
+            // The group's word came before the leader went: it stands.
+            return Err(verdict(count, how, action, injected));
+        }
         if let FromPrimary::Record(r) = msg {
             let applied = match r {
                 // A group's leader may be the faulty one: its digests are the group's to
@@ -686,6 +752,16 @@ pub fn follow_primary(
     // After a hand-over the primary has stopped its guest and releases nothing more: no lease
     // to wait out, no race.
     let generation = newest.load(Ordering::SeqCst);
+    if votes && handed_over.is_none() && (diverged || differs) {
+        // This replica disagreed with the leader before it went: with two, neither can be
+        // trusted; with more, another one that agreed should take the guest over first.
+        if cfg.replicas == Some(2) {
+            return Err(PairError::Lost(
+                "this replica disagreed with the leader before the leader went: with two replicas neither can be trusted; it stops".into(),
+            ));
+        }
+        std::thread::sleep(timing.dead * 3);
+    }
     if handed_over.is_none() {
         sleep_until(free_at);
         if !arbiter.test_and_set(generation, "backup")? {

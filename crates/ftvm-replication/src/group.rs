@@ -102,10 +102,18 @@ pub(crate) struct Member {
     dissent: Option<(u64, u8, [u8; 32])>,
     /// The count at which a fault was injected into it, as it told.
     injected: Option<u64>,
+    /// It joined a group that had members already, at this count: its state is a copy of the
+    /// leader's, unchecked. Its votes count only once another member's digest matched the
+    /// leader's at or after this count (the leader's state there was right), and only for
+    /// counts after it. `None`: it started the group.
+    joined_at: Option<u64>,
+    /// Its votes count (see `joined_at`).
+    trusted: bool,
 }
 
 impl Member {
-    pub(crate) fn new(id: u32, out: SendHalf<PrimarySide>, at: u64) -> Member {
+    /// A member attached at count `at`; `joined`: into a group with members already.
+    pub(crate) fn new(id: u32, out: SendHalf<PrimarySide>, at: u64, joined: bool) -> Member {
         Member {
             id,
             out,
@@ -115,7 +123,14 @@ impl Member {
             digest_ok: 0,
             dissent: None,
             injected: None,
+            joined_at: joined.then_some(at),
+            trusted: !joined,
         }
+    }
+
+    /// Whether this member's votes say the leader's outputs up to `count` are right.
+    fn vouches(&self, count: u64) -> bool {
+        self.trusted && self.outputs_ok >= count && self.joined_at.is_none_or(|j| count > j)
     }
 
     /// The leader's chain for this member after every output up to `count`.
@@ -129,7 +144,9 @@ impl Member {
 
     /// Whether this member confirms the leader at `count` for a dissent of kind `what`.
     fn confirms(&self, count: u64, what: u8) -> bool {
-        self.dissent.is_none()
+        self.trusted
+            && self.dissent.is_none()
+            && self.joined_at.is_none_or(|j| count > j)
             && (self.digest_ok >= count || (what == VOTE_OUTPUTS && self.outputs_ok >= count))
     }
 }
@@ -160,6 +177,11 @@ pub(crate) fn judge(members: &[Member]) -> Judgement {
             .filter(|(j, _)| *j != i)
             .map(|(_, o)| o)
             .collect();
+        if others.is_empty() {
+            return Judgement::Undecidable(i);
+        }
+        // A member not trusted yet has no say (its state is a copy of the leader's).
+        let others: Vec<&Member> = others.into_iter().filter(|o| o.trusted).collect();
         if others.is_empty() {
             return Judgement::Undecidable(i);
         }
@@ -228,6 +250,22 @@ impl GroupState {
                     }
                 } else {
                     m.digest_ok = m.digest_ok.max(count);
+                }
+            }
+        }
+        // A member that joined is trusted once another (trusted, agreeing) member's digest
+        // matched the leader's at or after its join.
+        for i in 0..self.members.len() {
+            if let Some(j) = self.members[i]
+                .joined_at
+                .filter(|_| !self.members[i].trusted)
+            {
+                let confirmed =
+                    self.members.iter().enumerate().any(|(k, o)| {
+                        k != i && o.trusted && o.dissent.is_none() && o.digest_ok >= j
+                    });
+                if confirmed {
+                    self.members[i].trusted = true;
                 }
             }
         }
@@ -340,6 +378,10 @@ impl GroupState {
                     what,
                     "with two replicas neither can be trusted: the guest stops on both",
                 );
+                // The generation first, so that the member can never go live, whether the verdict
+                // reaches it or not.
+                let generation = self.generation;
+                let won = self.arbiter.test_and_set(generation, "primary");
                 self.tell(i, count, what, VERDICT_STOP);
                 // It closes the link once it has the verdict; closing first could lose it (a
                 // reset discards what the peer has not read yet).
@@ -349,11 +391,13 @@ impl GroupState {
                 {
                     std::thread::sleep(Duration::from_millis(2));
                 }
-                // The member may have missed the verdict: winning its generation keeps it from
-                // ever going live.
-                let generation = self.generation;
-                let _ = self.arbiter.test_and_set(generation, "primary");
                 let m = self.remove(i);
+                if !matches!(won, Ok(true)) {
+                    tracing::warn!(
+                        generation,
+                        "the arbiter did not give this leader the generation of the member it stops"
+                    );
+                }
                 return Err(Box::new(PairError::Lost(format!(
                     "fault detected: replica {} and this replica disagree at instruction {count} ({}): no output after instruction {} left; the guest stops",
                     m.id,
@@ -408,7 +452,7 @@ impl GroupState {
         }
         let q = self.quorum();
         while let Some(c) = held.front().map(|h| h.0) {
-            let votes = 1 + self.members.iter().filter(|m| m.outputs_ok >= c).count();
+            let votes = 1 + self.members.iter().filter(|m| m.vouches(c)).count();
             if votes < q {
                 return;
             }
@@ -553,6 +597,8 @@ mod tests {
             digest_ok,
             dissent: dissent.map(|(c, w)| (c, w, [0; 32])),
             injected: None,
+            joined_at: None,
+            trusted: true,
         }
     }
 
@@ -595,6 +641,21 @@ mod tests {
             member(Some((100, VOTE_OUTPUTS)), 50, 0),
         ];
         assert_eq!(judge(&ms), Judgement::LeaderFaulty);
+    }
+
+    #[test]
+    fn a_member_that_joined_has_no_say_before_it_is_trusted() {
+        let mut joiner = member(None, 200, 0);
+        joiner.joined_at = Some(150);
+        joiner.trusted = false;
+        // Its state is the leader's copy: a dissenter is not outvoted by it...
+        let ms = [member(Some((100, VOTE_OUTPUTS)), 50, 0), joiner];
+        assert_eq!(judge(&ms), Judgement::Undecidable(0));
+        // ...nor vouches for outputs before it joined, even once trusted.
+        let mut j = member(None, 200, 0);
+        j.joined_at = Some(150);
+        assert!(!j.vouches(120) && j.vouches(180));
+        assert!(!j.confirms(120, VOTE_OUTPUTS) && j.confirms(180, VOTE_OUTPUTS));
     }
 
     #[test]

@@ -853,7 +853,8 @@ impl Protector {
             migration = Some((req.mode, Outcome(control.clone())));
         }
         // A follower joins its group's generation; a backup starts the next one.
-        let generation = match self.joining() {
+        let generation = match &self.group {
+            // The group's current generation (it moves on each time the leader wins one).
             Some(g) => g.lock().generation,
             None => self.next_generation,
         };
@@ -1169,45 +1170,54 @@ impl Protector {
         };
         // N-modular redundancy: a follower joins the group's log where it stands (the runner
         // marked it at this count), or starts a new group; a backup gets a log of its own.
-        let mut group_log = None;
-        let mut joined = None;
-        let log = match (self.replicas, self.joining().cloned()) {
-            (Some(_), Some(group)) => {
-                LogWriter::new(&mut writer, header)?;
-                let mut g = group.lock();
-                let id = g.next_id();
-                g.fanout.add(id, writer);
-                g.members.push(Member::new(id, out.clone(), m.count()));
-                joined = Some(id);
-                None
-            }
-            (Some(replicas), None) => {
-                let fanout = Fanout::default();
-                let group = Group::new(
-                    replicas,
-                    t.generation,
-                    self.arbiter.clone(),
-                    fanout.clone(),
-                    self.max_lag,
-                );
-                let id = group.lock().next_id();
-                fanout.add(id, writer);
-                group
-                    .lock()
-                    .members
-                    .push(Member::new(id, out.clone(), m.count()));
-                self.group = Some(group.clone());
-                group_log = Some(group);
-                Some(LogWriter::new(Box::new(fanout) as Box<dyn Write>, header)?)
-            }
-            (None, _) => Some(LogWriter::new(Box::new(writer) as Box<dyn Write>, header)?),
-        };
         if out.with(|s| s.is_dead(now_ns())) {
             return Err(PairError::Protocol(
                 "the backup stopped receiving while its state was sent".into(),
             ));
         }
         out.set_write_limit(self.timing.dead)?;
+        let mut group_log = None;
+        let mut joined = None;
+        let log = match (self.replicas, self.joining().cloned()) {
+            (Some(_), Some(group)) => {
+                LogWriter::new(&mut writer, header)?;
+                let mut g = group.lock();
+                if g.generation != t.generation {
+                    // The group moved on while this member was brought up to date: it belongs
+                    // to the current generation (it adopts the stamp of what it receives).
+                    out.with(|s| s.set_generation(g.generation));
+                    out.set_generation(g.generation);
+                }
+                let id = g.next_id();
+                g.fanout.add(id, writer);
+                g.members
+                    .push(Member::new(id, out.clone(), m.count(), true));
+                joined = Some(id);
+                None
+            }
+            (Some(replicas), None) => {
+                // The group is the runner's and the protector's only once its log started.
+                let fanout = Fanout::default();
+                fanout.add(1, writer);
+                let log = LogWriter::new(Box::new(fanout.clone()) as Box<dyn Write>, header)?;
+                let group = Group::new(
+                    replicas,
+                    t.generation,
+                    self.arbiter.clone(),
+                    fanout,
+                    self.max_lag,
+                );
+                let id = group.lock().next_id();
+                group
+                    .lock()
+                    .members
+                    .push(Member::new(id, out.clone(), m.count(), false));
+                self.group = Some(group.clone());
+                group_log = Some(group);
+                Some(log)
+            }
+            (None, _) => Some(LogWriter::new(Box::new(writer) as Box<dyn Write>, header)?),
+        };
         t.cut.0 = None;
         // The sending thread ends with its queue.
         drop(t.jobs);

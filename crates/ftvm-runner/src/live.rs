@@ -612,6 +612,21 @@ pub fn live(
             }
             last_mark = count;
         }
+        // Before anything else at this count takes effect (as a follower injects: after the
+        // outputs taken here, before the inputs).
+        if inject.as_ref().is_some_and(|i| i.at == m.count()) {
+            if let Some(i) = inject.take() {
+                i.done();
+                // A soft error, modelled: one bit of this replica's state flips here.
+                match m.inject(&i.fault) {
+                    Ok(what) => eprintln!(
+                        "\r\nftvm: fault injected at instruction {}: {what}\r",
+                        m.count()
+                    ),
+                    Err(e) => eprintln!("\r\nftvm: the fault {} was not injected: {e}\r", i.fault),
+                }
+            }
+        }
         if let Some(st) = &mut gate.status {
             let (role, peer) = match &gate.link {
                 Some(l) => ("primary", Some(l.acked())),
@@ -655,10 +670,21 @@ pub fn live(
                                     t0.elapsed().as_secs_f64() * 1e3
                                 );
                             }
-                            Ok(Attached::Joined) => eprintln!(
-                                "\r\nftvm: a replica joined; the guest paused {:.1} ms\r",
-                                t0.elapsed().as_secs_f64() * 1e3
-                            ),
+                            Ok(Attached::Joined) => {
+                                // A digest right where it joined: the members that were
+                                // there check the state it copied.
+                                let (count, digest) = (m.count(), *m.digest().as_bytes());
+                                if let Some(link) = &gate.link {
+                                    link.digest(count, digest);
+                                }
+                                if let Some(log) = &mut feed.log {
+                                    log.record(Record::Digest { count, digest })?;
+                                }
+                                eprintln!(
+                                    "\r\nftvm: a replica joined; the guest paused {:.1} ms\r",
+                                    t0.elapsed().as_secs_f64() * 1e3
+                                );
+                            }
                             Err(e) => eprintln!("\r\nftvm: a backup could not attach: {e}\r"),
                         }
                     }
@@ -678,19 +704,6 @@ pub fn live(
             // Live migration: the guest stops here and goes on on the backup.
             handed_over = true;
             break 0;
-        }
-        if inject.as_ref().is_some_and(|i| i.at == m.count()) {
-            if let Some(i) = inject.take() {
-                i.done();
-                // A soft error, modelled: one bit of this replica's state flips here.
-                match m.inject(&i.fault) {
-                    Ok(what) => eprintln!(
-                        "\r\nftvm: fault injected at instruction {}: {what}\r",
-                        m.count()
-                    ),
-                    Err(e) => eprintln!("\r\nftvm: the fault {} was not injected: {e}\r", i.fault),
-                }
-            }
         }
         match exit {
             RunExit::Yield | RunExit::Output => {}
@@ -846,7 +859,16 @@ pub fn live(
     };
     // What the guest sent last still waits for the backup (a short while at most).
     let count = m.count();
-    for out in m.take_outputs() {
+    let outputs = m.take_outputs();
+    if let Some(link) = gate
+        .link
+        .as_ref()
+        .filter(|l| l.votes() && !outputs.is_empty())
+    {
+        let hashes: Vec<[u8; 32]> = outputs.iter().map(crate::vote::output_hash).collect();
+        link.outputs(count, &hashes);
+    }
+    for out in outputs {
         match out {
             Output::Console(_) if gate.link.is_some() => {
                 gate.held.push_back((count, Instant::now(), out))
