@@ -171,17 +171,14 @@ pub(crate) fn judge(members: &[Member]) -> Judgement {
         let Some((count, what, _)) = m.dissent else {
             continue;
         };
+        // The other members with a say (one that joined and is not trusted yet is a copy of
+        // the leader's state).
         let others: Vec<&Member> = members
             .iter()
             .enumerate()
-            .filter(|(j, _)| *j != i)
+            .filter(|(j, o)| *j != i && o.trusted)
             .map(|(_, o)| o)
             .collect();
-        if others.is_empty() {
-            return Judgement::Undecidable(i);
-        }
-        // A member not trusted yet has no say (its state is a copy of the leader's).
-        let others: Vec<&Member> = others.into_iter().filter(|o| o.trusted).collect();
         if others.is_empty() {
             return Judgement::Undecidable(i);
         }

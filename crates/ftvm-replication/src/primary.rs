@@ -1198,16 +1198,16 @@ impl Protector {
             (Some(replicas), None) => {
                 // The group is the runner's and the protector's only once its log started.
                 let fanout = Fanout::default();
-                fanout.add(1, writer);
-                let log = LogWriter::new(Box::new(fanout.clone()) as Box<dyn Write>, header)?;
                 let group = Group::new(
                     replicas,
                     t.generation,
                     self.arbiter.clone(),
-                    fanout,
+                    fanout.clone(),
                     self.max_lag,
                 );
                 let id = group.lock().next_id();
+                fanout.add(id, writer);
+                let log = LogWriter::new(Box::new(fanout) as Box<dyn Write>, header)?;
                 group
                     .lock()
                     .members

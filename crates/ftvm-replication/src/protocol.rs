@@ -299,10 +299,6 @@ impl PrimarySide {
         self.generation = generation;
     }
 
-    pub fn generation(&self) -> u64 {
-        self.generation
-    }
-
     /// Tell the backup it was found faulty, if this side still talks; this side is fenced
     /// from then on (the caller closes the link).
     pub fn verdict(&mut self, count: u64, how: u8, action: u8) -> Option<Msg> {

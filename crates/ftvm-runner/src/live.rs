@@ -310,15 +310,7 @@ impl Pending {
         loop {
             self.deliver_disk_done(m, feed)?;
             // A completion may let the device start the next queued request.
-            let outputs = m.take_outputs();
-            if let Some(link) = gate
-                .link
-                .as_ref()
-                .filter(|l| l.votes() && !outputs.is_empty())
-            {
-                let hashes: Vec<[u8; 32]> = outputs.iter().map(crate::vote::output_hash).collect();
-                link.outputs(m.count(), &hashes);
-            }
+            let outputs = gate.take_outputs(m);
             for out in outputs {
                 match out {
                     Output::Device(DeviceOutput::Disk(req)) => submit(backends, self, req),
@@ -453,6 +445,21 @@ fn emit(out: Output, con: &mut Console, backends: &Backends) {
 }
 
 impl Gate {
+    /// The machine's outputs; when replicas vote, the link is told their hashes first (every
+    /// output, disk requests included, at the count where it was taken).
+    fn take_outputs(&self, m: &mut Machine) -> Vec<Output> {
+        let outputs = m.take_outputs();
+        if let Some(link) = self
+            .link
+            .as_ref()
+            .filter(|l| l.votes() && !outputs.is_empty())
+        {
+            let hashes: Vec<[u8; 32]> = outputs.iter().map(crate::vote::output_hash).collect();
+            link.outputs(m.count(), &hashes);
+        }
+        outputs
+    }
+
     /// Look at the link to the backup, if any: send out the held outputs it acknowledged
     /// (noting how long each waited), or, when the backup is gone and this side won the
     /// arbiter, drop the link and send them all. False when the backup has just gone.
@@ -583,16 +590,7 @@ pub fn live(
         let was_idle = matches!(exit, RunExit::Idle { .. });
         let count = m.count();
         let mut held_new = false;
-        let outputs = m.take_outputs();
-        if let Some(link) = gate
-            .link
-            .as_ref()
-            .filter(|l| l.votes() && !outputs.is_empty())
-        {
-            // The replicas vote on every output, disk requests included.
-            let hashes: Vec<[u8; 32]> = outputs.iter().map(crate::vote::output_hash).collect();
-            link.outputs(count, &hashes);
-        }
+        let outputs = gate.take_outputs(&mut m);
         for out in outputs {
             match out {
                 Output::Device(DeviceOutput::Disk(req)) => submit(&backends, &mut pending, req),
@@ -859,15 +857,7 @@ pub fn live(
     };
     // What the guest sent last still waits for the backup (a short while at most).
     let count = m.count();
-    let outputs = m.take_outputs();
-    if let Some(link) = gate
-        .link
-        .as_ref()
-        .filter(|l| l.votes() && !outputs.is_empty())
-    {
-        let hashes: Vec<[u8; 32]> = outputs.iter().map(crate::vote::output_hash).collect();
-        link.outputs(count, &hashes);
-    }
+    let outputs = gate.take_outputs(&mut m);
     for out in outputs {
         match out {
             Output::Console(_) if gate.link.is_some() => {

@@ -8,7 +8,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::lab::*;
@@ -39,6 +38,24 @@ fn says(lab: &Lab, name: &str, what: &str, limit: Duration) -> String {
     }
 }
 
+/// The first line of `err` that holds `what`.
+fn line_with(err: &str, what: &str) -> String {
+    err.lines()
+        .find(|l| l.contains(what))
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+/// Which follower went live (exactly one must have).
+fn the_live_follower(g: &Group) -> usize {
+    let live: Vec<usize> = (0..2)
+        .filter(|&i| stderr_of(&g.lab, ["f1", "f2"][i]).contains("backup live at instruction"))
+        .collect();
+    assert_eq!(live.len(), 1, "one follower goes live\n{}", context(&g.lab));
+    live[0]
+}
+
 fn context(lab: &Lab) -> String {
     ["leader", "f1", "f2"]
         .iter()
@@ -53,7 +70,7 @@ fn member(lab: &Lab, ns: usize, name: &str, role: &[&str], n: &str, arbiter: &st
     blank_disk(&disk);
     let mut args = role.to_vec();
     args.extend_from_slice(&["--replicas", n, "--digest-every", DIGEST_EVERY]);
-    let mut p = side(lab, ns, name, &args, Path::new(&disk), arbiter);
+    let mut p = side(lab, ns, name, &args, &disk, arbiter);
     if ns != 1 {
         // A follower's console output is never read.
         let mut out = p.c().stdout.take().unwrap();
@@ -164,12 +181,7 @@ fn tmr_outvotes_a_follower_whose_register_flipped_and_repairs_it() {
         "the leader stopped\n{}",
         context(&g.lab)
     );
-    let line = err
-        .lines()
-        .find(|l| l.contains("fault detected"))
-        .unwrap_or_default()
-        .trim()
-        .to_string();
+    let line = line_with(&err, "fault detected");
     eprintln!("{keys} keys read back; {line}");
     poweroff(&mut g.leader);
 }
@@ -187,14 +199,10 @@ fn tmr_finds_a_ram_flip_that_changes_no_output_by_its_digests() {
         "fault detected: replica 2",
         Duration::from_secs(60),
     );
-    let line = err
-        .lines()
-        .find(|l| l.contains("fault detected"))
-        .unwrap_or_default()
-        .to_string();
+    let line = line_with(&err, "fault detected");
     assert!(line.contains("state digest"), "{line}");
     let keys = client.finish(Duration::from_secs(60), &|| context(&g.lab));
-    eprintln!("{keys} keys read back; {}", line.trim());
+    eprintln!("{keys} keys read back; {line}");
     poweroff(&mut g.leader);
 }
 
@@ -206,25 +214,25 @@ fn dmr_detects_a_mismatch_and_stops_both_replicas() {
     // f1 attaches at the boot: the fault comes after the guest is ready.
     let mut g = group("x", 2, Some("x2:40@+700000000"));
     let mut client = Client::start(&g.lab, 30);
-    let st = exits_within(&mut g.leader, Duration::from_secs(60));
-    assert!(
-        st.is_some_and(|s| !s.success()),
-        "the leader: {st:?}\n{}",
-        context(&g.lab)
+    let ctx = || context(&g.lab);
+    let why = ["neither can be trusted", "no output after instruction"];
+    stops_saying(
+        &g.lab,
+        &mut g.leader,
+        "leader",
+        Duration::from_secs(60),
+        &why,
+        &ctx,
     );
-    let err = stderr_of(&g.lab, "leader");
-    assert!(
-        err.contains("neither can be trusted") && err.contains("no output after instruction"),
-        "{}",
-        context(&g.lab)
+    let why = ["neither can be trusted"];
+    stops_saying(
+        &g.lab,
+        &mut g.followers[0],
+        "f1",
+        Duration::from_secs(20),
+        &why,
+        &ctx,
     );
-    let st = exits_within(&mut g.followers[0], Duration::from_secs(20));
-    assert!(
-        st.is_some_and(|s| !s.success()),
-        "the follower: {st:?}\n{}",
-        context(&g.lab)
-    );
-    assert!(stderr_of(&g.lab, "f1").contains("neither can be trusted"));
     // The client's connection stalls (no replica answers any more): every reply it got was
     // right (it checks each one), none was wrong.
     let _ = client.acks_for(Duration::from_secs(2));
@@ -248,13 +256,9 @@ fn tmr_fails_over_when_the_leader_is_killed() {
     assert!(client.acks_for(Duration::from_secs(3)) > 0, "no writes");
     signal(g.leader.c(), libc::SIGKILL);
     let keys = client.finish(Duration::from_secs(60), &|| context(&g.lab));
-    let live: Vec<usize> = (0..2)
-        .filter(|&i| stderr_of(&g.lab, ["f1", "f2"][i]).contains("backup live at instruction"))
-        .collect();
-    assert_eq!(live.len(), 1, "one follower goes live\n{}", context(&g.lab));
+    let live = the_live_follower(&g);
     eprintln!("{keys} keys read back after the leader was killed");
-    let i = live[0];
-    poweroff(&mut g.followers[i]);
+    poweroff(&mut g.followers[live]);
 }
 
 /// TMR: a register flip in the leader: both followers disagree with it, so the leader is
@@ -265,29 +269,18 @@ fn tmr_outvotes_a_faulty_leader_and_a_follower_takes_over() {
     let _one = serial();
     let mut g = group_with("z", 3, None, Some("x2:40@+450000000"));
     let mut client = Client::start(&g.lab, 12);
-    let st = exits_within(&mut g.leader, Duration::from_secs(90));
-    assert!(
-        st.is_some_and(|s| !s.success()),
-        "the leader: {st:?}\n{}",
-        context(&g.lab)
-    );
-    let err = stderr_of(&g.lab, "leader");
-    assert!(
-        err.contains("fault injected") && err.contains("it is outvoted and stops"),
-        "{}",
-        context(&g.lab)
+    let why = ["fault injected", "it is outvoted and stops"];
+    stops_saying(
+        &g.lab,
+        &mut g.leader,
+        "leader",
+        Duration::from_secs(90),
+        &why,
+        &|| context(&g.lab),
     );
     let keys = client.finish(Duration::from_secs(60), &|| context(&g.lab));
-    let live: Vec<usize> = (0..2)
-        .filter(|&i| stderr_of(&g.lab, ["f1", "f2"][i]).contains("backup live at instruction"))
-        .collect();
-    assert_eq!(live.len(), 1, "one follower goes live\n{}", context(&g.lab));
-    let line = err
-        .lines()
-        .find(|l| l.contains("outvoted"))
-        .unwrap_or_default()
-        .trim()
-        .to_string();
+    let live = the_live_follower(&g);
+    let line = line_with(&stderr_of(&g.lab, "leader"), "outvoted");
     eprintln!("{keys} keys read back; {line}");
-    poweroff(&mut g.followers[live[0]]);
+    poweroff(&mut g.followers[live]);
 }

@@ -70,53 +70,14 @@ impl Lab {
         .into_iter()
         .enumerate()
         {
-            let ns = &lab.ns[host];
-            let (up, down) = (format!("fu{id}x{i}"), format!("fd{id}x{i}"));
-            sh(&[
-                "ip", "link", "add", &up, "type", "veth", "peer", "name", &down,
-            ]);
-            sh(&["ip", "link", "set", &down, "netns", sw]);
-            sh(&["ip", "link", "set", &up, "netns", ns]);
-            sh(&[
-                "ip", "netns", "exec", sw, "ip", "link", "set", &down, "master", "br0",
-            ]);
-            sh(&["ip", "netns", "exec", sw, "ip", "link", "set", &down, "up"]);
-            let x = |args: &[&str]| {
-                let mut v = vec!["ip", "netns", "exec", ns.as_str()];
-                v.extend_from_slice(args);
-                sh(&v);
-            };
-            if host == 3 {
-                x(&["ip", "addr", "add", ip, "dev", &up]);
-                x(&["ip", "link", "set", &up, "up"]);
-            } else {
-                // A host: its uplink and the guest's TAP on a bridge of its own.
-                x(&["ip", "link", "add", "brh", "type", "bridge"]);
-                x(&["ip", "link", "set", &up, "master", "brh"]);
-                x(&["ip", "tuntap", "add", "dev", "ftap0", "mode", "tap"]);
-                x(&["ip", "link", "set", "ftap0", "master", "brh"]);
-                x(&["ip", "addr", "add", ip, "dev", "brh"]);
-                for d in ["brh", up.as_str(), "ftap0"] {
-                    x(&["ip", "link", "set", d, "up"]);
-                }
-            }
+            // Hosts 1 and 2 run guests: their uplink and the guest's TAP on a bridge of their own.
+            lab.uplink(&lab.ns[host], i, ip, host != 3);
         }
         // A dedicated replication link between the two hosts (as an FT logging network).
-        let (ra, rb) = (format!("fr{id}a"), format!("fr{id}b"));
-        sh(&[
-            "ip", "link", "add", &ra, "type", "veth", "peer", "name", &rb,
-        ]);
-        sh(&["ip", "link", "set", &ra, "netns", &lab.ns[1]]);
-        sh(&["ip", "link", "set", &rb, "netns", &lab.ns[2]]);
-        for (ns, dev, ip) in [
-            (&lab.ns[1], &ra, "10.80.0.1/24"),
-            (&lab.ns[2], &rb, "10.80.0.2/24"),
-        ] {
-            sh(&[
-                "ip", "netns", "exec", ns, "ip", "addr", "add", ip, "dev", dev,
-            ]);
-            sh(&["ip", "netns", "exec", ns, "ip", "link", "set", dev, "up"]);
-        }
+        lab.wire(
+            (&lab.ns[1], &format!("fr{id}a"), "10.80.0.1/24"),
+            (&lab.ns[2], &format!("fr{id}b"), "10.80.0.2/24"),
+        );
         std::fs::write(lab.dir.join("psk"), b"ftvm test pre-shared key 0123456789").unwrap();
         lab
     }
@@ -129,46 +90,61 @@ impl Lab {
         let ns = format!("ftvm-fth{id}");
         sh(&["ip", "netns", "add", &ns]);
         sh(&["ip", "netns", "exec", &ns, "ip", "link", "set", "lo", "up"]);
-        let sw = self.ns[0].clone();
-        let (up, down) = (format!("fu{id}x3"), format!("fd{id}x3"));
+        self.uplink(&ns, 3, "10.79.0.4/24", true);
+        self.wire(
+            (&self.ns[1], &format!("fr{id}c"), "10.81.0.1/24"),
+            (&ns, &format!("fr{id}d"), "10.81.0.3/24"),
+        );
+        self.ns.push(ns);
+    }
+
+    /// Host `ns` on the guests' network (the switch's bridge) through veth number `i`, with
+    /// address `ip`; with `guest`, on a bridge of its own that holds the guest's TAP too.
+    fn uplink(&self, ns: &str, i: usize, ip: &str, guest: bool) {
+        let (id, sw) = (&self.id, &self.ns[0]);
+        let (up, down) = (format!("fu{id}x{i}"), format!("fd{id}x{i}"));
         sh(&[
             "ip", "link", "add", &up, "type", "veth", "peer", "name", &down,
         ]);
-        sh(&["ip", "link", "set", &down, "netns", &sw]);
-        sh(&["ip", "link", "set", &up, "netns", &ns]);
+        sh(&["ip", "link", "set", &down, "netns", sw]);
+        sh(&["ip", "link", "set", &up, "netns", ns]);
         sh(&[
-            "ip", "netns", "exec", &sw, "ip", "link", "set", &down, "master", "br0",
+            "ip", "netns", "exec", sw, "ip", "link", "set", &down, "master", "br0",
         ]);
-        sh(&["ip", "netns", "exec", &sw, "ip", "link", "set", &down, "up"]);
+        sh(&["ip", "netns", "exec", sw, "ip", "link", "set", &down, "up"]);
         let x = |args: &[&str]| {
-            let mut v = vec!["ip", "netns", "exec", ns.as_str()];
+            let mut v = vec!["ip", "netns", "exec", ns];
             v.extend_from_slice(args);
             sh(&v);
         };
+        if !guest {
+            x(&["ip", "addr", "add", ip, "dev", &up]);
+            x(&["ip", "link", "set", &up, "up"]);
+            return;
+        }
         x(&["ip", "link", "add", "brh", "type", "bridge"]);
         x(&["ip", "link", "set", &up, "master", "brh"]);
         x(&["ip", "tuntap", "add", "dev", "ftap0", "mode", "tap"]);
         x(&["ip", "link", "set", "ftap0", "master", "brh"]);
-        x(&["ip", "addr", "add", "10.79.0.4/24", "dev", "brh"]);
+        x(&["ip", "addr", "add", ip, "dev", "brh"]);
         for d in ["brh", up.as_str(), "ftap0"] {
             x(&["ip", "link", "set", d, "up"]);
         }
-        let (ra, rb) = (format!("fr{id}c"), format!("fr{id}d"));
+    }
+
+    /// A point-to-point link (a veth pair) between two hosts: `(namespace, device, address)`
+    /// for each end.
+    fn wire(&self, a: (&str, &str, &str), b: (&str, &str, &str)) {
         sh(&[
-            "ip", "link", "add", &ra, "type", "veth", "peer", "name", &rb,
+            "ip", "link", "add", a.1, "type", "veth", "peer", "name", b.1,
         ]);
-        sh(&["ip", "link", "set", &ra, "netns", &self.ns[1]]);
-        sh(&["ip", "link", "set", &rb, "netns", &ns]);
-        for (n, dev, ip) in [
-            (&self.ns[1], &ra, "10.81.0.1/24"),
-            (&ns, &rb, "10.81.0.3/24"),
-        ] {
+        for (ns, dev, ip) in [a, b] {
+            sh(&["ip", "link", "set", dev, "netns", ns]);
             sh(&[
-                "ip", "netns", "exec", n, "ip", "addr", "add", ip, "dev", dev,
+                "ip", "netns", "exec", ns, "ip", "addr", "add", ip, "dev", dev,
             ]);
-            sh(&["ip", "netns", "exec", n, "ip", "link", "set", dev, "up"]);
+            sh(&["ip", "netns", "exec", ns, "ip", "link", "set", dev, "up"]);
         }
-        self.ns.push(ns);
     }
 
     /// An etcd server (Debian's etcd-server) on the client host, which both hosts reach over
@@ -659,7 +635,7 @@ pub fn exits_within(p: &mut Proc, limit: Duration) -> Option<std::process::ExitS
     }
 }
 
-/// A thawed side `name` must exit non-zero within `limit`, saying all of `why`.
+/// The side `name` (a thawed one, say) must exit non-zero within `limit`, saying all of `why`.
 pub fn stops_saying(
     lab: &Lab,
     p: &mut Proc,
@@ -671,13 +647,13 @@ pub fn stops_saying(
     let st = exits_within(p, limit);
     assert!(
         st.is_some_and(|s| !s.success()),
-        "the thawed {name} still runs (or exited 0): {st:?}\n{}",
+        "{name} still runs (or exited 0): {st:?}\n{}",
         context()
     );
     let err = stderr_of(lab, name);
     assert!(
         why.iter().all(|w| err.contains(w)),
-        "the thawed {name} does not say why it stopped:\n{err}"
+        "{name} does not say why it stopped:\n{err}"
     );
 }
 
