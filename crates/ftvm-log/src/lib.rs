@@ -306,6 +306,9 @@ pub struct LogWriter<W: Write = BufWriter<File>> {
     batch: Option<(u64, Vec<Input>)>,
     pub bytes: u64,
     pub events: u64,
+    /// When set, every record written after the header is kept here too (as it was framed:
+    /// inputs gathered by count), for a replica that may have to re-execute what it logged.
+    pub kept: Option<Vec<Record>>,
 }
 
 impl LogWriter {
@@ -325,6 +328,7 @@ impl<W: Write> LogWriter<W> {
             batch: None,
             bytes: 12,
             events: 0,
+            kept: None,
         };
         w.frame(&encode(&header, 0))?;
         w.out.flush()?;
@@ -345,6 +349,9 @@ impl<W: Write> LogWriter<W> {
             let body = encode(&r, self.prev);
             self.prev = count;
             self.frame(&body)?;
+            if let Some(kept) = &mut self.kept {
+                kept.push(r);
+            }
         }
         Ok(())
     }
@@ -369,6 +376,9 @@ impl<W: Write> LogWriter<W> {
         self.prev = r.count();
         self.frame(&body)?;
         self.out.flush()?;
+        if let Some(kept) = &mut self.kept {
+            kept.push(r);
+        }
         Ok(())
     }
 
@@ -688,6 +698,33 @@ mod tests {
                 format!("log version {v} is not supported (this ftvm reads versions 1 to 2)")
             );
         }
+    }
+
+    #[test]
+    fn a_writer_keeps_what_it_framed_when_asked() {
+        let header = Record::Mark { count: 5 };
+        let mut w = LogWriter::new(Vec::new(), header).unwrap();
+        w.input(6, &Input::Time { ticks: 1 }).unwrap();
+        w.kept = Some(Vec::new());
+        w.input(7, &Input::Time { ticks: 2 }).unwrap();
+        w.input(7, &Input::Time { ticks: 3 }).unwrap();
+        w.mark(8).unwrap();
+        let kept = w.kept.take().unwrap();
+        // The batch at 6 was framed after keeping began: kept, as framed.
+        assert_eq!(
+            kept,
+            vec![
+                Record::Input {
+                    count: 6,
+                    inputs: vec![Input::Time { ticks: 1 }]
+                },
+                Record::Input {
+                    count: 7,
+                    inputs: vec![Input::Time { ticks: 2 }, Input::Time { ticks: 3 }]
+                },
+                Record::Mark { count: 8 },
+            ]
+        );
     }
 
     #[test]

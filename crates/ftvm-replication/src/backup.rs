@@ -15,13 +15,15 @@ use ftvm_host::HostEvent;
 use ftvm_log::{LogReader, Next, Record};
 use ftvm_machine::{DeviceOutput, DiskOp, DiskRequest, Input, Machine, Output};
 use ftvm_runner::follow::{self, Applied, Sink};
+use ftvm_runner::recheck::{Rechecker, Request, What};
 use ftvm_runner::status::StatusFile;
 use ftvm_runner::vote::{output_hash, Chain};
 use ftvm_runner::FollowError;
 use ftvm_runner::{Backends, Devices, Ended, Event, Feeder, Gate, Options};
 
 use crate::channel::{
-    Channel, ChannelError, Hello, Msg, Role, VERDICT_REJOIN, VOTE_DIGEST, VOTE_OUTPUTS,
+    Channel, ChannelError, Hello, Msg, Role, VERDICT_REJOIN, VERDICT_TAKE_OVER, VOTE_DIGEST,
+    VOTE_OUTPUTS, VOTE_RECHECKED_DIGEST, VOTE_RECHECKED_OUTPUTS,
 };
 use crate::lease::{now_ns, sleep_until};
 use crate::link::SendHalf;
@@ -61,11 +63,18 @@ enum FromPrimary {
         slot: usize,
         frame: Vec<u8>,
     },
-    /// The group found this replica faulty (N-modular redundancy).
+    /// The group found this replica faulty (N-modular redundancy), or the leader (two
+    /// replicas, after a re-execution: [`VERDICT_TAKE_OVER`]).
     Verdict {
         count: u64,
         how: u8,
         action: u8,
+    },
+    /// Two replicas disagree: re-execute from `from` to `to` and vote the result.
+    Recheck {
+        from: u64,
+        to: u64,
+        how: u8,
     },
     Gone,
 }
@@ -513,6 +522,9 @@ pub fn follow_primary(
         disk_differs: None,
         overlapped: Default::default(),
     };
+    // Two replicas: checkpoints where this replica's state matched the leader's, and the log
+    // since, to re-execute when they disagree.
+    let mut rechecker = (cfg.replicas == Some(2)).then(|| Rechecker::new(&m, [0; 32]));
     // A fault still to inject, and where and when one was.
     let mut inject = opts.inject.as_ref().and_then(|i| i.from_start(m.count()));
     let mut injected: Option<(u64, Instant)> = None;
@@ -547,14 +559,24 @@ pub fn follow_primary(
         };
         match msg {
             Some(FromPrimary::Record(r)) => {
+                if let Some(rc) = &mut rechecker {
+                    rc.record(r.clone());
+                }
                 if let Some(i) = inject.take_if(|i| r.count() >= i.at) {
                     i.done();
                     // A soft error, modelled: one bit of this replica's state flips here.
                     follow::run_to(&mut m, i.at, &mut follower)?;
                     match m.inject(&i.fault) {
                         Ok(what) => {
-                            eprintln!("ftvm: fault injected at instruction {}: {what}", i.at);
+                            eprintln!(
+                                "ftvm: fault injected at instruction {}: {what}{}",
+                                i.at,
+                                if i.persists { " (it persists)" } else { "" }
+                            );
                             injected = Some((i.at, Instant::now()));
+                            if let (true, Some(rc)) = (i.persists, &mut rechecker) {
+                                rc.persistent(i.at, i.fault);
+                            }
                         }
                         Err(e) => eprintln!("ftvm: the fault {} was not injected: {e}", i.fault),
                     }
@@ -574,6 +596,9 @@ pub fn follow_primary(
                             if ours != digest {
                                 eprintln!("ftvm: this replica's state digest at instruction {count} differs from the leader's");
                                 differs = true;
+                            } else if let (Some(rc), false) = (&mut rechecker, differs) {
+                                // Both agree here: a checkpoint to re-execute from.
+                                rc.checkpoint(&m, follower.chain.unwrap_or_default().0);
                             }
                             out.send_with(|s| s.vote(VOTE_DIGEST, count, ours, inj));
                             Applied::Digest
@@ -600,7 +625,7 @@ pub fn follow_primary(
                         // Its own fault, most likely (the group decides): a vote that cannot
                         // match the leader's, then nothing more until the verdict.
                         eprintln!("ftvm: this replica's replay diverged: {e}");
-                        let hash = *blake3::hash(e.to_string().as_bytes()).as_bytes();
+                        let hash = ftvm_runner::vote::divergence(&e);
                         out.send_with(|s| s.vote(VOTE_OUTPUTS, target, hash, inj));
                         diverged = true;
                         continue;
@@ -663,9 +688,53 @@ pub fn follow_primary(
                     postcopy = Some((missing, pages));
                 }
             }
+            Some(FromPrimary::Verdict {
+                action: VERDICT_TAKE_OVER,
+                ..
+            }) => {
+                // The leader was the faulty one: this replica's state is right after all (where
+                // its replay parted from the faulty leader's log, it stays).
+                eprintln!("ftvm: the leader was found faulty by re-execution: this replica takes the guest over");
+                (diverged, differs, gone) = (false, false, true);
+            }
             Some(FromPrimary::Verdict { count, how, action }) => {
                 out.broke();
                 return Err(verdict(count, how, action, injected));
+            }
+            Some(FromPrimary::Recheck { from, to, how }) => {
+                let what = if how == VOTE_DIGEST {
+                    What::Digest
+                } else {
+                    What::Outputs
+                };
+                let req = Request {
+                    from,
+                    base: None,
+                    to,
+                    what,
+                };
+                let t0 = Instant::now();
+                let result = match &rechecker {
+                    Some(rc) => rc.reexecute(&req).map_err(|e| e.to_string()),
+                    None => Err("this replica keeps no checkpoints".to_string()),
+                };
+                let hash = match &result {
+                    Ok(h) => *h,
+                    // A result that matches nobody's: the group cannot settle it.
+                    Err(e) => *blake3::hash(e.as_bytes()).as_bytes(),
+                };
+                eprintln!(
+                    "ftvm: the replicas disagree at instruction {to}: re-executed from instruction {from} in {:.1} ms{}",
+                    t0.elapsed().as_secs_f64() * 1e3,
+                    result.err().map_or(String::new(), |e| format!(": {e}"))
+                );
+                let kind = if how == VOTE_DIGEST {
+                    VOTE_RECHECKED_DIGEST
+                } else {
+                    VOTE_RECHECKED_OUTPUTS
+                };
+                let inj = injected.map_or(u64::MAX, |(c, _)| c);
+                out.send_with(|s| s.vote(kind, to, hash, inj));
             }
             Some(FromPrimary::Gone) => gone = true,
             // Relayed frames follow the hand-over, after which this loop ends.
@@ -712,6 +781,11 @@ pub fn follow_primary(
     while handed_over.is_none() && !diverged {
         let Ok(msg) = rec_rx.try_recv() else { break };
         if let FromPrimary::Verdict { count, how, action } = msg {
+            if action == VERDICT_TAKE_OVER {
+                // The leader found itself faulty: this replica's state is the right one.
+                differs = false;
+                continue;
+            }
             // The group's word came before the leader went: it stands.
             return Err(verdict(count, how, action, injected));
         }
@@ -933,6 +1007,10 @@ fn receive_log(
                     (Received::Verdict { count, how, action }, _) => {
                         let _ = records.send(FromPrimary::Verdict { count, how, action });
                         return Ok(());
+                    }
+                    (Received::Recheck { from, to, how }, _) => {
+                        let _ = records.send(FromPrimary::Recheck { from, to, how });
+                        continue;
                     }
                     (
                         Received::HandOver {

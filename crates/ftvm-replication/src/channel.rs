@@ -197,18 +197,31 @@ pub enum Msg {
     /// N-modular redundancy (primary to backup): the replicas' votes found this one faulty at
     /// `count` (`how`: [`VOTE_OUTPUTS`] or [`VOTE_DIGEST`]). `action` [`VERDICT_REJOIN`]: it is
     /// cut off and attaches again from the majority's state; [`VERDICT_STOP`]: two replicas
-    /// disagree and neither can be trusted, the guest stops on both.
+    /// disagree and neither can be trusted, the guest stops on both; [`VERDICT_TAKE_OVER`]:
+    /// the leader was found faulty (two replicas, by re-execution) and stops, this one goes
+    /// live.
     Verdict { count: u64, how: u8, action: u8 },
+    /// N-modular redundancy with two replicas (primary to backup): the replicas disagree at
+    /// `to` (`how`: [`VOTE_OUTPUTS`] or [`VOTE_DIGEST`]); re-execute the log from the
+    /// checkpoint at `from`, where both agreed, to `to`, and vote the result
+    /// ([`VOTE_RECHECKED_OUTPUTS`] or [`VOTE_RECHECKED_DIGEST`]).
+    Recheck { from: u64, to: u64, how: u8 },
 }
 
 /// A vote on the outputs (a chain of their hashes).
 pub const VOTE_OUTPUTS: u8 = 0;
 /// A vote on the state digest.
 pub const VOTE_DIGEST: u8 = 1;
+/// The outputs' chain again, from a re-execution (see [`Msg::Recheck`]).
+pub const VOTE_RECHECKED_OUTPUTS: u8 = 2;
+/// The state digest again, from a re-execution.
+pub const VOTE_RECHECKED_DIGEST: u8 = 3;
 /// The replica is repaired: it attaches again.
 pub const VERDICT_REJOIN: u8 = 0;
 /// The guest stops (a mismatch between two replicas).
 pub const VERDICT_STOP: u8 = 1;
+/// The leader was the faulty one: this replica goes live (two replicas, after a re-execution).
+pub const VERDICT_TAKE_OVER: u8 = 2;
 
 /// Write one handshake message: `len u16 (big-endian) | bytes`.
 fn write_handshake(stream: &mut TcpStream, msg: &[u8]) -> Result<(), ChannelError> {

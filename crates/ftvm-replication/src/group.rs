@@ -16,7 +16,12 @@
 //!   the leader too, the leader is the faulty one: it stops, releasing nothing more, and a
 //!   follower takes the guest over as after any leader failure. With one member (DMR) a
 //!   disagreement cannot tell who is wrong: nothing after it leaves, and the guest stops on
-//!   both with a report.
+//!   both with a report... unless re-execution settles it: each replica keeps checkpoints
+//!   where both agreed and the log since ([`ftvm_runner::recheck`]); on a disagreement both
+//!   re-execute from the newest agreed checkpoint and the leader compares the results. A
+//!   transient fault does not happen again: the replica whose re-execution changed its result
+//!   was the faulty one (a follower attaches again; a leader hands the guest to the
+//!   follower). A persistent one repeats on both: the guest stops with that report.
 //! - A member that dies or is cut off is dropped the pair's way: the leader fences it, wins the
 //!   group's generation on the arbiter (so that member can never go live), and moves the other
 //!   members to the next generation (the stamp on its next messages), which is the one they
@@ -28,10 +33,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use ftvm_runner::live::{Held, LinkError};
+use ftvm_runner::recheck::{Request, What};
 use ftvm_runner::vote::Chain;
 use ftvm_runner::{Link, LinkState};
 
-use crate::channel::{VERDICT_REJOIN, VERDICT_STOP, VOTE_DIGEST, VOTE_OUTPUTS};
+use crate::channel::{
+    VERDICT_REJOIN, VERDICT_STOP, VERDICT_TAKE_OVER, VOTE_DIGEST, VOTE_OUTPUTS,
+    VOTE_RECHECKED_DIGEST, VOTE_RECHECKED_OUTPUTS,
+};
 use crate::lease::now_ns;
 use crate::link::{LinkWriter, SendHalf};
 use crate::protocol::{PrimarySide, Verdict};
@@ -43,6 +52,9 @@ const MAX_HISTORY: usize = 1 << 20;
 
 /// The leader's digests kept to compare the members' with.
 const KEEP_DIGESTS: usize = 64;
+
+/// A follower that does not answer a request to re-execute within this long: the guest stops.
+const RECHECK_LIMIT: Duration = Duration::from_secs(60);
 
 /// The log bytes of the leader, sent to every member.
 #[derive(Clone, Default)]
@@ -109,6 +121,9 @@ pub(crate) struct Member {
     joined_at: Option<u64>,
     /// Its votes count (see `joined_at`).
     trusted: bool,
+    /// The leader's checkpoints as this member's chain stood there: its attach and the
+    /// leader's digests since (two replicas: where a re-execution may start).
+    points: VecDeque<(u64, [u8; 32])>,
 }
 
 impl Member {
@@ -125,7 +140,21 @@ impl Member {
             injected: None,
             joined_at: joined.then_some(at),
             trusted: !joined,
+            points: VecDeque::from([(at, [0; 32])]),
         }
+    }
+
+    /// The newest checkpoint where this member agreed with the leader on the state and on
+    /// every output before it, no later than `count`: its count and the chain there.
+    fn agreed_point(&self, count: u64) -> Option<(u64, [u8; 32])> {
+        let attach = self.points.front().map(|p| p.0);
+        self.points
+            .iter()
+            .rev()
+            .find(|(c, _)| {
+                *c <= count && *c <= self.outputs_ok && (*c <= self.digest_ok || Some(*c) == attach)
+            })
+            .copied()
     }
 
     /// Whether this member's votes say the leader's outputs up to `count` are right.
@@ -210,8 +239,57 @@ pub(crate) struct GroupState {
     max_lag: u64,
     next_id: u32,
     /// Set when this leader must release nothing more (it was outvoted, or a disagreement
-    /// stops the guest).
+    /// stops the guest, or a re-execution has to settle one).
     stopped: bool,
+    /// Two replicas disagree and re-execute to settle it.
+    recheck: Option<Recheck>,
+}
+
+/// A re-execution under way (two replicas that disagree).
+struct Recheck {
+    /// The member (its id).
+    id: u32,
+    /// Where they disagree, and how.
+    count: u64,
+    what: u8,
+    /// The leader's value there (output chain or digest), and the member's.
+    leader: [u8; 32],
+    member: [u8; 32],
+    /// The request for the leader's own re-execution (taken by the runner once).
+    request: Option<Request>,
+    from: u64,
+    /// The leader's re-execution, then the member's.
+    ours: Option<Result<[u8; 32], String>>,
+    theirs: Option<[u8; 32]>,
+    since: Instant,
+    /// Why it settled nothing.
+    why: Option<String>,
+}
+
+/// What two re-executions say.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Settled {
+    /// The member's changed to the leader's first result: it had a transient fault.
+    Member,
+    /// The leader's changed to the member's first result: the leader had it.
+    Leader,
+    /// Both repeated their first results: a persistent fault (or one the re-executions do
+    /// not explain).
+    Neither,
+}
+
+/// Compare two re-executions with the first results.
+pub(crate) fn settle(
+    leader: [u8; 32],
+    member: [u8; 32],
+    ours: Result<[u8; 32], String>,
+    theirs: [u8; 32],
+) -> Settled {
+    match ours {
+        Ok(o) if o == leader && theirs == leader => Settled::Member,
+        Ok(o) if o == member && theirs == member => Settled::Leader,
+        _ => Settled::Neither,
+    }
 }
 
 impl GroupState {
@@ -231,6 +309,16 @@ impl GroupState {
             for (what, count, hash, injected) in m.out.with(|s| s.take_votes()) {
                 if injected != u64::MAX {
                     m.injected = Some(injected);
+                }
+                if what == VOTE_RECHECKED_OUTPUTS || what == VOTE_RECHECKED_DIGEST {
+                    if let Some(r) = self
+                        .recheck
+                        .as_mut()
+                        .filter(|r| r.id == m.id && r.count == count)
+                    {
+                        r.theirs = Some(hash);
+                    }
+                    continue;
                 }
                 let ours = if what == VOTE_OUTPUTS {
                     m.chain_at(count)
@@ -329,7 +417,12 @@ impl GroupState {
                 i += 1;
             }
         }
-        match judge(&self.members) {
+        let judgement = if self.recheck.is_some() {
+            self.settle_recheck(&mut outvoted)?
+        } else {
+            judge(&self.members)
+        };
+        match judgement {
             Judgement::Wait => {}
             Judgement::Faulty(mut idx) => {
                 idx.sort_unstable_by(|a, b| b.cmp(a));
@@ -365,6 +458,7 @@ impl GroupState {
                     how(what)
                 ))));
             }
+            Judgement::Undecidable(i) if self.start_recheck(i) => {}
             Judgement::Undecidable(i) => {
                 self.stopped = true;
                 let (count, what, _) = self.members[i].dissent.unwrap_or_default();
@@ -395,8 +489,15 @@ impl GroupState {
                         "the arbiter did not give this leader the generation of the member it stops"
                     );
                 }
+                let settled = self.recheck.take().map_or(String::new(), |r| {
+                    format!(
+                        "; re-executed from instruction {}, where they last agreed: {}",
+                        r.from,
+                        r.why.unwrap_or_default()
+                    )
+                });
                 return Err(Box::new(PairError::Lost(format!(
-                    "fault detected: replica {} and this replica disagree at instruction {count} ({}): no output after instruction {} left; the guest stops",
+                    "fault detected: replica {} and this replica disagree at instruction {count} ({}){settled}: no output after instruction {} left; the guest stops",
                     m.id,
                     how(what),
                     released
@@ -431,6 +532,161 @@ impl GroupState {
             return Ok(LinkState::Unprotected);
         }
         Ok(LinkState::Protected(self.acked()))
+    }
+
+    /// Two replicas disagree (member `i` and the leader): ask both to re-execute from where
+    /// they last agreed, holding every output meanwhile. False when that cannot be done (no
+    /// agreed checkpoint, or more replicas than two): the guest stops.
+    fn start_recheck(&mut self, i: usize) -> bool {
+        if self.replicas != 2 || self.recheck.is_some() {
+            return false;
+        }
+        let m = &self.members[i];
+        let Some((count, what, member)) = m.dissent else {
+            return false;
+        };
+        let leader = if what == VOTE_OUTPUTS {
+            m.chain_at(count)
+        } else {
+            self.digests
+                .iter()
+                .find(|(c, _)| *c == count)
+                .map(|(_, d)| *d)
+        };
+        let (Some(leader), Some((from, base))) = (leader, m.agreed_point(count)) else {
+            return false;
+        };
+        self.stopped = true;
+        eprintln!(
+            "\r\nftvm: replica {} disagrees with the leader at instruction {count} ({}); both re-execute from instruction {from}, where they last agreed, to tell which one is wrong\r",
+            m.id,
+            how(what)
+        );
+        m.out.send_with(|s| s.recheck(from, count, what));
+        self.recheck = Some(Recheck {
+            id: m.id,
+            count,
+            what,
+            leader,
+            member,
+            request: Some(Request {
+                from,
+                base: Some(base),
+                to: count,
+                what: if what == VOTE_DIGEST {
+                    What::Digest
+                } else {
+                    What::Outputs
+                },
+            }),
+            from,
+            ours: None,
+            theirs: None,
+            since: Instant::now(),
+            why: None,
+        });
+        true
+    }
+
+    /// Where a re-execution stands: wait for both results, then act on them (a member that
+    /// was wrong joins `outvoted`; a leader that was wrong stops, an error).
+    fn settle_recheck(&mut self, outvoted: &mut Vec<Member>) -> Result<Judgement, LinkError> {
+        let Some(r) = &self.recheck else {
+            return Ok(Judgement::Wait);
+        };
+        let i = self.members.iter().position(|m| m.id == r.id);
+        let (Some(ours), Some(i)) = (r.ours.clone(), i) else {
+            if i.is_none() {
+                // The member went (dropped above, the pair's way) before it answered: the
+                // leader runs on alone if its own re-execution repeated its first result.
+                match &r.ours {
+                    None => return Ok(Judgement::Wait),
+                    Some(Ok(o)) if *o == r.leader => {
+                        self.recheck = None;
+                        self.stopped = false;
+                        return Ok(Judgement::Wait);
+                    }
+                    Some(_) => {
+                        self.stopped = true;
+                        return Err(Box::new(PairError::Lost(format!(
+                            "this replica (the leader) did not repeat its own result at instruction {} when it re-executed, and replica {} is gone: it stops",
+                            r.count, r.id
+                        ))));
+                    }
+                }
+            }
+            return Ok(Judgement::Wait);
+        };
+        let Some(theirs) = r.theirs else {
+            if r.since.elapsed() > RECHECK_LIMIT {
+                if let Some(r) = &mut self.recheck {
+                    r.why = Some(format!(
+                        "replica {} did not re-execute within {} s",
+                        r.id,
+                        RECHECK_LIMIT.as_secs()
+                    ));
+                }
+                return Ok(Judgement::Undecidable(i));
+            }
+            return Ok(Judgement::Wait);
+        };
+        let (count, what, from, id) = (r.count, r.what, r.from, r.id);
+        match settle(r.leader, r.member, ours.clone(), theirs) {
+            Settled::Member => {
+                self.recheck = None;
+                self.stopped = false;
+                self.report(
+                    &self.members[i],
+                    count,
+                    what,
+                    &format!("re-executed from instruction {from}, both replicas repeat the leader's result: replica {id} had a transient fault; it is cut off and repaired by attaching again"),
+                );
+                self.tell(i, count, what, VERDICT_REJOIN);
+                outvoted.push(self.members.remove(i));
+                Ok(Judgement::Wait)
+            }
+            Settled::Leader => {
+                eprintln!(
+                    "\r\nftvm: re-executed from instruction {from}, both replicas repeat replica {id}'s result at instruction {count} ({}): this replica (the leader) had a transient fault\r",
+                    how(what)
+                );
+                // The follower goes live once it has the word; this side never releases
+                // anything again and leaves the generation to it.
+                self.tell(i, count, what, VERDICT_TAKE_OVER);
+                let t0 = Instant::now();
+                while !self.members[i].out.with(|s| s.broken())
+                    && t0.elapsed() < Duration::from_secs(2)
+                {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                for m in &self.members {
+                    m.out.cut_if(|s| {
+                        s.give_up();
+                        ((), true)
+                    });
+                }
+                Err(Box::new(PairError::Lost(format!(
+                    "fault detected: this replica (the leader) disagreed with replica {id} at instruction {count} ({}) and did not repeat its own result when it re-executed (a transient fault): it stops, its held outputs never leave; replica {id} takes the guest over",
+                    how(what)
+                ))))
+            }
+            Settled::Neither => {
+                let why = match ours {
+                    Err(e) => format!("this replica could not re-execute: {e}"),
+                    Ok(o) if o == r.leader && theirs == r.member => {
+                        "each repeated its own first result: a persistent fault".to_string()
+                    }
+                    Ok(_) if theirs != r.leader && theirs != r.member => {
+                        format!("replica {id} gave neither result (it could not re-execute)")
+                    }
+                    Ok(_) => "the re-executions settle nothing".to_string(),
+                };
+                if let Some(r) = &mut self.recheck {
+                    r.why = Some(why);
+                }
+                Ok(Judgement::Undecidable(i))
+            }
+        }
     }
 
     fn acked(&self) -> u64 {
@@ -496,6 +752,7 @@ impl Group {
             max_lag,
             next_id: 0,
             stopped: false,
+            recheck: None,
         })))
     }
 
@@ -569,6 +826,31 @@ impl Link for Group {
             g.digests.pop_front();
         }
         g.digests.push_back((count, digest));
+        for m in &mut g.members {
+            if m.points.len() >= KEEP_DIGESTS {
+                m.points.pop_front();
+            }
+            m.points.push_back((count, m.chain.0));
+        }
+    }
+    fn rechecks(&self) -> bool {
+        self.lock().replicas == 2
+    }
+    fn agreed(&self) -> u64 {
+        let g = self.lock();
+        g.members
+            .iter()
+            .map(|m| m.agreed_point(u64::MAX).map_or(0, |p| p.0))
+            .min()
+            .unwrap_or(0)
+    }
+    fn recheck(&self) -> Option<Request> {
+        self.lock().recheck.as_mut().and_then(|r| r.request.take())
+    }
+    fn rechecked(&self, result: Result<[u8; 32], String>) {
+        if let Some(r) = self.lock().recheck.as_mut() {
+            r.ours = Some(result);
+        }
     }
 }
 
@@ -596,6 +878,7 @@ mod tests {
             injected: None,
             joined_at: None,
             trusted: true,
+            points: VecDeque::from([(0, [0; 32])]),
         }
     }
 
@@ -660,5 +943,37 @@ mod tests {
         let ms = [member(Some((100, VOTE_DIGEST)), 50, 0)];
         assert_eq!(judge(&ms), Judgement::Undecidable(0));
         assert_eq!(judge(&[member(None, 50, 0)]), Judgement::Wait);
+    }
+
+    #[test]
+    fn a_reexecution_starts_where_state_and_outputs_last_agreed() {
+        let mut m = member(Some((300, VOTE_OUTPUTS)), 250, 200);
+        m.points
+            .extend([(100, [1; 32]), (200, [2; 32]), (300, [3; 32])]);
+        // 200: its digest matched and its outputs agreed past it.
+        assert_eq!(m.agreed_point(300), Some((200, [2; 32])));
+        // Outputs agreed only up to 150: the chain at 200 may hold a wrong output.
+        m.outputs_ok = 150;
+        assert_eq!(m.agreed_point(300), Some((100, [1; 32])));
+        // No digest matched yet: only the attach (a copy of the leader's state) is agreed.
+        m.digest_ok = 0;
+        assert_eq!(m.agreed_point(300), Some((0, [0; 32])));
+        assert_eq!(m.agreed_point(u64::MAX), Some((0, [0; 32])));
+    }
+
+    #[test]
+    fn two_reexecutions_tell_a_transient_fault_from_a_persistent_one() {
+        let (l, f) = ([1; 32], [2; 32]);
+        // Both re-executions give the leader's result: the member's first one was wrong.
+        assert_eq!(settle(l, f, Ok(l), l), Settled::Member);
+        // Both give the member's: the leader's was.
+        assert_eq!(settle(l, f, Ok(f), f), Settled::Leader);
+        // Each repeats its own (a persistent fault), or they match nothing, or one failed.
+        assert_eq!(settle(l, f, Ok(l), f), Settled::Neither);
+        assert_eq!(settle(l, f, Ok([3; 32]), [3; 32]), Settled::Neither);
+        assert_eq!(
+            settle(l, f, Err("no checkpoint".into()), l),
+            Settled::Neither
+        );
     }
 }

@@ -68,6 +68,8 @@ pub enum Received {
     Vote,
     /// The group found this replica faulty (N-modular redundancy).
     Verdict { count: u64, how: u8, action: u8 },
+    /// The group asks this replica to re-execute (see [`Msg::Recheck`]).
+    Recheck { from: u64, to: u64, how: u8 },
     /// The primary stopped its guest and hands it over at `count`.
     HandOver {
         count: u64,
@@ -299,6 +301,12 @@ impl PrimarySide {
         self.generation = generation;
     }
 
+    /// Ask the backup to re-execute from `from` to `to` (two replicas that disagree), if this
+    /// side still talks.
+    pub fn recheck(&self, from: u64, to: u64, how: u8) -> Option<Msg> {
+        self.talking().then_some(Msg::Recheck { from, to, how })
+    }
+
     /// Tell the backup it was found faulty, if this side still talks; this side is fenced
     /// from then on (the caller closes the link).
     pub fn verdict(&mut self, count: u64, how: u8, action: u8) -> Option<Msg> {
@@ -406,6 +414,7 @@ impl BackupSide {
             }
             Msg::Disk { .. } | Msg::Ram { .. } => Ok(Received::Disk),
             Msg::Verdict { count, how, action } => Ok(Received::Verdict { count, how, action }),
+            Msg::Recheck { from, to, how } => Ok(Received::Recheck { from, to, how }),
             Msg::HandOver {
                 count,
                 released,

@@ -111,6 +111,7 @@ pub enum Kind {
     PageRequest = 9,
     Vote = 10,
     Verdict = 11,
+    Recheck = 12,
 }
 
 impl Kind {
@@ -128,6 +129,7 @@ impl Kind {
             9 => Kind::PageRequest,
             10 => Kind::Vote,
             11 => Kind::Verdict,
+            12 => Kind::Recheck,
             _ => return None,
         })
     }
@@ -145,6 +147,7 @@ impl Kind {
             Msg::PageRequest { .. } => Kind::PageRequest,
             Msg::Vote { .. } => Kind::Vote,
             Msg::Verdict { .. } => Kind::Verdict,
+            Msg::Recheck { .. } => Kind::Recheck,
         }
     }
 
@@ -162,6 +165,7 @@ impl Kind {
             Kind::PageRequest => "a page request",
             Kind::Vote => "a vote",
             Kind::Verdict => "a verdict",
+            Kind::Recheck => "a request to re-execute",
         }
     }
 }
@@ -224,6 +228,7 @@ pub fn payload_len(m: &Msg) -> usize {
         Msg::Relay { frame, .. } => frame.len().saturating_add(4),
         Msg::Vote { .. } => VOTE_LEN,
         Msg::Verdict { .. } => 10,
+        Msg::Recheck { .. } => 17,
         Msg::Ram { pages, data } => pages
             .len()
             .saturating_mul(8)
@@ -277,6 +282,11 @@ pub fn encode(m: &Msg, out: &mut Vec<u8>) {
             out.extend_from_slice(&count.to_le_bytes());
             out.push(*how);
             out.push(*action);
+        }
+        Msg::Recheck { from, to, how } => {
+            out.extend_from_slice(&from.to_le_bytes());
+            out.extend_from_slice(&to.to_le_bytes());
+            out.push(*how);
         }
         Msg::Attach { generation, disks } => {
             out.extend_from_slice(&generation.to_le_bytes());
@@ -372,9 +382,9 @@ pub fn decode(kind: Kind, mut payload: Vec<u8>) -> Result<Body, ChannelError> {
             }
         }
         Kind::Vote => {
-            if payload.len() != VOTE_LEN || payload[0] > 1 {
+            if payload.len() != VOTE_LEN || payload[0] > 3 {
                 return Err(bad(
-                    "a vote is 49 bytes, on the outputs (0) or the digest (1)",
+                    "a vote is 49 bytes, on the outputs (0) or the digest (1), or on either again after a re-execution (2, 3)",
                 ));
             }
             let mut hash = [0u8; 32];
@@ -387,13 +397,27 @@ pub fn decode(kind: Kind, mut payload: Vec<u8>) -> Result<Body, ChannelError> {
             }
         }
         Kind::Verdict => {
-            if payload.len() != 10 || payload[8] > 1 || payload[9] > 1 {
+            if payload.len() != 10 || payload[8] > 1 || payload[9] > 2 {
                 return Err(bad("a verdict is 10 bytes"));
             }
             Msg::Verdict {
                 count: u64_at(&payload, 0)?,
                 how: payload[8],
                 action: payload[9],
+            }
+        }
+        Kind::Recheck => {
+            if payload.len() != 17 || payload[16] > 1 {
+                return Err(bad("a request to re-execute is 17 bytes"));
+            }
+            let (from, to) = (u64_at(&payload, 0)?, u64_at(&payload, 8)?);
+            if to < from {
+                return Err(bad("a request to re-execute goes backwards"));
+            }
+            Msg::Recheck {
+                from,
+                to,
+                how: payload[16],
             }
         }
         Kind::Attach => {
@@ -611,7 +635,7 @@ impl Order {
             (Role::Primary, O::Attach, K::Attach) => Some(O::Disks),
             (Role::Primary, O::Disks, K::Disk | K::Ram | K::Heartbeat) => Some(O::Disks),
             (Role::Primary, O::Disks | O::Log, K::Log) => Some(O::Log),
-            (Role::Primary, O::Log, K::Heartbeat | K::Verdict) => Some(O::Log),
+            (Role::Primary, O::Log, K::Heartbeat | K::Verdict | K::Recheck) => Some(O::Log),
             (Role::Primary, O::Log, K::HandOver) => Some(O::HandedOver),
             (Role::Primary, O::HandedOver, K::Relay | K::Ram) => Some(O::HandedOver),
             (Role::Backup, O::Acks, K::Heartbeat | K::Ack | K::PageRequest | K::Vote) => {
@@ -784,6 +808,11 @@ mod tests {
                 count: 7,
                 how: 0,
                 action: 1,
+            },
+            Msg::Recheck {
+                from: 5,
+                to: 9,
+                how: 1,
             },
             Msg::Relay {
                 slot: 1,

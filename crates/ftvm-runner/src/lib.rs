@@ -19,6 +19,7 @@ pub mod clock;
 pub mod devices;
 pub mod follow;
 pub mod live;
+pub mod recheck;
 pub mod status;
 pub mod vote;
 

@@ -18,6 +18,7 @@ use thiserror::Error;
 
 use crate::clock::{HostClock, MAX_LAG};
 use crate::devices::Backends;
+use crate::recheck::Rechecker;
 use crate::status::StatusFile;
 use crate::Event;
 
@@ -142,6 +143,21 @@ pub trait Link {
     fn outputs(&self, _count: u64, _hashes: &[[u8; 32]]) {}
     /// The machine's state digest at `count` (written to the log as a `Digest` record).
     fn digest(&self, _count: u64, _digest: [u8; 32]) {}
+    /// Whether this side keeps checkpoints and the log since, to re-execute when two
+    /// replicas disagree ([`crate::recheck`]).
+    fn rechecks(&self) -> bool {
+        false
+    }
+    /// The newest count where every follower agreed with this side (older checkpoints can go).
+    fn agreed(&self) -> u64 {
+        0
+    }
+    /// A re-execution the group asks of this side (once).
+    fn recheck(&self) -> Option<crate::recheck::Request> {
+        None
+    }
+    /// The result of that re-execution.
+    fn rechecked(&self, _result: Result<[u8; 32], String>) {}
 }
 
 /// After a hand-over, frames still reaching this side (the network learns where the guest
@@ -528,6 +544,18 @@ pub fn live(
     let mut clock = HostClock::new(&m);
     // Where the log was last pushed out to the backup.
     let mut last_mark = m.count();
+    // Two replicas: checkpoints and the log since, to re-execute when they disagree; and a
+    // fault injected here that persists (it happens again in every re-execution).
+    let mut rechecker: Option<Rechecker> = None;
+    let mut persistent: Option<(u64, ftvm_machine::fault::Fault)> = None;
+    if let (Some(l), Some(log)) = (&gate.link, &mut feed.log) {
+        // A link from the start (the first backup attached before the run): its checkpoints
+        // start here.
+        if l.rechecks() {
+            log.kept = Some(Vec::new());
+            rechecker = Some(Rechecker::new(&m, [0; 32]));
+        }
+    }
     let code = loop {
         // A post-copy destination takes in the RAM pages that arrived.
         if let Some((left, faults)) = m.poll_postcopy(false) {
@@ -617,10 +645,19 @@ pub fn live(
                 i.done();
                 // A soft error, modelled: one bit of this replica's state flips here.
                 match m.inject(&i.fault) {
-                    Ok(what) => eprintln!(
-                        "\r\nftvm: fault injected at instruction {}: {what}\r",
-                        m.count()
-                    ),
+                    Ok(what) => {
+                        eprintln!(
+                            "\r\nftvm: fault injected at instruction {}: {what}{}\r",
+                            m.count(),
+                            if i.persists { " (it persists)" } else { "" }
+                        );
+                        if i.persists {
+                            persistent = Some((i.at, i.fault));
+                            if let Some(r) = &mut rechecker {
+                                r.persistent(i.at, i.fault);
+                            }
+                        }
+                    }
                     Err(e) => eprintln!("\r\nftvm: the fault {} was not injected: {e}\r", i.fault),
                 }
             }
@@ -658,7 +695,15 @@ pub fn live(
                             last_mark = m.count();
                         }
                         match protect.attach(&mut m, &mut pending.disk_dirty) {
-                            Ok(Attached::Link(link, log)) => {
+                            Ok(Attached::Link(link, mut log)) => {
+                                rechecker = link.rechecks().then(|| {
+                                    log.kept = Some(Vec::new());
+                                    let mut r = Rechecker::new(&m, [0; 32]);
+                                    if let Some((at, f)) = persistent {
+                                        r.persistent(at, f);
+                                    }
+                                    r
+                                });
                                 feed.log = Some(log);
                                 feed.digest_every = protect.digest_every();
                                 feed.next_digest = m.count().saturating_add(feed.digest_every);
@@ -693,6 +738,33 @@ pub fn live(
         }
         if !gate.look(&mut con, &backends)? {
             feed.log = None;
+            rechecker = None;
+        }
+        if let Some(req) = gate.link.as_ref().and_then(|l| l.recheck()) {
+            // Two replicas disagree: re-execute from where they last agreed (the guest
+            // waits meanwhile; its outputs are held until the group decides).
+            let t0 = Instant::now();
+            let result = match (&mut rechecker, &mut feed.log) {
+                (Some(r), Some(log)) => {
+                    r.records(log.kept.replace(Vec::new()).unwrap_or_default());
+                    r.reexecute(&req).map_err(|e| e.to_string())
+                }
+                _ => Err("this side kept no checkpoints".to_string()),
+            };
+            eprintln!(
+                "\r\nftvm: re-executed from instruction {} to {} in {:.1} ms{}\r",
+                req.from,
+                req.to,
+                t0.elapsed().as_secs_f64() * 1e3,
+                result
+                    .as_ref()
+                    .err()
+                    .map_or(String::new(), |e| format!(": {e}"))
+            );
+            clock.waited(t0.elapsed());
+            if let Some(l) = &gate.link {
+                l.rechecked(result);
+            }
         }
         if gate
             .link
@@ -718,6 +790,12 @@ pub fn live(
                 }
                 if let Some(log) = &mut feed.log {
                     log.record(Record::Digest { count, digest })?;
+                    if let (Some(r), Some(l)) = (&mut rechecker, &gate.link) {
+                        // A checkpoint here (where the followers' digests will be compared).
+                        r.records(log.kept.replace(Vec::new()).unwrap_or_default());
+                        r.agreed(l.agreed());
+                        r.checkpoint(&m, [0; 32]);
+                    }
                 }
                 feed.next_digest = count.saturating_add(feed.digest_every);
                 if count >= stop_at {

@@ -48,6 +48,14 @@ pub fn output_hash(out: &Output) -> [u8; 32] {
     *h.finalize().as_bytes()
 }
 
+/// What a replica votes when its replay stops fitting the log (`e`, the replay's error): the
+/// hash of the error's report, which names the count and the exit where the machine parted
+/// from the log. A re-execution that parts from it at the same place gives the same hash
+/// ([`crate::recheck`]).
+pub fn divergence(e: &crate::FollowError) -> [u8; 32] {
+    *blake3::hash(e.to_string().as_bytes()).as_bytes()
+}
+
 /// A chain of output hashes: `chain' = BLAKE3(chain | output hash)`, from all zeros.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Chain(pub [u8; 32]);
@@ -69,6 +77,9 @@ pub struct Injection {
     /// `at` counts from where this replica's machine started (its boot, or its attach).
     pub relative: bool,
     pub fault: Fault,
+    /// The fault persists (a stuck bit rather than a soft error): every re-execution that
+    /// passes `at` suffers it again ([`crate::recheck`]).
+    pub persists: bool,
 }
 
 /// Set once this process injected its fault: a replica that attaches again after it was
@@ -96,6 +107,7 @@ impl Injection {
             at,
             relative: false,
             fault: self.fault,
+            persists: self.persists,
         })
     }
 }
@@ -123,6 +135,7 @@ impl std::str::FromStr for Injection {
             at,
             relative,
             fault,
+            persists: false,
         })
     }
 }

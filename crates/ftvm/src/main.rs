@@ -317,6 +317,10 @@ pub(crate) struct RunArgs {
     /// (x10:3@250000000, csr:mepc:5@..., ram:0x80200000:7@..., tlb:12:40@...; hart1/x10:3@...).
     #[arg(long, value_name = "SPEC@COUNT")]
     inject: Option<ftvm_runner::vote::Injection>,
+    /// The injected fault persists (a stuck bit rather than a soft error): it happens again
+    /// whenever two replicas re-execute past its count to settle a disagreement.
+    #[arg(long, requires = "inject")]
+    fault_persists: bool,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -524,7 +528,10 @@ impl RunArgs {
                 ClockMode::Virtual => ftvm_runner::ClockMode::Virtual,
             },
             capture: None,
-            inject: self.inject.clone(),
+            inject: self.inject.clone().map(|i| ftvm_runner::vote::Injection {
+                persists: self.fault_persists,
+                ..i
+            }),
         }
     }
 }

@@ -122,7 +122,14 @@ fn group_with(tag: &str, n: usize, inject: Option<&str>, leader_fault: Option<&s
     let mut leader = member(&lab, 1, "leader", &role, &ns, &arbiter);
     std::thread::sleep(Duration::from_millis(300));
     let last = |i: usize| i + 1 == n - 1;
-    let inj = inject.map(|s| vec!["--inject", s]).unwrap_or_default();
+    // "SPEC@COUNT" and, after a space, more options for the faulty follower.
+    let inj: Vec<&str> = inject
+        .map(|s| {
+            let mut v = vec!["--inject"];
+            v.extend(s.split(' '));
+            v
+        })
+        .unwrap_or_default();
     let mut followers = vec![follower(
         &lab,
         "f1",
@@ -206,25 +213,100 @@ fn tmr_finds_a_ram_flip_that_changes_no_output_by_its_digests() {
     poweroff(&mut g.leader);
 }
 
-/// DMR: two replicas that disagree cannot tell which is wrong: the leader releases nothing
-/// after the mismatch and both stop, saying why; the client never gets a wrong reply.
+/// DMR, a transient fault in the follower (a register flip): the two replicas disagree; both
+/// re-execute from where they last agreed and both repeat the leader's result, so the
+/// follower was wrong: it is cut off and attaches again, and the guest runs on. The client
+/// sees only correct replies and every acknowledged key.
 #[test]
-fn dmr_detects_a_mismatch_and_stops_both_replicas() {
+fn dmr_reexecutes_and_repairs_a_follower_with_a_transient_fault() {
     let _one = serial();
     // f1 attaches at the boot: the fault comes after the guest is ready.
     let mut g = group("x", 2, Some("x2:40@+700000000"));
     let mut client = Client::start(&g.lab, 30);
-    let ctx = || context(&g.lab);
-    let why = ["neither can be trusted", "no output after instruction"];
+    let err = says(
+        &g.lab,
+        "leader",
+        "replica 1 had a transient fault",
+        Duration::from_secs(90),
+    );
+    says(
+        &g.lab,
+        "f1",
+        "re-executed from instruction",
+        Duration::from_secs(5),
+    );
+    says(&g.lab, "f1", "was found faulty", Duration::from_secs(10));
+    // Repaired: it attaches again, in the next generation.
+    says(
+        &g.lab,
+        "leader",
+        "backup attached (generation 1)",
+        Duration::from_secs(60),
+    );
+    let keys = client.finish(Duration::from_secs(60), &|| context(&g.lab));
+    assert!(
+        g.leader.c().try_wait().unwrap().is_none(),
+        "the leader stopped\n{}",
+        context(&g.lab)
+    );
+    eprintln!(
+        "{keys} keys read back; {}",
+        line_with(&err, "transient fault")
+    );
+    poweroff(&mut g.leader);
+}
+
+/// DMR, a transient fault in the leader: both re-executions repeat the follower's result,
+/// so the leader stops without releasing its wrong outputs and hands the guest to the
+/// follower, which goes live with the client's connection and every acknowledged key.
+#[test]
+fn dmr_hands_the_guest_over_when_the_leader_had_a_transient_fault() {
+    let _one = serial();
+    let mut g = group_with("xl", 2, None, Some("x2:40@+450000000"));
+    let mut client = Client::start(&g.lab, 30);
+    let why = ["fault injected", "did not repeat its own result"];
     stops_saying(
         &g.lab,
         &mut g.leader,
         "leader",
-        Duration::from_secs(60),
+        Duration::from_secs(90),
+        &why,
+        &|| context(&g.lab),
+    );
+    let keys = client.finish(Duration::from_secs(60), &|| context(&g.lab));
+    let err = says(
+        &g.lab,
+        "f1",
+        "backup live at instruction",
+        Duration::from_secs(5),
+    );
+    assert!(err.contains("found faulty by re-execution"), "{err}");
+    eprintln!(
+        "{keys} keys read back; {}",
+        line_with(&stderr_of(&g.lab, "leader"), "did not repeat")
+    );
+    poweroff(&mut g.followers[0]);
+}
+
+/// DMR, a persistent fault (`--fault-persists`: it happens again in every re-execution):
+/// each replica repeats its own result, so neither can be trusted: the leader releases
+/// nothing after the mismatch and both stop, saying why; the client never gets a wrong reply.
+#[test]
+fn dmr_stops_both_replicas_when_the_fault_persists() {
+    let _one = serial();
+    let mut g = group("xp", 2, Some("x2:40@+700000000 --fault-persists"));
+    let mut client = Client::start(&g.lab, 30);
+    let ctx = || context(&g.lab);
+    let why = ["a persistent fault", "no output after instruction"];
+    stops_saying(
+        &g.lab,
+        &mut g.leader,
+        "leader",
+        Duration::from_secs(90),
         &why,
         &ctx,
     );
-    let why = ["neither can be trusted"];
+    let why = ["(it persists)", "neither can be trusted"];
     stops_saying(
         &g.lab,
         &mut g.followers[0],
