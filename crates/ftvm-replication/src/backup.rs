@@ -370,7 +370,7 @@ fn verdict(count: u64, how: u8, action: u8, injected: Option<(u64, Instant)>) ->
         "this replica was found faulty by the group at instruction {count} ({what} differ from the leader's){latency}"
     );
     if action == VERDICT_REJOIN {
-        return PairError::Outvoted(why);
+        return PairError::Outvoted { why, to: None };
     }
     PairError::Lost(format!(
         "{why}; with two replicas neither can be trusted: the guest stops"
@@ -388,10 +388,14 @@ pub fn run(
     cfg: &PairConfig,
     opts: &Options,
 ) -> Result<Ended, PairError> {
+    let mut leader = primary_addr.to_string();
     loop {
-        match connect_and_follow(primary_addr, listen, devices, cfg, opts) {
-            Err(PairError::Outvoted(why)) => {
-                eprintln!("ftvm: {why}; attaching again to {primary_addr}");
+        match connect_and_follow(&leader, listen, devices, cfg, opts) {
+            Err(PairError::Outvoted { why, to }) => {
+                if let Some(to) = to {
+                    leader = to;
+                }
+                eprintln!("ftvm: {why}; attaching again to {leader}");
             }
             other => return other,
         }
@@ -838,14 +842,25 @@ pub fn follow_primary(
     }
     if handed_over.is_none() {
         sleep_until(free_at);
-        if !arbiter.test_and_set(generation, "backup")? {
+        if !arbiter.test_and_set(generation, &crate::winner_label(listen))? {
+            let winner = arbiter
+                .winner(generation)
+                .ok()
+                .flatten()
+                .unwrap_or_default();
+            if votes {
+                // A replica of a group attaches again, from the leader's state: another
+                // follower's, if it took the guest over.
+                let to = crate::winner_address(&winner);
+                let why = match &to {
+                    Some(to) => format!("another replica won generation {generation} of the arbiter and leads the group from {to}"),
+                    None => format!("the primary won generation {generation} of the arbiter ({why})"),
+                };
+                return Err(PairError::Outvoted { why, to });
+            }
             let why = format!(
                 "the primary won generation {generation} of the arbiter ({why}: this backup was stopped, stalled or cut off from it, and the primary runs on)"
             );
-            if votes {
-                // A replica of a group attaches again, from the leader's state.
-                return Err(PairError::Outvoted(why));
-            }
             return Err(PairError::Lost(format!(
                 "{why}; this backup stops and never went live"
             )));

@@ -452,11 +452,14 @@ impl GroupState {
                         ((), true)
                     });
                 }
-                return Err(Box::new(PairError::Lost(format!(
-                    "fault detected: this replica (the leader) disagrees with replicas {} at instruction {count} ({}): it is outvoted and stops, its held outputs never leave; a follower takes the guest over",
-                    ids.join(" and "),
-                    how(what)
-                ))));
+                return Err(Box::new(PairError::Replaced {
+                    why: format!(
+                        "fault detected: this replica (the leader) disagrees with replicas {} at instruction {count} ({}): it is outvoted and stops, its held outputs never leave; a follower takes the guest over",
+                        ids.join(" and "),
+                        how(what)
+                    ),
+                    generation: self.generation,
+                }));
             }
             Judgement::Undecidable(i) if self.start_recheck(i) => {}
             Judgement::Undecidable(i) => {
@@ -665,10 +668,13 @@ impl GroupState {
                         ((), true)
                     });
                 }
-                Err(Box::new(PairError::Lost(format!(
-                    "fault detected: this replica (the leader) disagreed with replica {id} at instruction {count} ({}) and did not repeat its own result when it re-executed (a transient fault): it stops, its held outputs never leave; replica {id} takes the guest over",
-                    how(what)
-                ))))
+                Err(Box::new(PairError::Replaced {
+                    why: format!(
+                        "fault detected: this replica (the leader) disagreed with replica {id} at instruction {count} ({}) and did not repeat its own result when it re-executed (a transient fault): it stops, its held outputs never leave; replica {id} takes the guest over",
+                        how(what)
+                    ),
+                    generation: self.generation,
+                }))
             }
             Settled::Neither => {
                 let why = match ours {

@@ -96,9 +96,46 @@ pub enum PairError {
     /// This side lost the arbiter and stops.
     #[error("{0}")]
     Lost(String),
-    /// This replica of a group was outvoted (N-modular redundancy): it attaches again.
-    #[error("{0}")]
-    Outvoted(String),
+    /// This replica of a group was outvoted, or lost the race for the guest (N-modular
+    /// redundancy): it attaches again, to the leader at `to` when another replica took the
+    /// guest over (and published where it listens), or to the leader it followed.
+    #[error("{why}")]
+    Outvoted { why: String, to: Option<String> },
+    /// This replica, the group's leader, was found faulty and stopped; its followers race for
+    /// `generation`, and the winner leads the group from then on (the leader may attach to it).
+    #[error("{why}")]
+    Replaced { why: String, generation: u64 },
+}
+
+/// The arbiter label of a follower that takes the guest over: where it accepts the group's
+/// other replicas from then on (`listen`, when it names a reachable address).
+pub fn winner_label(listen: Option<&str>) -> String {
+    match listen.filter(|l| {
+        l.parse::<std::net::SocketAddr>()
+            .is_ok_and(|a| !a.ip().is_unspecified())
+    }) {
+        Some(l) => format!("backup {l}"),
+        None => "backup".into(),
+    }
+}
+
+/// Where the winner of an arbiter generation accepts replicas (see [`winner_label`]).
+pub fn winner_address(label: &str) -> Option<String> {
+    label.strip_prefix("backup ").map(|a| a.trim().to_string())
+}
+
+impl PairError {
+    /// The generation this leader's followers race for, when it was found faulty and stopped
+    /// (through the runner's link error too).
+    pub fn replaced(&self) -> Option<u64> {
+        match self {
+            PairError::Replaced { generation, .. } => Some(*generation),
+            PairError::Run(ftvm_runner::RunError::Link(e)) => {
+                e.downcast_ref::<PairError>().and_then(PairError::replaced)
+            }
+            _ => None,
+        }
+    }
 }
 
 impl PairError {

@@ -251,16 +251,21 @@ mod tests {
     use ftvm_machine::fault::Target;
     use ftvm_machine::Input;
 
-    /// A machine that prints a counter on its console forever (a bare-metal ELF).
+    /// A machine that prints a counter on its console forever.
     fn printer() -> Machine {
-        let code: [u32; 5] = [
+        program(&[
             0x0000_0513, // li a0, 0
             0x1000_02b7, // lui t0, 0x10000 (the UART)
             0x0015_0513, // addi a0, a0, 1
             0x00a2_8023, // sb a0, 0(t0)
             0xff9f_f06f, // j -8
-        ];
+        ])
+    }
+
+    /// A machine running `code` in M-mode from the start of RAM (a bare-metal ELF).
+    fn program(code: &[u32]) -> Machine {
         let base: u64 = 0x8000_0000;
+        let len = 4 * code.len() as u64;
         let mut f = vec![0x7f, b'E', b'L', b'F', 2, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0];
         f.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
         f.extend_from_slice(&243u16.to_le_bytes()); // EM_RISCV
@@ -274,7 +279,7 @@ mod tests {
         }
         f.extend_from_slice(&1u32.to_le_bytes()); // PT_LOAD
         f.extend_from_slice(&7u32.to_le_bytes());
-        for v in [120, base, base, 20, 20, 0x1000] {
+        for v in [120, base, base, len, len, 0x1000] {
             f.extend_from_slice(&v.to_le_bytes());
         }
         for w in code {
@@ -371,5 +376,30 @@ mod tests {
         ));
         let req = Request { from: 400, ..req };
         assert!(matches!(r.reexecute(&req), Err(RecheckError::Short(_))));
+    }
+
+    #[test]
+    fn a_log_a_correct_machine_does_not_fit_gives_its_divergence() {
+        // A faulty leader's log: a mark at 900, where a correct machine waits for an
+        // interrupt from instruction 1 on; a re-execution parts from it as the replay did.
+        let idler = || program(&[0x1050_0073, 0xffdf_f06f]); // wfi; j -4
+        let mut r = Rechecker::new(&idler(), [0; 32]);
+        r.record(Record::Mark { count: 900 });
+        let req = Request {
+            from: 0,
+            base: None,
+            to: 900,
+            what: What::Outputs,
+        };
+        let got = r.reexecute(&req).unwrap();
+        let replay = follow::apply(
+            &mut idler(),
+            Record::Mark { count: 900 },
+            &mut follow::Discard,
+        );
+        let Err(e @ FollowError::Stopped { .. }) = replay else {
+            panic!("the replay fits: {replay:?}");
+        };
+        assert_eq!(got, divergence(&e));
     }
 }

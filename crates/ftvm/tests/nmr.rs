@@ -81,14 +81,15 @@ fn member(lab: &Lab, ns: usize, name: &str, role: &[&str], n: &str, arbiter: &st
     p
 }
 
-/// Follower f1 on host 2, f2 on host 3, each over its own replication link.
+/// Follower f1 on host 2, f2 on host 3, each over its own replication link; each listens on
+/// its host's address for the group's other replicas, should it take the guest over.
 fn follower(lab: &Lab, name: &str, n: &str, arbiter: &str, extra: &[&str]) -> Proc {
-    let (ns, leader) = if name == "f2" {
-        (4, "10.81.0.1:7700")
+    let (ns, leader, listen) = if name == "f2" {
+        (4, "10.81.0.1:7700", "10.79.0.4:7700")
     } else {
-        (2, "10.80.0.1:7700")
+        (2, "10.80.0.1:7700", "10.79.0.2:7700")
     };
-    let mut role = vec!["backup", "--primary", leader];
+    let mut role = vec!["backup", "--primary", leader, "--listen", listen];
     role.extend_from_slice(extra);
     member(lab, ns, name, &role, n, arbiter)
 }
@@ -258,21 +259,20 @@ fn dmr_reexecutes_and_repairs_a_follower_with_a_transient_fault() {
 
 /// DMR, a transient fault in the leader: both re-executions repeat the follower's result,
 /// so the leader stops without releasing its wrong outputs and hands the guest to the
-/// follower, which goes live with the client's connection and every acknowledged key.
+/// follower, which goes live with the client's connection and every acknowledged key; the
+/// leader is repaired by attaching to it.
 #[test]
 fn dmr_hands_the_guest_over_when_the_leader_had_a_transient_fault() {
     let _one = serial();
     let mut g = group_with("xl", 2, None, Some("x2:40@+450000000"));
     let mut client = Client::start(&g.lab, 30);
-    let why = ["fault injected", "did not repeat its own result"];
-    stops_saying(
+    let err = says(
         &g.lab,
-        &mut g.leader,
         "leader",
+        "did not repeat its own result",
         Duration::from_secs(90),
-        &why,
-        &|| context(&g.lab),
     );
+    assert!(err.contains("fault injected"), "{err}");
     let keys = client.finish(Duration::from_secs(60), &|| context(&g.lab));
     let err = says(
         &g.lab,
@@ -281,6 +281,13 @@ fn dmr_hands_the_guest_over_when_the_leader_had_a_transient_fault() {
         Duration::from_secs(5),
     );
     assert!(err.contains("found faulty by re-execution"), "{err}");
+    // The leader is repaired: it attaches to the follower, which leads the pair now.
+    says(
+        &g.lab,
+        "f1",
+        "backup attached (generation",
+        Duration::from_secs(60),
+    );
     eprintln!(
         "{keys} keys read back; {}",
         line_with(&stderr_of(&g.lab, "leader"), "did not repeat")
@@ -329,7 +336,7 @@ fn dmr_stops_both_replicas_when_the_fault_persists() {
 }
 
 /// TMR: the leader killed; a follower wins its generation and goes live with the client's
-/// connection and every acknowledged key.
+/// connection and every acknowledged key; the other follower attaches to it.
 #[test]
 fn tmr_fails_over_when_the_leader_is_killed() {
     let _one = serial();
@@ -339,30 +346,47 @@ fn tmr_fails_over_when_the_leader_is_killed() {
     signal(g.leader.c(), libc::SIGKILL);
     let keys = client.finish(Duration::from_secs(60), &|| context(&g.lab));
     let live = the_live_follower(&g);
+    // The other follower lost the race: it attaches to the winner, which leads from now on.
+    let name = ["f1", "f2"][live];
+    says(
+        &g.lab,
+        name,
+        "backup attached (generation",
+        Duration::from_secs(60),
+    );
     eprintln!("{keys} keys read back after the leader was killed");
     poweroff(&mut g.followers[live]);
 }
 
 /// TMR: a register flip in the leader: both followers disagree with it, so the leader is
 /// outvoted and stops without releasing its wrong outputs; a follower takes the guest over
-/// with the client's connection and every acknowledged key.
+/// with the client's connection and every acknowledged key, and the other follower and the
+/// old leader attach to it.
 #[test]
 fn tmr_outvotes_a_faulty_leader_and_a_follower_takes_over() {
     let _one = serial();
     let mut g = group_with("z", 3, None, Some("x2:40@+450000000"));
     let mut client = Client::start(&g.lab, 12);
-    let why = ["fault injected", "it is outvoted and stops"];
-    stops_saying(
+    let err = says(
         &g.lab,
-        &mut g.leader,
         "leader",
+        "it is outvoted and stops",
         Duration::from_secs(90),
-        &why,
-        &|| context(&g.lab),
     );
+    assert!(err.contains("fault injected"), "{err}");
     let keys = client.finish(Duration::from_secs(60), &|| context(&g.lab));
     let live = the_live_follower(&g);
     let line = line_with(&stderr_of(&g.lab, "leader"), "outvoted");
+    // Both the other follower and the outvoted leader are repaired: they attach to the
+    // follower that took the guest over, which leads a whole group again.
+    says(
+        &g.lab,
+        ["f1", "f2"][live],
+        "replica 2 joined the group",
+        Duration::from_secs(90),
+    );
+    let err = stderr_of(&g.lab, "leader");
+    assert!(err.contains("this replica attaches to it"), "{err}");
     eprintln!("{keys} keys read back; {line}");
     poweroff(&mut g.followers[live]);
 }
