@@ -240,6 +240,7 @@ def main():
     ap.add_argument("--json", default=os.path.join(ROOT, "bench", "out", "nmr.json"))
     a = ap.parse_args()
     os.makedirs(os.path.dirname(a.json), exist_ok=True)
+    os.makedirs(os.path.dirname(rb.PSK), exist_ok=True)
     with open(rb.PSK, "wb") as f:
         f.write(os.urandom(32))
     subprocess.run(["cargo", "build", "--release", "-q", "-p", "ftvm"], cwd=ROOT, check=True)

@@ -397,6 +397,18 @@ pub fn run(
                 }
                 eprintln!("ftvm: {why}; attaching again to {leader}");
             }
+            // This replica went live and led the group, which then found it faulty: it
+            // attaches to the follower that took the guest over from it.
+            Err(e) if e.replaced().is_some() => {
+                let generation = e.replaced().unwrap_or_default();
+                eprintln!("ftvm: {e}");
+                let limit = Duration::from_secs(30);
+                let Some(to) = crate::group_leader(&cfg.arbiter, generation, limit) else {
+                    return Err(e);
+                };
+                eprintln!("ftvm: the replica that took the guest over leads from {to}: this replica attaches to it");
+                leader = to;
+            }
             other => return other,
         }
     }
@@ -536,6 +548,9 @@ pub fn follow_primary(
     let mut diverged = false;
     // This replica's state digest differed from the leader's.
     let mut differs = false;
+    // Its own disk copy differs from the data of a disk read the leader logged (a
+    // re-execution, which takes the read data from the log, cannot tell who is right).
+    let mut disk_diverged = false;
     for (slot, path) in devices.disks.iter().enumerate() {
         let f = std::fs::OpenOptions::new()
             .read(true)
@@ -614,6 +629,7 @@ pub fn follow_primary(
                     (Ok(_), Some(why)) => {
                         // The leader's disk read gave other data than this replica's copy.
                         eprintln!("ftvm: this replica's replay diverged: {why}");
+                        disk_diverged = true;
                         let hash = *blake3::hash(why.as_bytes()).as_bytes();
                         out.send_with(|s| s.vote(VOTE_OUTPUTS, target, hash, inj));
                         diverged = true;
@@ -652,6 +668,11 @@ pub fn follow_primary(
                 }
             }
             Some(FromPrimary::Released(released)) => {
+                // Outputs up to here were released on this replica's votes: its checkpoints
+                // up to here are agreed in full (its digest matched there already).
+                if let Some(rc) = &mut rechecker {
+                    rc.agreed(released);
+                }
                 while follower
                     .unreleased
                     .front()
@@ -717,8 +738,12 @@ pub fn follow_primary(
                     to,
                     what,
                 };
+                // Disputed from here on: unless the group names the leader faulty, this replica
+                // must not take the guest over (with two, neither can be trusted).
+                differs = true;
                 let t0 = Instant::now();
                 let result = match &rechecker {
+                    _ if disk_diverged => Err("its disk copy differs from the data the leader read, which a re-execution takes from the log: it cannot tell which replica is right".to_string()),
                     Some(rc) => rc.reexecute(&req).map_err(|e| e.to_string()),
                     None => Err("this replica keeps no checkpoints".to_string()),
                 };
@@ -843,11 +868,8 @@ pub fn follow_primary(
     if handed_over.is_none() {
         sleep_until(free_at);
         if !arbiter.test_and_set(generation, &crate::winner_label(listen))? {
-            let winner = arbiter
-                .winner(generation)
-                .ok()
-                .flatten()
-                .unwrap_or_default();
+            let winner =
+                crate::winner_of(arbiter, generation, Duration::from_secs(2)).unwrap_or_default();
             if votes {
                 // A replica of a group attaches again, from the leader's state: another
                 // follower's, if it took the guest over.
@@ -966,9 +988,15 @@ pub fn follow_primary(
     let mut gate = Gate::open().with_status(status);
     if let Some(listen) = listen {
         // This side is the primary now: a new backup may attach and start the next generation.
-        let p = Protector::start(listen, cfg, generation + 1, devices, events_tx.clone())?;
-        gate = gate.with_protector(Box::new(p));
-        eprintln!("ftvm: waiting for a new backup on {listen}");
+        // The guest is this side's now (the generation is won): a listener that cannot start
+        // leaves it unprotected, never stopped.
+        match Protector::start(listen, cfg, generation + 1, devices, events_tx.clone()) {
+            Ok(p) => {
+                gate = gate.with_protector(Box::new(p));
+                eprintln!("ftvm: waiting for a new backup on {listen}");
+            }
+            Err(e) => eprintln!("ftvm: cannot wait for a new backup on {listen} ({e}): the guest runs on unprotected"),
+        }
     }
     Ok(ftvm_runner::live(
         opts,

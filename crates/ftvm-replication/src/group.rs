@@ -121,9 +121,11 @@ pub(crate) struct Member {
     joined_at: Option<u64>,
     /// Its votes count (see `joined_at`).
     trusted: bool,
-    /// The leader's checkpoints as this member's chain stood there: its attach and the
-    /// leader's digests since (two replicas: where a re-execution may start).
-    points: VecDeque<(u64, [u8; 32])>,
+    /// Where it attached, with the chain there (empty): a copy of the leader's state, agreed.
+    attach: (u64, [u8; 32]),
+    /// The leader's digests since, as this member's chain stood there, and whether the
+    /// member's digest there matched (two replicas: where a re-execution may start).
+    points: VecDeque<(u64, [u8; 32], bool)>,
 }
 
 impl Member {
@@ -140,21 +142,20 @@ impl Member {
             injected: None,
             joined_at: joined.then_some(at),
             trusted: !joined,
-            points: VecDeque::from([(at, [0; 32])]),
+            attach: (at, [0; 32]),
+            points: VecDeque::new(),
         }
     }
 
     /// The newest checkpoint where this member agreed with the leader on the state and on
     /// every output before it, no later than `count`: its count and the chain there.
     fn agreed_point(&self, count: u64) -> Option<(u64, [u8; 32])> {
-        let attach = self.points.front().map(|p| p.0);
         self.points
             .iter()
             .rev()
-            .find(|(c, _)| {
-                *c <= count && *c <= self.outputs_ok && (*c <= self.digest_ok || Some(*c) == attach)
-            })
-            .copied()
+            .find(|(c, _, agreed)| *agreed && *c <= count && *c <= self.outputs_ok)
+            .map(|(c, h, _)| (*c, *h))
+            .or((self.attach.0 <= count).then_some(self.attach))
     }
 
     /// Whether this member's votes say the leader's outputs up to `count` are right.
@@ -262,6 +263,8 @@ struct Recheck {
     ours: Option<Result<[u8; 32], String>>,
     theirs: Option<[u8; 32]>,
     since: Instant,
+    /// When this side's re-execution ended.
+    ours_at: Option<Instant>,
     /// Why it settled nothing.
     why: Option<String>,
 }
@@ -335,6 +338,9 @@ impl GroupState {
                     }
                 } else {
                     m.digest_ok = m.digest_ok.max(count);
+                    if let Some(p) = m.points.iter_mut().find(|p| p.0 == count) {
+                        p.2 = true;
+                    }
                 }
             }
         }
@@ -586,6 +592,7 @@ impl GroupState {
             ours: None,
             theirs: None,
             since: Instant::now(),
+            ours_at: None,
             why: None,
         });
         true
@@ -600,33 +607,29 @@ impl GroupState {
         let i = self.members.iter().position(|m| m.id == r.id);
         let (Some(ours), Some(i)) = (r.ours.clone(), i) else {
             if i.is_none() {
-                // The member went (dropped above, the pair's way) before it answered: the
-                // leader runs on alone if its own re-execution repeated its first result.
-                match &r.ours {
-                    None => return Ok(Judgement::Wait),
-                    Some(Ok(o)) if *o == r.leader => {
-                        self.recheck = None;
-                        self.stopped = false;
-                        return Ok(Judgement::Wait);
-                    }
-                    Some(_) => {
-                        self.stopped = true;
-                        return Err(Box::new(PairError::Lost(format!(
-                            "this replica (the leader) did not repeat its own result at instruction {} when it re-executed, and replica {} is gone: it stops",
-                            r.count, r.id
-                        ))));
-                    }
-                }
+                // The member went (dropped above, the pair's way) before it answered: one
+                // re-execution cannot tell a transient fault of the member's from a persistent
+                // one of this side's (both repeat this side's result). Nothing after the
+                // disagreement leaves; the member, disputed, does not go live either.
+                self.stopped = true;
+                return Err(Box::new(PairError::Lost(format!(
+                    "fault detected: replica {} and this replica disagree at instruction {} ({}), and replica {} went before the re-execution settled it: no output after the disagreement left; the guest stops",
+                    r.id, r.count, how(r.what), r.id
+                ))));
             }
             return Ok(Judgement::Wait);
         };
         let Some(theirs) = r.theirs else {
-            if r.since.elapsed() > RECHECK_LIMIT {
+            // The member re-executes as much as this side did: it gets the limit beyond three
+            // times this side's own time.
+            let own = r.ours_at.map_or(Duration::ZERO, |t| t - r.since);
+            let limit = RECHECK_LIMIT + own * 3;
+            if r.ours_at.is_some_and(|t| t.elapsed() > limit) {
                 if let Some(r) = &mut self.recheck {
                     r.why = Some(format!(
                         "replica {} did not re-execute within {} s",
                         r.id,
-                        RECHECK_LIMIT.as_secs()
+                        limit.as_secs()
                     ));
                 }
                 return Ok(Judgement::Undecidable(i));
@@ -836,7 +839,7 @@ impl Link for Group {
             if m.points.len() >= KEEP_DIGESTS {
                 m.points.pop_front();
             }
-            m.points.push_back((count, m.chain.0));
+            m.points.push_back((count, m.chain.0, false));
         }
     }
     fn rechecks(&self) -> bool {
@@ -856,6 +859,7 @@ impl Link for Group {
     fn rechecked(&self, result: Result<[u8; 32], String>) {
         if let Some(r) = self.lock().recheck.as_mut() {
             r.ours = Some(result);
+            r.ours_at = Some(Instant::now());
         }
     }
 }
@@ -884,7 +888,8 @@ mod tests {
             injected: None,
             joined_at: None,
             trusted: true,
-            points: VecDeque::from([(0, [0; 32])]),
+            attach: (0, [0; 32]),
+            points: VecDeque::new(),
         }
     }
 
@@ -954,15 +959,23 @@ mod tests {
     #[test]
     fn a_reexecution_starts_where_state_and_outputs_last_agreed() {
         let mut m = member(Some((300, VOTE_OUTPUTS)), 250, 200);
-        m.points
-            .extend([(100, [1; 32]), (200, [2; 32]), (300, [3; 32])]);
-        // 200: its digest matched and its outputs agreed past it.
+        m.points.extend([
+            (100, [1; 32], true),
+            (150, [5; 32], false),
+            (200, [2; 32], true),
+            (300, [3; 32], false),
+        ]);
+        // 200: its digest matched and its outputs agreed past it; 150's digest did not match.
         assert_eq!(m.agreed_point(300), Some((200, [2; 32])));
-        // Outputs agreed only up to 150: the chain at 200 may hold a wrong output.
-        m.outputs_ok = 150;
+        // Outputs agreed only up to 180: the chain at 200 may hold a wrong output.
+        m.outputs_ok = 180;
         assert_eq!(m.agreed_point(300), Some((100, [1; 32])));
-        // No digest matched yet: only the attach (a copy of the leader's state) is agreed.
-        m.digest_ok = 0;
+        // No digest matched: only the attach (a copy of the leader's state) is agreed, even
+        // when the list of points no longer begins with it.
+        for p in &mut m.points {
+            p.2 = false;
+        }
+        m.points.pop_front();
         assert_eq!(m.agreed_point(300), Some((0, [0; 32])));
         assert_eq!(m.agreed_point(u64::MAX), Some((0, [0; 32])));
     }

@@ -124,6 +124,33 @@ pub fn winner_address(label: &str) -> Option<String> {
     label.strip_prefix("backup ").map(|a| a.trim().to_string())
 }
 
+/// The label of the winner of `generation`, once it is won and its label written (a file
+/// arbiter's key exists a moment before its label does), waiting up to `limit`.
+pub fn winner_of(arbiter: &Arbiter, generation: u64, limit: std::time::Duration) -> Option<String> {
+    let t0 = std::time::Instant::now();
+    loop {
+        if let Ok(Some(label)) = arbiter.winner(generation) {
+            if !label.is_empty() {
+                return Some(label);
+            }
+        }
+        if t0.elapsed() >= limit {
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Where the replica that won `generation` leads the group from (the address in its label),
+/// waiting up to `limit` for it to be won.
+pub fn group_leader(
+    arbiter: &Arbiter,
+    generation: u64,
+    limit: std::time::Duration,
+) -> Option<String> {
+    winner_of(arbiter, generation, limit).and_then(|l| winner_address(&l))
+}
+
 impl PairError {
     /// The generation this leader's followers race for, when it was found faulty and stopped
     /// (through the runner's link error too).

@@ -15,14 +15,20 @@ use std::collections::VecDeque;
 
 use ftvm_log::Record;
 use ftvm_machine::fault::Fault;
-use ftvm_machine::{Machine, MachineError, Output};
+use ftvm_machine::{Input, Machine, MachineError, Output};
 use thiserror::Error;
 
 use crate::follow::{self, FollowError, Sink};
 use crate::vote::{divergence, output_hash, Chain};
 
-/// At most this many checkpoints are kept (each holds a copy of the guest's RAM).
+/// At most this many checkpoints are kept (each holds a copy of the guest's RAM); the newest
+/// agreed one is never dropped for a newer one.
 pub const KEEP_CHECKPOINTS: usize = 3;
+
+/// At most this many bytes of log records are kept (frames, disk reads); beyond them this
+/// replica gives re-execution up until its next checkpoint, and a disagreement meanwhile
+/// stops the guest.
+pub const MAX_KEPT_BYTES: usize = 512 << 20;
 
 /// What a re-execution compares.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,6 +57,8 @@ pub enum RecheckError {
     Backwards { from: u64, to: u64 },
     #[error("the log kept ends at instruction {0}, before the point to re-execute to")]
     Short(u64),
+    #[error("the log since the checkpoint outgrew {} MiB: it was not kept", MAX_KEPT_BYTES >> 20)]
+    TooMuchLog,
     #[error("restoring the checkpoint: {0}")]
     Restore(#[from] MachineError),
     #[error("re-executing: {0}")]
@@ -71,8 +79,30 @@ struct Checkpoint {
 pub struct Rechecker {
     points: VecDeque<Checkpoint>,
     records: Vec<Record>,
+    /// The bytes the records hold (about), and whether they outgrew [`MAX_KEPT_BYTES`].
+    bytes: usize,
+    overflow: bool,
+    /// Every point up to here is agreed.
+    agreed: u64,
     /// A persistent fault: injected again whenever a re-execution passes its count.
     fault: Option<(u64, Fault)>,
+}
+
+/// About how many bytes a record holds.
+fn record_bytes(r: &Record) -> usize {
+    let inputs = match r {
+        Record::Input { inputs, .. } => inputs.as_slice(),
+        _ => &[],
+    };
+    64 + inputs
+        .iter()
+        .map(|i| match i {
+            Input::Frame { frame, .. } => frame.len(),
+            Input::DiskDone { data, .. } => data.len(),
+            Input::Entropy { bytes, .. } => bytes.len(),
+            _ => 0,
+        } + 32)
+        .sum::<usize>()
 }
 
 /// Outputs hashed into a chain.
@@ -91,6 +121,9 @@ impl Rechecker {
         let mut r = Rechecker {
             points: VecDeque::new(),
             records: Vec::new(),
+            bytes: 0,
+            overflow: false,
+            agreed: m.count(),
             fault: None,
         };
         r.checkpoint(m, chain);
@@ -104,9 +137,19 @@ impl Rechecker {
 
     /// A record of the log, after the ones before it.
     pub fn record(&mut self, r: Record) {
-        if !matches!(r, Record::Header { .. }) {
-            self.records.push(r);
+        if matches!(r, Record::Header { .. }) || self.overflow {
+            return;
         }
+        self.bytes += record_bytes(&r);
+        if self.bytes > MAX_KEPT_BYTES {
+            // Too much to keep: nothing can be re-executed until the next checkpoint.
+            self.overflow = true;
+            self.points.clear();
+            self.records = Vec::new();
+            self.bytes = 0;
+            return;
+        }
+        self.records.push(r);
     }
 
     /// Records of the log, in order.
@@ -119,6 +162,11 @@ impl Rechecker {
     /// A checkpoint of `m` where it stands (every record so far came before it). Beyond
     /// [`KEEP_CHECKPOINTS`] the oldest goes, with the records before the next one.
     pub fn checkpoint(&mut self, m: &Machine, chain: [u8; 32]) {
+        if self.overflow {
+            // A fresh start: the log from here on is kept again.
+            self.overflow = false;
+            self.agreed = m.count();
+        }
         self.points.push_back(Checkpoint {
             count: m.count(),
             state: m.save(),
@@ -126,7 +174,9 @@ impl Rechecker {
             at_record: self.records.len(),
         });
         while self.points.len() > KEEP_CHECKPOINTS {
-            self.points.pop_front();
+            // The oldest goes, unless it is the newest agreed one: then the next one does.
+            let i = usize::from(self.points.len() > 1 && self.points[1].count > self.agreed);
+            self.points.remove(i);
         }
         self.trim();
     }
@@ -134,7 +184,8 @@ impl Rechecker {
     /// Every point up to `count` is agreed: the checkpoints before the newest one at or
     /// before it are not needed any more.
     pub fn agreed(&mut self, count: u64) {
-        while self.points.len() > 1 && self.points[1].count <= count {
+        self.agreed = self.agreed.max(count);
+        while self.points.len() > 1 && self.points[1].count <= self.agreed {
             self.points.pop_front();
         }
         self.trim();
@@ -145,6 +196,10 @@ impl Rechecker {
             return;
         };
         if first > 0 {
+            self.bytes -= self.records[..first]
+                .iter()
+                .map(record_bytes)
+                .sum::<usize>();
             self.records.drain(..first);
             for p in &mut self.points {
                 p.at_record -= first;
@@ -179,6 +234,9 @@ impl Rechecker {
     }
 
     fn run(&self, req: &Request) -> Result<[u8; 32], RecheckError> {
+        if self.overflow {
+            return Err(RecheckError::TooMuchLog);
+        }
         let p = self
             .points
             .iter()
@@ -249,7 +307,6 @@ impl Rechecker {
 mod tests {
     use super::*;
     use ftvm_machine::fault::Target;
-    use ftvm_machine::Input;
 
     /// A machine that prints a counter on its console forever.
     fn printer() -> Machine {
@@ -355,14 +412,26 @@ mod tests {
             });
             r.checkpoint(&m, [i as u8; 32]);
         }
-        assert_eq!(r.counts(), vec![300, 400, 500]);
+        // The newest agreed checkpoint (the start) stays; the newer ones make room.
+        assert_eq!(r.counts(), vec![0, 400, 500]);
         assert_eq!(
             r.records.len(),
-            4,
+            10,
             "the records from the oldest checkpoint on"
         );
         r.agreed(450);
         assert_eq!(r.counts(), vec![400, 500]);
+        assert_eq!(
+            r.records.len(),
+            2,
+            "the records from the oldest checkpoint on"
+        );
+        // Agreed at 400: a new checkpoint drops 500 rather than 400.
+        outputs_to(&mut m, 600);
+        r.checkpoint(&m, [6; 32]);
+        outputs_to(&mut m, 700);
+        r.checkpoint(&m, [7; 32]);
+        assert_eq!(r.counts(), vec![400, 600, 700]);
         assert_eq!(r.newest_at_or_before(499), Some((400, [4; 32])));
         let req = Request {
             from: 300,
@@ -401,5 +470,37 @@ mod tests {
             panic!("the replay fits: {replay:?}");
         };
         assert_eq!(got, divergence(&e));
+    }
+
+    #[test]
+    fn a_log_too_large_to_keep_gives_re_execution_up_until_the_next_checkpoint() {
+        let mut m = printer();
+        let mut r = Rechecker::new(&m, [0; 32]);
+        let big = Record::Input {
+            count: 10,
+            inputs: vec![Input::Entropy {
+                slot: 0,
+                bytes: vec![0; MAX_KEPT_BYTES / 2],
+            }],
+        };
+        r.record(big.clone());
+        r.record(big);
+        let req = Request {
+            from: 0,
+            base: None,
+            to: 100,
+            what: What::Outputs,
+        };
+        assert!(matches!(r.reexecute(&req), Err(RecheckError::TooMuchLog)));
+        assert!(r.records.is_empty() && r.counts().is_empty());
+        outputs_to(&mut m, 200);
+        r.checkpoint(&m, [0; 32]);
+        r.record(Record::Mark { count: 300 });
+        let req = Request {
+            from: 200,
+            to: 300,
+            ..req
+        };
+        assert!(r.reexecute(&req).is_ok());
     }
 }

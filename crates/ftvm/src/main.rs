@@ -770,27 +770,16 @@ fn run_primary(listen: &str, p: PairArgs, a: RunArgs) -> Result<u8> {
             // attaching to the group's new leader once one took the guest over.
             let generation = e.replaced().unwrap_or_default();
             eprintln!("ftvm: {e}");
-            let Some(to) = new_leader(&cfg.arbiter, generation) else {
+            let limit = Duration::from_secs(30);
+            let Some(to) = ftvm_replication::group_leader(&cfg.arbiter, generation, limit) else {
                 bail!("{e}; no follower that took the guest over published where it listens (give the followers --listen with a reachable address), so this replica cannot rejoin");
             };
-            eprintln!("ftvm: replica that took the guest over leads from {to}: this replica attaches to it");
+            eprintln!("ftvm: the replica that took the guest over leads from {to}: this replica attaches to it");
             backup::run(&to, Some(listen), &devices, &cfg, &a.options())?
         }
         other => other?,
     };
     finish(&a, ended)
-}
-
-/// Where the winner of `generation` leads its group from, once it won (30 s at most).
-fn new_leader(arbiter: &ftvm_replication::Arbiter, generation: u64) -> Option<String> {
-    let t0 = std::time::Instant::now();
-    while t0.elapsed() < Duration::from_secs(30) {
-        if let Ok(Some(label)) = arbiter.winner(generation) {
-            return ftvm_replication::winner_address(&label);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    None
 }
 
 fn run_backup(primary_addr: &str, listen: Option<&str>, p: PairArgs, a: RunArgs) -> Result<u8> {
