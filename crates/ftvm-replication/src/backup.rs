@@ -867,7 +867,9 @@ pub fn follow_primary(
     }
     if handed_over.is_none() {
         sleep_until(free_at);
-        if !arbiter.test_and_set(generation, &crate::winner_label(listen))? {
+        // A group's member names where it will accept the others (a pair's backup: "backup").
+        let label = crate::winner_label(listen.filter(|_| votes));
+        if !arbiter.test_and_set(generation, &label)? {
             let winner =
                 crate::winner_of(arbiter, generation, Duration::from_secs(2)).unwrap_or_default();
             if votes {

@@ -108,7 +108,8 @@ pub enum PairError {
 }
 
 /// The arbiter label of a follower that takes the guest over: where it accepts the group's
-/// other replicas from then on (`listen`, when it names a reachable address).
+/// other replicas from then on (`listen`, when it names a reachable address; `None` for a
+/// pair's backup, whose label stays `backup`).
 pub fn winner_label(listen: Option<&str>) -> String {
     match listen.filter(|l| {
         l.parse::<std::net::SocketAddr>()
@@ -169,5 +170,23 @@ impl PairError {
     pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> PairError {
         let what = what.into();
         move |source| PairError::Io { what, source }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_winner_names_where_it_listens_when_others_can_reach_it() {
+        assert_eq!(winner_label(None), "backup");
+        assert_eq!(winner_label(Some("0.0.0.0:7700")), "backup");
+        assert_eq!(winner_label(Some("10.0.0.2:7700")), "backup 10.0.0.2:7700");
+        assert_eq!(
+            winner_address(&winner_label(Some("10.0.0.2:7700"))).as_deref(),
+            Some("10.0.0.2:7700")
+        );
+        assert_eq!(winner_address("backup"), None);
+        assert_eq!(winner_address("primary"), None);
     }
 }

@@ -635,6 +635,10 @@ pub fn live(
             // execute beside this one rather than after it, and their votes come sooner.
             if let Some(log) = &mut feed.log {
                 log.mark(count)?;
+                if let Some(r) = &mut rechecker {
+                    // The records kept move on to the checkpoints (which bound their bytes).
+                    r.records(log.kept.replace(Vec::new()).unwrap_or_default());
+                }
             }
             last_mark = count;
         }

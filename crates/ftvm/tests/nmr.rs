@@ -162,6 +162,19 @@ fn group_with(tag: &str, n: usize, inject: Option<&str>, leader_fault: Option<&s
     }
 }
 
+/// The client reads every acknowledged key back while the leader runs on; then the guest is
+/// powered off.
+fn finish_with_the_leader(g: &mut Group, client: &mut Client, line: &str) {
+    let keys = client.finish(Duration::from_secs(60), &|| context(&g.lab));
+    assert!(
+        g.leader.c().try_wait().unwrap().is_none(),
+        "the leader stopped\n{}",
+        context(&g.lab)
+    );
+    eprintln!("{keys} keys read back; {line}");
+    poweroff(&mut g.leader);
+}
+
 /// TMR: a register flip in a follower changes what it sends; the leader and the other
 /// follower outvote it, the client gets only correct replies, and the faulty replica attaches
 /// again (as replica 3) from the leader's state.
@@ -183,15 +196,7 @@ fn tmr_outvotes_a_follower_whose_register_flipped_and_repairs_it() {
         "replica 3 joined the group",
         Duration::from_secs(60),
     );
-    let keys = client.finish(Duration::from_secs(60), &|| context(&g.lab));
-    assert!(
-        g.leader.c().try_wait().unwrap().is_none(),
-        "the leader stopped\n{}",
-        context(&g.lab)
-    );
-    let line = line_with(&err, "fault detected");
-    eprintln!("{keys} keys read back; {line}");
-    poweroff(&mut g.leader);
+    finish_with_the_leader(&mut g, &mut client, &line_with(&err, "fault detected"));
 }
 
 /// TMR: a RAM flip in memory the guest does not use changes no output; the exchange of
@@ -209,9 +214,7 @@ fn tmr_finds_a_ram_flip_that_changes_no_output_by_its_digests() {
     );
     let line = line_with(&err, "fault detected");
     assert!(line.contains("state digest"), "{line}");
-    let keys = client.finish(Duration::from_secs(60), &|| context(&g.lab));
-    eprintln!("{keys} keys read back; {line}");
-    poweroff(&mut g.leader);
+    finish_with_the_leader(&mut g, &mut client, &line);
 }
 
 /// DMR, a transient fault in the follower (a register flip): the two replicas disagree; both
@@ -244,17 +247,7 @@ fn dmr_reexecutes_and_repairs_a_follower_with_a_transient_fault() {
         "backup attached (generation 1)",
         Duration::from_secs(60),
     );
-    let keys = client.finish(Duration::from_secs(60), &|| context(&g.lab));
-    assert!(
-        g.leader.c().try_wait().unwrap().is_none(),
-        "the leader stopped\n{}",
-        context(&g.lab)
-    );
-    eprintln!(
-        "{keys} keys read back; {}",
-        line_with(&err, "transient fault")
-    );
-    poweroff(&mut g.leader);
+    finish_with_the_leader(&mut g, &mut client, &line_with(&err, "transient fault"));
 }
 
 /// DMR, a transient fault in the leader: both re-executions repeat the follower's result,
