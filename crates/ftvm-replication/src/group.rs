@@ -380,6 +380,26 @@ impl GroupState {
             .send_with(|s| s.verdict(count, what, action));
     }
 
+    /// Wait (2 s at most) for member `i` to close its link, as it does once it has taken a
+    /// verdict (closing first could lose the verdict: a reset discards what the peer has not
+    /// read yet).
+    fn await_close(&self, i: usize) {
+        let t0 = Instant::now();
+        while !self.members[i].out.with(|s| s.broken()) && t0.elapsed() < Duration::from_secs(2) {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// Fence every member's link: nothing of this side's leaves or counts any more.
+    fn fence_all(&self) {
+        for m in &self.members {
+            m.out.cut_if(|s| {
+                s.give_up();
+                ((), true)
+            });
+        }
+    }
+
     fn report(&self, m: &Member, count: u64, what: u8, rest: &str) {
         let injected = m.injected.map_or(String::new(), |i| {
             format!(
@@ -452,12 +472,7 @@ impl GroupState {
                 let ids: Vec<String> = self.members.iter().map(|m| m.id.to_string()).collect();
                 // Every member fenced: nothing of this side's leaves or counts any more; the
                 // members find the leader gone and one of them takes the guest over.
-                for m in &self.members {
-                    m.out.cut_if(|s| {
-                        s.give_up();
-                        ((), true)
-                    });
-                }
+                self.fence_all();
                 return Err(Box::new(PairError::Replaced {
                     why: format!(
                         "fault detected: this replica (the leader) disagrees with replicas {} at instruction {count} ({}): it is outvoted and stops, its held outputs never leave; a follower takes the guest over",
@@ -483,14 +498,7 @@ impl GroupState {
                 let generation = self.generation;
                 let won = self.arbiter.test_and_set(generation, "primary");
                 self.tell(i, count, what, VERDICT_STOP);
-                // It closes the link once it has the verdict; closing first could lose it (a
-                // reset discards what the peer has not read yet).
-                let t0 = Instant::now();
-                while !self.members[i].out.with(|s| s.broken())
-                    && t0.elapsed() < Duration::from_secs(2)
-                {
-                    std::thread::sleep(Duration::from_millis(2));
-                }
+                self.await_close(i);
                 let m = self.remove(i);
                 if !matches!(won, Ok(true)) {
                     tracing::warn!(
@@ -659,18 +667,8 @@ impl GroupState {
                 // The follower goes live once it has the word; this side never releases
                 // anything again and leaves the generation to it.
                 self.tell(i, count, what, VERDICT_TAKE_OVER);
-                let t0 = Instant::now();
-                while !self.members[i].out.with(|s| s.broken())
-                    && t0.elapsed() < Duration::from_secs(2)
-                {
-                    std::thread::sleep(Duration::from_millis(2));
-                }
-                for m in &self.members {
-                    m.out.cut_if(|s| {
-                        s.give_up();
-                        ((), true)
-                    });
-                }
+                self.await_close(i);
+                self.fence_all();
                 Err(Box::new(PairError::Replaced {
                     why: format!(
                         "fault detected: this replica (the leader) disagreed with replica {id} at instruction {count} ({}) and did not repeat its own result when it re-executed (a transient fault): it stops, its held outputs never leave; replica {id} takes the guest over",

@@ -637,7 +637,7 @@ pub fn live(
                 log.mark(count)?;
                 if let Some(r) = &mut rechecker {
                     // The records kept move on to the checkpoints (which bound their bytes).
-                    r.records(log.kept.replace(Vec::new()).unwrap_or_default());
+                    r.take_kept(&mut log.kept);
                 }
             }
             last_mark = count;
@@ -750,7 +750,7 @@ pub fn live(
             let t0 = Instant::now();
             let result = match (&mut rechecker, &mut feed.log) {
                 (Some(r), Some(log)) => {
-                    r.records(log.kept.replace(Vec::new()).unwrap_or_default());
+                    r.take_kept(&mut log.kept);
                     r.reexecute(&req).map_err(|e| e.to_string())
                 }
                 _ => Err("this side kept no checkpoints".to_string()),
@@ -796,7 +796,7 @@ pub fn live(
                     log.record(Record::Digest { count, digest })?;
                     if let (Some(r), Some(l)) = (&mut rechecker, &gate.link) {
                         // A checkpoint here (where the followers' digests will be compared).
-                        r.records(log.kept.replace(Vec::new()).unwrap_or_default());
+                        r.take_kept(&mut log.kept);
                         r.agreed(l.agreed());
                         r.checkpoint(&m, [0; 32]);
                     }

@@ -207,18 +207,17 @@ impl Rechecker {
         }
     }
 
-    /// The counts of the checkpoints kept, oldest first.
-    pub fn counts(&self) -> Vec<u64> {
-        self.points.iter().map(|p| p.count).collect()
+    /// The records a log writer kept since last asked ([`ftvm_log::LogWriter::kept`]).
+    pub fn take_kept(&mut self, kept: &mut Option<Vec<Record>>) {
+        if let Some(v) = kept {
+            self.records(std::mem::take(v));
+        }
     }
 
-    /// The newest checkpoint at or before `count`: its count and the chain there.
-    pub fn newest_at_or_before(&self, count: u64) -> Option<(u64, [u8; 32])> {
-        self.points
-            .iter()
-            .rev()
-            .find(|p| p.count <= count)
-            .map(|p| (p.count, p.chain))
+    /// The counts of the checkpoints kept, oldest first.
+    #[cfg(test)]
+    fn counts(&self) -> Vec<u64> {
+        self.points.iter().map(|p| p.count).collect()
     }
 
     /// Re-execute from the checkpoint at `req.from` to `req.to` in a scratch machine: the
@@ -432,7 +431,6 @@ mod tests {
         outputs_to(&mut m, 700);
         r.checkpoint(&m, [7; 32]);
         assert_eq!(r.counts(), vec![400, 600, 700]);
-        assert_eq!(r.newest_at_or_before(499), Some((400, [4; 32])));
         let req = Request {
             from: 300,
             base: None,
