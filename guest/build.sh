@@ -2,6 +2,7 @@
 # Builds the ftvm RISC-V guest images from Debian packages:
 #
 #   guest/out/Image              Linux 6.12 (linux-source-6.12), tinyconfig + guest/kernel.config
+#   guest/out/vmlinux            the same kernel as an ELF with its symbols, for gdb
 #   guest/out/initramfs.cpio.gz  static busybox + redis-server/redis-cli + cpubench + guest/init
 #   guest/out/manifest.txt       Debian package versions and SHA-256 of every artifact
 #
@@ -289,6 +290,9 @@ build_kernel() {
 	cp "$obj/.config" "$OUT/Image.config.tmp"
 	mv -f "$OUT/Image.config.tmp" "$OUT/Image.config"
 	cp "$obj/arch/riscv/boot/Image" "$OUT/Image.tmp"
+	# The ELF the Image is cut from, with its symbol table: gdb loads it to debug the guest
+	# (ftvm replay --gdb; docs/debugging.md).
+	cp "$obj/vmlinux" "$OUT/vmlinux.tmp"
 	KERNEL_RELEASE=$(cat "$obj/include/config/kernel.release")
 }
 
@@ -299,13 +303,15 @@ do_kernel() {
 $TOOLCHAIN
 kernel.config $(sha "$GUEST/kernel.config")
 recipe $(recipe build_kernel kernel_source kconfig_verify)"
-	if current "$OUT/Image" "$desc"; then
+	if current "$OUT/Image" "$desc" && current "$OUT/vmlinux" "$desc"; then
 		up_to_date_msg "$OUT/Image"
 		return 0
 	fi
 	begin "$OUT/Image"
+	begin "$OUT/vmlinux"
 	build_kernel
 	STEP=kernel
+	commit "$OUT/vmlinux" "$desc"
 	commit "$OUT/Image" "$desc"
 	echo "    built Image ($(stat -c %s "$OUT/Image") bytes, $KERNEL_RELEASE) in $(elapsed "$t0")"
 }
@@ -510,7 +516,7 @@ config guest/kernel.config merged onto tinyconfig; full config: Image.config
 build-timestamp $(date -u -d "@$EPOCH" +%Y-%m-%dT%H:%M:%SZ) (SOURCE_DATE_EPOCH=$EPOCH)
 
 [sha256]"
-	for f in Image initramfs.cpio.gz Image.config build/bin/busybox build/bin/redis-server \
+	for f in Image vmlinux initramfs.cpio.gz Image.config build/bin/busybox build/bin/redis-server \
 		build/bin/redis-cli build/bin/cpubench; do
 		text+=$'\n'"$(sha "$OUT/$f")  $f"
 	done

@@ -12,6 +12,7 @@
 //! machine on an exact count.
 
 mod csr;
+mod debug;
 mod exec;
 mod fault;
 mod fpu;
@@ -22,6 +23,7 @@ mod rvc;
 mod state;
 
 pub use csr::{Csr, ENVCFG_CBCFE, ENVCFG_CBIE_SHIFT, ENVCFG_CBZE, MENVCFG_PBMTE};
+pub use debug::MemAccess;
 pub use exec::CBO_BLOCK;
 pub use fault::{FlipError, TlbFlip, DATA_TLB_ENTRIES};
 /// Counters of the translator's work (not machine state; zeros on hosts without one).
@@ -180,6 +182,8 @@ pub enum Exit {
     /// PAUSE retired on a hart that yields on it ([`Hart::set_yield_on_pause`]): it spins,
     /// waiting for something another hart is to do.
     Pause,
+    /// The hook of [`Hart::run_hooked`] stopped the hart before an instruction.
+    Hook,
 }
 
 /// A pending trap: cause (with [`cause::INTERRUPT`] for interrupts) and trap value.
@@ -442,11 +446,7 @@ impl Hart {
             }
             // Interrupts are looked at here only: nothing inside the loop below can make one
             // takeable without setting `brk` (CSR writes and xRET do; trap entry only masks).
-            if self.mip() & self.csr.mie != 0 {
-                if let Some(c) = self.pending_interrupt() {
-                    self.take_trap(Trap::new(cause::INTERRUPT | c, 0));
-                }
-            }
+            self.take_interrupt();
             self.brk = false;
             #[cfg(target_arch = "x86_64")]
             if self.engine == Engine::Jit {

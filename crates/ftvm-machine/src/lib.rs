@@ -360,6 +360,55 @@ impl Machine {
     /// an interrupt line may change (any hart's timer, an MMIO access) starts a turn of the
     /// loop: so a run cut into pieces at any counts ends in the state of one run through them.
     pub fn run(&mut self, stop_at: u64, chunk: u64) -> RunExit {
+        self.run_inner::<fn(&mut Hart, &mut Board) -> bool>(stop_at, chunk, None)
+    }
+
+    /// [`Machine::run`] with the interpreter, asking `hook` before every step (with the hart
+    /// about to take it) whether to stop there; if it says so, the run returns
+    /// [`RunExit::Yield`] before that step. The steps taken are the ones `run` takes: a hook
+    /// that never stops changes nothing.
+    pub fn run_hooked<H: FnMut(&mut Hart, &mut Board) -> bool>(
+        &mut self,
+        stop_at: u64,
+        chunk: u64,
+        hook: &mut H,
+    ) -> RunExit {
+        self.run_inner(stop_at, chunk, Some(hook))
+    }
+
+    /// Make the machine ready for its next step, as a run does before it: interrupt lines
+    /// driven, the hart that runs next chosen, a pending interrupt taken. A run from here
+    /// takes the same steps as from before. False if no hart can run (the machine is idle or
+    /// powered off): nothing is taken then.
+    pub fn settle(&mut self) -> bool {
+        if self.board.power.is_some() {
+            return false;
+        }
+        if !self.turn(self.count()) {
+            return false;
+        }
+        let cur = self.sched.cur;
+        self.harts[cur].take_interrupt();
+        true
+    }
+
+    /// The start of a turn of the run loop at count `now`: interrupt lines driven from the
+    /// devices, a new hart picked if the current one cannot go on. False if none can run.
+    fn turn(&mut self, now: u64) -> bool {
+        self.update_irqs();
+        let cur = self.sched.cur;
+        !((self.sched.waiting[cur]
+            || self.sched.state[cur] != HartState::Started
+            || now >= self.sched.slice_end)
+            && !self.pick(now))
+    }
+
+    fn run_inner<H: FnMut(&mut Hart, &mut Board) -> bool>(
+        &mut self,
+        stop_at: u64,
+        chunk: u64,
+        mut hook: Option<&mut H>,
+    ) -> RunExit {
         let chunk_end = stop_at.min(self.count().saturating_add(chunk));
         loop {
             if let Some(p) = self.board.power.take() {
@@ -372,13 +421,7 @@ impl Machine {
             if now >= chunk_end {
                 return RunExit::Yield;
             }
-            self.update_irqs();
-            let cur = self.sched.cur;
-            if (self.sched.waiting[cur]
-                || self.sched.state[cur] != HartState::Started
-                || now >= self.sched.slice_end)
-                && !self.pick(now)
-            {
+            if !self.turn(now) {
                 return RunExit::Idle {
                     ticks: self.next_timer_ticks(),
                 };
@@ -390,7 +433,10 @@ impl Machine {
             }
             let hart = &mut self.harts[cur];
             self.board.count_base = now - hart.count();
-            let exit = hart.run(&mut self.board, end - now);
+            let exit = match hook.as_deref_mut() {
+                None => hart.run(&mut self.board, end - now),
+                Some(h) => hart.run_hooked(&mut self.board, end - now, h),
+            };
             self.invalidate_dma();
             match exit {
                 Exit::Budget => {}
@@ -410,6 +456,7 @@ impl Machine {
                     }
                 }
                 Exit::ToHost(v) => return RunExit::ToHost(v),
+                Exit::Hook => return RunExit::Yield,
                 // A spinning hart waits for another: its slice ends here.
                 Exit::Pause => self.sched.slice_end = self.sched.slice_end.min(self.count()),
                 Exit::Wfi => {
@@ -868,6 +915,12 @@ impl Machine {
     /// Guest RAM.
     pub fn ram(&self) -> &[u8] {
         &self.board.ram
+    }
+
+    /// The machine's RAM, the rest of it dropped: to be patched and handed to
+    /// [`Machine::restore_with_ram`] without copying it.
+    pub fn into_ram(self) -> Vec<u8> {
+        self.board.ram
     }
 
     /// The pages written since the last call (or since the machine was made), and a fresh

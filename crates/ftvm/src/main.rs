@@ -265,6 +265,17 @@ struct ReplayArgs {
     /// Under --engine check: compare the engines' whole-machine state every N instructions.
     #[arg(long, value_name = "N", default_value_t = 10_000_000)]
     check_every: u64,
+    /// Serve gdb's remote protocol on ADDR (host:port) and replay under its control, forwards
+    /// and backwards (docs/debugging.md). When gdb detaches, the replay runs to the log's end.
+    #[arg(long, value_name = "ADDR", conflicts_with_all = ["until", "snapshot_out", "console_out", "frames_out"])]
+    gdb: Option<String>,
+    /// Under --gdb: take a checkpoint every N instructions (a step back re-executes at most N).
+    #[arg(long, value_name = "N", default_value_t = 10_000_000,
+          value_parser = clap::value_parser!(u64).range(1000..))]
+    checkpoint_every: u64,
+    /// Under --gdb: the memory checkpoints may take (they thin out beyond it), e.g. 512M, 2G.
+    #[arg(long, value_name = "SIZE", default_value = "1G", value_parser = parse_size)]
+    checkpoint_memory: u64,
 }
 
 #[derive(clap::Args, Default)]

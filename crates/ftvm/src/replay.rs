@@ -97,6 +97,9 @@ pub fn replay(a: ReplayArgs, check: bool) -> Result<u8> {
     if check {
         return check_engines(&a, &snapshot, &mut log);
     }
+    if let Some(addr) = &a.gdb {
+        return debug(&a, addr, &snapshot, &mut log);
+    }
     tracing::info!(digest_every, "replaying {}", a.log.display());
     let until = a.until.unwrap_or(u64::MAX);
     let mut sinks = Sinks::open(&a)?;
@@ -358,4 +361,56 @@ fn locate(snapshot: &[u8], records: &[Record], good: u64, bad: u64) -> Result<St
     Ok(format!(
         "memory or device state differs between instructions {good} and {bad} (the harts agree)"
     ))
+}
+
+/// `ftvm replay --gdb ADDR`: serve gdb on the log's timeline, then replay to the log's end
+/// and report as an undisturbed replay does.
+fn debug<R: std::io::Read>(
+    a: &ReplayArgs,
+    addr: &str,
+    snapshot: &[u8],
+    log: &mut LogReader<R>,
+) -> Result<u8> {
+    let mut records = Vec::new();
+    while let Next::Record(r) = log.next_record()? {
+        records.push(r);
+    }
+    let listener = std::net::TcpListener::bind(addr)
+        .with_context(|| format!("--gdb {addr}: cannot listen there"))?;
+    let limits = ftvm_debug::Limits {
+        every: a.checkpoint_every,
+        max_bytes: usize::try_from(a.checkpoint_memory).unwrap_or(usize::MAX),
+    };
+    let tl =
+        ftvm_debug::Timeline::new(snapshot, records, limits).context("the log's initial state")?;
+    let (start, end) = (tl.start(), tl.end());
+    eprintln!(
+        "ftvm: gdb: waiting on {} (instructions {start}..{end}; in gdb: target remote {})",
+        listener.local_addr()?,
+        listener.local_addr()?
+    );
+    let (conn, peer) = listener
+        .accept()
+        .context("--gdb: accepting gdb's connection")?;
+    drop(listener);
+    conn.set_nodelay(true).ok();
+    eprintln!("ftvm: gdb: {peer} connected");
+    let mut session = ftvm_debug::Session::new(tl);
+    let killed =
+        ftvm_debug::serve(&mut session, conn).map_err(|e| anyhow::anyhow!("gdb session: {e}"))?;
+    let tl = session.timeline();
+    if killed {
+        eprintln!("ftvm: gdb killed the session at instruction {}", tl.count());
+        return Ok(0);
+    }
+    eprintln!(
+        "ftvm: gdb detached at instruction {}: replaying to the log's end",
+        tl.count()
+    );
+    tl.goto(u64::MAX).context("replaying to the log's end")?;
+    println!("replay verified: {} instructions", tl.count());
+    if a.digest {
+        println!("digest {}", tl.machine().digest().to_hex());
+    }
+    Ok(0)
 }
