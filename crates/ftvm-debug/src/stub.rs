@@ -66,9 +66,9 @@ impl Points {
         self.breaks.is_empty() && self.watches.is_empty()
     }
 
-    /// What stops the hart before its next step, if anything.
-    fn hit(&self, hart: &mut Hart, board: &mut Board) -> Option<Hit> {
-        if self.breaks.contains(&hart.pc()) {
+    /// What stops the hart before its next step, if anything (breakpoints only `breaks`).
+    fn hit(&self, hart: &mut Hart, board: &mut Board, breaks: bool) -> Option<Hit> {
+        if breaks && self.breaks.contains(&hart.pc()) {
             return Some(Hit::Break);
         }
         if self.watches.is_empty() {
@@ -161,12 +161,11 @@ impl Session {
                 let stop = if points.is_empty() {
                     self.tl.advance(u64::MAX, None, poll)?
                 } else {
-                    // The instruction gdb resumes at does not stop it again.
+                    // A breakpoint at the instruction gdb resumes at does not stop it
+                    // again; a watchpoint on its access does (gdb steps over it).
                     let mut hook = |hart: &mut Hart, board: &mut Board| {
-                        if board.count_base + hart.count() == now {
-                            return false;
-                        }
-                        hit = points.hit(hart, board);
+                        let first = board.count_base + hart.count() == now;
+                        hit = points.hit(hart, board, !first);
                         hit.is_some()
                     };
                     self.tl.advance(u64::MAX, Some(&mut hook), poll)?
@@ -185,7 +184,7 @@ impl Session {
                 let points = &self.points;
                 let mut last = None;
                 let mut hook = |hart: &mut Hart, board: &mut Board| {
-                    let h = points.hit(hart, board);
+                    let h = points.hit(hart, board, true);
                     if h.is_some() {
                         last = h;
                     }
@@ -197,7 +196,14 @@ impl Session {
                     .last_before(now, &mut hook, poll, &mut interrupted)?;
                 match (found, last) {
                     (Some(c), Some(h)) => {
-                        self.tl.goto(c)?;
+                        // Going backwards, a watchpoint fires after the access (gdb then
+                        // steps back over it, as it steps forwards over one that fires
+                        // before): the stop is after the accessing instruction.
+                        let at = match h {
+                            Hit::Break => c,
+                            Hit::Watch(..) => c + 1,
+                        };
+                        self.tl.goto(at)?;
                         Self::stop_of(h)
                     }
                     _ if interrupted => {

@@ -1,0 +1,940 @@
+//! The timeline against a reference: a bare-metal program (no file needed) that writes all over
+//! RAM, takes timer interrupts and reads the console, a log of inputs and digests built for it
+//! by running it forwards, and a fresh machine run forwards along that log as the truth.
+//!
+//! The state "at count C" is every record at counts up to C applied, then the machine settled
+//! (at the log's end, not settled); every move of the timeline must land exactly there,
+//! whichever checkpoints it restored and however they were thinned.
+
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+
+use ftvm_cpu::Hart;
+use ftvm_debug::{Limits, Stop, Timeline, TimelineError};
+use ftvm_log::Record;
+use ftvm_machine::{board, Board, Input, Machine, RunExit, RAM_BASE};
+use ftvm_runner::follow::{self, Discard, FollowError};
+
+// ---------------------------------------------------------------------------------------------
+// A small RV64 assembler: the instructions the program needs.
+
+const ZERO: u32 = 0;
+const T0: u32 = 5;
+const T1: u32 = 6;
+const T2: u32 = 7;
+const S0: u32 = 8;
+const S1: u32 = 9;
+const A1: u32 = 11;
+const A2: u32 = 12;
+const A3: u32 = 13;
+const S2: u32 = 18;
+const S3: u32 = 19;
+const S4: u32 = 20;
+const S5: u32 = 21;
+const S6: u32 = 22;
+const S7: u32 = 23;
+const S8: u32 = 24;
+const S9: u32 = 25;
+const S10: u32 = 26;
+const S11: u32 = 27;
+const T3: u32 = 28;
+const T4: u32 = 29;
+const T5: u32 = 30;
+
+const MSTATUS: u32 = 0x300;
+const MIE: u32 = 0x304;
+const MTVEC: u32 = 0x305;
+const MEPC: u32 = 0x341;
+
+fn i_type(imm: i32, rs1: u32, f3: u32, rd: u32, op: u32) -> u32 {
+    (((imm as u32) & 0xfff) << 20) | (rs1 << 15) | (f3 << 12) | (rd << 7) | op
+}
+
+fn r_type(f7: u32, rs2: u32, rs1: u32, f3: u32, rd: u32, op: u32) -> u32 {
+    (f7 << 25) | (rs2 << 20) | (rs1 << 15) | (f3 << 12) | (rd << 7) | op
+}
+
+fn s_type(imm: i32, rs2: u32, rs1: u32, f3: u32) -> u32 {
+    let imm = imm as u32;
+    (((imm >> 5) & 0x7f) << 25)
+        | (rs2 << 20)
+        | (rs1 << 15)
+        | (f3 << 12)
+        | ((imm & 0x1f) << 7)
+        | 0x23
+}
+
+fn b_type(off: i32, rs2: u32, rs1: u32, f3: u32) -> u32 {
+    let o = off as u32;
+    (((o >> 12) & 1) << 31)
+        | (((o >> 5) & 0x3f) << 25)
+        | (rs2 << 20)
+        | (rs1 << 15)
+        | (f3 << 12)
+        | (((o >> 1) & 0xf) << 8)
+        | (((o >> 11) & 1) << 7)
+        | 0x63
+}
+
+fn jal(rd: u32, off: i32) -> u32 {
+    let o = off as u32;
+    (((o >> 20) & 1) << 31)
+        | (((o >> 1) & 0x3ff) << 21)
+        | (((o >> 11) & 1) << 20)
+        | (((o >> 12) & 0xff) << 12)
+        | (rd << 7)
+        | 0x6f
+}
+
+fn addi(rd: u32, rs1: u32, imm: i32) -> u32 {
+    i_type(imm, rs1, 0, rd, 0x13)
+}
+fn andi(rd: u32, rs1: u32, imm: i32) -> u32 {
+    i_type(imm, rs1, 7, rd, 0x13)
+}
+fn slli(rd: u32, rs1: u32, sh: i32) -> u32 {
+    i_type(sh, rs1, 1, rd, 0x13)
+}
+fn add(rd: u32, rs1: u32, rs2: u32) -> u32 {
+    r_type(0, rs2, rs1, 0, rd, 0x33)
+}
+fn and(rd: u32, rs1: u32, rs2: u32) -> u32 {
+    r_type(0, rs2, rs1, 7, rd, 0x33)
+}
+fn ld(rd: u32, rs1: u32, imm: i32) -> u32 {
+    i_type(imm, rs1, 3, rd, 0x03)
+}
+fn lbu(rd: u32, rs1: u32, imm: i32) -> u32 {
+    i_type(imm, rs1, 4, rd, 0x03)
+}
+fn sd(rs2: u32, rs1: u32, imm: i32) -> u32 {
+    s_type(imm, rs2, rs1, 3)
+}
+fn sb(rs2: u32, rs1: u32, imm: i32) -> u32 {
+    s_type(imm, rs2, rs1, 0)
+}
+/// amoadd.d rd, rs2, (rs1)
+fn amoadd_d(rd: u32, rs2: u32, rs1: u32) -> u32 {
+    r_type(0, rs2, rs1, 3, rd, 0x2f)
+}
+fn csrrw(rd: u32, csr: u32, rs1: u32) -> u32 {
+    (csr << 20) | (rs1 << 15) | (1 << 12) | (rd << 7) | 0x73
+}
+fn csrrs(rd: u32, csr: u32, rs1: u32) -> u32 {
+    (csr << 20) | (rs1 << 15) | (2 << 12) | (rd << 7) | 0x73
+}
+const MRET: u32 = 0x3020_0073;
+
+#[derive(Default)]
+struct Asm {
+    words: Vec<u32>,
+}
+
+impl Asm {
+    fn w(&mut self, word: u32) {
+        self.words.push(word);
+    }
+    /// The byte offset of the next instruction.
+    fn here(&self) -> i32 {
+        4 * self.words.len() as i32
+    }
+    /// A branch whose target is not known yet: patch it with [`Asm::bind`].
+    fn forward(&mut self, word: u32) -> usize {
+        self.words.push(word);
+        self.words.len() - 1
+    }
+    fn bind(&mut self, at: usize, make: impl Fn(i32) -> u32) {
+        let off = self.here() - 4 * at as i32;
+        self.words[at] = make(off);
+    }
+}
+
+#[test]
+fn the_assembler_encodes_known_words() {
+    assert_eq!(addi(T0, T0, 1), 0x0012_8293);
+    assert_eq!(jal(ZERO, -4), 0xffdf_f06f);
+    assert_eq!(addi(10, ZERO, 5), 0x0050_0513);
+    assert_eq!(addi(10, 10, -7), 0xff95_0513);
+    assert_eq!(slli(10, 10, 63), 0x03f5_1513);
+    // sd a1, 8(sp); ld a0, -8(s0); beq a0, zero, +16; bne a1, zero, -8; sb a5, 0(a4)
+    assert_eq!(sd(11, 2, 8), 0x00b1_3423);
+    assert_eq!(ld(10, S0, -8), 0xff84_3503);
+    assert_eq!(b_type(16, ZERO, 10, 0), 0x0005_0863);
+    assert_eq!(b_type(-8, ZERO, 11, 1), 0xfe05_9ce3);
+    assert_eq!(sb(15, 14, 0), 0x00f7_0023);
+    // amoadd.d zero, s0, (a2); csrrs t5, mepc, zero; csrrw zero, mtvec, t0
+    assert_eq!(amoadd_d(ZERO, S0, A2), 0x0086_302f);
+    assert_eq!(csrrs(T5, MEPC, ZERO), 0x3410_2f73);
+    assert_eq!(csrrw(ZERO, MTVEC, T0), 0x3052_9073);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The program and its log.
+
+const HANDLER: u64 = 0x400;
+const HOT: u64 = 0x8000;
+const SPREAD: u64 = 0x10_0000;
+const SPREAD_MASK: u64 = 0x1f_ffff;
+const AMO: u64 = 0x40_0000;
+/// A misaligned doubleword store across the boundary of pages 9 and 10.
+const ACROSS: u64 = 0xa000 - 3;
+const CLINT_MTIMECMP: u64 = board::CLINT_BASE + 0x4000;
+const CLINT_MTIME: u64 = board::CLINT_BASE + 0xbff8;
+/// Ticks between timer interrupts (7000 steps at the default rate).
+const PERIOD: i32 = 700;
+
+const START: u64 = 3_333;
+const END: u64 = 600_000;
+
+/// The program, and the pc of its loop head and of its interrupt handler.
+///
+/// Setup: mtvec, mie.MTIE, the first mtimecmp, mstatus.MIE. Then forever: count in s0, store
+/// it to a hot page, to a page that moves by 37 pages (and 8 bytes) each turn through 2 MiB
+/// (512 pages), across a page boundary (misaligned), and with an AMO to one of 8 pages;
+/// store mtime; take a console byte if there is one (store it, echo it); then spin 100 to 131
+/// turns. The timer handler re-arms the timer 700 ticks on, counts, and stores mepc.
+fn program() -> (Machine, u64, u64) {
+    let mut a = Asm::default();
+    a.w(csrrw(ZERO, MTVEC, T0));
+    a.w(csrrs(ZERO, MIE, T1));
+    a.w(ld(T0, S10, 0));
+    a.w(addi(T0, T0, 500));
+    a.w(sd(T0, S6, 0));
+    a.w(csrrs(ZERO, MSTATUS, T2));
+    let top = a.here();
+    a.w(addi(S0, S0, 1));
+    a.w(sd(S0, S3, 0));
+    a.w(add(T0, S1, S2));
+    a.w(sd(S0, T0, 0));
+    a.w(add(S2, S2, S8));
+    a.w(and(S2, S2, S7));
+    a.w(ld(T1, S10, 0));
+    a.w(sd(T1, S3, 8));
+    a.w(sd(S0, S11, 0));
+    a.w(andi(A2, S0, 7));
+    a.w(slli(A2, A2, 12));
+    a.w(add(A2, A2, S9));
+    a.w(amoadd_d(ZERO, S0, A2));
+    a.w(lbu(T2, S5, 5));
+    a.w(andi(T2, T2, 1));
+    let skip = a.forward(0);
+    a.w(lbu(T2, S5, 0));
+    a.w(andi(A3, S4, 1023));
+    a.w(add(A3, A3, S3));
+    a.w(sb(T2, A3, 256));
+    a.w(sb(T2, S5, 0));
+    a.w(addi(S4, S4, 1));
+    a.bind(skip, |off| b_type(off, ZERO, T2, 0));
+    a.w(andi(A1, S0, 31));
+    a.w(addi(A1, A1, 100));
+    let spin = a.here();
+    a.w(addi(A1, A1, -1));
+    a.w(b_type(spin - a.here(), ZERO, A1, 1));
+    a.w(jal(ZERO, top - a.here()));
+    assert!(a.here() as u64 <= HANDLER);
+
+    let mut h = Asm::default();
+    h.w(ld(T3, S10, 0));
+    h.w(addi(T3, T3, PERIOD));
+    h.w(sd(T3, S6, 0));
+    h.w(ld(T4, S3, 16));
+    h.w(addi(T4, T4, 1));
+    h.w(sd(T4, S3, 16));
+    h.w(csrrs(T5, MEPC, ZERO));
+    h.w(sd(T5, S3, 24));
+    h.w(MRET);
+
+    let mut m = Machine::new(16 << 20).unwrap();
+    for (at, words) in [(0, &a.words), (HANDLER as usize, &h.words)] {
+        for (i, w) in words.iter().enumerate() {
+            m.board.ram[at + 4 * i..at + 4 * i + 4].copy_from_slice(&w.to_le_bytes());
+        }
+    }
+    let regs = [
+        (T0, RAM_BASE + HANDLER),
+        (T1, 1 << 7),
+        (T2, 1 << 3),
+        (S1, RAM_BASE + SPREAD),
+        (S3, RAM_BASE + HOT),
+        (S5, board::UART_BASE),
+        (S6, CLINT_MTIMECMP),
+        (S7, SPREAD_MASK),
+        (S8, 37 * 4096 + 8),
+        (S9, RAM_BASE + AMO),
+        (S10, CLINT_MTIME),
+        (S11, RAM_BASE + ACROSS),
+    ];
+    let hart = m.hart_mut(0);
+    for (r, v) in regs {
+        hart.set_reg(r as usize, v);
+    }
+    hart.set_pc(RAM_BASE);
+    (m, RAM_BASE + top as u64, RAM_BASE + HANDLER)
+}
+
+fn digest(m: &Machine) -> [u8; 32] {
+    *m.digest().as_bytes()
+}
+
+enum Plan {
+    Inputs(u64, Vec<Input>),
+    Digest(u64),
+    Mark(u64),
+    End(u64),
+}
+
+struct Log {
+    initial: Vec<u8>,
+    records: Vec<Record>,
+    loop_pc: u64,
+    handler_pc: u64,
+}
+
+/// The log's records: inputs (time jumps small and past the timer, console bytes, a clock
+/// rate), digests, a mark and the end, some at the start, some at checkpoint counts, some
+/// several at one count. Digests are those of a machine run along the log as `follow` does.
+fn build_log() -> Log {
+    let (mut m, loop_pc, handler_pc) = program();
+    assert_eq!(m.run(START, u64::MAX), RunExit::StopAt);
+    let initial = m.save();
+    let time = |ticks| vec![Input::Time { ticks }];
+    let mut plan = vec![
+        Plan::Inputs(START, vec![Input::Console(b'a')]),
+        Plan::Digest(START),
+        Plan::Inputs(12_345, vec![Input::Console(b'x'), Input::Console(b'y')]),
+        Plan::Inputs(25_000, time(5)),
+        Plan::Inputs(45_678, time(2_000)),
+        Plan::Digest(45_678),
+        Plan::Inputs(70_001, time(5)),
+        Plan::Inputs(99_999, vec![Input::Console(b'z')]),
+        Plan::Inputs(130_000, time(5)),
+        Plan::Mark(177_777),
+        Plan::Inputs(250_000, vec![Input::Console(b'q')]),
+        Plan::Inputs(250_000, time(5)),
+        Plan::Inputs(300_000, time(2_000)),
+        Plan::Inputs(
+            400_000,
+            vec![Input::Rate {
+                rate: board::DEFAULT_RATE * 3 / 2,
+            }],
+        ),
+        Plan::Inputs(450_003, time(5)),
+        Plan::Inputs(480_000, time(5)),
+        Plan::Inputs(480_000, vec![Input::Console(b'!')]),
+    ];
+    plan.extend((50_000..END).step_by(50_000).map(Plan::Digest));
+    plan.push(Plan::End(END));
+    let count = |p: &Plan| match p {
+        Plan::Inputs(c, _) | Plan::Digest(c) | Plan::Mark(c) | Plan::End(c) => *c,
+    };
+    // Stable: records at one count keep the order above.
+    plan.sort_by_key(count);
+    let mut records = Vec::new();
+    for p in plan {
+        follow::run_to(&mut m, count(&p), &mut Discard).unwrap();
+        records.push(match p {
+            Plan::Inputs(count, inputs) => {
+                for i in &inputs {
+                    m.apply(i.clone());
+                }
+                Record::Input { count, inputs }
+            }
+            Plan::Digest(count) => Record::Digest {
+                count,
+                digest: digest(&m),
+            },
+            Plan::Mark(count) => Record::Mark { count },
+            Plan::End(count) => Record::End {
+                count,
+                digest: digest(&m),
+                code: 0,
+            },
+        });
+    }
+    Log {
+        initial,
+        records,
+        loop_pc,
+        handler_pc,
+    }
+}
+
+fn log() -> &'static Log {
+    static LOG: OnceLock<Log> = OnceLock::new();
+    LOG.get_or_init(build_log)
+}
+
+/// The truth at each target: a fresh machine from the log's initial state run forwards along
+/// the log to it, every record up to it applied, then a copy of it settled (at the end: not
+/// settled).
+fn reference(targets: impl IntoIterator<Item = u64>) -> BTreeMap<u64, [u8; 32]> {
+    let log = log();
+    let mut targets: Vec<u64> = targets.into_iter().map(|t| t.clamp(START, END)).collect();
+    targets.sort_unstable();
+    targets.dedup();
+    let mut m = Machine::restore(&log.initial).unwrap();
+    let mut next = 0;
+    let mut out = BTreeMap::new();
+    for x in targets {
+        while let Some(r) = log.records.get(next).filter(|r| r.count() <= x) {
+            follow::apply(&mut m, r.clone(), &mut Discard).unwrap();
+            next += 1;
+        }
+        follow::run_to(&mut m, x, &mut Discard).unwrap();
+        let d = if x < END {
+            let mut c = Machine::restore(&m.save()).unwrap();
+            assert_eq!(digest(&c), digest(&m));
+            c.settle();
+            digest(&c)
+        } else {
+            digest(&m)
+        };
+        out.insert(x, d);
+    }
+    out
+}
+
+/// Where the program's hart is before each step of the whole log (one step at a time, records
+/// applied and the machine settled before each): the counts at its loop head and at its
+/// interrupt handler.
+struct Hits {
+    at_loop: Vec<u64>,
+    at_handler: Vec<u64>,
+}
+
+fn hits() -> &'static Hits {
+    static HITS: OnceLock<Hits> = OnceLock::new();
+    HITS.get_or_init(|| {
+        let log = log();
+        let mut m = Machine::restore(&log.initial).unwrap();
+        let (mut at_loop, mut at_handler) = (Vec::new(), Vec::new());
+        let mut next = 0;
+        for c in START..END {
+            while let Some(r) = log.records.get(next).filter(|r| r.count() <= c) {
+                follow::apply(&mut m, r.clone(), &mut Discard).unwrap();
+                next += 1;
+            }
+            assert!(m.settle());
+            let pc = m.harts()[0].pc();
+            if pc == log.loop_pc {
+                at_loop.push(c);
+            }
+            if pc == log.handler_pc {
+                at_handler.push(c);
+            }
+            follow::run_to(&mut m, c + 1, &mut Discard).unwrap();
+        }
+        // Stepping one at a time and settling each time is the run the log recorded.
+        for r in &log.records[next..] {
+            follow::apply(&mut m, r.clone(), &mut Discard).unwrap();
+        }
+        assert_eq!(m.count(), END);
+        Hits {
+            at_loop,
+            at_handler,
+        }
+    })
+}
+
+/// A deterministic pseudo-random sequence (xorshift).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn timeline(limits: Limits) -> Timeline {
+    let log = log();
+    let tl = Timeline::new(&log.initial, log.records.clone(), limits).unwrap();
+    assert_eq!((tl.start(), tl.end(), tl.count()), (START, END, START));
+    tl
+}
+
+const UNLIMITED: usize = usize::MAX;
+
+/// Checkpoints a timeline that never thins has after it went through the whole log.
+fn all_checkpoints(every: u64) -> usize {
+    1 + (END / every - START / every) as usize
+}
+
+/// Whether the checkpoints keep within the budget (or are down to the two that stay).
+fn assert_within_budget(tl: &Timeline, limits: Limits) {
+    let (n, bytes) = tl.checkpoints();
+    assert!(
+        bytes <= limits.max_bytes || n <= 2,
+        "{n} checkpoints take {bytes} bytes, over {}",
+        limits.max_bytes
+    );
+}
+
+/// Move the timeline to `x` and compare with the reference.
+fn check_goto(tl: &mut Timeline, x: u64, truth: &BTreeMap<u64, [u8; 32]>, what: &str) {
+    let from = tl.count();
+    let stop = tl
+        .goto(x)
+        .unwrap_or_else(|e| panic!("{what}: goto({x}) from {from}: {e}"));
+    let at = x.clamp(START, END);
+    let want = if at == END { Stop::End } else { Stop::Target };
+    assert_eq!(stop, want, "{what}: goto({x}) from {from}");
+    assert_eq!(tl.count(), at, "{what}: goto({x}) from {from}");
+    assert!(
+        digest(tl.machine()) == truth[&at],
+        "{what}: goto({x}) from {from}: the state differs from the reference's at {at}"
+    );
+}
+
+fn record_counts() -> Vec<u64> {
+    log().records.iter().map(Record::count).collect()
+}
+
+/// Targets worth visiting for checkpoints every `every`: checkpoint counts and the counts next
+/// to them, record counts and the counts next to them, the ends, and random counts.
+fn targets(every: u64, seed: u64, random: usize) -> Vec<u64> {
+    let mut t = vec![START, START + 1, END - 1, END];
+    for k in (START / every + 1..=END / every).step_by(7) {
+        let c = k * every;
+        t.extend([c - 1, c, c + 1]);
+    }
+    for c in record_counts() {
+        t.extend([c.saturating_sub(1).max(START), c, (c + 1).min(END)]);
+    }
+    let mut rng = Rng(seed);
+    t.extend((0..random).map(|_| START + rng.below(END - START + 1)));
+    // Visit them in a shuffled order, backwards and forwards.
+    for i in (1..t.len()).rev() {
+        let j = rng.below(i as u64 + 1) as usize;
+        t.swap(i, j);
+    }
+    t
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. Going backwards lands where going forwards does.
+
+fn going_back_equals_going_forward(limits: Limits, seed: u64) -> Timeline {
+    let mut tl = timeline(limits);
+    let targets = targets(limits.every, seed, 80);
+    let truth = reference(targets.iter().copied());
+    // All the way first: every later move has been past its target.
+    check_goto(&mut tl, END, &truth, "first to the end");
+    assert_within_budget(&tl, limits);
+    let what = format!("every {} max_bytes {}", limits.every, limits.max_bytes);
+    for &x in &targets {
+        check_goto(&mut tl, x, &truth, &what);
+        assert_within_budget(&tl, limits);
+    }
+    tl
+}
+
+#[test]
+fn going_back_equals_going_forward_with_every_checkpoint_kept() {
+    let limits = Limits {
+        every: 10_000,
+        max_bytes: UNLIMITED,
+    };
+    let tl = going_back_equals_going_forward(limits, 0x9e37_79b9_7f4a_7c15);
+    let (n, bytes) = tl.checkpoints();
+    assert_eq!(n, all_checkpoints(limits.every));
+    // Each holds the pages written in its interval (about 40 of the spread, 8 AMO pages, the
+    // hot ones), not RAM.
+    assert!(bytes < n * 100 * 4096, "{n} checkpoints take {bytes} bytes");
+    assert!(bytes > n * 20 * 4096, "{n} checkpoints take {bytes} bytes");
+}
+
+#[test]
+fn going_back_equals_going_forward_after_checkpoints_were_thinned() {
+    for (every, max_bytes, seed) in [
+        (10_000, 2 << 20, 0x1234_5678_9abc_def1),
+        (3_001, 1 << 20, 0xdead_beef_cafe_f00d),
+        (997, 3 << 20, 0x0bad_cafe_1234_4321),
+    ] {
+        let limits = Limits { every, max_bytes };
+        let tl = going_back_equals_going_forward(limits, seed);
+        let (n, _) = tl.checkpoints();
+        assert!(
+            n * 4 < all_checkpoints(every),
+            "every {every}, budget {max_bytes}: {n} checkpoints of {} were kept",
+            all_checkpoints(every)
+        );
+        assert!(n >= 2);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Back and forth, over ground already covered, a step at a time.
+
+#[test]
+fn jumps_back_and_forth_and_single_steps_match_the_reference() {
+    let jumps = [
+        50_000,
+        10_000,
+        90_000,
+        20_000,
+        20_001,
+        19_999,
+        19_998,
+        90_000,
+        89_999,
+        130_000,
+        129_999,
+        130_001,
+        3_333,
+        3_334,
+        600_000,
+        599_999,
+        45_678,
+        45_677,
+        45_679,
+        300_000,
+        299_999,
+        500_000,
+        10_000,
+        10_000,
+        250_000,
+        250_001,
+        249_999,
+        400_000,
+        399_999,
+        0,
+        5,
+        550_000,
+        12_345,
+        12_344,
+        12_346,
+        177_777,
+        1 << 40,
+        480_000,
+        479_999,
+        480_001,
+        60_000,
+        70_000,
+        70_001,
+        70_002,
+        70_000,
+        450_003,
+        3_333,
+    ];
+    let steps: Vec<u64> = [
+        9_990..10_012,  // over a checkpoint (every 10_000)
+        45_670..45_690, // over a time jump that fires the timer
+        299_995..300_006,
+        599_990..600_000,
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let truth = reference(jumps.iter().chain(&steps).copied());
+    for limits in [
+        Limits {
+            every: 10_000,
+            max_bytes: UNLIMITED,
+        },
+        Limits {
+            every: 7_000,
+            max_bytes: 1 << 20,
+        },
+        Limits {
+            every: 100_000,
+            max_bytes: UNLIMITED,
+        },
+    ] {
+        let what = format!("every {} max_bytes {}", limits.every, limits.max_bytes);
+        let mut tl = timeline(limits);
+        for &x in &jumps {
+            check_goto(&mut tl, x, &truth, &what);
+            assert_within_budget(&tl, limits);
+        }
+        // As gdb's stepi and reverse-stepi do: one count on or back at a time.
+        for range in [
+            9_990..10_012u64,
+            45_670..45_690,
+            299_995..300_006,
+            599_990..600_000,
+        ] {
+            for x in range.clone() {
+                check_goto(&mut tl, x, &truth, &format!("{what}, stepping on"));
+            }
+            for x in range.rev() {
+                check_goto(&mut tl, x, &truth, &format!("{what}, stepping back"));
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. Hooks: stopping at an address, and finding the last time it was reached.
+
+/// The first hit at or after `c`.
+fn first_at_or_after(hits: &[u64], c: u64) -> Option<u64> {
+    hits.get(hits.partition_point(|&h| h < c)).copied()
+}
+
+/// The last hit before `c`.
+fn last_before(hits: &[u64], c: u64) -> Option<u64> {
+    hits[..hits.partition_point(|&h| h < c)].last().copied()
+}
+
+#[test]
+fn the_oracle_sees_the_program_run() {
+    let h = hits();
+    // A turn of the loop is 2 * 100..131 + 26 steps or so; the timer fires every 7000 steps
+    // (10500 after the rate changes), and at once after each time jump past it.
+    let turns = h.at_loop.len() as u64;
+    assert!(
+        turns > (END - START) / 300 && turns < (END - START) / 200,
+        "{turns}"
+    );
+    let irqs = h.at_handler.len() as u64;
+    assert!(irqs > 50 && irqs < 100, "{irqs} interrupts");
+    assert!(h.at_handler.contains(&45_678), "{:?}", h.at_handler);
+    assert!(h.at_handler.contains(&300_000), "{:?}", h.at_handler);
+}
+
+#[test]
+fn a_hook_stops_where_the_reference_is_at_that_address() {
+    let log = log();
+    let h = hits();
+    let (loop_pc, handler_pc) = (log.loop_pc, log.handler_pc);
+    let mut want: Vec<u64> = Vec::new();
+    let mut stops: Vec<(u64, u64)> = Vec::new(); // (from, expected stop)
+    for from in [START, 9_990, 44_000, 45_678, 130_000, 299_000, 599_000] {
+        stops.push((from, first_at_or_after(&h.at_loop, from).unwrap()));
+    }
+    for from in [START, 40_000, 45_679, 250_001, 398_000] {
+        stops.push((from, first_at_or_after(&h.at_handler, from).unwrap()));
+    }
+    want.extend(stops.iter().flat_map(|&(f, s)| [f, s]));
+    // The hits met when continuing from a stop, as gdb does.
+    let after = |hits: &[u64], from: u64, n: usize| -> Vec<u64> {
+        hits[hits.partition_point(|&x| x < from)..][..n].to_vec()
+    };
+    let loop_run = after(&h.at_loop, 95_000, 30);
+    let handler_run = after(&h.at_handler, 20_000, 12);
+    want.extend(&loop_run);
+    want.extend(&handler_run);
+    want.extend([95_000, 20_000, END]);
+    let truth = reference(want);
+
+    for every in [10_000, 3_001] {
+        let limits = Limits {
+            every,
+            max_bytes: UNLIMITED,
+        };
+        let mut tl = timeline(limits);
+        for (i, &(from, stop_at)) in stops.iter().enumerate() {
+            let pc = if i < 7 { loop_pc } else { handler_pc };
+            check_goto(&mut tl, from, &truth, "before a hooked run");
+            let mut hook = |hart: &mut Hart, _: &mut Board| hart.pc() == pc;
+            let stop = tl
+                .advance(u64::MAX, Some(&mut hook), &mut || false)
+                .unwrap();
+            assert_eq!(stop, Stop::Hook, "from {from} to pc {pc:#x}");
+            assert_eq!(tl.count(), stop_at, "from {from} to pc {pc:#x}");
+            assert!(
+                digest(tl.machine()) == truth[&stop_at],
+                "every {every}: stopped by the hook at {stop_at} (from {from}), the state \
+                 differs from the reference's"
+            );
+        }
+        // Continuing from each stop (the stop's own count does not stop it again).
+        for (pc, from, run) in [
+            (loop_pc, 95_000, &loop_run),
+            (handler_pc, 20_000, &handler_run),
+        ] {
+            check_goto(&mut tl, from, &truth, "before continuing");
+            for &expected in run {
+                let now = tl.count();
+                let mut hook = |hart: &mut Hart, board: &mut Board| {
+                    board.count_base + hart.count() != now && hart.pc() == pc
+                };
+                let stop = tl
+                    .advance(u64::MAX, Some(&mut hook), &mut || false)
+                    .unwrap();
+                assert_eq!((stop, tl.count()), (Stop::Hook, expected), "from {now}");
+                assert!(
+                    digest(tl.machine()) == truth[&expected],
+                    "every {every}: continued from {now} to {expected}: the state differs"
+                );
+            }
+        }
+        // A hook that never says yes runs to the end.
+        check_goto(&mut tl, 595_000, &reference([595_000]), "near the end");
+        let mut never = |_: &mut Hart, _: &mut Board| false;
+        assert_eq!(
+            tl.advance(u64::MAX, Some(&mut never), &mut || false)
+                .unwrap(),
+            Stop::End
+        );
+        assert_eq!(tl.count(), END);
+        assert!(digest(tl.machine()) == truth[&END]);
+    }
+}
+
+#[test]
+fn last_before_finds_the_previous_hit() {
+    let log = log();
+    let h = hits();
+    let mut rng = Rng(0x5151_7777_3333_9999);
+    for (every, max_bytes) in [(10_000, UNLIMITED), (1_000, 1 << 20), (50_000, UNLIMITED)] {
+        let limits = Limits { every, max_bytes };
+        let mut tl = timeline(limits);
+        // Checkpoints are made on the way the first time.
+        assert_eq!(tl.goto(END).unwrap(), Stop::End);
+        for (pc, hits) in [(log.loop_pc, &h.at_loop), (log.handler_pc, &h.at_handler)] {
+            let mut befores = vec![START, START + 1, END, END + 5, u64::MAX];
+            for &x in hits.iter().step_by(hits.len() / 15 + 1) {
+                befores.extend([x, x + 1, x - 1]);
+            }
+            for k in (START / every + 1..=END / every).step_by(3) {
+                befores.extend([k * every, k * every + 1]);
+            }
+            befores.extend((0..20).map(|_| START + rng.below(END - START)));
+            for &before in &befores {
+                let want = last_before(hits, before.min(END));
+                let mut hook = |hart: &mut Hart, _: &mut Board| hart.pc() == pc;
+                let mut interrupted = false;
+                let got = tl
+                    .last_before(before, &mut hook, &mut || false, &mut interrupted)
+                    .unwrap();
+                assert!(!interrupted);
+                assert_eq!(
+                    got, want,
+                    "every {every} max_bytes {max_bytes}: last hit of {pc:#x} before {before}"
+                );
+                assert!(tl.count() <= before.min(END));
+            }
+        }
+        // And the count found is a state to go to.
+        let found = {
+            let mut hook = |hart: &mut Hart, _: &mut Board| hart.pc() == log.handler_pc;
+            let mut interrupted = false;
+            tl.last_before(300_500, &mut hook, &mut || false, &mut interrupted)
+                .unwrap()
+                .unwrap()
+        };
+        assert_eq!(found, 300_000);
+        let truth = reference([found]);
+        check_goto(&mut tl, found, &truth, "to the hit found");
+        assert_eq!(tl.machine().harts()[0].pc(), log.handler_pc);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. A digest that does not match stops the timeline.
+
+fn corrupt(at: usize) -> Vec<Record> {
+    let mut records = log().records.clone();
+    match &mut records[at] {
+        Record::Digest { digest, .. } | Record::End { digest, .. } => digest[7] ^= 1,
+        r => panic!("record {at} is not a digest: {r:?}"),
+    }
+    records
+}
+
+fn is_digest_error(r: &Result<Stop, TimelineError>, at: u64) -> bool {
+    matches!(r, Err(TimelineError::Follow(FollowError::Digest { count, .. })) if *count == at)
+}
+
+#[test]
+fn a_wrong_digest_in_the_log_is_an_error() {
+    let log = log();
+    let digests: Vec<(usize, u64)> = log
+        .records
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| matches!(r, Record::Digest { .. } | Record::End { .. }))
+        .map(|(i, r)| (i, r.count()))
+        .collect();
+    // One at the start: the timeline cannot even be made.
+    let (first, c) = digests[0];
+    assert_eq!(c, START);
+    assert!(Timeline::new(
+        &log.initial,
+        corrupt(first),
+        Limits {
+            every: 10_000,
+            max_bytes: UNLIMITED
+        }
+    )
+    .is_err());
+    let limits = Limits {
+        every: 10_000,
+        max_bytes: UNLIMITED,
+    };
+    for &(i, at) in &digests[1..] {
+        // After an input at its count (45_678), at a checkpoint's count (250_000), the end.
+        if ![45_678, 250_000, 350_000, END].contains(&at) {
+            continue;
+        }
+        let mut tl = Timeline::new(&log.initial, corrupt(i), limits).unwrap();
+        assert_eq!(tl.goto(at - 1).unwrap(), Stop::Target, "before {at}");
+        let r = tl.goto(at);
+        assert!(is_digest_error(&r, at), "to {at}: {r:?}");
+        // From scratch, in one go past it.
+        let mut tl = Timeline::new(&log.initial, corrupt(i), limits).unwrap();
+        let r = tl.goto(END);
+        assert!(is_digest_error(&r, at), "to the end past {at}: {r:?}");
+        // Nor can a hooked run pass it.
+        let mut tl = Timeline::new(&log.initial, corrupt(i), limits).unwrap();
+        let mut never = |_: &mut Hart, _: &mut Board| false;
+        let r = tl.advance(u64::MAX, Some(&mut never), &mut || false);
+        assert!(is_digest_error(&r, at), "hooked past {at}: {r:?}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. The log's end.
+
+#[test]
+fn nothing_runs_past_the_end() {
+    let truth = reference([START, END - 1, END]);
+    for limits in [
+        Limits {
+            every: 10_000,
+            max_bytes: UNLIMITED,
+        },
+        Limits {
+            every: 1 << 40,
+            max_bytes: 0,
+        },
+    ] {
+        let mut tl = timeline(limits);
+        check_goto(&mut tl, END + 1, &truth, "past the end");
+        check_goto(&mut tl, u64::MAX, &truth, "far past the end");
+        assert_eq!(
+            tl.advance(u64::MAX, None, &mut || false).unwrap(),
+            Stop::End
+        );
+        assert_eq!(tl.count(), END);
+        assert!(digest(tl.machine()) == truth[&END]);
+        check_goto(&mut tl, END - 1, &truth, "just before the end");
+        assert_eq!(tl.advance(END + 5, None, &mut || false).unwrap(), Stop::End);
+        assert_eq!(tl.count(), END);
+        assert!(digest(tl.machine()) == truth[&END]);
+        // Before the start is the start.
+        check_goto(&mut tl, 0, &truth, "before the start");
+        check_goto(&mut tl, END, &truth, "to the end again");
+    }
+    // A log with no records ends where it starts.
+    let mut tl = Timeline::new(
+        &log().initial,
+        Vec::new(),
+        Limits {
+            every: 10_000,
+            max_bytes: UNLIMITED,
+        },
+    )
+    .unwrap();
+    assert_eq!((tl.start(), tl.end()), (START, START));
+    assert_eq!(tl.goto(START + 100).unwrap(), Stop::End);
+    assert_eq!(tl.count(), START);
+    assert!(digest(tl.machine()) == digest(&Machine::restore(&log().initial).unwrap()));
+}

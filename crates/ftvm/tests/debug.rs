@@ -1,0 +1,266 @@
+//! gdb on a replayed boot: Debian's gdb-multiarch, in batch mode, drives `ftvm replay --gdb`:
+//! a breakpoint at a kernel function, 100 steps forward and 100 back to the same registers,
+//! reverse-continue to the last write of a kernel variable, and a replay that ends with the
+//! digest of an undisturbed one.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const LIMIT: Duration = Duration::from_secs(240);
+
+fn dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("ftvm-debug-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Record a boot that powers off as soon as the guest is ready.
+fn record_boot(log: &Path) {
+    let mut child = guest_command(&["record", "--log", log.to_str().unwrap()])
+        .spawn()
+        .expect("spawn ftvm record");
+    let (_, rest) = await_ready(&mut child).expect("the recorded guest became ready");
+    child
+        .stdin
+        .as_mut()
+        .unwrap()
+        .write_all(b"echo debug-$((6*7)); poweroff\n")
+        .unwrap();
+    let done = wait_limited(child, LIMIT, "recorded guest");
+    assert!(done.status.success(), "record exit {:?}", done.status);
+    let console = rest.recv_timeout(LIMIT).unwrap_or_default();
+    assert!(String::from_utf8_lossy(&console).contains("debug-42"));
+}
+
+/// The text between `echo ==NAME==` markers of a gdb script's output.
+fn section<'a>(out: &'a str, name: &str) -> &'a str {
+    let start = format!("=={name}==");
+    let from = out
+        .find(&start)
+        .unwrap_or_else(|| panic!("no {start} in gdb's output:\n{out}"))
+        + start.len();
+    let rest = &out[from..];
+    let end = rest.find("\n==").map_or(rest.len(), |i| i + 1);
+    rest[..end].trim()
+}
+
+/// The instruction count `monitor count` printed in a section.
+fn count_in(s: &str) -> u64 {
+    let after = s
+        .split("instruction ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no count in {s:?}"));
+    after
+        .split_whitespace()
+        .next()
+        .and_then(|w| w.parse().ok())
+        .unwrap_or_else(|| panic!("no count in {s:?}"))
+}
+
+fn value_in(s: &str) -> u64 {
+    // "$N = 0x..."
+    let v = s.rsplit("= 0x").next().unwrap_or("");
+    let hex: String = v.chars().take_while(char::is_ascii_hexdigit).collect();
+    u64::from_str_radix(&hex, 16).unwrap_or_else(|_| panic!("no value in {s:?}"))
+}
+
+#[test]
+fn gdb_steps_back_and_reverse_continues_to_a_watchpoint() {
+    if Command::new("gdb-multiarch")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        panic!("gdb-multiarch is missing: scripts/setup.sh installs it");
+    }
+    let d = dir("gdb");
+    let log = d.join("boot.log");
+    record_boot(&log);
+    let plain = run_ftvm(
+        &["replay", "--log", log.to_str().unwrap(), "--digest"],
+        LIMIT,
+    );
+    assert!(plain.status.success(), "plain replay failed");
+    let plain_digest = digest_of(&plain);
+
+    let addr = free_local_addr();
+    let mut stub = ftvm()
+        .args([
+            "replay",
+            "--log",
+            log.to_str().unwrap(),
+            "--digest",
+            "--gdb",
+            &addr,
+            "--checkpoint-every",
+            "5000000",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ftvm replay --gdb");
+    // Wait until it listens.
+    let mut err = BufReader::new(stub.stderr.take().unwrap());
+    let t0 = Instant::now();
+    let mut line = String::new();
+    while !line.contains("waiting on") {
+        line.clear();
+        if err.read_line(&mut line).unwrap_or(0) == 0 || t0.elapsed() > LIMIT {
+            let _ = stub.kill();
+            panic!("the stub never listened");
+        }
+    }
+    let stub_err = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut err, &mut s);
+        s
+    });
+
+    let vmlinux = guest_out().join("vmlinux");
+    let script = d.join("script.gdb");
+    std::fs::write(
+        &script,
+        format!(
+            "set pagination off
+set confirm off
+file {vmlinux}
+target remote {addr}
+break run_init_process
+continue
+echo ==at-break==\\n
+monitor count
+info registers
+p/x $satp
+p/x $sstatus
+p/x $fcsr
+info registers priv
+echo ==forward==\\n
+stepi 100
+monitor count
+info registers
+echo ==back==\\n
+reverse-stepi 100
+monitor count
+info registers
+p/x $satp
+p/x $sstatus
+p/x $fcsr
+info registers priv
+echo ==jiffies-now==\\n
+p/x *(unsigned long *)&jiffies
+delete
+watch *(unsigned long *)&jiffies
+echo ==reverse-continue==\\n
+reverse-continue
+echo ==after-reverse==\\n
+monitor count
+p/x *(unsigned long *)&jiffies
+echo ==insn==\\n
+x/i $pc
+echo ==forward-watch==\\n
+continue
+monitor count
+p/x *(unsigned long *)&jiffies
+echo ==done==\\n
+detach
+",
+            vmlinux = vmlinux.display()
+        ),
+    )
+    .unwrap();
+    // One stream, in order: gdb prints a monitor command's output on stderr.
+    let gdb = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "exec gdb-multiarch -batch -nx -x '{}' 2>&1",
+            script.display()
+        ))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn gdb-multiarch");
+    let g = wait_limited(gdb, LIMIT, "gdb-multiarch");
+    let done = wait_limited(stub, LIMIT, "ftvm replay --gdb");
+    let out = String::from_utf8_lossy(&g.stdout).into_owned();
+    let stub_log = stub_err.join().unwrap_or_default();
+    let context = format!("gdb:\n{out}\nstub stderr:\n{stub_log}");
+
+    // The breakpoint: in the kernel function, in supervisor mode, paging on.
+    let at_break = section(&out, "at-break");
+    assert!(
+        at_break.contains("<run_init_process>"),
+        "pc is not at the breakpoint: {context}"
+    );
+    assert!(
+        at_break.contains("prv:1"),
+        "not in supervisor mode: {context}"
+    );
+    let c0 = count_in(at_break);
+    // 100 steps forward changed the registers; 100 back restored every one of them.
+    let forward = section(&out, "forward");
+    assert_eq!(count_in(forward), c0 + 100, "{context}");
+    // Register lines (`name 0x...`) and printed values (`$N = v`, without the N).
+    let regs = |s: &str| -> Vec<String> {
+        s.lines()
+            .filter_map(|l| {
+                let mut w = l.split_whitespace();
+                match (w.next(), w.next()) {
+                    (Some(n), Some(v)) if n.starts_with('$') && v == "=" => {
+                        Some(w.collect::<Vec<_>>().join(" "))
+                    }
+                    (Some(n), Some(v))
+                        if v.starts_with("0x") && n.chars().all(|c| c.is_ascii_alphanumeric()) =>
+                    {
+                        Some(l.split_whitespace().collect::<Vec<_>>().join(" "))
+                    }
+                    _ => None,
+                }
+            })
+            .collect()
+    };
+    let pc = |s: &str| regs(s).into_iter().find(|l| l.starts_with("pc "));
+    assert!(
+        pc(forward).is_some() && pc(forward) != pc(at_break),
+        "{context}"
+    );
+    let back = section(&out, "back");
+    assert_eq!(count_in(back), c0, "{context}");
+    let (b, a) = (regs(back), regs(at_break));
+    assert!(a.len() >= 35, "too few registers compared: {context}");
+    assert_eq!(b, a, "registers differ after 100 back: {context}");
+
+    // Reverse-continue stops at the last store to jiffies before the breakpoint: the value
+    // there is the one before that store, the instruction is the store, and it is earlier.
+    let now = value_in(section(&out, "jiffies-now"));
+    let rc = section(&out, "reverse-continue");
+    assert!(rc.contains("atchpoint 2"), "no watchpoint stop: {context}");
+    let after = section(&out, "after-reverse");
+    let c1 = count_in(after);
+    assert!(c1 < c0, "the watchpoint stop is not earlier: {context}");
+    let before = value_in(after);
+    assert!(before < now, "jiffies was not about to change: {context}");
+    let insn = section(&out, "insn");
+    assert!(
+        insn.contains("\tsd\t") || insn.contains("\tsw\t") || insn.contains("amoadd"),
+        "the watchpoint did not stop at a store: {context}"
+    );
+    // Forwards from there, the watchpoint stops right after that store, with its value.
+    let fw = section(&out, "forward-watch");
+    assert_eq!(count_in(fw), c1 + 1, "{context}");
+    assert!(value_in(fw) > before, "{context}");
+    assert!(section(&out, "done").contains("etached"), "{context}");
+
+    // Debugging changed nothing: the replay ends where an undisturbed one does.
+    assert!(done.status.success(), "the stub failed: {context}");
+    assert_eq!(digest_of(&done), plain_digest, "{context}");
+    let _ = std::fs::remove_dir_all(&d);
+}
