@@ -12,6 +12,8 @@
 //! a frame is only ever appended whole, and a trailing partial frame is "not there yet" (or, for
 //! a log cut short by a crash, the end).
 
+pub mod kept;
+
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
 use std::path::Path;

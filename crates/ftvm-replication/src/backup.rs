@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ftvm_host::HostEvent;
+use ftvm_log::kept::KeptLog;
 use ftvm_log::{LogReader, Next, Record};
 use ftvm_machine::{DeviceOutput, DiskOp, DiskRequest, Input, Machine, Output};
 use ftvm_runner::follow::{self, Applied, Sink};
@@ -568,6 +569,8 @@ pub fn follow_primary(
     // A post-copy hand-over: the pages still missing and where they arrive.
     let mut postcopy = None;
     let mut status = cfg.status_file.as_deref().map(StatusFile::new);
+    // A flight recorder: the last stretch of the log followed, from this state on.
+    let mut kept = Flight::start(opts, &m);
     loop {
         // Nothing received on the TAPs before the takeover is the guest's: drop it.
         while events.try_recv().is_ok() {}
@@ -607,6 +610,7 @@ pub fn follow_primary(
                     continue;
                 }
                 let target = r.count();
+                let copy = kept.is_some().then(|| r.clone());
                 let applied = match r {
                     Record::Digest { count, digest } if votes => {
                         // The leader compares: a replica whose state differs reports it.
@@ -652,6 +656,9 @@ pub fn follow_primary(
                     }
                     Err(e) => return Err(e.into()),
                 };
+                if let Some(r) = copy {
+                    Flight::keep(&mut kept, &m, &r);
+                }
                 if let (Applied::Mark, Some(chain)) = (applied, &follower.chain) {
                     out.send_with(|s| s.vote(VOTE_OUTPUTS, m.count(), chain.0, inj));
                 }
@@ -819,6 +826,7 @@ pub fn follow_primary(
             return Err(verdict(count, how, action, injected));
         }
         if let FromPrimary::Record(r) = msg {
+            let copy = kept.is_some().then(|| r.clone());
             let applied = match r {
                 // A group's leader may be the faulty one: its digests are the group's to
                 // compare, not this replica's to obey.
@@ -827,6 +835,9 @@ pub fn follow_primary(
                 }
                 r => follow::apply(&mut m, r, &mut follower),
             };
+            if let (Ok(_), Some(r)) = (&applied, copy) {
+                Flight::keep(&mut kept, &m, &r);
+            }
             match applied {
                 Ok(Applied::End { code }) => {
                     ended = Some(code);
@@ -1136,6 +1147,53 @@ fn receive_log(
         // (nothing once this side has cut its ties).
         if let (Some(count), true) = (last, marked) {
             out.send_with(|s| s.ack(count));
+        }
+    }
+}
+
+/// A backup's flight recorder (`--keep-log`): the log it follows, kept as a rolling window.
+/// It must never cost the guest its protection: a recorder that cannot write says so and
+/// stops.
+struct Flight;
+
+impl Flight {
+    fn start(opts: &Options, m: &Machine) -> Option<KeptLog> {
+        let (dir, keep) = opts.keep_log.as_ref()?;
+        let mut k = match KeptLog::create(dir, *keep) {
+            Ok(k) => k,
+            Err(e) => {
+                eprintln!("ftvm: the kept log in {} cannot start: {e}", dir.display());
+                return None;
+            }
+        };
+        Self::roll(&mut k, m).map(|()| k).ok()
+    }
+
+    fn roll(k: &mut KeptLog, m: &Machine) -> Result<(), ()> {
+        let header = Record::Header {
+            count: m.count(),
+            snapshot: m.save(),
+            digest_every: 0,
+        };
+        k.start(header, Instant::now()).map_err(|e| {
+            eprintln!("ftvm: the kept log stops: {e}");
+        })
+    }
+
+    /// Keep `r`, just applied; start a new segment at this state when one is due.
+    fn keep(kept: &mut Option<KeptLog>, m: &Machine, r: &Record) {
+        let Some(k) = kept else { return };
+        let now = Instant::now();
+        let ok = match k.append(r, now) {
+            Ok(()) if k.due(now) => Self::roll(k, m),
+            Ok(()) => Ok(()),
+            Err(e) => {
+                eprintln!("ftvm: the kept log stops: {e}");
+                Err(())
+            }
+        };
+        if ok.is_err() {
+            *kept = None;
         }
     }
 }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use ftvm_host::console::{Captured, Console};
 use ftvm_host::{DetEntropy, HostEvent};
+use ftvm_log::kept::KeptLog;
 use ftvm_log::{LogError, LogWriter, Record};
 use ftvm_machine::board::NANOS_PER_TICK;
 use ftvm_machine::{
@@ -69,6 +70,9 @@ pub struct Options {
     /// A fault to inject when the count reaches its instruction (N-modular redundancy's
     /// tests): live, or in a backup's replay.
     pub inject: Option<crate::vote::Injection>,
+    /// A flight recorder: keep the last stretch of the log in this directory, for this long
+    /// (a backup keeps the log it follows; see `ftvm_log::kept`).
+    pub keep_log: Option<(std::path::PathBuf, Duration)>,
 }
 
 impl Options {
@@ -366,6 +370,9 @@ pub struct Feeder {
     pub epoch: Option<u64>,
     /// Inputs applied so far.
     fed: u64,
+    /// A flight recorder fed from `log`'s kept records: a rolling window of segments, each
+    /// starting with the machine's state (`ftvm record --keep-log`).
+    pub flight: Option<KeptLog>,
 }
 
 impl Feeder {
@@ -377,6 +384,7 @@ impl Feeder {
             next_digest: u64::MAX,
             epoch,
             fed: 0,
+            flight: None,
         }
     }
 
@@ -393,7 +401,34 @@ impl Feeder {
             next_digest: count.saturating_add(every),
             epoch,
             fed: 0,
+            flight: None,
         }
+    }
+
+    /// Move the records written since the last call on to the flight recorder, and start a
+    /// new segment there when one is due (the machine is between steps: every input applied
+    /// so far is in the records moved).
+    fn fly(&mut self, m: &Machine, roll: bool) -> Result<(), LogError> {
+        let (Some(k), Some(log)) = (&mut self.flight, &mut self.log) else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        let due = roll && k.due(now);
+        log.flush()?;
+        for r in log.kept.as_mut().map(std::mem::take).unwrap_or_default() {
+            k.append(&r, now)?;
+        }
+        if due {
+            k.start(
+                Record::Header {
+                    count: m.count(),
+                    snapshot: m.save(),
+                    digest_every: self.digest_every,
+                },
+                now,
+            )?;
+        }
+        Ok(())
     }
 
     fn feed(&mut self, m: &mut Machine, input: Input) -> Result<(), RunError> {
@@ -565,6 +600,7 @@ pub fn live(
                 );
             }
         }
+        feed.fly(&m, true)?;
         let fed_before = feed.fed;
         let next_epoch = feed
             .epoch
@@ -1024,6 +1060,11 @@ pub fn live(
             log.bytes,
             started.elapsed().as_secs_f64()
         );
+    }
+    // The flight recorder's last segment ends with the End record.
+    feed.fly(&m, false)?;
+    if let Some(k) = &mut feed.flight {
+        k.flush()?;
     }
     if let Some(summary) = gate.hold_times.summary() {
         eprintln!("ftvm: outputs held for the backup: {summary}");

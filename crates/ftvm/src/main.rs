@@ -84,8 +84,48 @@ enum Cmd {
         #[command(flatten)]
         pair: PairArgs,
         #[command(flatten)]
+        keep: KeepArgs,
+        #[command(flatten)]
         run: RunArgs,
     },
+}
+
+/// A flight recorder: the last stretch of the log, kept to replay and debug after an incident.
+#[derive(clap::Args, Default)]
+struct KeepArgs {
+    /// Keep a rolling window of the log in DIR: segments, each starting with a snapshot, that
+    /// `ftvm replay --log DIR` (with --gdb too) replays as one log (docs/debugging.md).
+    #[arg(long, value_name = "DIR")]
+    keep_log: Option<PathBuf>,
+    /// How much of the run --keep-log keeps (at least this, at most a quarter more): e.g.
+    /// 90s, 10m, 2h.
+    #[arg(long, value_name = "TIME", default_value = "10m", value_parser = parse_duration, requires = "keep_log")]
+    keep_for: Duration,
+}
+
+impl KeepArgs {
+    fn get(&self) -> Option<(PathBuf, Duration)> {
+        self.keep_log.clone().map(|d| (d, self.keep_for))
+    }
+}
+
+/// A duration such as 500ms, 90s, 10m or 2h.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let bad = || format!("invalid time {s:?} (examples: 90s, 10m, 2h)");
+    let split = t.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+    let n: u64 = t[..split].parse().map_err(|_| bad())?;
+    let d = match &t[split..] {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        _ => return Err(bad()),
+    };
+    if d < Duration::from_secs(1) {
+        return Err(format!("{s:?}: keep at least 1s"));
+    }
+    Ok(d)
 }
 
 #[derive(clap::Args, Default)]
@@ -233,8 +273,15 @@ impl PairArgs {
 #[derive(clap::Args)]
 struct RecordArgs {
     /// The log file to write.
-    #[arg(long, value_name = "FILE")]
-    log: PathBuf,
+    #[arg(
+        long,
+        value_name = "FILE",
+        required_unless_present = "keep_log",
+        conflicts_with = "keep_log"
+    )]
+    log: Option<PathBuf>,
+    #[command(flatten)]
+    keep: KeepArgs,
     /// Write a state digest every N instructions.
     #[arg(long, value_name = "N", default_value_t = 1_000_000_000)]
     digest_every: u64,
@@ -420,15 +467,25 @@ fn main() -> ExitCode {
             None => run_with(args, None, migration.control.as_deref()),
         },
         Some(Cmd::Migrate(m)) => migrate(m),
-        Some(Cmd::Record(r)) => run(r.run, Some((r.log, r.digest_every.max(1)))),
+        Some(Cmd::Record(r)) => {
+            let every = r.digest_every.max(1);
+            match (r.log, r.keep.get()) {
+                (Some(f), _) => run(r.run, Some((Recording::File(f), every))),
+                (None, Some((dir, keep))) => run(r.run, Some((Recording::Kept(dir, keep), every))),
+                (None, None) => Err(anyhow::anyhow!(
+                    "ftvm record needs --log FILE or --keep-log DIR"
+                )),
+            }
+        }
         Some(Cmd::Replay(r)) => replay::replay(r, cli.engine == EngineArg::Check),
         Some(Cmd::Primary { listen, pair, run }) => run_primary(&listen, pair, run),
         Some(Cmd::Backup {
             primary,
             listen,
             pair,
+            keep,
             run,
-        }) => run_backup(&primary, listen.as_deref(), pair, run),
+        }) => run_backup(&primary, listen.as_deref(), pair, keep, run),
         Some(Cmd::Status { files }) => status(&files),
         None => run(
             RunArgs {
@@ -533,6 +590,7 @@ fn build_machine(a: &RunArgs, events: &Sender<Event>) -> Result<(Machine, Backen
 impl RunArgs {
     fn options(&self) -> Options {
         Options {
+            keep_log: None,
             stop_at: self.stop_at.unwrap_or(u64::MAX),
             clock: match self.clock {
                 ClockMode::Host => ftvm_runner::ClockMode::Host,
@@ -586,7 +644,14 @@ fn pair_config(p: &PairArgs, a: &RunArgs) -> Result<PairConfig> {
     })
 }
 
-fn run(a: RunArgs, record: Option<(PathBuf, u64)>) -> Result<u8> {
+/// Where `ftvm record` writes its log.
+enum Recording {
+    File(PathBuf),
+    /// A kept window (a flight recorder) in this directory, this long.
+    Kept(PathBuf, Duration),
+}
+
+fn run(a: RunArgs, record: Option<(Recording, u64)>) -> Result<u8> {
     run_with(a, record, None)
 }
 
@@ -672,7 +737,7 @@ fn migrate(m: MigrateArgs) -> Result<u8> {
     Ok(if moved || m.cancel || m.status { 0 } else { 1 })
 }
 
-fn run_with(a: RunArgs, record: Option<(PathBuf, u64)>, control: Option<&Path>) -> Result<u8> {
+fn run_with(a: RunArgs, record: Option<(Recording, u64)>, control: Option<&Path>) -> Result<u8> {
     let (events_tx, events) = mpsc::channel::<Event>();
     let (m, backends) = build_machine(&a, &events_tx)?;
     let mut gate = Gate::open();
@@ -696,16 +761,33 @@ fn run_with(a: RunArgs, record: Option<(PathBuf, u64)>, control: Option<&Path>) 
         )));
     }
     let feed = match &record {
-        Some((path, every)) => {
+        Some((to, every)) => {
             let header = Record::Header {
                 count: m.count(),
                 snapshot: m.save(),
                 digest_every: *every,
             };
-            let file = std::fs::File::create(path)
-                .with_context(|| format!("cannot write log {}", path.display()))?;
-            let out: Box<dyn std::io::Write> = Box::new(std::io::BufWriter::new(file));
-            Feeder::logged(LogWriter::new(out, header)?, *every, m.count(), None)
+            match to {
+                Recording::File(path) => {
+                    let file = std::fs::File::create(path)
+                        .with_context(|| format!("cannot write log {}", path.display()))?;
+                    let out: Box<dyn std::io::Write> = Box::new(std::io::BufWriter::new(file));
+                    Feeder::logged(LogWriter::new(out, header)?, *every, m.count(), None)
+                }
+                Recording::Kept(dir, keep) => {
+                    // The records go to the window's segments (through the writer's kept
+                    // copy); the writer itself writes nowhere.
+                    let mut k = ftvm_log::kept::KeptLog::create(dir, *keep)
+                        .with_context(|| format!("cannot keep the log in {}", dir.display()))?;
+                    k.start(header.clone(), std::time::Instant::now())?;
+                    let out: Box<dyn std::io::Write> = Box::new(std::io::sink());
+                    let mut log = LogWriter::new(out, header)?;
+                    log.kept = Some(Vec::new());
+                    let mut f = Feeder::logged(log, *every, m.count(), None);
+                    f.flight = Some(k);
+                    f
+                }
+            }
         }
         None => Feeder::new(None),
     };
@@ -793,9 +875,19 @@ fn run_primary(listen: &str, p: PairArgs, a: RunArgs) -> Result<u8> {
     finish(&a, ended)
 }
 
-fn run_backup(primary_addr: &str, listen: Option<&str>, p: PairArgs, a: RunArgs) -> Result<u8> {
+fn run_backup(
+    primary_addr: &str,
+    listen: Option<&str>,
+    p: PairArgs,
+    keep: KeepArgs,
+    a: RunArgs,
+) -> Result<u8> {
     let cfg = pair_config(&p, &a)?;
-    let ended = backup::run(primary_addr, listen, &devices_of(&a), &cfg, &a.options())?;
+    let opts = Options {
+        keep_log: keep.get(),
+        ..a.options()
+    };
+    let ended = backup::run(primary_addr, listen, &devices_of(&a), &cfg, &opts)?;
     finish(&a, ended)
 }
 

@@ -11,6 +11,7 @@ use ftvm_log::{LogReader, Next, Record};
 use ftvm_machine::board::NANOS_PER_TICK;
 use ftvm_machine::{DeviceOutput, Machine, Output};
 use ftvm_runner::follow::{self, Applied, Sink};
+use std::path::PathBuf;
 
 use crate::ReplayArgs;
 
@@ -79,14 +80,83 @@ impl Sink for Sinks {
     }
 }
 
+/// The log to replay: a file, or the directory of a kept window (`--keep-log`), whose
+/// segments are read in order as one log. A later segment's header is not a second initial
+/// state: it becomes a digest record, so the replay checks that it reached that state.
+pub(crate) struct Source {
+    rest: std::collections::VecDeque<PathBuf>,
+    cur: LogReader<File>,
+    name: PathBuf,
+}
+
+impl Source {
+    pub(crate) fn open(path: &Path) -> Result<Source> {
+        let mut rest: std::collections::VecDeque<PathBuf> = if path.is_dir() {
+            let w = ftvm_log::kept::window(path)
+                .with_context(|| format!("cannot read the kept log {}", path.display()))?;
+            if w.is_empty() {
+                bail!(
+                    "{} holds no kept log segment (kept-NNNNNN.log)",
+                    path.display()
+                );
+            }
+            w.into()
+        } else {
+            [path.to_path_buf()].into()
+        };
+        let first = rest.pop_front().unwrap_or_default();
+        let cur = LogReader::open(&first)
+            .with_context(|| format!("cannot read log {}", first.display()))?;
+        Ok(Source {
+            rest,
+            cur,
+            name: first,
+        })
+    }
+
+    /// The next record, or None at the end of the last segment.
+    pub(crate) fn next(&mut self) -> Result<Option<Record>> {
+        loop {
+            match self
+                .cur
+                .next_record()
+                .with_context(|| format!("reading {}", self.name.display()))?
+            {
+                Next::Record(r) => return Ok(Some(r)),
+                Next::Eof | Next::Partial if self.rest.is_empty() => return Ok(None),
+                Next::Eof | Next::Partial => {}
+            }
+            let Some(next) = self.rest.pop_front() else {
+                return Ok(None);
+            };
+            let mut r = LogReader::open(&next)
+                .with_context(|| format!("cannot read log {}", next.display()))?;
+            let Next::Record(Record::Header {
+                count, snapshot, ..
+            }) = r.next_record()?
+            else {
+                bail!("{}: the segment has no header", next.display());
+            };
+            let digest = Machine::restore(&snapshot)
+                .with_context(|| format!("{}: its initial state", next.display()))?
+                .digest();
+            self.cur = r;
+            self.name = next;
+            return Ok(Some(Record::Digest {
+                count,
+                digest: *digest.as_bytes(),
+            }));
+        }
+    }
+}
+
 pub fn replay(a: ReplayArgs, check: bool) -> Result<u8> {
-    let mut log =
-        LogReader::open(&a.log).with_context(|| format!("cannot read log {}", a.log.display()))?;
-    let Next::Record(Record::Header {
+    let mut log = Source::open(&a.log)?;
+    let Some(Record::Header {
         count,
         snapshot,
         digest_every,
-    }) = log.next_record()?
+    }) = log.next()?
     else {
         bail!("the log has no header");
     };
@@ -107,7 +177,7 @@ pub fn replay(a: ReplayArgs, check: bool) -> Result<u8> {
     let mut digests = 0u64;
     let mut ended = false;
     let started = std::time::Instant::now();
-    while let Next::Record(r) = log.next_record()? {
+    while let Some(r) = log.next()? {
         if r.count() > until {
             break;
         }
@@ -199,15 +269,11 @@ fn pair_of_machines(snapshot: &[u8]) -> Result<(Machine, Machine)> {
 /// by side, comparing whole-machine digests every `--check-every` instructions. On the first
 /// difference, replay both again to the last point they agreed and step them one instruction
 /// at a time to name the first instruction after which their states differ.
-fn check_engines<R: std::io::Read>(
-    a: &ReplayArgs,
-    snapshot: &[u8],
-    log: &mut LogReader<R>,
-) -> Result<u8> {
+fn check_engines(a: &ReplayArgs, snapshot: &[u8], log: &mut Source) -> Result<u8> {
     let every = a.check_every.max(1);
     let until = a.until.unwrap_or(u64::MAX);
     let mut records = Vec::new();
-    while let Next::Record(r) = log.next_record()? {
+    while let Some(r) = log.next()? {
         if r.count() > until {
             break;
         }
@@ -365,14 +431,9 @@ fn locate(snapshot: &[u8], records: &[Record], good: u64, bad: u64) -> Result<St
 
 /// `ftvm replay --gdb ADDR`: serve gdb on the log's timeline, then replay to the log's end
 /// and report as an undisturbed replay does.
-fn debug<R: std::io::Read>(
-    a: &ReplayArgs,
-    addr: &str,
-    snapshot: &[u8],
-    log: &mut LogReader<R>,
-) -> Result<u8> {
+fn debug(a: &ReplayArgs, addr: &str, snapshot: &[u8], log: &mut Source) -> Result<u8> {
     let mut records = Vec::new();
-    while let Next::Record(r) = log.next_record()? {
+    while let Some(r) = log.next()? {
         records.push(r);
     }
     let listener = std::net::TcpListener::bind(addr)

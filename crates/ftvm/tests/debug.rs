@@ -264,3 +264,142 @@ detach
     assert_eq!(digest_of(&done), plain_digest, "{context}");
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// The segments of a kept window, oldest first.
+fn segments(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with("kept-") && n.ends_with(".log"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// `ftvm record --keep-log` keeps the last seconds of a boot as segments that replay as one
+/// log, and older segments are gone.
+#[test]
+fn record_keeps_a_rolling_window_that_replays_verified() {
+    let d = dir("record-window");
+    let kept = d.join("kept");
+    let mut child = guest_command(&[
+        "record",
+        "--keep-log",
+        kept.to_str().unwrap(),
+        "--keep-for",
+        "2s",
+    ])
+    .spawn()
+    .expect("spawn ftvm record");
+    let (_, _rest) = await_ready(&mut child).expect("the recorded guest became ready");
+    // Let the window roll on past the boot.
+    std::thread::sleep(Duration::from_secs(3));
+    child
+        .stdin
+        .as_mut()
+        .unwrap()
+        .write_all(b"poweroff\n")
+        .unwrap();
+    let done = wait_limited(child, LIMIT, "recorded guest");
+    assert!(done.status.success(), "record exit {:?}", done.status);
+    let segs = segments(&kept);
+    assert!(segs.len() >= 2, "segments: {segs:?}");
+    assert_ne!(segs[0], "kept-000000.log", "nothing was dropped: {segs:?}");
+    let r = run_ftvm(
+        &["replay", "--log", kept.to_str().unwrap(), "--digest"],
+        LIMIT,
+    );
+    let text = String::from_utf8_lossy(&r.stdout);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(r.status.success(), "{text}\n{err}");
+    assert!(text.contains("replay verified"), "{text}\n{err}");
+    // The segments' own states were checked on the way, and the run's end.
+    let digests: u64 = text
+        .split(" digests")
+        .next()
+        .and_then(|t| t.rsplit(", ").next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(digests as usize >= segs.len(), "{text}");
+    assert!(!err.contains("cut short"), "{err}");
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// A backup's flight recorder: the log it follows, kept as a window; after the backup's host
+/// dies (SIGKILL), the window replays verified up to where it stopped.
+#[test]
+fn a_backups_kept_window_replays_verified_after_it_dies() {
+    let d = dir("backup-window");
+    let out = guest_out();
+    let psk = d.join("psk");
+    std::fs::write(&psk, b"the flight recorder test's key").unwrap();
+    let kept = d.join("kept");
+    let addr = free_local_addr();
+    let arbiter = format!("file:{}", d.join("arbiter").display());
+    let common: Vec<String> = [
+        "--psk",
+        psk.to_str().unwrap(),
+        "--arbiter",
+        &arbiter,
+        "--digest-every",
+        "20000000",
+        "--kernel",
+        out.join("Image").to_str().unwrap(),
+        "--initrd",
+        out.join("initramfs.cpio.gz").to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut primary = ftvm()
+        .args(["primary", "--listen", &addr])
+        .args(&common)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut backup = ftvm()
+        .args(["backup", "--primary", &addr])
+        .args(["--keep-log", kept.to_str().unwrap(), "--keep-for", "3s"])
+        .args(&common)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let ready = await_ready(&mut primary);
+    if ready.is_err() {
+        let _ = primary.kill();
+        let _ = backup.kill();
+        panic!("no ready line: {ready:?}");
+    }
+    // Work for the window to hold, then the incident: the backup's host dies.
+    for i in 0..6 {
+        let cmd = format!("echo flight-{i}; redis-cli set k{i} v{i}\n");
+        primary
+            .stdin
+            .as_mut()
+            .unwrap()
+            .write_all(cmd.as_bytes())
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    let _ = backup.kill();
+    let b = backup.wait_with_output().unwrap();
+    let _ = primary.kill();
+    let _ = primary.wait();
+    let b_err = String::from_utf8_lossy(&b.stderr);
+    let segs = segments(&kept);
+    assert!(segs.len() >= 2, "segments: {segs:?}\n{b_err}");
+    assert_ne!(segs[0], "kept-000000.log", "nothing was dropped: {segs:?}");
+    let r = run_ftvm(
+        &["replay", "--log", kept.to_str().unwrap(), "--digest"],
+        LIMIT,
+    );
+    let text = String::from_utf8_lossy(&r.stdout);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(r.status.success(), "{text}\n{err}\nbackup:\n{b_err}");
+    assert!(text.contains("replay verified"), "{text}\n{err}");
+    let _ = std::fs::remove_dir_all(&d);
+}
