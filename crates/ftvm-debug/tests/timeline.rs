@@ -568,7 +568,11 @@ fn going_back_equals_going_forward_after_checkpoints_were_thinned() {
         let limits = Limits { every, max_bytes };
         let t0 = std::time::Instant::now();
         let tl = going_back_equals_going_forward(limits, seed, random);
-        eprintln!("TMP every {every} budget {max_bytes}: {:?} {:?}", tl.checkpoints(), t0.elapsed());
+        eprintln!(
+            "TMP every {every} budget {max_bytes}: {:?} {:?}",
+            tl.checkpoints(),
+            t0.elapsed()
+        );
         let (n, _) = tl.checkpoints();
         let all = all_checkpoints(every);
         assert!(

@@ -116,37 +116,38 @@ impl Source {
 
     /// The next record, or None at the end of the last segment.
     pub(crate) fn next(&mut self) -> Result<Option<Record>> {
-        loop {
-            match self
-                .cur
-                .next_record()
-                .with_context(|| format!("reading {}", self.name.display()))?
-            {
-                Next::Record(r) => return Ok(Some(r)),
-                Next::Eof | Next::Partial if self.rest.is_empty() => return Ok(None),
-                Next::Eof | Next::Partial => {}
-            }
-            let Some(next) = self.rest.pop_front() else {
-                return Ok(None);
-            };
-            let mut r = LogReader::open(&next)
-                .with_context(|| format!("cannot read log {}", next.display()))?;
-            let Next::Record(Record::Header {
-                count, snapshot, ..
-            }) = r.next_record()?
-            else {
-                bail!("{}: the segment has no header", next.display());
-            };
-            let digest = Machine::restore(&snapshot)
-                .with_context(|| format!("{}: its initial state", next.display()))?
-                .digest();
-            self.cur = r;
-            self.name = next;
-            return Ok(Some(Record::Digest {
-                count,
-                digest: *digest.as_bytes(),
-            }));
+        match self
+            .cur
+            .next_record()
+            .with_context(|| format!("reading {}", self.name.display()))?
+        {
+            Next::Record(r) => return Ok(Some(r)),
+            Next::Partial if !self.rest.is_empty() => bail!(
+                "{} is cut short, but later segments follow it",
+                self.name.display()
+            ),
+            Next::Eof | Next::Partial => {}
         }
+        let Some(next) = self.rest.pop_front() else {
+            return Ok(None);
+        };
+        let mut r = LogReader::open(&next)
+            .with_context(|| format!("cannot read log {}", next.display()))?;
+        let Next::Record(Record::Header {
+            count, snapshot, ..
+        }) = r.next_record()?
+        else {
+            bail!("{}: the segment has no header", next.display());
+        };
+        let digest = Machine::restore(&snapshot)
+            .with_context(|| format!("{}: its initial state", next.display()))?
+            .digest();
+        self.cur = r;
+        self.name = next;
+        Ok(Some(Record::Digest {
+            count,
+            digest: *digest.as_bytes(),
+        }))
     }
 }
 
