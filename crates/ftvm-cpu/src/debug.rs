@@ -32,7 +32,7 @@ impl Hart {
     /// Take the interrupt that is pending, enabled and not masked, if there is one: what the
     /// hart does before its next step. True if it took one. (After one is taken, none is:
     /// the trap entry masks the level it entered, and a higher level would have won.)
-    #[inline]
+    #[inline(always)]
     pub fn take_interrupt(&mut self) -> bool {
         if self.mip() & self.csr.mie == 0 {
             return false;

@@ -33,6 +33,15 @@ const PAGE: usize = 4096;
 /// Steps between two looks at `poll` (a debugger's Ctrl-C).
 const POLL_STEPS: u64 = 1 << 22;
 
+/// Going backwards to a count farther than this from the checkpoint before it leaves a fine
+/// checkpoint this far before the count on the way: the next steps back (reverse-stepi, one
+/// at a time) restore that one and re-execute at most this many instructions.
+const FINE: u64 = 4096;
+
+/// A run this short after a restore goes through the interpreter: the translator would
+/// compile every block of it first (a restored machine's code cache is empty).
+const SHORT: u64 = 1 << 20;
+
 #[derive(Debug, Error)]
 pub enum TimelineError {
     #[error("the replay left the log: {0}")]
@@ -93,8 +102,10 @@ pub struct Timeline {
     checkpoints: BTreeMap<u64, Checkpoint>,
     /// The count of the checkpoint since which the machine's dirty pages are tracked.
     since: u64,
-    /// The newest checkpoint ever made (checkpoints are made only past it).
+    /// The newest checkpoint ever made (periodic checkpoints are made only past it).
     made_up_to: u64,
+    /// A fine checkpoint to make at this count (see [`FINE`]).
+    fine: Option<u64>,
     bytes: usize,
     limits: Limits,
 }
@@ -122,6 +133,7 @@ impl Timeline {
             checkpoints: BTreeMap::new(),
             since: start,
             made_up_to: start,
+            fine: None,
             bytes: 0,
             limits: Limits {
                 every: limits.every.max(1),
@@ -187,6 +199,9 @@ impl Timeline {
             }
             let every = self.limits.every;
             let mut seg = target.min((now / every + 1).saturating_mul(every));
+            if let Some(f) = self.fine.filter(|&f| f > now) {
+                seg = seg.min(f);
+            }
             if let Some(r) = self.records.get(self.next) {
                 seg = seg.min(r.count());
             }
@@ -229,8 +244,19 @@ impl Timeline {
         if target < self.m.count() {
             let k = self.checkpoint_at_or_before(target);
             self.restore(k)?;
+            if target - k > FINE {
+                self.fine = Some(target - FINE);
+            }
         }
-        self.advance(target, None, &mut || false)
+        let short = target.saturating_sub(self.m.count()) <= SHORT;
+        let engine = self.m.harts()[0].engine();
+        if short {
+            self.m.set_engine(ftvm_cpu::Engine::Interp);
+        }
+        let stop = self.advance(target, None, &mut || false);
+        self.m.set_engine(engine);
+        self.fine = None;
+        stop
     }
 
     /// The last count before `before` where `hook` says yes (the hook sees every step from
@@ -283,8 +309,10 @@ impl Timeline {
     /// At a checkpoint's count: start tracking dirty pages from here, making the checkpoint
     /// if this is new ground.
     fn at_checkpoint(&mut self, now: u64) {
-        let new = self.checkpoints.is_empty()
-            || (now.is_multiple_of(self.limits.every) && now > self.made_up_to);
+        let new = (self.checkpoints.is_empty()
+            || (now.is_multiple_of(self.limits.every) && now > self.made_up_to)
+            || self.fine == Some(now))
+            && !self.checkpoints.contains_key(&now);
         if !new && (!self.checkpoints.contains_key(&now) || self.since == now) {
             return;
         }
@@ -305,7 +333,7 @@ impl Timeline {
         };
         self.bytes += c.bytes();
         self.checkpoints.insert(now, c);
-        self.made_up_to = now;
+        self.made_up_to = self.made_up_to.max(now);
         while self.bytes > self.limits.max_bytes && self.checkpoints.len() > 2 {
             self.thin();
         }

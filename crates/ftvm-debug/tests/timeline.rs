@@ -502,13 +502,18 @@ fn some_checkpoint_counts(every: u64, n: u64) -> Vec<u64> {
 }
 
 /// Targets worth visiting for checkpoints every `every`: checkpoint counts and the counts next
-/// to them, record counts and the counts next to them, the ends, and `random` random counts.
-fn targets(every: u64, seed: u64, random: usize) -> Vec<u64> {
+/// to them, record counts (every `nth` record) and the counts next to them, the ends, and
+/// `random` random counts.
+fn targets(every: u64, seed: u64, random: usize, nth: usize) -> Vec<u64> {
     let mut t = vec![START, START + 1, END - 1, END];
     for c in some_checkpoint_counts(every, 12) {
         t.extend([c - 1, c, c + 1]);
     }
-    for c in record_counts() {
+    for c in record_counts()
+        .into_iter()
+        .skip(seed as usize % nth)
+        .step_by(nth)
+    {
         t.extend([c.saturating_sub(1).max(START), c, (c + 1).min(END)]);
     }
     let mut rng = Rng(seed);
@@ -524,9 +529,14 @@ fn targets(every: u64, seed: u64, random: usize) -> Vec<u64> {
 // ---------------------------------------------------------------------------------------------
 // 1. Going backwards lands where going forwards does.
 
-fn going_back_equals_going_forward(limits: Limits, seed: u64, random: usize) -> Timeline {
+fn going_back_equals_going_forward(
+    limits: Limits,
+    seed: u64,
+    random: usize,
+    nth: usize,
+) -> Timeline {
     let mut tl = timeline(limits);
-    let targets = targets(limits.every, seed, random);
+    let targets = targets(limits.every, seed, random, nth);
     let truth = reference(targets.iter().copied());
     // All the way first: every later move has been past its target.
     check_goto(&mut tl, END, &truth, "first to the end");
@@ -545,7 +555,7 @@ fn going_back_equals_going_forward_with_every_checkpoint_kept() {
         every: 10_000,
         max_bytes: UNLIMITED,
     };
-    let tl = going_back_equals_going_forward(limits, 0x9e37_79b9_7f4a_7c15, 80);
+    let tl = going_back_equals_going_forward(limits, 0x9e37_79b9_7f4a_7c15, 80, 1);
     let (n, bytes) = tl.checkpoints();
     assert_eq!(n, all_checkpoints(limits.every));
     // Each holds the pages written in its interval (about 40 of the spread, 8 AMO pages, the
@@ -560,14 +570,14 @@ fn going_back_equals_going_forward_with_every_checkpoint_kept() {
 #[test]
 fn going_back_equals_going_forward_after_checkpoints_were_thinned() {
     for (every, max_bytes, random, several, seed) in [
-        (10_000, 4 << 20, 40, true, 0x1234_5678_9abc_def1),
-        (3_001, 3 << 20, 30, true, 0xdead_beef_cafe_f00d),
-        (997, 3 << 20, 30, true, 0x0bad_cafe_1234_4321),
-        (10_000, 1 << 20, 5, false, 0x7777_1111_2222_3333),
+        (10_000, 4 << 20, 30, true, 0x1234_5678_9abc_def1),
+        (3_001, 3 << 20, 15, true, 0xdead_beef_cafe_f00d),
+        (997, 3 << 20, 15, true, 0x0bad_cafe_1234_4321),
+        (10_000, 1 << 20, 3, false, 0x7777_1111_2222_3333),
     ] {
         let limits = Limits { every, max_bytes };
         let t0 = std::time::Instant::now();
-        let tl = going_back_equals_going_forward(limits, seed, random);
+        let tl = going_back_equals_going_forward(limits, seed, random, 2);
         eprintln!(
             "TMP every {every} budget {max_bytes}: {:?} {:?}",
             tl.checkpoints(),
