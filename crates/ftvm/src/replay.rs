@@ -437,32 +437,14 @@ fn debug(a: &ReplayArgs, addr: &str, snapshot: &[u8], log: &mut Source) -> Resul
     while let Some(r) = log.next()? {
         records.push(r);
     }
-    let listener = std::net::TcpListener::bind(addr)
-        .with_context(|| format!("--gdb {addr}: cannot listen there"))?;
     let limits = ftvm_debug::Limits {
         every: a.checkpoint_every,
         max_bytes: usize::try_from(a.checkpoint_memory).unwrap_or(usize::MAX),
     };
     let tl =
         ftvm_debug::Timeline::new(snapshot, records, limits).context("the log's initial state")?;
-    let (start, end) = (tl.start(), tl.end());
-    eprintln!(
-        "ftvm: gdb: waiting on {} (instructions {start}..{end}; in gdb: target remote {})",
-        listener.local_addr()?,
-        listener.local_addr()?
-    );
-    let (conn, peer) = listener
-        .accept()
-        .context("--gdb: accepting gdb's connection")?;
-    drop(listener);
-    conn.set_nodelay(true).ok();
-    eprintln!("ftvm: gdb: {peer} connected");
-    let mut session = ftvm_debug::Session::new(tl);
-    let killed =
-        ftvm_debug::serve(&mut session, conn).map_err(|e| anyhow::anyhow!("gdb session: {e}"))?;
-    let tl = session.timeline();
+    let (mut tl, killed) = serve_gdb(addr, tl)?;
     if killed {
-        eprintln!("ftvm: gdb killed the session at instruction {}", tl.count());
         return Ok(0);
     }
     eprintln!(
@@ -475,4 +457,35 @@ fn debug(a: &ReplayArgs, addr: &str, snapshot: &[u8], log: &mut Source) -> Resul
         println!("digest {}", tl.machine().digest().to_hex());
     }
     Ok(0)
+}
+
+/// Wait for gdb on `addr`, serve it the timeline until it detaches (false) or kills the
+/// session (true), and give the timeline back.
+pub(crate) fn serve_gdb(
+    addr: &str,
+    tl: ftvm_debug::Timeline,
+) -> Result<(ftvm_debug::Timeline, bool)> {
+    let listener = std::net::TcpListener::bind(addr)
+        .with_context(|| format!("--gdb {addr}: cannot listen there"))?;
+    let local = listener.local_addr()?;
+    let range = if tl.end() == u64::MAX {
+        format!("from instruction {}", tl.start())
+    } else {
+        format!("instructions {}..{}", tl.start(), tl.end())
+    };
+    eprintln!("ftvm: gdb: waiting on {local} ({range}; in gdb: target remote {local})");
+    let (conn, peer) = listener
+        .accept()
+        .context("--gdb: accepting gdb's connection")?;
+    drop(listener);
+    conn.set_nodelay(true).ok();
+    eprintln!("ftvm: gdb: {peer} connected");
+    let mut session = ftvm_debug::Session::new(tl);
+    let killed =
+        ftvm_debug::serve(&mut session, conn).map_err(|e| anyhow::anyhow!("gdb session: {e}"))?;
+    let tl = session.into_timeline();
+    if killed {
+        eprintln!("ftvm: gdb killed the session at instruction {}", tl.count());
+    }
+    Ok((tl, killed))
 }

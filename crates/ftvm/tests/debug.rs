@@ -133,7 +133,7 @@ fn gdb_steps_back_and_reverse_continues_to_a_watchpoint() {
 set confirm off
 file {vmlinux}
 target remote {addr}
-break run_init_process
+break *run_init_process
 continue
 echo ==at-break==\\n
 monitor count
@@ -401,5 +401,111 @@ fn a_backups_kept_window_replays_verified_after_it_dies() {
     let err = String::from_utf8_lossy(&r.stderr);
     assert!(r.status.success(), "{text}\n{err}\nbackup:\n{b_err}");
     assert!(text.contains("replay verified"), "{text}\n{err}");
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// `ftvm run --gdb`: the guest boots under gdb from its first instruction; going back and
+/// forth re-executes, but what the guest printed reaches the console once.
+#[test]
+fn run_under_gdb_goes_back_and_prints_once() {
+    let d = dir("run-gdb");
+    let addr = free_local_addr();
+    let out = guest_out();
+    let stub = ftvm()
+        .args(["run", "--gdb", &addr, "--kernel"])
+        .arg(out.join("Image"))
+        .arg("--initrd")
+        .arg(out.join("initramfs.cpio.gz"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ftvm run --gdb");
+    std::thread::sleep(Duration::from_millis(500));
+    let script = d.join("script.gdb");
+    std::fs::write(
+        &script,
+        format!(
+            "set pagination off
+set confirm off
+file {vmlinux}
+target remote {addr}
+echo ==start==\\n
+monitor count
+break *run_init_process
+continue
+echo ==at-break==\\n
+monitor count
+info registers
+stepi 50
+reverse-stepi 50
+echo ==back==\\n
+monitor count
+info registers
+delete
+break *start_kernel
+reverse-continue
+echo ==start-kernel==\\n
+monitor count
+delete
+break *run_init_process
+continue
+echo ==again==\\n
+monitor count
+detach
+",
+            vmlinux = out.join("vmlinux").display()
+        ),
+    )
+    .unwrap();
+    let gdb = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "exec gdb-multiarch -batch -nx -x '{}' 2>&1",
+            script.display()
+        ))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn gdb-multiarch");
+    let g = wait_limited(gdb, LIMIT, "gdb-multiarch");
+    let done = wait_limited(stub, LIMIT, "ftvm run --gdb");
+    let out = String::from_utf8_lossy(&g.stdout).into_owned();
+    let console = String::from_utf8_lossy(&done.stdout).into_owned();
+    let context = format!(
+        "gdb:\n{out}\nconsole:\n{console}\nstderr:\n{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    assert!(done.status.success(), "{context}");
+    assert_eq!(count_in(section(&out, "start")), 0, "{context}");
+    let c0 = count_in(section(&out, "at-break"));
+    assert!(c0 > 0, "{context}");
+    assert_eq!(count_in(section(&out, "back")), c0, "{context}");
+    let regs = |s: &str| -> Vec<String> {
+        s.lines()
+            .filter(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .is_some_and(|v| v.starts_with("0x"))
+            })
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+            .collect()
+    };
+    assert!(regs(section(&out, "at-break")).len() >= 32, "{context}");
+    assert_eq!(
+        regs(section(&out, "back")),
+        regs(section(&out, "at-break")),
+        "{context}"
+    );
+    let ck = count_in(section(&out, "start-kernel"));
+    assert!(ck > 0 && ck < c0, "{context}");
+    assert_eq!(count_in(section(&out, "again")), c0, "{context}");
+    // Printed once, though the kernel ran past it three times.
+    assert_eq!(
+        console.matches("Freeing unused kernel image").count(),
+        1,
+        "{context}"
+    );
     let _ = std::fs::remove_dir_all(&d);
 }
