@@ -65,6 +65,9 @@ pub enum Stop {
     Interrupted,
 }
 
+/// Where an open timeline's console output goes.
+pub type Console = Box<dyn FnMut(&[u8])>;
+
 /// The machine as the hook sees it before a step: the hart about to step and the board.
 pub type Hook<'a> = &'a mut dyn FnMut(&mut Hart, &mut Board) -> bool;
 
@@ -116,7 +119,7 @@ pub struct Timeline {
 /// prints there goes.
 struct Open {
     frontier: u64,
-    console: Box<dyn FnMut(&[u8])>,
+    console: Console,
 }
 
 impl Timeline {
@@ -127,7 +130,7 @@ impl Timeline {
     pub fn open(
         initial: &[u8],
         limits: Limits,
-        console: Box<dyn FnMut(&[u8])>,
+        console: Console,
     ) -> Result<Timeline, TimelineError> {
         let mut t = Timeline::new(initial, Vec::new(), limits)?;
         t.end = u64::MAX;
