@@ -12,8 +12,8 @@
 //! since it; each page's content there is the one in the newest checkpoint at or before it
 //! that holds the page, or the initial state's. When the checkpoints outgrow their byte
 //! budget, the one whose neighbours are closest is merged into the next (its pages move
-//! there unless the next holds them already): checkpoints thin out evenly, the first and the
-//! newest stay.
+//! there unless the next holds them already): checkpoints thin out evenly; the first, the
+//! newest and the one the machine's dirty pages are tracked from stay.
 //!
 //! The state "at count C" is always the same: every record at C applied, then the machine
 //! settled ([`Machine::settle`]: a pending interrupt taken), ready for the step at C. A stop by
@@ -213,6 +213,8 @@ impl Timeline {
             }
         }
         let mut hit = false;
+        // Where `poll` was last asked (every POLL_STEPS steps, however the run is cut).
+        let mut polled = self.m.count();
         loop {
             let now = self.m.count();
             while let Some(r) = self.records.get(self.next).filter(|r| r.count() <= now) {
@@ -261,6 +263,13 @@ impl Timeline {
                     }
                 }
             }
+            if !hit && self.m.count().saturating_sub(polled) >= POLL_STEPS {
+                polled = self.m.count();
+                if poll() {
+                    self.m.settle();
+                    return Ok(Stop::Interrupted);
+                }
+            }
             match exit {
                 RunExit::StopAt | RunExit::Output => {}
                 RunExit::Idle { ticks: Some(t) }
@@ -282,12 +291,7 @@ impl Timeline {
                     return Ok(Stop::End);
                 }
                 RunExit::Yield if hit => return Ok(Stop::Hook),
-                RunExit::Yield => {
-                    if poll() {
-                        self.m.settle();
-                        return Ok(Stop::Interrupted);
-                    }
-                }
+                RunExit::Yield => {}
                 RunExit::Idle { .. } | RunExit::Power(_) | RunExit::ToHost(_) => {
                     if self.m.count() < seg {
                         return Err(TimelineError::Stopped {
@@ -324,8 +328,8 @@ impl Timeline {
 
     /// The last count before `before` where `hook` says yes (the hook sees every step from
     /// the newest checkpoint before it backwards, one checkpoint interval at a time, and
-    /// never stops the run). The machine is left somewhere before `before`: move it with
-    /// [`Timeline::goto`]. `None` when there is none since the log's start, or when `poll`
+    /// never stops the run). The machine is left somewhere before `before` (or where it was,
+    /// when `before` is the log's start): move it with [`Timeline::goto`]. `None` when there is none since the log's start, or when `poll`
     /// asked to stop (then `interrupted` is set).
     pub fn last_before(
         &mut self,
@@ -397,21 +401,23 @@ impl Timeline {
         self.bytes += c.bytes();
         self.checkpoints.insert(now, c);
         self.made_up_to = self.made_up_to.max(now);
-        while self.bytes > self.limits.max_bytes && self.checkpoints.len() > 2 {
-            self.thin();
-        }
+        while self.bytes > self.limits.max_bytes && self.thin() {}
     }
 
-    /// Merge the checkpoint whose neighbours are closest into the next one (never the first
-    /// or the newest).
-    fn thin(&mut self) {
+    /// Merge the checkpoint whose neighbours are closest into the next one: never the first,
+    /// the newest, or the one dirty pages are tracked from (restores need its pages). False
+    /// when none may go.
+    fn thin(&mut self) -> bool {
         let counts: Vec<u64> = self.checkpoints.keys().copied().collect();
-        let Some(i) = (1..counts.len() - 1).min_by_key(|&i| counts[i + 1] - counts[i - 1]) else {
-            return;
+        let Some(i) = (1..counts.len().saturating_sub(1))
+            .filter(|&i| counts[i] != self.since)
+            .min_by_key(|&i| counts[i + 1] - counts[i - 1])
+        else {
+            return false;
         };
         let (gone, into) = (counts[i], counts[i + 1]);
         let Some(c) = self.checkpoints.remove(&gone) else {
-            return;
+            return false;
         };
         self.bytes -= c.bytes();
         if let Some(n) = self.checkpoints.get_mut(&into) {
@@ -421,10 +427,7 @@ impl Timeline {
             }
             self.bytes += n.bytes();
         }
-        if self.since == gone {
-            // Cannot be (the newest is never merged), but the tracking would be off.
-            self.since = into;
-        }
+        true
     }
 
     /// A page's content at checkpoint `k`.
