@@ -166,6 +166,9 @@ pub fn replay(a: ReplayArgs, check: bool) -> Result<u8> {
         bail!("the log's header does not match its initial state");
     }
     if check {
+        if a.gdb.is_some() {
+            bail!("--gdb and --engine check do not go together: debug with one engine");
+        }
         return check_engines(&a, &snapshot, &mut log);
     }
     if let Some(addr) = &a.gdb {

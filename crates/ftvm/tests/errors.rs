@@ -198,3 +198,92 @@ fn a_backup_with_other_devices_or_key_is_refused() {
     let _ = primary.kill();
     let _ = primary.wait();
 }
+
+/// The debugger's and the flight recorder's options: a clear error for each bad one.
+#[test]
+fn bad_debugging_options_are_refused() {
+    // A valid log of a small machine: the header only.
+    let m = ftvm_machine::Machine::new(16 << 20).unwrap();
+    let header = ftvm_log::Record::Header {
+        count: 0,
+        snapshot: m.save(),
+        digest_every: 1000,
+    };
+    let log = tmp("dbg.log", b"");
+    let mut w = ftvm_log::LogWriter::create(&log, header).unwrap();
+    w.flush().unwrap();
+    drop(w);
+    let log = log.to_str().unwrap();
+    expect_error(
+        &["replay", "--log", log, "--gdb", "not-an-address"],
+        "cannot listen there",
+    );
+    expect_error(
+        &[
+            "--engine",
+            "check",
+            "replay",
+            "--log",
+            log,
+            "--gdb",
+            "127.0.0.1:0",
+        ],
+        "do not go together",
+    );
+    expect_error(
+        &[
+            "replay",
+            "--log",
+            log,
+            "--gdb",
+            "127.0.0.1:0",
+            "--until",
+            "5",
+        ],
+        "cannot be used with",
+    );
+    expect_error(
+        &[
+            "replay",
+            "--log",
+            log,
+            "--gdb",
+            "127.0.0.1:0",
+            "--checkpoint-every",
+            "5",
+        ],
+        "--checkpoint-every",
+    );
+    let empty = std::env::temp_dir().join(format!("ftvm-err-empty-{}", std::process::id()));
+    std::fs::create_dir_all(&empty).unwrap();
+    expect_error(
+        &["replay", "--log", empty.to_str().unwrap()],
+        "holds no kept log segment",
+    );
+    expect_error(
+        &[
+            "record",
+            "--keep-log",
+            empty.to_str().unwrap(),
+            "--keep-for",
+            "10x",
+        ],
+        "invalid time",
+    );
+    expect_error(
+        &[
+            "record",
+            "--keep-log",
+            empty.to_str().unwrap(),
+            "--keep-for",
+            "0s",
+        ],
+        "at least 1s",
+    );
+    expect_error(&["record"], "--log");
+    expect_error(
+        &["run", "--gdb", "127.0.0.1:0", "--disk", log],
+        "cannot be used with",
+    );
+    let _ = std::fs::remove_dir_all(&empty);
+}
