@@ -18,6 +18,7 @@ use ftvm_machine::{DeviceOutput, DiskOp, DiskRequest, Input, Machine, Output};
 use ftvm_runner::follow::{self, Applied, Sink};
 use ftvm_runner::recheck::{Rechecker, Request, What};
 use ftvm_runner::status::StatusFile;
+use ftvm_runner::telemetry::Role as Member;
 use ftvm_runner::vote::{output_hash, Chain};
 use ftvm_runner::FollowError;
 use ftvm_runner::{Backends, Devices, Ended, Event, Feeder, Gate, Options};
@@ -618,6 +619,9 @@ pub fn follow_primary(
                             let ours = *m.digest().as_bytes();
                             if ours != digest {
                                 eprintln!("ftvm: this replica's state digest at instruction {count} differs from the leader's");
+                                if let Some(t) = &opts.telemetry {
+                                    t.vote_mismatches.fetch_add(1, Ordering::Relaxed);
+                                }
                                 differs = true;
                             } else if let (Some(rc), false) = (&mut rechecker, differs) {
                                 // Both agree here: a checkpoint to re-execute from.
@@ -649,6 +653,9 @@ pub fn follow_primary(
                         // Its own fault, most likely (the group decides): a vote that cannot
                         // match the leader's, then nothing more until the verdict.
                         eprintln!("ftvm: this replica's replay diverged: {e}");
+                        if let Some(t) = &opts.telemetry {
+                            t.vote_mismatches.fetch_add(1, Ordering::Relaxed);
+                        }
                         let hash = ftvm_runner::vote::divergence(&e);
                         out.send_with(|s| s.vote(VOTE_OUTPUTS, target, hash, inj));
                         diverged = true;
@@ -779,6 +786,12 @@ pub fn follow_primary(
         if let Some(st) = &mut status {
             let primary_at = latest.load(Ordering::Relaxed).max(m.count());
             st.update("backup", m.count(), Some(primary_at));
+        }
+        if let Some(t) = &opts.telemetry {
+            let primary_at = latest.load(Ordering::Relaxed).max(m.count());
+            t.update(Member::Backup, m.count(), Some(primary_at));
+            t.generation
+                .store(newest.load(Ordering::Relaxed), Ordering::Relaxed);
         }
         if handed_over.is_some() || gone || out.with(|s| s.is_dead(now_ns())) {
             break;
@@ -918,6 +931,10 @@ pub fn follow_primary(
             detected.elapsed().as_secs_f64() * 1e3
         );
     } else {
+        if let Some(t) = &opts.telemetry {
+            t.failovers.fetch_add(1, Ordering::Relaxed);
+            t.generation.store(generation, Ordering::Relaxed);
+        }
         eprintln!(
             "ftvm: primary lost ({why}); backup live at instruction {} ({} ms after detection)",
             m.count(),

@@ -96,6 +96,7 @@ fn config(arbiter: &str) -> PairConfig {
 fn options(out: &Arc<Mutex<Vec<u8>>>) -> Options {
     Options {
         keep_log: None,
+        telemetry: None,
         stop_at: u64::MAX,
         clock: ClockMode::Virtual,
         capture: Some(out.clone()),

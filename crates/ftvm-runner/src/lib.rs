@@ -11,7 +11,9 @@
 //! - [`clock`]: the host-clock policy (time pushes and rates that keep guest time with the
 //!   host's);
 //! - [`devices`]: the live backends of a machine's devices;
-//! - [`status`]: a member's status file (`ftvm status`).
+//! - [`status`]: a member's status file (`ftvm status`);
+//! - [`telemetry`]: what a member tells its operators (metrics, history) and what they ask of
+//!   it (pause, resume, snapshot, quit, a fault).
 //!
 //! Nothing here knows about primaries and backups beyond the two traits.
 
@@ -21,6 +23,7 @@ pub mod follow;
 pub mod live;
 pub mod recheck;
 pub mod status;
+pub mod telemetry;
 pub mod vote;
 
 pub use devices::{Backends, Devices, NetSpec};
@@ -38,6 +41,8 @@ use ftvm_host::HostEvent;
 pub enum Event {
     Host(HostEvent),
     Wake,
+    /// An operator's request (the management API), carried out between two steps.
+    Control(telemetry::Request),
 }
 
 impl From<HostEvent> for Event {

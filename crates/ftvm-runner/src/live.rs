@@ -5,6 +5,7 @@
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::io::Write;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ftvm_host::console::{Captured, Console};
@@ -21,6 +22,7 @@ use crate::clock::{HostClock, MAX_LAG};
 use crate::devices::Backends;
 use crate::recheck::Rechecker;
 use crate::status::StatusFile;
+use crate::telemetry::{Command, Refusal, Request, Role, Telemetry};
 use crate::Event;
 
 /// Errors of the replication layer, as the runner passes them on.
@@ -73,6 +75,8 @@ pub struct Options {
     /// A flight recorder: keep the last stretch of the log in this directory, for this long
     /// (a backup keeps the log it follows; see `ftvm_log::kept`).
     pub keep_log: Option<(std::path::PathBuf, Duration)>,
+    /// Where this member reports what it does (the management API and metrics read it).
+    pub telemetry: Option<Arc<Telemetry>>,
 }
 
 impl Options {
@@ -286,13 +290,19 @@ struct Pending {
     disk_done: VecDeque<HostEvent>,
     console_open: bool,
     quit: bool,
+    /// Operators' requests, carried out between two steps.
+    requests: VecDeque<Request>,
     disk_in_flight: usize,
     disk_dirty: DiskDirty,
 }
 
 impl Pending {
     fn take(&mut self, ev: Event) {
-        let Event::Host(ev) = ev else { return };
+        let ev = match ev {
+            Event::Host(ev) => ev,
+            Event::Control(r) => return self.requests.push_back(r),
+            Event::Wake => return,
+        };
         match ev {
             HostEvent::Console(d) => self.console.extend(d),
             HostEvent::ConsoleEof => self.console_open = false,
@@ -453,6 +463,8 @@ pub struct Gate {
     hold_times: HoldTimes,
     /// Where this side reports its role and lag (`ftvm status`).
     status: Option<StatusFile>,
+    /// And its metrics.
+    telemetry: Option<Arc<Telemetry>>,
 }
 
 impl Gate {
@@ -464,6 +476,7 @@ impl Gate {
             held: VecDeque::new(),
             hold_times: HoldTimes::default(),
             status: None,
+            telemetry: None,
         }
     }
 
@@ -521,8 +534,13 @@ impl Gate {
         match link.check().map_err(RunError::Link)? {
             LinkState::Protected(_) => {
                 let hold_times = &mut self.hold_times;
+                let telemetry = &self.telemetry;
                 link.release(&mut self.held, &mut |(_, since, out)| {
-                    hold_times.record(since.elapsed());
+                    let waited = since.elapsed();
+                    hold_times.record(waited);
+                    if let Some(t) = telemetry {
+                        t.held(waited);
+                    }
                     emit(out, con, backends);
                 });
                 Ok(true)
@@ -537,6 +555,94 @@ impl Gate {
             }
         }
     }
+}
+
+/// Which of [`crate::telemetry::EXIT_KINDS`] a turn of the machine ended in.
+fn exit_kind(exit: &RunExit) -> usize {
+    match exit {
+        RunExit::Yield => 0,
+        RunExit::Output => 1,
+        RunExit::Idle { .. } => 2,
+        RunExit::StopAt => 3,
+        RunExit::Power(_) => 4,
+        RunExit::ToHost(_) => 5,
+    }
+}
+
+/// Carry out an operator's request (between two steps: nothing here moves an input).
+fn control(
+    r: Request,
+    m: &Machine,
+    paused: &mut bool,
+    inject: &mut Option<crate::vote::Injection>,
+    gate: &Gate,
+) {
+    let count = m.count();
+    let answer = match &r.command {
+        Command::Pause if *paused => Err(Refusal::Conflict("the guest is paused already".into())),
+        Command::Pause => {
+            *paused = true;
+            if let Some(t) = &gate.telemetry {
+                t.set_paused(true);
+            }
+            eprintln!("\r\nftvm: paused at instruction {count}\r");
+            Ok(format!("paused at instruction {count}"))
+        }
+        Command::Resume if !*paused => Err(Refusal::Conflict("the guest is not paused".into())),
+        Command::Resume => {
+            *paused = false;
+            if let Some(t) = &gate.telemetry {
+                t.set_paused(false);
+            }
+            eprintln!("\r\nftvm: resumed at instruction {count}\r");
+            Ok(format!("resumed at instruction {count}"))
+        }
+        Command::Quit => Ok(format!("quit at instruction {count}")),
+        Command::Snapshot(path) => {
+            if m.has_host_devices() {
+                Err(Refusal::Conflict(
+                    "snapshots of machines with disks or network devices are not supported yet"
+                        .into(),
+                ))
+            } else {
+                let tmp = path.with_extension("tmp");
+                let bytes = m.save();
+                match std::fs::write(&tmp, &bytes).and_then(|_| std::fs::rename(&tmp, path)) {
+                    Ok(()) => Ok(format!(
+                        "{} bytes at instruction {count} written to {}",
+                        bytes.len(),
+                        path.display()
+                    )),
+                    Err(e) => Err(Refusal::Failed(format!(
+                        "cannot write {}: {e}",
+                        path.display()
+                    ))),
+                }
+            }
+        }
+        Command::Inject(_) if inject.is_some() => Err(Refusal::Conflict(
+            "a fault is due already: one at a time".into(),
+        )),
+        Command::Inject(_) if gate.link.as_ref().is_some_and(|l| !l.votes()) => {
+            Err(Refusal::Conflict(
+                "a fault injected into a pair's primary would reach its backup's replay as a divergence: inject into the replicas of a group (--replicas) or an unprotected guest".into(),
+            ))
+        }
+        Command::Inject(i) => {
+            let at = if i.relative {
+                count.saturating_add(i.at)
+            } else {
+                i.at.max(count)
+            };
+            *inject = Some(crate::vote::Injection {
+                at,
+                relative: false,
+                ..i.clone()
+            });
+            Ok(format!("{} due at instruction {at}", i.fault))
+        }
+    };
+    r.answer(answer);
 }
 
 /// The live loop: run the machine, feed it the host's events through the boundary, send its
@@ -562,6 +668,11 @@ pub fn live(
         });
     }
     let virtual_clock = opts.clock == ClockMode::Virtual;
+    gate.telemetry = opts.telemetry.clone();
+    if let Some(t) = &gate.telemetry {
+        t.set_control(Some(events_tx.clone()));
+    }
+    let mut paused = false;
     let mut con = opts.console(events_tx.clone()).map_err(RunError::Console)?;
     drop(events_tx);
     let mut pending = Pending {
@@ -652,6 +763,9 @@ pub fn live(
             exit
         };
         let was_idle = matches!(exit, RunExit::Idle { .. });
+        if let Some(t) = &gate.telemetry {
+            t.exit(exit_kind(&exit));
+        }
         let count = m.count();
         let mut held_new = false;
         let outputs = gate.take_outputs(&mut m);
@@ -709,6 +823,18 @@ pub fn live(
             };
             st.update(role, m.count(), peer);
         }
+        if let Some(t) = &gate.telemetry {
+            let peer = gate.link.as_ref().map(|l| l.acked());
+            let role = if peer.is_some() {
+                Role::Primary
+            } else {
+                Role::Live
+            };
+            t.update(role, m.count(), peer);
+            if let Some(log) = &feed.log {
+                t.log_written(log.bytes);
+            }
+        }
         let backup_waiting = gate.protect.as_mut().is_some_and(|p| p.poll());
         throttle = 0;
         let may_attach = gate.link.is_none() || gate.protect.as_ref().is_some_and(|p| p.joins());
@@ -748,6 +874,9 @@ pub fn live(
                                 feed.digest_every = protect.digest_every();
                                 feed.next_digest = m.count().saturating_add(feed.digest_every);
                                 gate.link = Some(link);
+                                if let Some(t) = &gate.telemetry {
+                                    t.attached(t0.elapsed());
+                                }
                                 eprintln!(
                                     "\r\nftvm: attached; the guest paused {:.1} ms\r",
                                     t0.elapsed().as_secs_f64() * 1e3
@@ -762,6 +891,9 @@ pub fn live(
                                 }
                                 if let Some(log) = &mut feed.log {
                                     log.record(Record::Digest { count, digest })?;
+                                }
+                                if let Some(t) = &gate.telemetry {
+                                    t.attached(t0.elapsed());
                                 }
                                 eprintln!(
                                     "\r\nftvm: a replica joined; the guest paused {:.1} ms\r",
@@ -913,6 +1045,29 @@ pub fn live(
                 }
             }
         }
+        // Operators' requests; while paused, the guest does not run, but the host's events
+        // are still taken in (to be delivered on resume) and the backup still looked at.
+        loop {
+            while let Some(r) = pending.requests.pop_front() {
+                let quit = matches!(r.command, Command::Quit);
+                control(r, &m, &mut paused, &mut inject, &gate);
+                pending.quit |= quit;
+            }
+            if !paused || pending.quit {
+                break;
+            }
+            let t0 = Instant::now();
+            match events.recv_timeout(Duration::from_millis(50)) {
+                Ok(ev) => pending.take(ev),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => paused = false,
+            }
+            clock.waited(t0.elapsed());
+            if !gate.look(&mut con, &backends)? {
+                feed.log = None;
+                rechecker = None;
+            }
+        }
         if pending.quit {
             eprintln!("\r\nftvm: quit at instruction {}\r", m.count());
             break 0;
@@ -973,6 +1128,11 @@ pub fn live(
             feed.feed(&mut m, Input::Time { ticks: 0 })?;
         }
     };
+    if let Some(t) = &gate.telemetry {
+        t.set_role(Role::Stopped);
+        t.set_paused(false);
+        t.set_control(None);
+    }
     // What the guest sent last still waits for the backup (a short while at most).
     let count = m.count();
     let outputs = gate.take_outputs(&mut m);

@@ -15,7 +15,10 @@ use ftvm_log::{LogWriter, Record};
 use ftvm_machine::Machine;
 use ftvm_replication::{backup, migrate, primary, Arbiter, Hello, PairConfig, Psk, Role};
 use ftvm_runner::status::field;
+use ftvm_runner::telemetry::Telemetry;
 use ftvm_runner::{Backends, Devices, Ended, Event, Feeder, Gate, NetSpec, Options};
+use serde_json::Value;
+use std::sync::Arc;
 
 #[derive(Parser)]
 #[command(
@@ -72,11 +75,19 @@ enum Cmd {
     /// Move a running guest to another host: ask the ftvm that runs it (started with
     /// `ftvm run --control SOCK`) to migrate it to an ftvm waiting with `ftvm run --incoming`.
     Migrate(MigrateArgs),
-    /// Show the role, lag and protection of pair members from their --status-file.
+    /// Show the role, lag and protection of pair members, from their --status-file or
+    /// their --api-socket.
     Status {
-        /// Status files written by `ftvm primary/backup --status-file`.
+        /// Status files written by `ftvm primary/backup --status-file`, or API sockets.
         #[arg(required = true)]
         files: Vec<PathBuf>,
+    },
+    /// Ask a running ftvm, through its --api-socket, what it does, or to do something.
+    Ctl {
+        /// The API socket (the run's --api-socket).
+        socket: PathBuf,
+        #[command(subcommand)]
+        what: CtlCmd,
     },
     /// Follow a primary in lockstep; go live when it dies.
     Backup {
@@ -197,6 +208,39 @@ struct MigrateArgs {
     /// Tell whether a migration is under way.
     #[arg(long, conflicts_with_all = ["to", "cancel"])]
     status: bool,
+}
+
+#[derive(Subcommand)]
+enum CtlCmd {
+    /// What the machine is: version, harts, RAM, engine, clock, devices.
+    Info,
+    /// running, paused, starting, following or stopped; the count and the rate.
+    State,
+    /// Role, protection, lag, generation, failovers.
+    Replication,
+    /// The metrics, in the Prometheus text format.
+    Metrics,
+    /// Stop running the guest (its count stands still) until `resume`.
+    Pause,
+    Resume,
+    /// Write the machine's state to FILE (a machine without disks or network).
+    Snapshot {
+        file: PathBuf,
+    },
+    /// Inject a fault (as --inject's SPEC: x10:3, csr:mepc:5, ram:0x80200000:7, tlb:12:40).
+    Fault {
+        spec: String,
+        /// At this instruction count (default: at once).
+        #[arg(long, value_name = "N", conflicts_with = "after")]
+        at: Option<u64>,
+        /// This many instructions from now.
+        #[arg(long, value_name = "N")]
+        after: Option<u64>,
+    },
+    /// Whether a live migration is under way (a run with --control).
+    MigrateStatus,
+    /// Stop the guest and end the run.
+    Quit,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -384,6 +428,17 @@ pub(crate) struct RunArgs {
     /// whenever two replicas re-execute past its count to settle a disagreement.
     #[arg(long, requires = "inject")]
     fault_persists: bool,
+    /// Serve the management API (HTTP with JSON) on this Unix socket: state, pause, resume,
+    /// snapshot, replication, migration, faults, quit (docs/api.md; `ftvm ctl PATH ...`).
+    #[arg(long, value_name = "PATH")]
+    api_socket: Option<PathBuf>,
+    /// Serve Prometheus metrics at /metrics and a live status page at / on ADDR (host:port).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<String>,
+    /// Another member's --metrics address, shown beside this one on the status page
+    /// (repeatable).
+    #[arg(long, value_name = "ADDR", requires = "metrics")]
+    status_peer: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -498,6 +553,7 @@ fn main() -> ExitCode {
             run,
         }) => run_backup(&primary, listen.as_deref(), pair, keep, run),
         Some(Cmd::Status { files }) => status(&files),
+        Some(Cmd::Ctl { socket, what }) => ctl(&socket, what),
         None => run(
             RunArgs {
                 append: "console=ttyS0 earlycon".into(),
@@ -602,6 +658,7 @@ impl RunArgs {
     fn options(&self) -> Options {
         Options {
             keep_log: None,
+            telemetry: None,
             stop_at: self.stop_at.unwrap_or(u64::MAX),
             clock: match self.clock {
                 ClockMode::Host => ftvm_runner::ClockMode::Host,
@@ -653,6 +710,56 @@ fn pair_config(p: &PairArgs, a: &RunArgs) -> Result<PairConfig> {
         mem_bytes: a.mem,
         replicas: p.replicas.map(|n| n as usize),
     })
+}
+
+/// The management plane a run asked for (--api-socket, --metrics): the servers (kept until
+/// the run ends) and the telemetry the run reports to.
+struct Management {
+    _server: ftvm_api::Server,
+    telemetry: Arc<Telemetry>,
+}
+
+impl Management {
+    fn start(
+        a: &RunArgs,
+        command: &str,
+        migration: Option<(PathBuf, Arc<migrate::Control>)>,
+    ) -> Result<Option<Management>> {
+        if a.api_socket.is_none() && a.metrics.is_none() {
+            return Ok(None);
+        }
+        let telemetry = Arc::new(Telemetry::new());
+        let info = ftvm_api::Info {
+            version: env!("CARGO_PKG_VERSION"),
+            command: command.into(),
+            harts: a.smp.into(),
+            mem_bytes: a.mem,
+            engine: format!("{:?}", Engine::default_engine()).to_lowercase(),
+            clock: format!("{:?}", a.clock).to_lowercase(),
+            devices: devices_of(a).layout(),
+            forwards: Vec::new(),
+            pid: std::process::id(),
+        };
+        let member = ftvm_api::Member {
+            info,
+            telemetry: telemetry.clone(),
+            migration,
+            peers: a.status_peer.clone(),
+        };
+        let server =
+            ftvm_api::Server::start(a.api_socket.as_deref(), a.metrics.as_deref(), member)?;
+        if let Some(addr) = server.metrics_addr() {
+            eprintln!("ftvm: metrics at http://{addr}/metrics, status page at http://{addr}/");
+        }
+        Ok(Some(Management {
+            _server: server,
+            telemetry,
+        }))
+    }
+
+    fn telemetry(m: &Option<Management>) -> Option<Arc<Telemetry>> {
+        m.as_ref().map(|m| m.telemetry.clone())
+    }
 }
 
 /// `ftvm run --gdb ADDR`: the guest under gdb from its first instruction, on an open timeline.
@@ -724,8 +831,13 @@ fn run_incoming(addr: &str, mig: &MigrationArgs, a: RunArgs) -> Result<u8> {
     let devices = devices_of(&a);
     let cfg = migration_config(&a, psk, arbiter);
     let hello = Hello::new(Role::Backup, cfg.mem_bytes, devices.layout());
+    let mgmt = Management::start(&a, "run --incoming", None)?;
     let halves = migrate::incoming(addr, &cfg.psk, &hello)?;
-    let ended = backup::follow_primary(halves, None, &devices, &cfg, &a.options())?;
+    let opts = Options {
+        telemetry: Management::telemetry(&mgmt),
+        ..a.options()
+    };
+    let ended = backup::follow_primary(halves, None, &devices, &cfg, &opts)?;
     finish(&a, ended)
 }
 
@@ -777,6 +889,7 @@ fn run_with(a: RunArgs, record: Option<(Recording, u64)>, control: Option<&Path>
     let (events_tx, events) = mpsc::channel::<Event>();
     let (m, backends) = build_machine(&a, &events_tx)?;
     let mut gate = Gate::open();
+    let mut migration = None;
     if let Some(sock) = control {
         if record.is_some() {
             bail!("--control works with `ftvm run` only");
@@ -785,6 +898,7 @@ fn run_with(a: RunArgs, record: Option<(Recording, u64)>, control: Option<&Path>
         // Only migrations arrive here; each brings its key, and its arbiter if any.
         let cfg = migration_config(&a, Psk::from_bytes(&[0; 32]), Arbiter::None);
         let control = std::sync::Arc::new(migrate::Control::default());
+        migration = Some((sock.to_path_buf(), control.clone()));
         let (tx, rx) = mpsc::channel();
         let hello = Hello::new(Role::Primary, cfg.mem_bytes, devices.layout());
         migrate::serve(sock, control.clone(), hello, tx, events_tx.clone())?;
@@ -827,8 +941,13 @@ fn run_with(a: RunArgs, record: Option<(Recording, u64)>, control: Option<&Path>
         }
         None => Feeder::new(None),
     };
+    let command = if record.is_some() { "record" } else { "run" };
+    let mgmt = Management::start(&a, command, migration)?;
     let ended = ftvm_runner::live(
-        &a.options(),
+        &Options {
+            telemetry: Management::telemetry(&mgmt),
+            ..a.options()
+        },
         m,
         backends,
         events_tx,
@@ -883,16 +1002,14 @@ fn run_primary(listen: &str, p: PairArgs, a: RunArgs) -> Result<u8> {
     let (events_tx, events) = mpsc::channel::<Event>();
     let protect = primary::Protector::start(listen, &cfg, 0, &devices, events_tx.clone())?;
     let (m, backends) = build_machine(&a, &events_tx)?;
+    let mgmt = Management::start(&a, "primary", None)?;
+    let opts = Options {
+        telemetry: Management::telemetry(&mgmt),
+        ..a.options()
+    };
     eprintln!("ftvm: primary waiting for a backup on {listen}");
     let ended = match primary::run(
-        protect,
-        m,
-        backends,
-        &devices,
-        &cfg,
-        &a.options(),
-        events_tx,
-        events,
+        protect, m, backends, &devices, &cfg, &opts, events_tx, events,
     ) {
         Err(e) if e.replaced().is_some() => {
             // This leader was found faulty and stopped: it is repaired as any replica is, by
@@ -904,7 +1021,7 @@ fn run_primary(listen: &str, p: PairArgs, a: RunArgs) -> Result<u8> {
                 bail!("{e}; no follower that took the guest over published where it listens (give the followers --listen with a reachable address), so this replica cannot rejoin");
             };
             eprintln!("ftvm: the replica that took the guest over leads from {to}: this replica attaches to it");
-            backup::run(&to, Some(listen), &devices, &cfg, &a.options())?
+            backup::run(&to, Some(listen), &devices, &cfg, &opts)?
         }
         other => other?,
     };
@@ -919,8 +1036,10 @@ fn run_backup(
     a: RunArgs,
 ) -> Result<u8> {
     let cfg = pair_config(&p, &a)?;
+    let mgmt = Management::start(&a, "backup", None)?;
     let opts = Options {
         keep_log: keep.get(),
+        telemetry: Management::telemetry(&mgmt),
         ..a.options()
     };
     let ended = backup::run(primary_addr, listen, &devices_of(&a), &cfg, &opts)?;
@@ -934,6 +1053,29 @@ fn status(files: &[PathBuf]) -> Result<u8> {
         "status file", "role", "instructions", "protected", "lag instructions", "lag ms"
     );
     for f in files {
+        use std::os::unix::fs::FileTypeExt;
+        if std::fs::metadata(f).is_ok_and(|m| m.file_type().is_socket()) {
+            let v = api_get(f, "/replication")?;
+            let shown = |k: &str| match &v[k] {
+                Value::Null => "-".to_string(),
+                Value::Bool(b) => if *b { "yes" } else { "no" }.to_string(),
+                Value::Number(n) => match n.as_f64() {
+                    Some(x) if k == "lag_ms" => format!("{x:.1}"),
+                    _ => n.to_string(),
+                },
+                other => other.as_str().unwrap_or("?").to_string(),
+            };
+            println!(
+                "{:<28} {:<10} {:>14} {:>10} {:>16} {:>10}",
+                f.display().to_string(),
+                shown("role"),
+                shown("instructions"),
+                shown("protected"),
+                shown("lag_instructions"),
+                shown("lag_ms")
+            );
+            continue;
+        }
         let text = std::fs::read_to_string(f)
             .with_context(|| format!("cannot read status file {}", f.display()))?;
         println!(
@@ -945,6 +1087,63 @@ fn status(files: &[PathBuf]) -> Result<u8> {
             field(&text, "lag_instructions"),
             field(&text, "lag_ms")
         );
+    }
+    Ok(0)
+}
+
+/// `GET path` on an API socket: its JSON answer, or the API's error.
+fn api_get(socket: &Path, path: &str) -> Result<Value> {
+    let (status, v) = ftvm_api::client::request(socket, "GET", path, None, Duration::from_secs(5))?;
+    if !(200..300).contains(&status) {
+        bail!("{}", v["error"].as_str().unwrap_or("the API refused"));
+    }
+    Ok(v)
+}
+
+/// `ftvm ctl SOCKET ...`: one request; its answer on standard output (the metrics as text,
+/// anything else as JSON), an error's message on standard error with exit status 1.
+fn ctl(socket: &Path, what: CtlCmd) -> Result<u8> {
+    let (method, path, body) = match what {
+        CtlCmd::Info => ("GET", "/machine", None),
+        CtlCmd::State => ("GET", "/state", None),
+        CtlCmd::Replication => ("GET", "/replication", None),
+        CtlCmd::Metrics => ("GET", "/metrics", None),
+        CtlCmd::Pause => ("POST", "/pause", None),
+        CtlCmd::Resume => ("POST", "/resume", None),
+        CtlCmd::Quit => ("POST", "/quit", None),
+        CtlCmd::MigrateStatus => ("GET", "/migrate", None),
+        CtlCmd::Snapshot { file } => {
+            // The server's directory is not this one: the path goes absolute.
+            let abs = std::path::absolute(&file)
+                .with_context(|| format!("invalid path {}", file.display()))?;
+            (
+                "POST",
+                "/snapshot",
+                Some(serde_json::json!({ "path": abs })),
+            )
+        }
+        CtlCmd::Fault { spec, at, after } => {
+            let mut b = serde_json::json!({ "fault": spec });
+            if let Some(at) = at {
+                b["at"] = at.into();
+            }
+            if let Some(after) = after {
+                b["after"] = after.into();
+            }
+            ("POST", "/fault", Some(b))
+        }
+    };
+    let (status, v) =
+        ftvm_api::client::request(socket, method, path, body.as_ref(), Duration::from_secs(30))?;
+    if !(200..300).contains(&status) {
+        bail!(
+            "{} (HTTP {status})",
+            v["error"].as_str().unwrap_or("the API refused the request")
+        );
+    }
+    match v {
+        Value::String(text) => print!("{text}"),
+        v => println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default()),
     }
     Ok(0)
 }
