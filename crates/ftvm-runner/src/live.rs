@@ -670,6 +670,13 @@ pub fn live(
     let virtual_clock = opts.clock == ClockMode::Virtual;
     gate.telemetry = opts.telemetry.clone();
     if let Some(t) = &gate.telemetry {
+        let peer = gate.link.as_ref().map(|l| l.acked());
+        let role = if peer.is_some() {
+            Role::Primary
+        } else {
+            Role::Live
+        };
+        t.update(role, m.count(), peer);
         t.set_control(Some(events_tx.clone()));
     }
     let mut paused = false;
