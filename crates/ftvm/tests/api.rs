@@ -562,6 +562,49 @@ fn the_status_page_charts_both_members_of_a_pair() {
         "not a screenshot"
     );
     eprintln!("status page screenshot: {}", shot.display());
+
+    // The primary dies: the backup takes over, and says so.
+    let _ = primary.0.kill();
+    let _ = primary.0.wait();
+    let t0 = Instant::now();
+    let r = loop {
+        let (_, r) = call(&sock_b, "GET", "/replication", None);
+        if r["role"] == "live" {
+            break r;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the backup never went live: {r}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(r["failovers"], 1, "{r}");
+    assert_eq!(r["protected"], false, "{r}");
+    let text = http_get(&mb, "/metrics");
+    promtool(&text);
+    assert!(text.contains("ftvm_failovers_total 1\n"), "{text}");
+    assert!(text.contains("ftvm_role{role=\"live\"} 1\n"), "{text}");
+    // The member that went live takes requests now.
+    let (st, v) = call(&sock_b, "POST", "/pause", None);
+    assert_eq!(st, 200, "{v}");
+    let (st, v) = call(&sock_b, "POST", "/quit", None);
+    assert_eq!(st, 200, "{v}");
+    assert!(
+        exits_within(&mut backup.0, Duration::from_secs(20)).is_some_and(|s| s.success()),
+        "the backup gone live did not quit"
+    );
+}
+
+/// The child's exit status, if it exits within `limit`.
+fn exits_within(c: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let t0 = Instant::now();
+    while t0.elapsed() < limit {
+        if let Some(st) = c.try_wait().unwrap() {
+            return Some(st);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
 }
 
 /// Kill the child when the test ends, however it ends.
