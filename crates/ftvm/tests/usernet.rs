@@ -1,7 +1,8 @@
 //! User-mode networking through passt, no root, no namespaces, no TAP: the host's redis-cli
 //! reaches redis in the guest through a forwarded loopback port, live and while recording (the
 //! recording then replays offline); a plain `ftvm run` of the default guest forwards redis
-//! from a free port it names; bad options and a missing passt are clear errors.
+//! from a free port it names; a backup on the same host takes the forwarded port over when the
+//! primary dies; bad options and a missing or failing passt are clear errors.
 
 mod common;
 
@@ -316,4 +317,45 @@ fn without_passt_the_default_run_boots_with_no_network() {
         .unwrap_or_else(|seen| panic!("the guest did not get ready; console was:\n{seen}"));
     assert!(!seen.contains("ftvm-guest: eth0"), "{seen}");
     g.power_off();
+}
+
+#[test]
+fn a_backup_on_the_same_host_takes_the_forwarded_port_over() {
+    let dir = std::env::temp_dir().join(format!("ftvm-usernet-pair-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let psk = dir.join("psk");
+    std::fs::write(&psk, b"the user network pair test's key").expect("write the key");
+    let arbiter = format!("file:{}", dir.join("arbiter").display());
+    let addr = free_local_addr();
+    let port = free_port();
+    let net = hostfwd(port);
+    let side = |role: &[&str]| {
+        let mut c = guest_command(role);
+        c.args(["--psk", psk.to_str().expect("utf-8 path")])
+            .args(["--arbiter", &arbiter, "--net", &net])
+            .stderr(Stdio::null());
+        c
+    };
+    // The primary boots once the backup attached; the backup follows without a passt of its
+    // own (the port is the primary's).
+    let mut primary = Guest(Some(
+        side(&["primary", "--listen", &addr])
+            .spawn()
+            .expect("spawn the primary"),
+    ));
+    let mut backup = side(&["backup", "--primary", &addr]);
+    backup.stdin(Stdio::null()).stdout(Stdio::null());
+    let backup = Guest(Some(backup.spawn().expect("spawn the backup")));
+    if let Err(seen) = await_ready(primary.child()) {
+        panic!("the primary's guest did not get ready; console was:\n{seen}");
+    }
+    wait_redis(port);
+    assert_eq!(redis(port, &["set", "k", "before"]), "OK");
+    // The primary dies; its passt with it; the backup's own takes the same port.
+    let _ = primary.child().kill();
+    let _ = primary.child().wait();
+    wait_redis(port);
+    assert_eq!(redis(port, &["get", "k"]), "before");
+    drop(backup);
+    let _ = std::fs::remove_dir_all(&dir);
 }
