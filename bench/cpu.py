@@ -48,7 +48,7 @@ def qemu(extra, icount):
 
 ENGINES = {
     "ftvm": lambda kind: ([FTVM, "run", "--elf", os.path.join(OUT, "loop.elf")] if kind == "loop"
-                          else [FTVM, "run", "--mem", "256M"]),
+                          else [FTVM, "run", "--mem", "256M", "--net", "none"]),
     "qemu": lambda kind: qemu(["-bios", "none", "-kernel", os.path.join(OUT, "loop-qemu.elf")]
                               if kind == "loop" else
                               ["-kernel", os.path.join(GUEST, "Image"), "-initrd",

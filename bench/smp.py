@@ -26,7 +26,7 @@ LIMIT = 120
 
 def command(engine, harts):
     if engine == "ftvm":
-        return [C.FTVM, "run", "--mem", "256M", "--smp", str(harts)]
+        return [C.FTVM, "run", "--mem", "256M", "--net", "none", "--smp", str(harts)]
     images = ["-kernel", os.path.join(C.GUEST, "Image"), "-initrd",
               os.path.join(C.GUEST, "initramfs.cpio.gz"), "-append", C.APPEND]
     return C.qemu(["-smp", str(harts), *images], engine == "qemu-icount")

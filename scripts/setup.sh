@@ -13,7 +13,7 @@ STEP="host packages"
 step "$STEP"
 need=()
 for p in build-essential pkg-config gcc-riscv64-linux-gnu libc6-dev-riscv64-cross binutils-riscv64-linux-gnu \
-         iproute2 redis-tools python3 etcd-server tcpdump gdb-multiarch \
+         iproute2 redis-tools python3 etcd-server tcpdump gdb-multiarch passt \
          prometheus chromium; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
 done

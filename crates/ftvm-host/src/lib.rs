@@ -1,4 +1,5 @@
-//! Live host backends for ftvm's devices. Each runs on threads of its own and reports to the
+//! Live host backends for ftvm's devices (disks, TAP devices, user-mode networks through
+//! passt, the console). Each runs on threads of its own and reports to the
 //! thread that runs the guest through one channel of [`HostEvent`]s (or of any event type made
 //! from them, so the runner can mix in events of its own), so that thread never blocks on host
 //! I/O. Nothing here touches the machine: the runner turns events into
@@ -7,6 +8,7 @@
 pub mod console;
 pub mod disk;
 pub mod tap;
+pub mod user;
 
 use std::io::Read;
 
@@ -19,7 +21,7 @@ pub enum HostEvent {
     ConsoleEof,
     /// The user asked to quit (Ctrl-A x).
     Quit,
-    /// A frame arrived on the TAP device of virtio slot `slot`.
+    /// A frame arrived on the network (TAP or user-mode) of virtio slot `slot`.
     Frame { slot: usize, frame: Vec<u8> },
     /// A disk request finished.
     DiskDone {

@@ -477,7 +477,9 @@ pub fn follow_primary(
     // bridge ports are up and forwarding when it goes live: a TAP first opened at the takeover
     // can take a few hundred ms to pass frames, and a client's retransmission lost meanwhile
     // costs it another timeout (a pre-copy migration goes live right after the state). On a
-    // host where the primary holds the same TAP they open only at the takeover.
+    // host where the primary holds the same TAP they open only at the takeover. User-mode
+    // networks (passt) always open at the takeover: their forwarded host ports may be the
+    // primary's own on this host.
     let (events_tx, events) = mpsc::channel::<Event>();
     let mut early_taps = devices.open_taps(&events_tx).ok();
     let (first_log, ram) = receive_state(
@@ -943,17 +945,21 @@ pub fn follow_primary(
     }
     while events.try_recv().is_ok() {}
     // The dead primary's TAP may take a moment to be released on a shared host: retry briefly.
+    // So may its passt's forwarded ports (it exits once the dead primary's socket closes).
     let t_open = Instant::now();
     let backends = loop {
-        if let Some(taps) = early_taps.take() {
-            let mut b = Backends {
-                taps,
-                ..Default::default()
-            };
-            devices.open_disks(&events_tx, &mut b)?;
-            break b;
-        }
-        match devices.open_backends(&events_tx) {
+        let opened = match early_taps.take() {
+            Some(taps) => {
+                let mut b = Backends {
+                    nets: taps,
+                    ..Default::default()
+                };
+                devices.open_disks(&events_tx, &mut b)?;
+                devices.open_other_nets(&events_tx, &mut b).map(|()| b)
+            }
+            None => devices.open_backends(&events_tx),
+        };
+        match opened {
             Ok(b) => break b,
             Err(e) if t_open.elapsed() < Duration::from_secs(3) => {
                 tracing::debug!(error = %e, "devices not free yet");
@@ -967,8 +973,8 @@ pub fn follow_primary(
     for (_, out) in unreleased {
         match out {
             Output::Device(DeviceOutput::Frame { slot, frame }) => {
-                if let Some(t) = backends.taps.get(&slot) {
-                    t.send(&frame);
+                if let Some(n) = backends.nets.get(&slot) {
+                    n.send(&frame);
                 }
             }
             Output::Console(b) => match &opts.capture {

@@ -1,6 +1,8 @@
-//! The live backends of a machine's devices: disk images and TAP interfaces, by virtio slot
-//! (disks first, then networks, then the entropy source, which needs no backend).
+//! The live backends of a machine's devices: disk images and networks (TAP interfaces or
+//! user-mode networks through passt), by virtio slot (disks first, then networks, then the
+//! entropy source, which needs no backend).
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -8,6 +10,8 @@ use std::sync::mpsc::Sender;
 
 use ftvm_host::disk::{Disk, DiskError};
 use ftvm_host::tap::{Tap, TapError};
+pub use ftvm_host::user::{HostFwd, UserSpec};
+use ftvm_host::user::{UserNet, UserNetError};
 use ftvm_machine::DeviceSpec;
 use thiserror::Error;
 
@@ -19,13 +23,48 @@ pub enum DeviceError {
     Disk(#[from] DiskError),
     #[error(transparent)]
     Tap(#[from] TapError),
+    #[error(transparent)]
+    User(#[from] UserNetError),
 }
 
-/// A virtio-net device on a TAP interface.
+/// Where a virtio-net device's frames go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NetBackend {
+    /// A TAP interface, by name.
+    Tap(String),
+    /// A user-mode network: a passt process, with host ports forwarded to the guest.
+    User(UserSpec),
+}
+
+/// A virtio-net device: its backend and its MAC address.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NetSpec {
-    pub tap: String,
+    pub backend: NetBackend,
     pub mac: [u8; 6],
+}
+
+/// The open backend of a network device.
+pub enum NetPort {
+    Tap(Tap),
+    User(UserNet),
+}
+
+impl NetPort {
+    /// Open the backend of `spec` for virtio slot `slot`.
+    pub fn open(spec: &NetSpec, slot: usize, events: &Sender<Event>) -> Result<Self, DeviceError> {
+        Ok(match &spec.backend {
+            NetBackend::Tap(name) => NetPort::Tap(Tap::open(name, slot, events.clone())?),
+            NetBackend::User(u) => NetPort::User(UserNet::open(u, slot, events.clone())?),
+        })
+    }
+
+    /// Send one of the guest's frames; never blocks for long.
+    pub fn send(&self, frame: &[u8]) {
+        match self {
+            NetPort::Tap(t) => t.send(frame),
+            NetPort::User(u) => u.send(frame),
+        }
+    }
 }
 
 /// The devices a machine is given: disk images, networks, and the guest's own address (for the
@@ -43,16 +82,14 @@ pub struct Devices {
 #[derive(Default)]
 pub struct Backends {
     pub disks: HashMap<usize, Disk>,
-    pub taps: HashMap<usize, Tap>,
+    pub nets: HashMap<usize, NetPort>,
 }
 
 impl Devices {
-    /// Open every backend: the disks, then the TAPs.
+    /// Open every backend: the networks, then the disks.
     pub fn open_backends(&self, events: &Sender<Event>) -> Result<Backends, DeviceError> {
-        let mut b = Backends {
-            taps: self.open_taps(events)?,
-            ..Default::default()
-        };
+        let mut b = Backends::default();
+        self.open_other_nets(events, &mut b)?;
         self.open_disks(events, &mut b)?;
         Ok(b)
     }
@@ -66,14 +103,48 @@ impl Devices {
         Ok(())
     }
 
-    /// Open the TAP devices, by slot.
-    pub fn open_taps(&self, events: &Sender<Event>) -> Result<HashMap<usize, Tap>, DeviceError> {
+    /// Open the networks on TAP devices (not the user-mode ones), by slot.
+    pub fn open_taps(
+        &self,
+        events: &Sender<Event>,
+    ) -> Result<HashMap<usize, NetPort>, DeviceError> {
         let mut taps = HashMap::new();
-        for (i, net) in self.nets.iter().enumerate() {
-            let slot = self.disks.len() + i;
-            taps.insert(slot, Tap::open(&net.tap, slot, events.clone())?);
+        for (slot, net) in self.net_slots() {
+            if matches!(net.backend, NetBackend::Tap(_)) {
+                taps.insert(slot, NetPort::open(net, slot, events)?);
+            }
         }
         Ok(taps)
+    }
+
+    /// Open the networks `b` does not have yet.
+    pub fn open_other_nets(
+        &self,
+        events: &Sender<Event>,
+        b: &mut Backends,
+    ) -> Result<(), DeviceError> {
+        for (slot, net) in self.net_slots() {
+            if let Entry::Vacant(e) = b.nets.entry(slot) {
+                let port = NetPort::open(net, slot, events)?;
+                // passt learns the guest's MAC from the first frame it gets; until then it
+                // sends to the broadcast address, which the guest's TCP ignores. A guest with
+                // a static address may say nothing before a client connects: announce it.
+                if let (NetPort::User(_), Some(garp)) = (&port, self.garp(slot)) {
+                    port.send(&garp);
+                }
+                e.insert(port);
+            }
+        }
+        Ok(())
+    }
+
+    /// The network devices with their virtio slots.
+    fn net_slots(&self) -> impl Iterator<Item = (usize, &NetSpec)> {
+        let first = self.disks.len();
+        self.nets
+            .iter()
+            .enumerate()
+            .map(move |(i, n)| (first + i, n))
     }
 
     /// The virtio devices these give, in slot order: the disks (of `disk_sizes` bytes), the
@@ -132,11 +203,11 @@ impl Devices {
 }
 
 impl Backends {
-    /// Tell the network where the guest is now: a gratuitous ARP on every TAP.
+    /// Tell the network where the guest is now: a gratuitous ARP on every network.
     pub fn announce(&self, devices: &Devices) {
-        for (slot, tap) in &self.taps {
+        for (slot, net) in &self.nets {
             if let Some(frame) = devices.garp(*slot) {
-                tap.send(&frame);
+                net.send(&frame);
             }
         }
     }
@@ -151,7 +222,7 @@ mod tests {
         let d = Devices {
             disks: vec![PathBuf::from("d.img")],
             nets: vec![NetSpec {
-                tap: "t0".into(),
+                backend: NetBackend::Tap("t0".into()),
                 mac: [2, 0, 0, 0, 0, 9],
             }],
             guest_ip: Some(Ipv4Addr::new(10, 0, 0, 2)),

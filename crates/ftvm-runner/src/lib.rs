@@ -26,7 +26,7 @@ pub mod status;
 pub mod telemetry;
 pub mod vote;
 
-pub use devices::{Backends, Devices, NetSpec};
+pub use devices::{Backends, Devices, HostFwd, NetBackend, NetPort, NetSpec, UserSpec};
 pub use follow::{FollowError, Sink};
 pub use live::{
     live, Attached, ClockMode, DiskDirty, Ended, Feeder, Gate, HoldTimes, Link, LinkState, Options,

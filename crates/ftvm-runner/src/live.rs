@@ -364,7 +364,7 @@ impl Pending {
     fn input_possible(&self, b: &Backends) -> bool {
         self.console_open
             || !self.console.is_empty()
-            || !b.taps.is_empty()
+            || !b.nets.is_empty()
             || self.disk_in_flight > 0
     }
 }
@@ -500,8 +500,8 @@ fn emit(out: Output, con: &mut Console, backends: &Backends) {
     match out {
         Output::Console(bytes) => con.write_output(&bytes),
         Output::Device(DeviceOutput::Frame { slot, frame }) => {
-            if let Some(t) = backends.taps.get(&slot) {
-                t.send(&frame);
+            if let Some(n) = backends.nets.get(&slot) {
+                n.send(&frame);
             }
         }
         Output::Device(DeviceOutput::Disk(_)) => {}

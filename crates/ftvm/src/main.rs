@@ -16,7 +16,9 @@ use ftvm_machine::Machine;
 use ftvm_replication::{backup, migrate, primary, Arbiter, Hello, PairConfig, Psk, Role};
 use ftvm_runner::status::field;
 use ftvm_runner::telemetry::Telemetry;
-use ftvm_runner::{Backends, Devices, Ended, Event, Feeder, Gate, NetSpec, Options};
+use ftvm_runner::{
+    Backends, Devices, Ended, Event, Feeder, Gate, HostFwd, NetBackend, NetSpec, Options, UserSpec,
+};
 use serde_json::Value;
 use std::sync::Arc;
 
@@ -411,9 +413,17 @@ pub(crate) struct RunArgs {
     /// A raw disk image for a virtio-blk device (repeatable; the first is /dev/vda).
     #[arg(long, value_name = "FILE", conflicts_with_all = ["elf", "restore"])]
     disk: Vec<PathBuf>,
-    /// A virtio-net device on a TAP interface: tap=IFNAME[,mac=MAC] (repeatable).
+    /// A virtio-net device (repeatable): on a TAP interface, tap=IFNAME[,mac=MAC]; or a
+    /// user-mode network needing no root (through Debian's passt), user[,hostfwd=tcp:
+    /// [HOSTADDR]:HOSTPORT-:GUESTPORT]...[,mac=MAC], the host address defaulting to 127.0.0.1
+    /// and the guest's address to ftvm.ip=10.0.2.15/24,10.0.2.2; or `none`. A plain
+    /// `ftvm run` of the default guest under the host clock gets a user-mode network with its
+    /// redis forwarded from a free loopback port (docs/networking.md).
     #[arg(long, value_name = "SPEC", value_parser = parse_net, conflicts_with_all = ["elf", "restore"])]
     net: Vec<NetArg>,
+    /// The loopback port the default network forwards to the guest's redis, if it has one.
+    #[arg(skip)]
+    redis_port: Option<u16>,
     /// Guest time: `host` follows the host clock (idle waits in real time, the RTC starts at the
     /// host's date); `virtual` is a pure function of the instruction count (idle is skipped,
     /// the RTC starts at 2026-01-01, entropy is a fixed stream), so runs are reproducible.
@@ -448,39 +458,219 @@ enum ClockMode {
     Virtual,
 }
 
-#[derive(Clone, Debug)]
-struct NetArg {
-    tap: String,
-    mac: [u8; 6],
+/// A `--net` option.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum NetArg {
+    /// `tap=IFNAME[,mac=MAC]`
+    Tap { name: String, mac: [u8; 6] },
+    /// `user[,hostfwd=...]...[,mac=MAC]`
+    User {
+        forwards: Vec<HostFwd>,
+        mac: [u8; 6],
+    },
+    /// `none`: no network (not even the default one).
+    None,
 }
 
+const NET_FORMS: &str =
+    "tap=IFNAME[,mac=MAC], user[,hostfwd=tcp:[HOSTADDR]:HOSTPORT-:GUESTPORT]...[,mac=MAC] or none";
+
 fn parse_net(s: &str) -> Result<NetArg, String> {
-    let mut tap = None;
+    let mut parts = s.split(',');
+    let first = parts.next().unwrap_or_default();
+    if first == "none" {
+        return match parts.next() {
+            None => Ok(NetArg::None),
+            Some(p) => Err(format!("--net none takes no options (got {p:?})")),
+        };
+    }
     let mut mac = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
-    for part in s.split(',') {
+    let user = first == "user";
+    let mut tap = None;
+    let mut forwards = Vec::new();
+    let rest = if user { parts } else { s.split(',') };
+    for part in rest {
         match part.split_once('=') {
-            Some(("tap", v)) if !v.is_empty() => tap = Some(v.to_string()),
-            Some(("mac", v)) => {
-                let bytes: Vec<u8> = v
-                    .split(':')
-                    .map(|h| u8::from_str_radix(h, 16))
-                    .collect::<Result<_, _>>()
-                    .map_err(|_| format!("invalid MAC address {v:?}"))?;
-                mac = bytes.try_into().map_err(|_| {
-                    format!("invalid MAC address {v:?} (six bytes: 52:54:00:12:34:56)")
-                })?;
+            Some(("tap", v)) if !user && !v.is_empty() => tap = Some(v.to_string()),
+            Some(("hostfwd", v)) if user => {
+                let f = parse_hostfwd(v)?;
+                if forwards
+                    .iter()
+                    .any(|o: &HostFwd| o.host_port == f.host_port)
+                {
+                    return Err(format!(
+                        "hostfwd={v}: host port {} is forwarded twice",
+                        f.host_port
+                    ));
+                }
+                forwards.push(f);
+            }
+            Some(("mac", v)) => mac = parse_mac(v)?,
+            Some(("hostfwd", _)) => {
+                return Err(
+                    "hostfwd= works with user networking only (--net user,hostfwd=...)".into(),
+                )
             }
             _ => {
                 return Err(format!(
-                    "invalid --net part {part:?} (expected tap=IFNAME[,mac=MAC])"
+                    "invalid --net part {part:?} (expected {NET_FORMS})"
                 ))
             }
         }
     }
-    Ok(NetArg {
-        tap: tap.ok_or("--net needs tap=IFNAME")?,
+    if user {
+        return Ok(NetArg::User { forwards, mac });
+    }
+    Ok(NetArg::Tap {
+        name: tap.ok_or_else(|| format!("--net needs one of {NET_FORMS}"))?,
         mac,
     })
+}
+
+fn parse_mac(v: &str) -> Result<[u8; 6], String> {
+    let bytes: Vec<u8> = v
+        .split(':')
+        .map(|h| u8::from_str_radix(h, 16))
+        .collect::<Result<_, _>>()
+        .map_err(|_| format!("invalid MAC address {v:?}"))?;
+    bytes
+        .try_into()
+        .map_err(|_| format!("invalid MAC address {v:?} (six bytes: 52:54:00:12:34:56)"))
+}
+
+/// QEMU's `hostfwd=` value: `[tcp]:[HOSTADDR]:HOSTPORT-[GUESTADDR]:GUESTPORT`, TCP only, no
+/// guest address (the guest has one); the host address defaults to 127.0.0.1.
+fn parse_hostfwd(v: &str) -> Result<HostFwd, String> {
+    let form = "tcp:[HOSTADDR]:HOSTPORT-:GUESTPORT, e.g. tcp:127.0.0.1:6380-:6379";
+    let bad = |why: &str| format!("invalid hostfwd={v}: {why} (expected {form})");
+    let (proto, rest) = v.split_once(':').ok_or_else(|| bad("no protocol"))?;
+    match proto {
+        "tcp" | "" => {}
+        "udp" => return Err(bad("only TCP ports can be forwarded")),
+        _ => return Err(bad(&format!("unknown protocol {proto:?}"))),
+    }
+    let (host, guest) = rest
+        .split_once('-')
+        .ok_or_else(|| bad("no '-' between the host and the guest side"))?;
+    let (host_addr, host_port) = host
+        .rsplit_once(':')
+        .ok_or_else(|| bad("no ':' before the host port"))?;
+    let host_addr = match host_addr {
+        "" => Ipv4Addr::LOCALHOST,
+        a => a
+            .parse::<Ipv4Addr>()
+            .map_err(|_| bad(&format!("{a:?} is not an IPv4 address")))?,
+    };
+    let (guest_addr, guest_port) = guest
+        .rsplit_once(':')
+        .ok_or_else(|| bad("no ':' before the guest port"))?;
+    if !guest_addr.is_empty() {
+        return Err(bad(
+            "give no guest address (the guest has one, from ftvm.ip=)",
+        ));
+    }
+    let port = |p: &str, which: &str| {
+        p.parse::<u16>()
+            .ok()
+            .filter(|&n| n != 0)
+            .ok_or_else(|| bad(&format!("{which} port {p:?} is not 1 to 65535")))
+    };
+    Ok(HostFwd {
+        host_addr,
+        host_port: port(host_port, "host")?,
+        guest_port: port(guest_port, "guest")?,
+    })
+}
+
+/// The guest's address from `ftvm.ip=ADDR/PREFIX[,GATEWAY]` on its command line: None if there
+/// is none, an error if it is malformed.
+fn guest_ip_of(append: &str) -> Result<Option<(Ipv4Addr, u8, Option<Ipv4Addr>)>, String> {
+    let Some(v) = append
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("ftvm.ip="))
+    else {
+        return Ok(None);
+    };
+    let bad = || {
+        format!("invalid ftvm.ip={v} (expected ADDR/PREFIX[,GATEWAY], e.g. 10.0.2.15/24,10.0.2.2)")
+    };
+    let (cidr, gw) = match v.split_once(',') {
+        Some((c, g)) => (c, Some(g.parse::<Ipv4Addr>().map_err(|_| bad())?)),
+        None => (v, None),
+    };
+    let (addr, prefix) = cidr.split_once('/').ok_or_else(bad)?;
+    let addr = addr.parse::<Ipv4Addr>().map_err(|_| bad())?;
+    let prefix = prefix
+        .parse::<u8>()
+        .ok()
+        .filter(|p| (1..=30).contains(p))
+        .ok_or_else(bad)?;
+    Ok(Some((addr, prefix, gw)))
+}
+
+/// A gateway in the guest's subnet when `ftvm.ip=` names none: the subnet's first host, or its
+/// second if that is the guest.
+fn default_gateway(addr: Ipv4Addr, prefix: u8) -> Ipv4Addr {
+    let mask = u32::MAX << (32 - u32::from(prefix));
+    let first = (u32::from(addr) & mask) + 1;
+    if first == u32::from(addr) {
+        Ipv4Addr::from(first + 1)
+    } else {
+        Ipv4Addr::from(first)
+    }
+}
+
+/// QEMU's user-mode addresses: the guest's, when a user network has no `ftvm.ip=`.
+const USER_NET_IP: &str = "ftvm.ip=10.0.2.15/24,10.0.2.2";
+/// The guest port the default network forwards (redis).
+const REDIS_PORT: u16 = 6379;
+
+impl RunArgs {
+    /// Check the network options and complete them: with a user-mode network the guest needs
+    /// an address (QEMU's, if `--append` gives none). With `default_net` (a plain `ftvm run` of
+    /// the default guest under the host clock) and no `--net`, the guest gets a user-mode
+    /// network with redis forwarded from a free loopback port, if passt is installed.
+    fn prepare_net(&mut self, default_net: bool) -> Result<()> {
+        if self.net.contains(&NetArg::None) {
+            if self.net.len() > 1 {
+                bail!("--net none cannot be combined with other --net options");
+            }
+            self.net.clear();
+        } else if default_net
+            && self.net.is_empty()
+            && self.kernel.is_none()
+            && self.elf.is_none()
+            && self.restore.is_none()
+            && self.clock == ClockMode::Host
+        {
+            if !ftvm_host::user::passt_available() {
+                eprintln!("ftvm: warning: passt is not installed (Debian's passt package), so the guest has no network; --net none hides this warning");
+            } else {
+                let port = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+                    .and_then(|l| l.local_addr())
+                    .context("cannot find a free loopback port for the guest's redis")?
+                    .port();
+                self.net.push(NetArg::User {
+                    forwards: vec![HostFwd {
+                        host_addr: Ipv4Addr::LOCALHOST,
+                        host_port: port,
+                        guest_port: REDIS_PORT,
+                    }],
+                    mac: [0x52, 0x54, 0x00, 0x12, 0x34, 0x56],
+                });
+                self.redis_port = Some(port);
+            }
+        }
+        if self.net.iter().any(|n| matches!(n, NetArg::User { .. })) {
+            match guest_ip_of(&self.append).map_err(anyhow::Error::msg)? {
+                Some(_) => {}
+                None => {
+                    self.append = format!("{} {USER_NET_IP}", self.append.trim_end());
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -529,39 +719,49 @@ fn main() -> ExitCode {
             migration,
             gdb: None,
         }) => match migration.incoming.clone() {
-            Some(addr) => run_incoming(&addr, &migration, args),
-            None => run_with(args, None, migration.control.as_deref()),
+            Some(addr) => prepared(args, false).and_then(|a| run_incoming(&addr, &migration, a)),
+            None => {
+                let control = migration.control.as_deref();
+                prepared(args, control.is_none()).and_then(|a| run_with(a, None, control))
+            }
         },
         Some(Cmd::Migrate(m)) => migrate(m),
         Some(Cmd::Record(r)) => {
             let every = r.digest_every.max(1);
-            match (r.log, r.keep.get()) {
-                (Some(f), _) => run(r.run, Some((Recording::File(f), every))),
-                (None, Some((dir, keep))) => run(r.run, Some((Recording::Kept(dir, keep), every))),
-                (None, None) => Err(anyhow::anyhow!(
+            match (r.log, r.keep.get(), prepared(r.run, false)) {
+                (_, _, Err(e)) => Err(e),
+                (Some(f), _, Ok(a)) => run(a, Some((Recording::File(f), every))),
+                (None, Some((dir, keep)), Ok(a)) => {
+                    run(a, Some((Recording::Kept(dir, keep), every)))
+                }
+                (None, None, _) => Err(anyhow::anyhow!(
                     "ftvm record needs --log FILE or --keep-log DIR"
                 )),
             }
         }
         Some(Cmd::Replay(r)) => replay::replay(r, cli.engine == EngineArg::Check),
-        Some(Cmd::Primary { listen, pair, run }) => run_primary(&listen, pair, run),
+        Some(Cmd::Primary { listen, pair, run }) => {
+            prepared(run, false).and_then(|a| run_primary(&listen, pair, a))
+        }
         Some(Cmd::Backup {
             primary,
             listen,
             pair,
             keep,
             run,
-        }) => run_backup(&primary, listen.as_deref(), pair, keep, run),
+        }) => prepared(run, false)
+            .and_then(|a| run_backup(&primary, listen.as_deref(), pair, keep, a)),
         Some(Cmd::Status { files }) => status(&files),
         Some(Cmd::Ctl { socket, what }) => ctl(&socket, what),
-        None => run(
+        None => prepared(
             RunArgs {
                 append: "console=ttyS0 earlycon".into(),
                 mem: 256 << 20,
                 ..Default::default()
             },
-            None,
-        ),
+            true,
+        )
+        .and_then(|a| run(a, None)),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -571,6 +771,12 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// The run options with their networks checked and completed (see [`RunArgs::prepare_net`]).
+fn prepared(mut a: RunArgs, default_net: bool) -> Result<RunArgs> {
+    a.prepare_net(default_net)?;
+    Ok(a)
 }
 
 /// The directory holding guest/build.sh and guest/out/.
@@ -676,22 +882,45 @@ impl RunArgs {
 /// The devices the run options give, with the guest's address from `ftvm.ip=` on its command
 /// line (for the gratuitous ARP after a takeover).
 fn devices_of(a: &RunArgs) -> Devices {
+    let ip = guest_ip_of(&a.append).ok().flatten();
+    // Any address that parses serves the gratuitous ARP, with a prefix or without.
     let guest_ip = a
         .append
         .split_whitespace()
         .find_map(|w| w.strip_prefix("ftvm.ip="))
         .and_then(|v| v.split(['/', ',']).next())
         .and_then(|ip| ip.parse::<Ipv4Addr>().ok());
+    let nets = a
+        .net
+        .iter()
+        .filter_map(|n| match n {
+            NetArg::Tap { name, mac } => Some(NetSpec {
+                backend: NetBackend::Tap(name.clone()),
+                mac: *mac,
+            }),
+            NetArg::User { forwards, mac } => {
+                // prepare_net gave the guest an address; QEMU's, should it be missing.
+                let (addr, prefix, gw) = ip.unwrap_or((
+                    Ipv4Addr::new(10, 0, 2, 15),
+                    24,
+                    Some(Ipv4Addr::new(10, 0, 2, 2)),
+                ));
+                Some(NetSpec {
+                    backend: NetBackend::User(UserSpec {
+                        addr,
+                        prefix,
+                        gateway: gw.unwrap_or_else(|| default_gateway(addr, prefix)),
+                        forwards: forwards.clone(),
+                    }),
+                    mac: *mac,
+                })
+            }
+            NetArg::None => None,
+        })
+        .collect();
     Devices {
         disks: a.disk.clone(),
-        nets: a
-            .net
-            .iter()
-            .map(|n| NetSpec {
-                tap: n.tap.clone(),
-                mac: n.mac,
-            })
-            .collect(),
+        nets,
         guest_ip,
         bare_metal: a.elf.is_some(),
     }
@@ -737,7 +966,15 @@ impl Management {
             engine: format!("{:?}", Engine::default_engine()).to_lowercase(),
             clock: format!("{:?}", a.clock).to_lowercase(),
             devices: devices_of(a).layout(),
-            forwards: Vec::new(),
+            forwards: a
+                .net
+                .iter()
+                .flat_map(|n| match n {
+                    NetArg::User { forwards, .. } => forwards.clone(),
+                    _ => Vec::new(),
+                })
+                .map(|f| format!("tcp:{}:{}-:{}", f.host_addr, f.host_port, f.guest_port))
+                .collect(),
             pid: std::process::id(),
         };
         let member = ftvm_api::Member {
@@ -888,6 +1125,9 @@ fn migrate(m: MigrateArgs) -> Result<u8> {
 fn run_with(a: RunArgs, record: Option<(Recording, u64)>, control: Option<&Path>) -> Result<u8> {
     let (events_tx, events) = mpsc::channel::<Event>();
     let (m, backends) = build_machine(&a, &events_tx)?;
+    if let Some(port) = a.redis_port {
+        eprintln!("ftvm: the guest's redis (port {REDIS_PORT}) is at 127.0.0.1:{port} (redis-cli -p {port}); --net none for no network");
+    }
     let mut gate = Gate::open();
     let mut migration = None;
     if let Some(sock) = control {
@@ -1146,4 +1386,213 @@ fn ctl(socket: &Path, what: CtlCmd) -> Result<u8> {
         v => println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default()),
     }
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fwd(a: [u8; 4], host_port: u16, guest_port: u16) -> HostFwd {
+        HostFwd {
+            host_addr: Ipv4Addr::from(a),
+            host_port,
+            guest_port,
+        }
+    }
+
+    #[test]
+    fn hostfwd_as_qemu_writes_it() {
+        assert_eq!(
+            parse_hostfwd("tcp:127.0.0.1:6380-:6379"),
+            Ok(fwd([127, 0, 0, 1], 6380, 6379))
+        );
+        assert_eq!(
+            parse_hostfwd("tcp::8022-:22"),
+            Ok(fwd([127, 0, 0, 1], 8022, 22))
+        );
+        assert_eq!(
+            parse_hostfwd("::8022-:22"),
+            Ok(fwd([127, 0, 0, 1], 8022, 22))
+        );
+        assert_eq!(
+            parse_hostfwd("tcp:0.0.0.0:80-:8080"),
+            Ok(fwd([0, 0, 0, 0], 80, 8080))
+        );
+    }
+
+    #[test]
+    fn bad_hostfwd_is_refused_saying_why() {
+        let cases = [
+            ("udp::53-:53", "only TCP"),
+            ("sctp::1-:1", "unknown protocol"),
+            ("tcp", "no protocol"),
+            ("tcp::8022:22", "no '-'"),
+            ("tcp:8022-:22", "no ':' before the host port"),
+            ("tcp::8022-22", "no ':' before the guest port"),
+            ("tcp::8022-10.0.2.15:22", "no guest address"),
+            ("tcp:localhost:8022-:22", "not an IPv4 address"),
+            ("tcp:::1:8022-:22", "not an IPv4 address"),
+            ("tcp::0-:22", "host port \"0\""),
+            ("tcp::70000-:22", "host port \"70000\""),
+            ("tcp::8022-:", "guest port \"\""),
+            ("tcp::8022-:x", "guest port \"x\""),
+        ];
+        for (spec, why) in cases {
+            let e = parse_hostfwd(spec).unwrap_err();
+            assert!(e.contains(why), "{spec}: {e}");
+            assert!(e.contains("expected tcp:[HOSTADDR]"), "{spec}: {e}");
+        }
+    }
+
+    #[test]
+    fn net_options() {
+        let mac = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+        assert_eq!(
+            parse_net("tap=t0"),
+            Ok(NetArg::Tap {
+                name: "t0".into(),
+                mac
+            })
+        );
+        assert_eq!(
+            parse_net("user"),
+            Ok(NetArg::User {
+                forwards: vec![],
+                mac
+            })
+        );
+        assert_eq!(
+            parse_net("user,hostfwd=tcp::1-:2,hostfwd=tcp:10.1.2.3:3-:4,mac=02:00:00:00:00:01"),
+            Ok(NetArg::User {
+                forwards: vec![fwd([127, 0, 0, 1], 1, 2), fwd([10, 1, 2, 3], 3, 4)],
+                mac: [2, 0, 0, 0, 0, 1]
+            })
+        );
+        assert_eq!(parse_net("none"), Ok(NetArg::None));
+        for (spec, why) in [
+            ("none,mac=02:00:00:00:00:01", "takes no options"),
+            (
+                "user,hostfwd=tcp::1-:2,hostfwd=tcp::1-:3",
+                "forwarded twice",
+            ),
+            ("tap=t0,hostfwd=tcp::1-:2", "user networking only"),
+            ("user,tap=t0", "invalid --net part"),
+            ("user,mac=1:2", "invalid MAC"),
+            ("bogus", "expected tap=IFNAME"),
+            ("", "expected tap=IFNAME"),
+            ("mac=02:00:00:00:00:01", "--net needs one of"),
+        ] {
+            let e = parse_net(spec).unwrap_err();
+            assert!(e.contains(why), "{spec}: {e}");
+        }
+    }
+
+    #[test]
+    fn guest_address_from_the_command_line() {
+        assert_eq!(guest_ip_of("console=ttyS0"), Ok(None));
+        assert_eq!(
+            guest_ip_of("console=ttyS0 ftvm.ip=10.0.2.15/24,10.0.2.2"),
+            Ok(Some((
+                Ipv4Addr::new(10, 0, 2, 15),
+                24,
+                Some(Ipv4Addr::new(10, 0, 2, 2))
+            )))
+        );
+        assert_eq!(
+            guest_ip_of("ftvm.ip=10.9.0.1/16"),
+            Ok(Some((Ipv4Addr::new(10, 9, 0, 1), 16, None)))
+        );
+        for bad in [
+            "ftvm.ip=10.0.2.15",
+            "ftvm.ip=10.0.2.15/33",
+            "ftvm.ip=x/24",
+            "ftvm.ip=10.0.2.15/24,gw",
+        ] {
+            assert!(guest_ip_of(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            default_gateway(Ipv4Addr::new(10, 9, 3, 7), 16),
+            Ipv4Addr::new(10, 9, 0, 1)
+        );
+        assert_eq!(
+            default_gateway(Ipv4Addr::new(10, 9, 0, 1), 16),
+            Ipv4Addr::new(10, 9, 0, 2)
+        );
+    }
+
+    #[test]
+    fn user_networking_gives_the_guest_an_address() {
+        let mut a = RunArgs {
+            append: "console=ttyS0".into(),
+            net: vec![parse_net("user,hostfwd=tcp::5000-:6379").unwrap()],
+            ..Default::default()
+        };
+        a.prepare_net(false).unwrap();
+        assert_eq!(a.append, format!("console=ttyS0 {USER_NET_IP}"));
+        let d = devices_of(&a);
+        assert_eq!(d.guest_ip, Some(Ipv4Addr::new(10, 0, 2, 15)));
+        let NetBackend::User(u) = &d.nets[0].backend else {
+            panic!("not a user network: {:?}", d.nets[0]);
+        };
+        assert_eq!((u.prefix, u.gateway), (24, Ipv4Addr::new(10, 0, 2, 2)));
+        assert_eq!(u.forwards, vec![fwd([127, 0, 0, 1], 5000, 6379)]);
+        // An address of the user's own is kept, a malformed one refused.
+        let mut a = RunArgs {
+            append: "ftvm.ip=192.168.5.9/24".into(),
+            net: vec![NetArg::User {
+                forwards: vec![],
+                mac: [2; 6],
+            }],
+            ..Default::default()
+        };
+        a.prepare_net(false).unwrap();
+        assert_eq!(a.append, "ftvm.ip=192.168.5.9/24");
+        let NetBackend::User(u) = &devices_of(&a).nets[0].backend else {
+            panic!("not a user network");
+        };
+        assert_eq!(u.gateway, Ipv4Addr::new(192, 168, 5, 1));
+        a.append = "ftvm.ip=192.168.5.9".into();
+        assert!(a.prepare_net(false).is_err());
+        // `none` stands alone, and leaves no device.
+        let mut a = RunArgs {
+            net: vec![NetArg::None],
+            ..Default::default()
+        };
+        a.prepare_net(true).unwrap();
+        assert!(a.net.is_empty() && a.redis_port.is_none());
+        a.net = vec![NetArg::None, parse_net("user").unwrap()];
+        assert!(a.prepare_net(false).is_err());
+    }
+
+    #[test]
+    fn the_default_network_only_where_it_belongs() {
+        // Under the virtual clock, with a kernel of the user's own or a network given: none.
+        for a in [
+            RunArgs {
+                clock: ClockMode::Virtual,
+                ..Default::default()
+            },
+            RunArgs {
+                kernel: Some("Image".into()),
+                ..Default::default()
+            },
+            RunArgs {
+                net: vec![parse_net("tap=t0").unwrap()],
+                ..Default::default()
+            },
+        ] {
+            let before = a.net.clone();
+            let a = prepared(a, true).unwrap();
+            assert_eq!(a.net, before);
+            assert_eq!(a.redis_port, None);
+        }
+        // A plain run gets redis forwarded (where passt is installed).
+        let a = prepared(RunArgs::default(), true).unwrap();
+        if ftvm_host::user::passt_available() {
+            let port = a.redis_port.expect("a redis port");
+            assert!(matches!(&a.net[..], [NetArg::User { forwards, .. }]
+                if forwards == &[fwd([127, 0, 0, 1], port, REDIS_PORT)]));
+            assert!(a.append.contains(USER_NET_IP));
+        }
+    }
 }
