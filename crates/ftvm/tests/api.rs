@@ -659,3 +659,34 @@ fn chromium(args: &[&str]) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+#[test]
+fn bad_management_options_are_refused() {
+    let g = guest_args();
+    let base: Vec<&str> = g[..7].iter().map(String::as_str).collect();
+    for (extra, code, says) in [
+        (
+            &["--metrics", "256.0.0.1:80"][..],
+            1,
+            "cannot serve metrics on 256.0.0.1:80",
+        ),
+        (
+            &["--metrics", "no-port"][..],
+            1,
+            "cannot serve metrics on no-port",
+        ),
+        (
+            &["--api-socket", "/nonexistent-dir/x.sock"][..],
+            1,
+            "cannot serve the API on /nonexistent-dir/x.sock",
+        ),
+        (&["--status-peer", "127.0.0.1:1"][..], 2, "--metrics"),
+    ] {
+        let mut args = base.clone();
+        args.extend_from_slice(extra);
+        let out = run_ftvm(&args, Duration::from_secs(60));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{extra:?}: {err}");
+        assert!(err.contains(says), "{extra:?}: {err}");
+    }
+}
