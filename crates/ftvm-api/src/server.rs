@@ -194,6 +194,9 @@ fn api_routes(s: Shared) -> Router {
         .route("/quit", post(quit))
         .route("/snapshot", post(snapshot))
         .route("/fault", post(fault))
+        .route("/backup/drop", post(drop_backup))
+        .route("/backup/accept", post(accept_backups))
+        .route("/backup/refuse", post(refuse_backups))
         .route(
             "/migrate",
             get(migrate_status)
@@ -248,6 +251,7 @@ async fn index() -> Json<Value> {
         "endpoints": [
             "GET /machine", "GET /state", "GET /replication", "GET /metrics",
             "POST /pause", "POST /resume", "POST /quit",
+            "POST /backup/drop", "POST /backup/accept", "POST /backup/refuse",
             "POST /snapshot {\"path\": ABSOLUTE_PATH}",
             "POST /fault {\"fault\": SPEC, \"at\"?: COUNT, \"after\"?: INSTRUCTIONS}",
             "GET /migrate", "POST /migrate {\"to\": ADDR, \"psk\": FILE, ...}", "DELETE /migrate",
@@ -299,6 +303,7 @@ async fn replication(AxState(s): AxState<Shared>) -> Json<Value> {
         "attaches": attaches,
         "attach_pause_seconds": paused,
         "vote_mismatches": t.vote_mismatches.load(Ordering::Relaxed),
+        "accepting_backups": t.accepting(),
     }))
 }
 
@@ -356,6 +361,18 @@ async fn resume(AxState(s): AxState<Shared>) -> Response {
 
 async fn quit(AxState(s): AxState<Shared>) -> Response {
     ask(&s, Command::Quit).await
+}
+
+async fn drop_backup(AxState(s): AxState<Shared>) -> Response {
+    ask(&s, Command::DropBackup).await
+}
+
+async fn accept_backups(AxState(s): AxState<Shared>) -> Response {
+    ask(&s, Command::AcceptBackups(true)).await
+}
+
+async fn refuse_backups(AxState(s): AxState<Shared>) -> Response {
+    ask(&s, Command::AcceptBackups(false)).await
 }
 
 #[derive(Deserialize)]

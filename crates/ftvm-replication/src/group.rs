@@ -784,6 +784,9 @@ impl Link for Group {
     fn acked(&self) -> u64 {
         self.lock().acked()
     }
+    fn generation(&self) -> u64 {
+        self.lock().generation
+    }
     fn too_far_ahead(&self, count: u64) -> bool {
         let g = self.lock();
         let mut replayed: Vec<u64> = g

@@ -46,6 +46,8 @@ pub struct PrimaryLink {
     hand_over_after: Instant,
     /// The count at which the backup attached.
     attached_at: u64,
+    /// The generation the backup attached in.
+    generation: u64,
     /// Post-copy: the pages the backup lacks, and its requests for them.
     postcopy: Option<(std::sync::Mutex<DirtyPages>, Receiver<Vec<u64>>)>,
     /// The most bytes per second a migration may send.
@@ -127,6 +129,18 @@ impl Link for PrimaryLink {
     }
     fn acked(&self) -> u64 {
         self.out.with(|s| s.acked())
+    }
+    fn generation(&self) -> u64 {
+        self.generation
+    }
+    fn drop_backup(&mut self) -> bool {
+        if self.migration.is_some() {
+            // A migration's destination is cancelled, not dropped.
+            return false;
+        }
+        // Fenced as if the backup had died: the next check cuts the link and races.
+        self.out.with(|s| s.give_up());
+        true
     }
     fn hung_up(&self, limit: Duration) -> bool {
         let t0 = Instant::now();
@@ -1272,6 +1286,7 @@ impl Protector {
                 migration: t.migration.take(),
                 hand_over_after: Instant::now() + t.lockstep,
                 attached_at: m.count(),
+                generation: t.generation,
                 postcopy: missing
                     .zip(t.page_requests.take())
                     .map(|(m, r)| (std::sync::Mutex::new(m), r)),

@@ -118,10 +118,21 @@ pub trait Link {
     fn release(&self, held: &mut VecDeque<Held>, emit: &mut dyn FnMut(Held));
     /// The count up to which the backup holds the log.
     fn acked(&self) -> u64;
+    /// The generation (the arbiter's round) this link belongs to.
+    fn generation(&self) -> u64 {
+        0
+    }
     /// Whether the guest at `count` is so far ahead of the backup's replay that it must wait.
     fn too_far_ahead(&self, count: u64) -> bool;
     /// Wait up to `limit` for the backup to close the link (as it does at the end of the log).
     fn hung_up(&self, limit: Duration) -> bool;
+    /// An operator drops the backup: cut the link as if it had died, so that this side races
+    /// the arbiter at its next check (and, winning, runs on unprotected; the dropped backup,
+    /// which races only after its dead timeout, loses and never goes live). False if this link
+    /// cannot drop its backup.
+    fn drop_backup(&mut self) -> bool {
+        false
+    }
     /// Whether the guest, at `count`, is to be handed over to the backup now (live migration).
     fn hand_over_due(&self, _count: u64) -> bool {
         false
@@ -465,6 +476,8 @@ pub struct Gate {
     status: Option<StatusFile>,
     /// And its metrics.
     telemetry: Option<Arc<Telemetry>>,
+    /// Whether a backup that connects may attach (an operator may refuse them for a while).
+    accepting: bool,
 }
 
 impl Gate {
@@ -477,6 +490,7 @@ impl Gate {
             hold_times: HoldTimes::default(),
             status: None,
             telemetry: None,
+            accepting: true,
         }
     }
 
@@ -575,7 +589,7 @@ fn control(
     m: &Machine,
     paused: &mut bool,
     inject: &mut Option<crate::vote::Injection>,
-    gate: &Gate,
+    gate: &mut Gate,
 ) {
     let count = m.count();
     let answer = match &r.command {
@@ -598,6 +612,36 @@ fn control(
             Ok(format!("resumed at instruction {count}"))
         }
         Command::Quit => Ok(format!("quit at instruction {count}")),
+        Command::DropBackup => match gate.link.as_mut().map(|l| l.drop_backup()) {
+            None => Err(Refusal::Conflict("no backup protects this guest".into())),
+            Some(true) => {
+                eprintln!("\r\nftvm: the operator dropped the backup at instruction {count}\r");
+                Ok(format!(
+                    "the backup is dropped at instruction {count}: this side takes the arbiter and runs on unprotected"
+                ))
+            }
+            Some(false) => Err(Refusal::Conflict(
+                "this backup cannot be dropped through the API (a group's replica, or a migration's destination: cancel the migration)".into(),
+            )),
+        },
+        Command::AcceptBackups(yes) => {
+            if gate.protect.is_none() {
+                Err(Refusal::Conflict(
+                    "this member takes no backups (a primary does, or a backup given --listen once it is live)"
+                        .into(),
+                ))
+            } else {
+                gate.accepting = *yes;
+                if let Some(t) = &gate.telemetry {
+                    t.set_accepting(*yes);
+                }
+                Ok(if *yes {
+                    "backups may attach".to_string()
+                } else {
+                    "backups that connect wait until backups are accepted again".to_string()
+                })
+            }
+        }
         Command::Snapshot(path) => {
             if m.has_host_devices() {
                 Err(Refusal::Conflict(
@@ -677,6 +721,10 @@ pub fn live(
             Role::Live
         };
         t.update(role, m.count(), peer);
+        if peer.is_some() {
+            // The first backup attached before the guest started (it paused nothing).
+            t.attached(Duration::ZERO);
+        }
         t.set_control(Some(events_tx.clone()));
     }
     let mut paused = false;
@@ -838,6 +886,10 @@ pub fn live(
                 Role::Live
             };
             t.update(role, m.count(), peer);
+            if let Some(l) = &gate.link {
+                t.generation
+                    .store(l.generation(), std::sync::atomic::Ordering::Relaxed);
+            }
             if let Some(log) = &feed.log {
                 t.log_written(log.bytes);
             }
@@ -845,7 +897,7 @@ pub fn live(
         let backup_waiting = gate.protect.as_mut().is_some_and(|p| p.poll());
         throttle = 0;
         let may_attach = gate.link.is_none() || gate.protect.as_ref().is_some_and(|p| p.joins());
-        if backup_waiting && may_attach {
+        if backup_waiting && may_attach && gate.accepting {
             if let Some(mut protect) = gate.protect.take() {
                 // Bring the new backup up to date while the guest runs (pre-copy). A copy
                 // starts with no disk request in flight: every write from then on is marked.
@@ -1057,7 +1109,7 @@ pub fn live(
         loop {
             while let Some(r) = pending.requests.pop_front() {
                 let quit = matches!(r.command, Command::Quit);
-                control(r, &m, &mut paused, &mut inject, &gate);
+                control(r, &m, &mut paused, &mut inject, &mut gate);
                 pending.quit |= quit;
             }
             if !paused || pending.quit {

@@ -90,6 +90,8 @@ pub struct Telemetry {
     started: Option<Instant>,
     role: AtomicU8,
     paused: AtomicBool,
+    /// Backups are refused by an operator (the default accepts them).
+    refusing: AtomicBool,
     instructions: AtomicU64,
     /// The count the other side is at, plus one (0: no other side).
     peer: AtomicU64,
@@ -170,6 +172,15 @@ impl Telemetry {
 
     pub fn set_paused(&self, paused: bool) {
         self.paused.store(paused, Ordering::Relaxed);
+    }
+
+    pub fn set_accepting(&self, yes: bool) {
+        self.refusing.store(!yes, Ordering::Relaxed);
+    }
+
+    /// Whether backups that connect may attach.
+    pub fn accepting(&self) -> bool {
+        !self.refusing.load(Ordering::Relaxed)
     }
 
     pub fn paused(&self) -> bool {
@@ -306,6 +317,10 @@ pub enum Command {
     Snapshot(PathBuf),
     /// Stop the run, as a quit from the console does.
     Quit,
+    /// Stop protecting the guest with its backup (the primary keeps the guest).
+    DropBackup,
+    /// Let backups that connect attach (true), or make them wait (false).
+    AcceptBackups(bool),
     /// Inject this fault (at its count, or at once if that has passed).
     Inject(Injection),
 }

@@ -241,6 +241,13 @@ enum CtlCmd {
     },
     /// Whether a live migration is under way (a run with --control).
     MigrateStatus,
+    /// Stop protecting the guest with its backup: the primary takes the arbiter and runs on
+    /// unprotected; the backup stops and never goes live.
+    DropBackup,
+    /// Let backups that connect attach (the default).
+    AcceptBackups,
+    /// Make backups that connect wait (until accept-backups).
+    RefuseBackups,
     /// Stop the guest and end the run.
     Quit,
 }
@@ -1352,6 +1359,9 @@ fn ctl(socket: &Path, what: CtlCmd) -> Result<u8> {
         CtlCmd::Resume => ("POST", "/resume", None),
         CtlCmd::Quit => ("POST", "/quit", None),
         CtlCmd::MigrateStatus => ("GET", "/migrate", None),
+        CtlCmd::DropBackup => ("POST", "/backup/drop", None),
+        CtlCmd::AcceptBackups => ("POST", "/backup/accept", None),
+        CtlCmd::RefuseBackups => ("POST", "/backup/refuse", None),
         CtlCmd::Snapshot { file } => {
             // The server's directory is not this one: the path goes absolute.
             let abs = std::path::absolute(&file)

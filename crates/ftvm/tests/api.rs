@@ -16,6 +16,9 @@ use serde_json::{json, Value};
 
 const STOP_AT: &str = "400000000";
 
+/// One pair at a time (the pair tests run beside each other otherwise).
+static PAIRS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn dir(tag: &str) -> PathBuf {
     let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("api-{tag}"));
     let _ = std::fs::remove_dir_all(&d);
@@ -304,6 +307,14 @@ fn every_endpoint_answers_and_a_paused_run_ends_as_an_undisturbed_one() {
         "one at a time",
     );
 
+    // A run with no backup has none to drop or accept.
+    refused(call(&sock, "POST", "/backup/drop", None), 409, "no backup");
+    refused(
+        call(&sock, "POST", "/backup/accept", None),
+        409,
+        "takes no backups",
+    );
+
     // Migration needs a run with --control.
     refused(call(&sock, "GET", "/migrate", None), 409, "--control");
     refused(
@@ -435,6 +446,7 @@ fn quit_ends_the_run_and_a_second_server_on_the_socket_is_refused() {
 /// A pair over loopback, each with metrics; the primary's status page shows both.
 #[test]
 fn the_status_page_charts_both_members_of_a_pair() {
+    let _one_pair = PAIRS.lock().unwrap_or_else(|e| e.into_inner());
     let d = dir("page");
     let psk = d.join("psk");
     std::fs::write(&psk, [7u8; 32]).unwrap();
@@ -446,6 +458,9 @@ fn the_status_page_charts_both_members_of_a_pair() {
     let pair = |role: &[&str], metrics: &str, peer: &str, sock: &Path| {
         let mut c = guest_command(role);
         c.args(["--psk", psk.to_str().unwrap(), "--arbiter", &arbiter])
+            // These tests are not about failure detection: a loaded host must not make a
+            // member seem dead (the dead timeout is 1 s rather than 100 ms).
+            .args(["--heartbeat-misses", "100"])
             .args(["--metrics", metrics, "--status-peer", peer])
             .arg("--api-socket")
             .arg(sock)
@@ -689,4 +704,108 @@ fn bad_management_options_are_refused() {
         assert_eq!(out.status.code(), Some(code), "{extra:?}: {err}");
         assert!(err.contains(says), "{extra:?}: {err}");
     }
+}
+
+/// An operator drops a pair's backup (it stops and never goes live; the primary runs on), makes
+/// a new backup wait, then lets it attach.
+#[test]
+fn an_operator_drops_the_backup_then_refuses_and_accepts_a_new_one() {
+    let _one_pair = PAIRS.lock().unwrap_or_else(|e| e.into_inner());
+    let d = dir("drop");
+    let psk = d.join("psk");
+    std::fs::write(&psk, [9u8; 32]).unwrap();
+    let arbiter = format!("file:{}", d.join("arbiter").display());
+    let listen = free_local_addr();
+    let sock_p = d.join("primary.sock");
+    let side = |role: &[&str], sock: Option<&Path>, err: &str| {
+        let mut c = guest_command(role);
+        c.args(["--psk", psk.to_str().unwrap(), "--arbiter", &arbiter])
+            // These tests are not about failure detection: a loaded host must not make a
+            // member seem dead (the dead timeout is 1 s rather than 100 ms).
+            .args(["--heartbeat-misses", "100"])
+            .stderr(std::fs::File::create(d.join(err)).unwrap());
+        if let Some(sock) = sock {
+            c.arg("--api-socket").arg(sock);
+        }
+        let mut child = c.spawn().unwrap();
+        if role[0] == "backup" {
+            let mut out = child.stdout.take().unwrap();
+            std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+        }
+        Killed(child)
+    };
+    let mut primary = side(
+        &["primary", "--listen", &listen],
+        Some(&sock_p),
+        "primary.err",
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let sock_b = d.join("backup.sock");
+    let mut first = side(
+        &["backup", "--primary", &listen],
+        Some(&sock_b),
+        "first.err",
+    );
+    await_ready(&mut primary.0).unwrap_or_else(|seen| panic!("never ready:\n{seen}"));
+    let protected = |want: bool| {
+        let t0 = Instant::now();
+        loop {
+            let (_, r) = call(&sock_p, "GET", "/replication", None);
+            if r["protected"] == want {
+                return r;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "protected never {want}: {r}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    protected(true);
+    refused(
+        call(&sock_b, "POST", "/backup/drop", None),
+        409,
+        "backup following",
+    );
+
+    let (st, v) = call(&sock_p, "POST", "/backup/refuse", None);
+    assert_eq!(st, 200, "{v}");
+    let (st, v) = call(&sock_p, "POST", "/backup/drop", None);
+    assert_eq!(st, 200, "{v}");
+    let r = protected(false);
+    assert_eq!(
+        (r["role"].as_str(), r["accepting_backups"].as_bool()),
+        (Some("live"), Some(false)),
+        "{r}"
+    );
+    let st =
+        exits_within(&mut first.0, Duration::from_secs(30)).expect("the dropped backup runs on");
+    assert!(!st.success());
+    let err = std::fs::read_to_string(d.join("first.err")).unwrap();
+    assert!(err.contains("never went live"), "{err}");
+    refused(
+        call(&sock_p, "POST", "/backup/drop", None),
+        409,
+        "no backup",
+    );
+
+    // A new backup waits while backups are refused, and attaches once they are accepted.
+    let _second = side(&["backup", "--primary", &listen], None, "second.err");
+    std::thread::sleep(Duration::from_secs(3));
+    let (_, r) = call(&sock_p, "GET", "/replication", None);
+    assert_eq!(
+        r["protected"], false,
+        "a backup attached while refused: {r}"
+    );
+    let (st, v) = call(&sock_p, "POST", "/backup/accept", None);
+    assert_eq!(st, 200, "{v}");
+    let r = protected(true);
+    assert_eq!(r["attaches"], 2, "{r}");
+    assert_eq!(
+        r["generation"], 1,
+        "the second backup starts the next generation: {r}"
+    );
+    // The guest still answers on its console.
+    let (st, _) = call(&sock_p, "GET", "/state", None);
+    assert_eq!(st, 200);
 }
