@@ -123,6 +123,9 @@ fn bind_unix(path: &Path) -> Result<std::os::unix::net::UnixListener, ApiError> 
         let _ = std::fs::remove_file(path);
     }
     let l = std::os::unix::net::UnixListener::bind(path).map_err(err)?;
+    // Only this user may drive the machine (as with Firecracker's socket).
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
     l.set_nonblocking(true).map_err(err)?;
     Ok(l)
 }

@@ -154,6 +154,9 @@ fn every_endpoint_answers_and_a_paused_run_ends_as_an_undisturbed_one() {
         .spawn()
         .unwrap();
     api_up(&sock, &mut child);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&sock).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "the API socket is its user's alone");
 
     // Pause: the count stands still.
     let (st, v) = call(&sock, "POST", "/pause", None);
