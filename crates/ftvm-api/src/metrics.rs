@@ -157,6 +157,25 @@ pub fn render(t: &Telemetry, rate: f64, migrating: bool) -> String {
         "1 while a live migration of this guest is under way.",
         &one(u8::from(migrating).to_string()),
     );
+    let (copied, round) = t.copy();
+    metric(
+        "ftvm_copy_active",
+        "gauge",
+        "1 while this guest's state is copied to an attaching backup or a migration's destination (pre-copy).",
+        &one(u8::from(round.is_some()).to_string()),
+    );
+    metric(
+        "ftvm_copy_round",
+        "gauge",
+        "The pre-copy round under way (0 when no copy is).",
+        &one(round.unwrap_or(0).to_string()),
+    );
+    metric(
+        "ftvm_copy_bytes_total",
+        "counter",
+        "RAM and disk bytes copied to attaching backups and migration destinations.",
+        &one(copied.to_string()),
+    );
     metric(
         "ftvm_vote_mismatches_total",
         "counter",

@@ -1327,6 +1327,13 @@ impl Protect for Protector {
         self.transfer.is_some()
     }
 
+    fn progress(&self) -> Option<(u64, u32)> {
+        self.transfer.as_ref().map(|t| {
+            let sent = t.sent.ram.load(Ordering::Relaxed) + t.sent.disk.load(Ordering::Relaxed);
+            (sent, t.round)
+        })
+    }
+
     fn precopy(&mut self, m: &mut Machine, disks: &mut DiskDirty) -> Result<Precopy, LinkError> {
         match self.step(m, disks) {
             Ok(p) => Ok(p),

@@ -204,6 +204,10 @@ pub trait Protect {
     fn joins(&self) -> bool {
         false
     }
+    /// The copy under way (a backup's attach, or a migration): bytes sent so far and its round.
+    fn progress(&self) -> Option<(u64, u32)> {
+        None
+    }
     /// Digest interval of the log to a backup.
     fn digest_every(&self) -> u64;
 }
@@ -895,6 +899,9 @@ pub fn live(
             }
         }
         let backup_waiting = gate.protect.as_mut().is_some_and(|p| p.poll());
+        if let Some(t) = &gate.telemetry {
+            t.copying(gate.protect.as_ref().and_then(|p| p.progress()));
+        }
         throttle = 0;
         let may_attach = gate.link.is_none() || gate.protect.as_ref().is_some_and(|p| p.joins());
         if backup_waiting && may_attach && gate.accepting {

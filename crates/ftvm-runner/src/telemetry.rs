@@ -110,9 +110,11 @@ pub struct Telemetry {
     pub attaches: AtomicU64,
     attach_pause_ns: AtomicU64,
     pub vote_mismatches: AtomicU64,
-    /// Bytes a live migration (or a backup's pre-copy) sent, and whether one is under way.
-    pub migration_bytes: AtomicU64,
-    pub migrating: AtomicBool,
+    /// State copied to attaching backups and migration destinations (pre-copy), in all.
+    copy_bytes: AtomicU64,
+    /// The copy under way: its bytes so far, and its round plus one (0: none).
+    copy_seen: AtomicU64,
+    copy_round: AtomicU64,
     history: Mutex<VecDeque<Sample>>,
     /// Where requests reach the live loop running the guest (None while none does).
     control: Mutex<Option<Sender<Event>>>,
@@ -262,6 +264,28 @@ impl Telemetry {
         self.log_bytes.load(Ordering::Relaxed)
     }
 
+    /// The copy under way, if any: bytes sent so far and its round (see `Protect::progress`).
+    pub fn copying(&self, progress: Option<(u64, u32)>) {
+        let Some((bytes, round)) = progress else {
+            self.copy_round.store(0, Ordering::Relaxed);
+            self.copy_seen.store(0, Ordering::Relaxed);
+            return;
+        };
+        let seen = self.copy_seen.swap(bytes, Ordering::Relaxed);
+        self.copy_bytes
+            .fetch_add(bytes.saturating_sub(seen), Ordering::Relaxed);
+        self.copy_round
+            .store(u64::from(round) + 1, Ordering::Relaxed);
+    }
+
+    /// State copied in all, and the round of the copy under way (None: no copy).
+    pub fn copy(&self) -> (u64, Option<u64>) {
+        (
+            self.copy_bytes.load(Ordering::Relaxed),
+            self.copy_round.load(Ordering::Relaxed).checked_sub(1),
+        )
+    }
+
     /// A backup attached (or a replica joined); the guest paused `d` for it.
     pub fn attached(&self, d: Duration) {
         self.attaches.fetch_add(1, Ordering::Relaxed);
@@ -371,6 +395,19 @@ mod tests {
         assert_eq!(s.held, 4);
         assert!((s.hold_max_ms - 5000.0).abs() < 1e-6);
         assert_eq!(t.sample().held, 0, "a sample takes the second's holds");
+    }
+
+    #[test]
+    fn copies_add_up_across_transfers() {
+        let t = Telemetry::new();
+        assert_eq!(t.copy(), (0, None));
+        t.copying(Some((1000, 1)));
+        t.copying(Some((5000, 2)));
+        assert_eq!(t.copy(), (5000, Some(2)));
+        t.copying(None);
+        assert_eq!(t.copy(), (5000, None));
+        t.copying(Some((300, 1))); // the next transfer starts from 0
+        assert_eq!(t.copy(), (5300, Some(1)));
     }
 
     #[test]

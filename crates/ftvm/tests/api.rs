@@ -808,6 +808,19 @@ fn an_operator_drops_the_backup_then_refuses_and_accepts_a_new_one() {
         r["generation"], 1,
         "the second backup starts the next generation: {r}"
     );
+    let (_, m) = call(&sock_p, "GET", "/metrics", None);
+    let m = m.as_str().unwrap().to_string();
+    promtool(&m);
+    let copied = m
+        .lines()
+        .find_map(|l| l.strip_prefix("ftvm_copy_bytes_total "))
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(
+        copied > 1 << 20,
+        "the second backup's pre-copy is not counted:\n{m}"
+    );
+    assert!(m.contains("ftvm_copy_active 0\n"), "{m}");
     // The guest still answers on its console.
     let (st, _) = call(&sock_p, "GET", "/state", None);
     assert_eq!(st, 200);
