@@ -527,6 +527,37 @@ fn emit(out: Output, con: &mut Console, backends: &Backends) {
 }
 
 impl Gate {
+    /// Report where this side stands (role, count, the backup's count; the log written so
+    /// far) in its status file and its telemetry.
+    fn report(&mut self, m: &Machine, log_bytes: Option<u64>) {
+        if self.status.is_none() && self.telemetry.is_none() {
+            return;
+        }
+        let peer = self.link.as_ref().map(|l| l.acked());
+        if let Some(st) = &mut self.status {
+            st.update(
+                if peer.is_some() { "primary" } else { "live" },
+                m.count(),
+                peer,
+            );
+        }
+        if let Some(t) = &self.telemetry {
+            let role = if peer.is_some() {
+                Role::Primary
+            } else {
+                Role::Live
+            };
+            t.update(role, m.count(), peer);
+            if let Some(l) = &self.link {
+                t.generation
+                    .store(l.generation(), std::sync::atomic::Ordering::Relaxed);
+            }
+            if let Some(bytes) = log_bytes {
+                t.log_written(bytes);
+            }
+        }
+    }
+
     /// The machine's outputs; when replicas vote, the link is told their hashes first (every
     /// output, disk requests included, at the count where it was taken).
     fn take_outputs(&self, m: &mut Machine) -> Vec<Output> {
@@ -717,15 +748,9 @@ pub fn live(
     }
     let virtual_clock = opts.clock == ClockMode::Virtual;
     gate.telemetry = opts.telemetry.clone();
+    gate.report(&m, None);
     if let Some(t) = &gate.telemetry {
-        let peer = gate.link.as_ref().map(|l| l.acked());
-        let role = if peer.is_some() {
-            Role::Primary
-        } else {
-            Role::Live
-        };
-        t.update(role, m.count(), peer);
-        if peer.is_some() {
+        if gate.link.is_some() {
             // The first backup attached before the guest started (it paused nothing).
             t.attached(Duration::ZERO);
         }
@@ -875,29 +900,7 @@ pub fn live(
                 }
             }
         }
-        if let Some(st) = &mut gate.status {
-            let (role, peer) = match &gate.link {
-                Some(l) => ("primary", Some(l.acked())),
-                None => ("live", None),
-            };
-            st.update(role, m.count(), peer);
-        }
-        if let Some(t) = &gate.telemetry {
-            let peer = gate.link.as_ref().map(|l| l.acked());
-            let role = if peer.is_some() {
-                Role::Primary
-            } else {
-                Role::Live
-            };
-            t.update(role, m.count(), peer);
-            if let Some(l) = &gate.link {
-                t.generation
-                    .store(l.generation(), std::sync::atomic::Ordering::Relaxed);
-            }
-            if let Some(log) = &feed.log {
-                t.log_written(log.bytes);
-            }
-        }
+        gate.report(&m, feed.log.as_ref().map(|l| l.bytes));
         let backup_waiting = gate.protect.as_mut().is_some_and(|p| p.poll());
         if let Some(t) = &gate.telemetry {
             t.copying(gate.protect.as_ref().and_then(|p| p.progress()));

@@ -1301,38 +1301,32 @@ fn status(files: &[PathBuf]) -> Result<u8> {
     );
     for f in files {
         use std::os::unix::fs::FileTypeExt;
-        if std::fs::metadata(f).is_ok_and(|m| m.file_type().is_socket()) {
-            let v = api_get(f, "/replication")?;
-            let shown = |k: &str| match &v[k] {
-                Value::Null => "-".to_string(),
-                Value::Bool(b) => if *b { "yes" } else { "no" }.to_string(),
-                Value::Number(n) => match n.as_f64() {
-                    Some(x) if k == "lag_ms" => format!("{x:.1}"),
-                    _ => n.to_string(),
-                },
-                other => other.as_str().unwrap_or("?").to_string(),
+        // A field as the status file writes it, from the file or from the API.
+        let shown: Box<dyn Fn(&str) -> String> =
+            if std::fs::metadata(f).is_ok_and(|m| m.file_type().is_socket()) {
+                let v = api_get(f, "/replication")?;
+                Box::new(move |k| match &v[k] {
+                    Value::Null => "-".to_string(),
+                    Value::Bool(b) => if *b { "yes" } else { "no" }.to_string(),
+                    Value::Number(n) => match n.as_f64() {
+                        Some(x) if k == "lag_ms" => format!("{x:.1}"),
+                        _ => n.to_string(),
+                    },
+                    other => other.as_str().unwrap_or("?").to_string(),
+                })
+            } else {
+                let text = std::fs::read_to_string(f)
+                    .with_context(|| format!("cannot read status file {}", f.display()))?;
+                Box::new(move |k| field(&text, k))
             };
-            println!(
-                "{:<28} {:<10} {:>14} {:>10} {:>16} {:>10}",
-                f.display().to_string(),
-                shown("role"),
-                shown("instructions"),
-                shown("protected"),
-                shown("lag_instructions"),
-                shown("lag_ms")
-            );
-            continue;
-        }
-        let text = std::fs::read_to_string(f)
-            .with_context(|| format!("cannot read status file {}", f.display()))?;
         println!(
             "{:<28} {:<10} {:>14} {:>10} {:>16} {:>10}",
             f.display().to_string(),
-            field(&text, "role"),
-            field(&text, "instructions"),
-            field(&text, "protected"),
-            field(&text, "lag_instructions"),
-            field(&text, "lag_ms")
+            shown("role"),
+            shown("instructions"),
+            shown("protected"),
+            shown("lag_instructions"),
+            shown("lag_ms")
         );
     }
     Ok(0)

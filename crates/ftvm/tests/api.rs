@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::lab::{exits_within, Proc};
 use common::*;
 use serde_json::{json, Value};
 
@@ -470,12 +471,22 @@ fn the_status_page_charts_both_members_of_a_pair() {
             .stderr(Stdio::null());
         c.spawn().unwrap()
     };
-    let mut primary = Killed(pair(&["primary", "--listen", &listen], &mp, &mb, &sock_p));
+    let mut primary = Proc(Some(pair(
+        &["primary", "--listen", &listen],
+        &mp,
+        &mb,
+        &sock_p,
+    )));
     std::thread::sleep(Duration::from_millis(300));
-    let mut backup = Killed(pair(&["backup", "--primary", &listen], &mb, &mp, &sock_b));
-    let mut out = backup.0.stdout.take().unwrap();
+    let mut backup = Proc(Some(pair(
+        &["backup", "--primary", &listen],
+        &mb,
+        &mp,
+        &sock_b,
+    )));
+    let mut out = backup.c().stdout.take().unwrap();
     std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
-    await_ready(&mut primary.0).unwrap_or_else(|seen| panic!("never ready:\n{seen}"));
+    await_ready(primary.c()).unwrap_or_else(|seen| panic!("never ready:\n{seen}"));
     // A few seconds of history, with outputs held for the backup.
     let t0 = Instant::now();
     loop {
@@ -582,8 +593,7 @@ fn the_status_page_charts_both_members_of_a_pair() {
     eprintln!("status page screenshot: {}", shot.display());
 
     // The primary dies: the backup takes over, and says so.
-    let _ = primary.0.kill();
-    let _ = primary.0.wait();
+    drop(primary);
     let t0 = Instant::now();
     let r = loop {
         let (_, r) = call(&sock_b, "GET", "/replication", None);
@@ -608,31 +618,9 @@ fn the_status_page_charts_both_members_of_a_pair() {
     let (st, v) = call(&sock_b, "POST", "/quit", None);
     assert_eq!(st, 200, "{v}");
     assert!(
-        exits_within(&mut backup.0, Duration::from_secs(20)).is_some_and(|s| s.success()),
+        exits_within(&mut backup, Duration::from_secs(20)).is_some_and(|s| s.success()),
         "the backup gone live did not quit"
     );
-}
-
-/// The child's exit status, if it exits within `limit`.
-fn exits_within(c: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
-    let t0 = Instant::now();
-    while t0.elapsed() < limit {
-        if let Some(st) = c.try_wait().unwrap() {
-            return Some(st);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    None
-}
-
-/// Kill the child when the test ends, however it ends.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn http_get(addr: &str, path: &str) -> String {
@@ -735,7 +723,7 @@ fn an_operator_drops_the_backup_then_refuses_and_accepts_a_new_one() {
             let mut out = child.stdout.take().unwrap();
             std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
         }
-        Killed(child)
+        Proc(Some(child))
     };
     let mut primary = side(
         &["primary", "--listen", &listen],
@@ -749,7 +737,7 @@ fn an_operator_drops_the_backup_then_refuses_and_accepts_a_new_one() {
         Some(&sock_b),
         "first.err",
     );
-    await_ready(&mut primary.0).unwrap_or_else(|seen| panic!("never ready:\n{seen}"));
+    await_ready(primary.c()).unwrap_or_else(|seen| panic!("never ready:\n{seen}"));
     let protected = |want: bool| {
         let t0 = Instant::now();
         loop {
@@ -781,8 +769,7 @@ fn an_operator_drops_the_backup_then_refuses_and_accepts_a_new_one() {
         (Some("live"), Some(false)),
         "{r}"
     );
-    let st =
-        exits_within(&mut first.0, Duration::from_secs(30)).expect("the dropped backup runs on");
+    let st = exits_within(&mut first, Duration::from_secs(30)).expect("the dropped backup runs on");
     assert!(!st.success());
     let err = std::fs::read_to_string(d.join("first.err")).unwrap();
     assert!(err.contains("never went live"), "{err}");
