@@ -376,7 +376,13 @@ pub struct Channel {
     rbuf: Vec<u8>,
     rpos: usize,
     rlen: usize,
+    /// Receiving: reads take only what has arrived (a `try_recv` is under way).
+    nonblocking: bool,
 }
+
+/// Waits until a receiving half has something to read (or its connection closed), at most
+/// the time given, without taking anything: see [`Channel::waiter`].
+pub type Waiter = Box<dyn Fn(std::time::Duration) + Send + Sync>;
 
 /// The receive buffer's size: room for a few whole frames.
 const RBUF: usize = 4 * (2 + MAX_FRAME);
@@ -399,6 +405,7 @@ impl Channel {
             rbuf: Vec::new(),
             rpos: 0,
             rlen: 0,
+            nonblocking: false,
         }
     }
 
@@ -484,6 +491,13 @@ impl Channel {
 
     /// Seal `plain` (a whole message) as frames and write them in one go.
     fn seal_and_write(&mut self, plain: &[u8]) -> Result<(), ChannelError> {
+        let out = self.seal(plain)?;
+        self.stream.write_all(&out)?;
+        Ok(())
+    }
+
+    /// `plain` (a whole message) sealed as frames, as they go on the wire.
+    fn seal(&mut self, plain: &[u8]) -> Result<Vec<u8>, ChannelError> {
         let frames = plain.len().div_ceil(MAX_FRAME_PLAIN);
         let exhausted = ChannelError::Bad("the session's nonces are used up");
         // Nonce u64::MAX is reserved by Noise; check the whole message's before sealing any.
@@ -509,8 +523,7 @@ impl Channel {
             self.nonce += 1;
             at += 2 + n;
         }
-        self.stream.write_all(&out)?;
-        Ok(())
+        Ok(out)
     }
 
     /// Receive the next message (on the receiving half), dropping those of an older
@@ -531,6 +544,65 @@ impl Channel {
             }
         }
         got
+    }
+
+    /// The next message if a whole one has arrived, without waiting (on the receiving half,
+    /// after the handshake): `None` when what has arrived is not a whole message yet. The
+    /// bytes of a message read in part stay buffered for the next receive, so that
+    /// `try_recv` and [`Channel::recv`] may be mixed. Refusals are as `recv`'s.
+    pub fn try_recv(&mut self) -> Result<Option<Msg>, ChannelError> {
+        if self.deadline.is_some() {
+            return Ok(None);
+        }
+        self.nonblocking = true;
+        let got = self.recv();
+        self.nonblocking = false;
+        match got {
+            Ok(m) => Ok(Some(m)),
+            Err(ChannelError::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A way for another thread to wait until this receiving half has bytes to read (or its
+    /// connection closed), without reading them: a thread that waits so need not hold the
+    /// half, which [`Channel::try_recv`] can then be called on from elsewhere meanwhile. It
+    /// looks at the connection, not at what the half has buffered: call `try_recv` until it
+    /// gives `None` before waiting.
+    pub fn waiter(&self) -> Result<Waiter, ChannelError> {
+        use std::os::fd::AsRawFd;
+        let s = self.stream.try_clone()?;
+        Ok(Box::new(move |limit: std::time::Duration| {
+            let mut fd = libc::pollfd {
+                fd: s.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            let ms = libc::c_int::try_from(limit.as_millis()).unwrap_or(libc::c_int::MAX);
+            // SAFETY: `fd` is one valid pollfd that lives across the call, and its descriptor
+            // belongs to `s`, which the closure owns.
+            unsafe { libc::poll(&mut fd, 1, ms) };
+        }))
+    }
+
+    /// Read what the stream has into `room`: waiting for it, or, for a `try_recv`, not.
+    fn read_some(&mut self, at: usize) -> std::io::Result<usize> {
+        let room = &mut self.rbuf[at..];
+        if !self.nonblocking {
+            return self.stream.read(room);
+        }
+        use std::os::fd::AsRawFd;
+        // SAFETY: `room` is a live, writable buffer of `room.len()` bytes for the whole call,
+        // and the descriptor is this half's open socket.
+        let n = unsafe {
+            libc::recv(
+                self.stream.as_raw_fd(),
+                room.as_mut_ptr().cast(),
+                room.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        usize::try_from(n).map_err(|_| std::io::Error::last_os_error())
     }
 
     fn recv_checked(&mut self) -> Result<Msg, ChannelError> {
@@ -578,11 +650,10 @@ impl Channel {
                 self.rlen -= self.rpos;
                 self.rpos = 0;
             }
-            let room = self
-                .rbuf
-                .get_mut(self.rlen..)
-                .ok_or(ChannelError::Bad("receive buffer"))?;
-            match self.stream.read(room) {
+            if self.rlen >= self.rbuf.len() {
+                return Err(ChannelError::Bad("receive buffer"));
+            }
+            match self.read_some(self.rlen) {
                 Ok(0) => return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into()),
                 Ok(got) => self.rlen += got,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -702,6 +773,48 @@ mod tests {
 
     fn pair(pk: &[u8], bk: &[u8]) -> (Halves, Halves) {
         connect(pk, hello(Role::Primary), bk, hello(Role::Backup))
+    }
+
+    #[test]
+    fn try_recv_takes_whole_messages_only_and_mixes_with_recv() {
+        let (mut ptx, _prx, _btx, mut brx) = attached();
+        assert!(
+            brx.try_recv().unwrap().is_none(),
+            "nothing arrived: no message"
+        );
+        // A message larger than a frame, arriving a few bytes at a time.
+        let big = Msg::Log {
+            clock: 3,
+            bytes: vec![7; 100_000],
+        };
+        let wire = ptx
+            .seal(&wire::message_plaintext(&big, 0).unwrap())
+            .unwrap();
+        assert!(wire.len() > MAX_FRAME + 2, "more than one frame");
+        let waiter = brx.waiter().unwrap();
+        for part in [&wire[..1], &wire[1..7], &wire[7..MAX_FRAME + 3]] {
+            ptx.stream.write_all(part).unwrap();
+            waiter(std::time::Duration::from_secs(5));
+            assert!(brx.try_recv().unwrap().is_none(), "only part of it");
+        }
+        ptx.stream.write_all(&wire[MAX_FRAME + 3..]).unwrap();
+        let beat = |count| Msg::Heartbeat { count, clock: 1 };
+        ptx.send(&beat(1)).unwrap();
+        let mut got = Vec::new();
+        while got.len() < 2 {
+            waiter(std::time::Duration::from_secs(5));
+            while let Some(m) = brx.try_recv().unwrap() {
+                got.push(m);
+            }
+        }
+        assert_eq!(got, vec![big, beat(1)]);
+        assert!(brx.try_recv().unwrap().is_none());
+        // A blocking receive after non-blocking ones.
+        ptx.send(&beat(2)).unwrap();
+        assert_eq!(brx.recv().unwrap(), beat(2));
+        ptx.shutdown();
+        waiter(std::time::Duration::from_secs(5));
+        assert!(brx.try_recv().is_err(), "a closed connection is an error");
     }
 
     /// Halves past the primary's attach: (primary tx, primary rx, backup tx, backup rx).

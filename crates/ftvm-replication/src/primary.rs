@@ -52,6 +52,175 @@ pub struct PrimaryLink {
     postcopy: Option<(std::sync::Mutex<DirtyPages>, Receiver<Vec<u64>>)>,
     /// The most bytes per second a migration may send.
     max_bandwidth: Option<u64>,
+    /// What the backup sends (the runner takes it in when it looks at the link).
+    inbox: Arc<Inbox>,
+}
+
+/// What the backup sends, taken in where it is read. The runner reads it itself when it
+/// looks at the link between two turns, so that an acknowledgement costs no thread hand-off
+/// (each wake-up of another thread on the runner's core preempts the guest: a context switch
+/// there and back); a receiving thread takes in what arrives while the runner is elsewhere
+/// (waiting for input, paused, attaching a backup). Once the runner reads, that thread yields
+/// to it: woken by a message it does not preempt the runner (`SCHED_BATCH`), and whichever
+/// of the two reads a message first handles it, in order, under the receiving lock.
+pub(crate) struct Inbox {
+    rx: std::sync::Mutex<Box<dyn crate::transport::Incoming>>,
+    /// Waits for bytes to read without holding `rx`; `None` for a transport without one
+    /// (then the thread alone reads, blocking).
+    waiter: Option<crate::channel::Waiter>,
+    out: SendHalf<PrimarySide>,
+    /// When the backup was last heard from (the attach's watchdog reads it).
+    heard: Arc<AtomicU64>,
+    /// A post-copy destination's requests for pages.
+    pages: Sender<Vec<u64>>,
+    /// Wakes the runner.
+    wake: Sender<Event>,
+    /// The link ended: nothing more is read.
+    closed: AtomicBool,
+    /// The runner reads too (a pair's link is up; a group's leader leaves it to the thread).
+    pumped: AtomicBool,
+    /// The receiving thread's id once it yields to the runner (0 before).
+    tid: std::sync::atomic::AtomicI32,
+}
+
+impl Inbox {
+    /// Handle what one receive gave (from the thread: `woke`, the runner is woken for what
+    /// it must act on); false when the link ended.
+    fn take(&self, got: Result<Msg, crate::channel::ChannelError>, woke: bool) -> bool {
+        let got = match got {
+            Ok(Msg::PageRequest { pages }) => {
+                // A post-copy destination's guest waits for these pages.
+                let _ = self.pages.send(pages);
+                return true;
+            }
+            Ok(msg) => {
+                self.heard.store(now_ns(), Ordering::SeqCst);
+                self.out.with(|s| s.receive(now_ns(), &msg))
+            }
+            Err(e) => {
+                if self.out.with(|s| s.handed_over()) {
+                    tracing::debug!(error = %e, "replication channel closed after the hand-over");
+                } else {
+                    tracing::warn!(error = %e, "replication channel closed");
+                }
+                self.out.broke();
+                self.closed.store(true, Ordering::SeqCst);
+                let _ = self.wake.send(Event::Wake);
+                return false;
+            }
+        };
+        match got {
+            // Held outputs may leave now: wake the runner if it waits.
+            Ok(Received::Acked(_) | Received::Vote) => {
+                if woke {
+                    let _ = self.wake.send(Event::Wake);
+                }
+                true
+            }
+            // Ignored: this side cut the link (or handed the guest over); nothing of the
+            // backup's counts any more, but its closing the link still does (the
+            // confirmation of a hand-over).
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "the backup broke the protocol");
+                self.out.broke();
+                self.closed.store(true, Ordering::SeqCst);
+                let _ = self.wake.send(Event::Wake);
+                false
+            }
+        }
+    }
+
+    /// Take in every whole message that has arrived, without waiting; false when the link
+    /// ended.
+    fn drain(&self, rx: &mut Box<dyn crate::transport::Incoming>, woke: bool) -> bool {
+        loop {
+            match rx.try_recv() {
+                Ok(None) => return true,
+                Ok(Some(m)) => {
+                    if !self.take(Ok(m), woke) {
+                        return false;
+                    }
+                }
+                Err(e) => return self.take(Err(e), woke),
+            }
+        }
+    }
+
+    /// From the runner: take in what has arrived. The thread never holds the lock while it
+    /// waits, so this waits at most for a drain under way.
+    fn pump(&self) {
+        if self.waiter.is_none() || self.closed.load(Ordering::SeqCst) {
+            return;
+        }
+        let mut rx = self.rx.lock().unwrap_or_else(|e| e.into_inner());
+        self.drain(&mut rx, false);
+    }
+
+    /// The runner is about to wait for the backup (`true`: the receiving thread, woken by
+    /// what arrives, then runs at once and wakes it) or runs again (`false`: the thread
+    /// yields to it again).
+    fn runner_waits(&self, waits: bool) {
+        let tid = self.tid.load(Ordering::SeqCst);
+        if tid == 0 {
+            return;
+        }
+        set_policy(
+            tid,
+            if waits {
+                libc::SCHED_OTHER
+            } else {
+                libc::SCHED_BATCH
+            },
+        );
+        if waits {
+            // What arrived before the thread was made urgent (woken then, it yielded).
+            let acked = self.out.with(|s| s.acked());
+            self.pump();
+            if self.out.with(|s| s.acked()) != acked {
+                let _ = self.wake.send(Event::Wake);
+            }
+        }
+    }
+
+    /// The receiving thread.
+    fn serve(&self) {
+        let Some(wait) = &self.waiter else {
+            loop {
+                let got = self.rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                if !self.take(got, true) {
+                    return;
+                }
+            }
+        };
+        let mut yields = false;
+        while !self.closed.load(Ordering::SeqCst) {
+            if !yields && self.pumped.load(Ordering::SeqCst) {
+                yields = true;
+                // SAFETY: gettid has no preconditions.
+                let tid = unsafe { libc::gettid() };
+                set_policy(tid, libc::SCHED_BATCH);
+                self.tid.store(tid, Ordering::SeqCst);
+            }
+            wait(Duration::from_millis(100));
+            let mut rx = self.rx.lock().unwrap_or_else(|e| e.into_inner());
+            if !self.drain(&mut rx, true) {
+                return;
+            }
+        }
+    }
+}
+
+/// Set a thread's scheduling policy: `SCHED_BATCH`, a thread that, when woken, does not
+/// preempt the one running on its core (it runs at that one's next scheduling tick, or when
+/// it waits), or `SCHED_OTHER`, the usual. A refusal leaves it as it was.
+fn set_policy(tid: libc::pid_t, policy: libc::c_int) {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` is a valid sched_param that lives across the call.
+    let r = unsafe { libc::sched_setscheduler(tid, policy, &param) };
+    if r != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), policy, "scheduling policy refused");
+    }
 }
 
 /// A hand-over (migration mode `handover`) happens once the backup's replay, as its last
@@ -60,7 +229,11 @@ pub struct PrimaryLink {
 const HANDOVER_LAG: u64 = 2_000_000;
 
 impl Link for PrimaryLink {
+    fn waits(&self, waits: bool) {
+        self.inbox.runner_waits(waits);
+    }
     fn check(&mut self) -> Result<LinkState, LinkError> {
+        self.inbox.pump();
         let now = now_ns();
         if let Some((_, outcome)) = &self.migration {
             if outcome.0.cancelled() {
@@ -532,6 +705,8 @@ struct Transfer {
     disks_done: Option<Receiver<()>>,
     /// The backup's requests for pages (post-copy, after the hand-over).
     page_requests: Option<Receiver<Vec<u64>>>,
+    /// What the backup sends, taken in.
+    inbox: Arc<Inbox>,
 }
 
 impl Transfer {
@@ -916,51 +1091,20 @@ impl Protector {
             });
         }
         let (page_tx, page_rx) = mpsc::channel::<Vec<u64>>();
+        let inbox = Arc::new(Inbox {
+            waiter: rx.waiter(),
+            rx: std::sync::Mutex::new(rx),
+            out: out.clone(),
+            heard,
+            pages: page_tx,
+            wake: self.wake.clone(),
+            closed: AtomicBool::new(false),
+            pumped: AtomicBool::new(false),
+            tid: std::sync::atomic::AtomicI32::new(0),
+        });
         {
-            let out = out.clone();
-            let wake = self.wake.clone();
-            std::thread::spawn(move || loop {
-                let msg = rx.recv();
-                let got = match msg {
-                    Ok(Msg::PageRequest { pages }) => {
-                        // A post-copy destination's guest waits for these pages.
-                        let _ = page_tx.send(pages);
-                        continue;
-                    }
-                    Ok(msg) => {
-                        heard.store(now_ns(), Ordering::SeqCst);
-                        out.with(|s| s.receive(now_ns(), &msg))
-                    }
-                    Err(e) => {
-                        if out.with(|s| s.handed_over()) {
-                            tracing::debug!(error = %e, "replication channel closed after the hand-over");
-                        } else {
-                            tracing::warn!(error = %e, "replication channel closed");
-                        }
-                        out.broke();
-                        let _ = wake.send(Event::Wake);
-                        return;
-                    }
-                };
-                match got {
-                    // Held outputs may leave now: wake the runner if it waits.
-                    Ok(Received::Acked(_) | Received::Vote) => {
-                        let _ = wake.send(Event::Wake);
-                    }
-                    Ok(Received::Ignored) => {
-                        // This side cut the link (or handed the guest over): nothing of the
-                        // backup's counts any more, but its closing the link still does (the
-                        // confirmation of a hand-over).
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::warn!(error = %e, "the backup broke the protocol");
-                        out.broke();
-                        let _ = wake.send(Event::Wake);
-                        return;
-                    }
-                }
-            });
+            let inbox = inbox.clone();
+            std::thread::spawn(move || inbox.serve());
         }
         // Whatever fails from here on closes the link, so the backup does not wait for more.
         let cut = CloseOnDrop(Some(out.clone()));
@@ -1019,6 +1163,7 @@ impl Protector {
             max_bandwidth,
             disks_done,
             page_requests: Some(page_rx),
+            inbox,
         })
     }
 
@@ -1291,6 +1436,11 @@ impl Protector {
                     .zip(t.page_requests.take())
                     .map(|(m, r)| (std::sync::Mutex::new(m), r)),
                 max_bandwidth: t.max_bandwidth,
+                inbox: {
+                    // From here on the runner takes the backup's messages in itself.
+                    t.inbox.pumped.store(true, Ordering::SeqCst);
+                    t.inbox.clone()
+                },
             }),
             log,
         ))

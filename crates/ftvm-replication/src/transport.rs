@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::channel::{Channel, ChannelError, Closer, Msg};
+use crate::channel::{Channel, ChannelError, Closer, Msg, Waiter};
 
 /// The sending half of a link.
 pub trait Outgoing: Send {
@@ -31,6 +31,16 @@ pub trait Incoming: Send {
     /// `TimedOut` or `WouldBlock`.
     fn set_read_timeout(&mut self, limit: Option<Duration>) -> Result<(), ChannelError>;
     fn shutdown(&self);
+    /// The next message if a whole one has arrived, without waiting. A transport that cannot
+    /// tell says `None` always (its messages then come by `recv` alone).
+    fn try_recv(&mut self) -> Result<Option<Msg>, ChannelError> {
+        Ok(None)
+    }
+    /// A way to wait, from another thread and without holding this half, until something can
+    /// be received; `None` if the transport has none (then only `recv` waits).
+    fn waiter(&self) -> Option<Waiter> {
+        None
+    }
 }
 
 /// Both halves of one side's link.
@@ -69,6 +79,12 @@ impl Incoming for Channel {
     }
     fn shutdown(&self) {
         Channel::shutdown(self)
+    }
+    fn try_recv(&mut self) -> Result<Option<Msg>, ChannelError> {
+        Channel::try_recv(self)
+    }
+    fn waiter(&self) -> Option<Waiter> {
+        Channel::waiter(self).ok()
     }
 }
 

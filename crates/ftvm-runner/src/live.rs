@@ -124,6 +124,11 @@ pub trait Link {
     }
     /// Whether the guest at `count` is so far ahead of the backup's replay that it must wait.
     fn too_far_ahead(&self, count: u64) -> bool;
+    /// The runner is about to wait for the backup's acknowledgement (`true`; it then waits on
+    /// its events, which the link must wake it through when one comes), or runs again
+    /// (`false`). A link that takes acknowledgements in when checked, rather than from a
+    /// thread that wakes the runner each time, makes that thread urgent meanwhile.
+    fn waits(&self, _waits: bool) {}
     /// Wait up to `limit` for the backup to close the link (as it does at the end of the log).
     fn hung_up(&self, limit: Duration) -> bool;
     /// An operator drops the backup: cut the link as if it had died, so that this side races
@@ -1081,6 +1086,10 @@ pub fn live(
                         }
                     });
                     let t0 = Instant::now();
+                    let for_backup = gate.link.as_ref().filter(|_| !gate.held.is_empty());
+                    if let Some(l) = for_backup {
+                        l.waits(true);
+                    }
                     match events.recv_timeout(wait) {
                         Ok(ev) => pending.take(ev),
                         // No backend is left to report (stdin closed, no device): the wait
@@ -1088,6 +1097,9 @@ pub fn live(
                         // input per turn.
                         Err(RecvTimeoutError::Disconnected) => std::thread::sleep(wait),
                         Err(RecvTimeoutError::Timeout) => {}
+                    }
+                    if let Some(l) = for_backup {
+                        l.waits(false);
                     }
                     clock.waited(t0.elapsed());
                     if !virtual_clock {
