@@ -2,7 +2,14 @@
 """redis-benchmark against redis in the guest, on ftvm and on qemu-system-riscv64, both with a
 virtio-net device on a TAP interface in a network of namespaces built for the run.
 
-usage: bench/redis.py [--requests N] [--clients C] [--repeat R] [--json FILE]
+usage: bench/redis.py [--requests N] [--clients C] [--repeat R] [--pin] [--threads] [--json FILE]
+                      [--engines ftvm,ftvm-pair,ftvm-pair-epoch,qemu,qemu-icount]
+Each round runs every engine once, in turn (A, B, A, B...: this machine's speed drifts), and
+the medians over the rounds are reported. An ftvm engine may name the binary to run,
+`ENGINE@PATH` (an A/B of two builds: `--engines ftvm-pair@/tmp/old,ftvm-pair@/tmp/new`);
+otherwise it is $FTVM or target/release/ftvm. `--threads` prints, per run, each ftvm thread's
+CPU time and context switches per request, and each CPU's busy time per request (read from
+/proc before and after the benchmark, so boot is not counted).
 Needs root (namespaces, TAP), Debian's redis-tools and qemu-system-misc.
 """
 import argparse, atexit, json, os, shutil, statistics, subprocess, sys, tempfile, time
@@ -51,17 +58,19 @@ ARBITERS = tempfile.mkdtemp(prefix="ftvm-bench-arbiters-")
 atexit.register(shutil.rmtree, ARBITERS, True)
 
 
-def engine_cmd(engine):
+def engine_cmd(spec):
+    engine, _, binary = spec.partition("@")
+    ftvm = binary or FTVM
     images = ["--kernel", os.path.join(GUEST, "Image"), "--initrd", os.path.join(GUEST, "initramfs.cpio.gz")]
     common = [*images, "--append", APPEND, "--net", f"tap={TAP},mac={MAC}"]
     if engine == "ftvm":
-        return [FTVM, "run", *common]
+        return [ftvm, "run", *common]
     if engine.startswith("ftvm-pair"):
         pair = ["--psk", PSK, "--arbiter", "file:" + os.path.join(ARBITERS, f"arbiter-{time.time_ns()}")]
         if engine.endswith("epoch"):
             pair += ["--delivery", "epoch", "--epoch", "1000000"]
-        return [FTVM, "primary", "--listen", "127.0.0.1:7701", *pair, *common], \
-            [FTVM, "backup", "--primary", "127.0.0.1:7701", *pair, *common]
+        return [ftvm, "primary", "--listen", "127.0.0.1:7701", *pair, *common], \
+            [ftvm, "backup", "--primary", "127.0.0.1:7701", *pair, *common]
     icount = ["-icount", "shift=0"] if engine == "qemu-icount" else []
     return ["qemu-system-riscv64", *icount, "-M", "virt", "-m", "256M", "-display", "none", "-serial", "stdio",
             "-monitor", "none", "-kernel", images[1], "-initrd", images[3], "-append", APPEND,
@@ -69,7 +78,52 @@ def engine_cmd(engine):
             "-device", f"virtio-net-device,netdev=n0,mac={MAC}"]
 
 
-def bench(engine, requests, clients, pin=False):
+def threads(pids):
+    """CPU time (clock ticks) and voluntary and involuntary context switches of every thread of
+    these processes, by (role, thread id, name); and each CPU's times from /proc/stat."""
+    out = {}
+    for role, pid in pids.items():
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for t in tids:
+            try:
+                st = open(f"/proc/{pid}/task/{t}/stat").read()
+                status = open(f"/proc/{pid}/task/{t}/status").read()
+            except OSError:
+                continue
+            name = st[st.index("(") + 1:st.rindex(")")]
+            f = st[st.rindex(")") + 2:].split()
+            sw = {k: int(status.split(k + ":")[1].split()[0])
+                  for k in ("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")}
+            out[(role, t, name)] = (int(f[11]) + int(f[12]), sw["voluntary_ctxt_switches"],
+                                    sw["nonvoluntary_ctxt_switches"])
+    cpus = {}
+    for line in open("/proc/stat"):
+        if line.startswith("cpu") and line[3] != " ":
+            x = line.split()
+            cpus[x[0]] = [int(v) for v in x[1:]]
+    return out, cpus
+
+
+def print_threads(before, after, n):
+    hz = os.sysconf("SC_CLK_TCK")
+    (a, ca), (b, cb) = before, after
+    for k in sorted(b):
+        if k in a:
+            cpu = (b[k][0] - a[k][0]) * 1e6 / hz / n
+            if cpu >= 0.5:
+                print(f"    {k[0]:8} {k[2]:16} {cpu:7.1f} us/request, switches a request:"
+                      f" voluntary {(b[k][1] - a[k][1]) / n:5.2f}, preempted {(b[k][2] - a[k][2]) / n:5.2f}")
+    for c in sorted(cb):
+        d = [y - x for x, y in zip(ca[c], cb[c])]
+        busy = sum(d) - d[3] - d[4]
+        print(f"    {c}: busy {busy * 1e6 / hz / n:6.1f} us/request ({busy * 100 / max(1, sum(d)):.0f}%),"
+              f" softirq {d[6] * 100 / max(1, sum(d)):.0f}%")
+
+
+def bench(engine, requests, clients, pin=False, show_threads=False):
     cmd = engine_cmd(engine)
     # --pin: the guest's engine and the client on CPU 0, a backup on CPU 1, as if the backup
     # had a host of its own; the unreplicated engines get the same CPU 0 and leave CPU 1 idle.
@@ -95,8 +149,14 @@ def bench(engine, requests, clients, pin=False):
         if sh(*c, "redis-cli", "-h", GUEST_IP, "ping", check=False).stdout.strip() == b"PONG":
             break
         time.sleep(0.2)
+    # `ip netns exec` and `taskset` exec the engine: these are its processes.
+    pids = {"primary": p.pid, "backup": backup.pid} if backup else {"engine": p.pid}
+    before = threads(pids) if show_threads else None
     r = sh(*c, *main_cpu, "redis-benchmark", "-h", GUEST_IP, "-c", str(clients), "-n", str(requests),
            "-t", "set,get", "--csv", check=False)
+    if show_threads:
+        print(f"  {engine}:")
+        print_threads(before, threads(pids), 2 * requests)
     p.stdin.write(b"poweroff\n")
     p.stdin.flush()
     try:
@@ -139,7 +199,10 @@ def main():
     ap.add_argument("--engines", default="ftvm,ftvm-pair,ftvm-pair-epoch,qemu,qemu-icount")
     ap.add_argument("--pin", action="store_true",
                     help="engine and client on CPU 0, the backup alone on CPU 1")
+    ap.add_argument("--threads", action="store_true",
+                    help="print each run's CPU time and context switches per request, by thread")
     a = ap.parse_args()
+    engines = a.engines.split(",")
     os.makedirs(os.path.dirname(a.json), exist_ok=True)
     os.makedirs(os.path.dirname(PSK), exist_ok=True)
     with open(PSK, "wb") as f:
@@ -148,8 +211,12 @@ def main():
     net_up()
     try:
         results = {}
-        for engine in a.engines.split(","):
-            runs = [bench(engine, a.requests, a.clients, a.pin) for _ in range(a.repeat)]
+        all_runs = {e: [] for e in engines}
+        for _ in range(a.repeat):
+            for engine in engines:
+                all_runs[engine].append(bench(engine, a.requests, a.clients, a.pin, a.threads))
+        for engine in engines:
+            runs = all_runs[engine]
             results[engine] = {op: {k: statistics.median(r[op][k] for r in runs) for k in ("rps", "p50_ms")}
                                for op in ("SET", "GET")}
             for k in ("log_mbit_s", "hold_p50_ms", "hold_p99_ms"):
@@ -160,11 +227,12 @@ def main():
     with open(a.json, "w") as f:
         json.dump({"requests": a.requests, "clients": a.clients, "repeat": a.repeat, "results": results}, f, indent=2)
     print(f"\nredis-benchmark -c {a.clients} -n {a.requests} over TAP (median of {a.repeat})")
-    print(f"{'engine':<16} {'SET/s':>9} {'SET p50 ms':>11} {'GET/s':>9} {'GET p50 ms':>11} {'log Mbit/s':>11}"
+    width = max(16, *(len(e) + 1 for e in results))
+    print(f"{'engine':<{width}} {'SET/s':>9} {'SET p50 ms':>11} {'GET/s':>9} {'GET p50 ms':>11} {'log Mbit/s':>11}"
           f" {'held p50 ms':>12} {'held p99 ms':>12}")
     for e, r in results.items():
         opt = [f"{r[k]:.2f}" if k in r else "-" for k in ("log_mbit_s", "hold_p50_ms", "hold_p99_ms")]
-        print(f"{e:<16} {r['SET']['rps']:>9.0f} {r['SET']['p50_ms']:>11.2f} {r['GET']['rps']:>9.0f} {r['GET']['p50_ms']:>11.2f}"
+        print(f"{e:<{width}} {r['SET']['rps']:>9.0f} {r['SET']['p50_ms']:>11.2f} {r['GET']['rps']:>9.0f} {r['GET']['p50_ms']:>11.2f}"
               f" {opt[0]:>11} {opt[1]:>12} {opt[2]:>12}")
 
 

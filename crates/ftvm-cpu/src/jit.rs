@@ -1065,7 +1065,12 @@ impl Hart {
     /// Run to `end` or until the interpreter's loop would look again (`brk`), entering
     /// translated blocks where the budget covers them and stepping elsewhere. False if the
     /// host gives no executable memory (the caller falls back to the interpreter).
-    pub(crate) fn jit_stretch<B: Bus>(&mut self, bus: &mut B, end: u64) -> bool {
+    pub(crate) fn jit_stretch<B: Bus>(
+        &mut self,
+        bus: &mut B,
+        end: u64,
+        stop_before: Option<u64>,
+    ) -> bool {
         if self.mmu.code.jit.is_none() {
             match Jit::new() {
                 Some(j) => self.mmu.code.jit = Some(j),
@@ -1124,6 +1129,11 @@ impl Hart {
                     // only it and `helper_exec` touch the hart and the bus, through these
                     // pointers, and no block is freed or moved before it returns.
                     unsafe { enter(&mut ctx, hart, code) };
+                }
+                Some(_) if stop_before.is_some_and(|start| self.count > start) => {
+                    // A soft end inside this block, and steps were run since `start`: stop
+                    // before the block.
+                    return true;
                 }
                 Some(_) => {
                     // The budget ends inside this block: step the rest.

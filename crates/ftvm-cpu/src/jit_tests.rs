@@ -1412,6 +1412,54 @@ fn budgets_at_every_cut_of_a_loop() {
     }
 }
 
+#[test]
+fn a_soft_end_stops_where_a_block_starts() {
+    // The loop above: one block of 15 instructions a pass once it runs.
+    let mut a = Asm::new(RAM_BASE);
+    let top = a.here();
+    for i in 0..13 {
+        a.w(addi(10 + (i % 5), 10 + (i % 5), i as i32 + 1));
+    }
+    a.h(c_ci(0, 10, 1));
+    a.br(1, 10, 0, top);
+    let (_, code, _) = a.finish();
+    let mut bus = TestBus::new();
+    bus.write(RAM_BASE, &code);
+    bus.write(HANDLER, &handler(RAM_BASE));
+    let mut h = Hart::new(0);
+    h.pc = RAM_BASE;
+    h.csr.mtvec = HANDLER;
+    let (start_hart, start_bus) = (h.clone(), bus.clone());
+    assert!(h.set_engine(Engine::Jit));
+    assert_eq!(h.run_to(&mut bus, 1000, true), Exit::Budget);
+    let blocks = h.jit_stats().blocks;
+    let mut early = 0;
+    for budget in 16..=60 {
+        let before = h.count;
+        assert_eq!(h.run_to(&mut bus, budget, true), Exit::Budget);
+        assert!(h.count > before && h.count <= before + budget);
+        early += u64::from(h.count < before + budget);
+    }
+    assert!(
+        early > 0,
+        "some runs stopped before a block that crossed their end"
+    );
+    assert_eq!(
+        h.jit_stats().blocks,
+        blocks,
+        "every run started where a block starts: nothing new was translated"
+    );
+    // The steps taken are those of a run to the count where it stopped.
+    let (mut i, mut ibus) = (start_hart, start_bus);
+    assert!(i.set_engine(Engine::Interp));
+    assert_eq!(i.run(&mut ibus, h.count), Exit::Budget);
+    assert_eq!((i.count, i.pc, i.x), (h.count, h.pc, h.x));
+    // Without steps run yet, a soft end inside the first block is exact, as a hard one.
+    let before = h.count;
+    assert_eq!(h.run_to(&mut bus, 3, true), Exit::Budget);
+    assert_eq!(h.count, before + 3);
+}
+
 /// S-mode code that jumps (no trap or xRET in between, so translated code chains through
 /// the jump cache) to a virtual page whose mapping SFENCE.VMA just changed, and to a
 /// virtual address that M-mode (untranslated) runs as different code.

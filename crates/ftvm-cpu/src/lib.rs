@@ -436,7 +436,18 @@ impl Hart {
 
     /// Run at most `budget` steps. Returns early when the board must look at the hart.
     pub fn run<B: Bus>(&mut self, bus: &mut B, budget: u64) -> Exit {
+        self.run_to(bus, budget, false)
+    }
+
+    /// [`Hart::run`]; with `soft`, the end of the budget is only a time to look up (the
+    /// caller's next look at the host): once some steps were run, the translator may stop
+    /// before a block that would cross it (`Exit::Budget` with steps left) instead of
+    /// interpreting up to it, so that the next run starts where a block starts, not inside
+    /// one (which would translate a new block from there). The steps taken are those of a run
+    /// to the count where it stopped.
+    pub fn run_to<B: Bus>(&mut self, bus: &mut B, budget: u64, soft: bool) -> Exit {
         let end = self.count.saturating_add(budget);
+        let start = self.count;
         loop {
             if let Some(e) = self.exit.take() {
                 return e;
@@ -450,7 +461,11 @@ impl Hart {
             self.brk = false;
             #[cfg(target_arch = "x86_64")]
             if self.engine == Engine::Jit {
-                if self.jit_stretch(bus, end) {
+                if self.jit_stretch(bus, end, soft.then_some(start)) {
+                    if self.count < end && !self.brk {
+                        // Stopped early before a block (a soft end).
+                        return Exit::Budget;
+                    }
                     continue;
                 }
                 // No executable memory: the interpreter from now on.

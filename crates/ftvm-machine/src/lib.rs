@@ -427,18 +427,25 @@ impl Machine {
                 };
             }
             let cur = self.sched.cur;
-            let mut end = chunk_end.min(self.sched.slice_end);
+            let mut hard = stop_at.min(self.sched.slice_end);
             if let Some(d) = self.next_deadline() {
-                end = end.min(d);
+                hard = hard.min(d);
             }
+            // The chunk's end is only when the host looks again: the run may stop a little
+            // before it, where a translated block starts (see Hart::run_to). Every other end
+            // (a stop, a hart's slice, a timer) is exact.
+            let soft = chunk_end < hard;
+            let end = chunk_end.min(hard);
             let hart = &mut self.harts[cur];
             self.board.count_base = now - hart.count();
             let exit = match hook.as_deref_mut() {
-                None => hart.run(&mut self.board, end - now),
+                None => hart.run_to(&mut self.board, end - now, soft),
                 Some(h) => hart.run_hooked(&mut self.board, end - now, h),
             };
             self.invalidate_dma();
             match exit {
+                // Stopped before a block, short of the chunk's end.
+                Exit::Budget if soft && self.count() < end => return RunExit::Yield,
                 Exit::Budget => {}
                 Exit::Mmio => {
                     // Device output, or a device waiting for input the host can give at once:
