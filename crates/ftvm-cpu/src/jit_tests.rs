@@ -1351,7 +1351,8 @@ fn paging_s_and_u_mode() {
 // Hand-written cases.
 
 /// Run `words` at RAM_BASE on both engines with the given budgets, comparing after each.
-fn run_fixed(seed: u64, code: &[u8], budgets: &[u64]) -> Pair {
+/// A bus with `code` at the start of RAM and the trap handler, and a hart about to run it.
+fn fixed_start(code: &[u8]) -> (TestBus, Hart) {
     let mut bus = TestBus::new();
     bus.write(RAM_BASE, code);
     bus.write(HANDLER, &handler(RAM_BASE));
@@ -1359,6 +1360,11 @@ fn run_fixed(seed: u64, code: &[u8], budgets: &[u64]) -> Pair {
     h.pc = RAM_BASE;
     h.csr.mtvec = HANDLER;
     h.csr.mstatus |= csr::MSTATUS_FS;
+    (bus, h)
+}
+
+fn run_fixed(seed: u64, code: &[u8], budgets: &[u64]) -> Pair {
+    let (bus, h) = fixed_start(code);
     let mut p = Pair::new(seed, h, bus);
     let mut rng = Rng::new(seed);
     for &b in budgets {
@@ -1396,9 +1402,8 @@ fn self_modifying_store_into_the_same_block() {
     }
 }
 
-#[test]
-fn budgets_at_every_cut_of_a_loop() {
-    // A loop of straight-line blocks: every budget 1..=40 as the first cut, then the rest.
+/// A loop of straight-line code: one block of 15 instructions a pass once it runs.
+fn loop_code() -> Vec<u8> {
     let mut a = Asm::new(RAM_BASE);
     let top = a.here();
     for i in 0..13 {
@@ -1406,7 +1411,13 @@ fn budgets_at_every_cut_of_a_loop() {
     }
     a.h(c_ci(0, 10, 1));
     a.br(1, 10, 0, top);
-    let (_, code, _) = a.finish();
+    a.finish().1
+}
+
+#[test]
+fn budgets_at_every_cut_of_a_loop() {
+    // Every budget 1..=40 as the first cut, then the rest.
+    let code = loop_code();
     for first in 1..=40 {
         run_fixed(first, &code, &[first, 17, 1, 1, 30, 2, 500]);
     }
@@ -1414,21 +1425,7 @@ fn budgets_at_every_cut_of_a_loop() {
 
 #[test]
 fn a_soft_end_stops_where_a_block_starts() {
-    // The loop above: one block of 15 instructions a pass once it runs.
-    let mut a = Asm::new(RAM_BASE);
-    let top = a.here();
-    for i in 0..13 {
-        a.w(addi(10 + (i % 5), 10 + (i % 5), i as i32 + 1));
-    }
-    a.h(c_ci(0, 10, 1));
-    a.br(1, 10, 0, top);
-    let (_, code, _) = a.finish();
-    let mut bus = TestBus::new();
-    bus.write(RAM_BASE, &code);
-    bus.write(HANDLER, &handler(RAM_BASE));
-    let mut h = Hart::new(0);
-    h.pc = RAM_BASE;
-    h.csr.mtvec = HANDLER;
+    let (mut bus, mut h) = fixed_start(&loop_code());
     let (start_hart, start_bus) = (h.clone(), bus.clone());
     assert!(h.set_engine(Engine::Jit));
     assert_eq!(h.run_to(&mut bus, 1000, true), Exit::Budget);

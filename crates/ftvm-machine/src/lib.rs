@@ -1119,6 +1119,43 @@ mod tests {
     /// A hart spinning with PAUSE (as Linux's `cpu_relax` does) gives its slice away at
     /// once: a busy hart beside it gets nearly all the steps.
     #[test]
+    fn a_look_at_the_host_ends_where_a_block_starts() {
+        let mut m = Machine::new(MIN_RAM).unwrap();
+        if !m.set_engine(Engine::Jit) {
+            return;
+        }
+        // A loop of one block: seven `addi t0, t0, 1`, then `j` back.
+        for i in 0..7 {
+            m.board.ram[4 * i..4 * i + 4].copy_from_slice(&0x0012_8293u32.to_le_bytes());
+        }
+        m.board.ram[28..32].copy_from_slice(&0xfe5f_f06fu32.to_le_bytes());
+        m.harts[0].set_pc(RAM_BASE);
+        let start = m.save();
+        let mut early = 0;
+        for _ in 0..50 {
+            // A chunk of 13 steps holds one pass of 8, not two.
+            let before = m.count();
+            assert_eq!(m.run(u64::MAX, 13), RunExit::Yield);
+            assert!(m.count() > before && m.count() <= before + 13);
+            early += u64::from(m.count() < before + 13);
+        }
+        assert_eq!(
+            early, 50,
+            "every turn ended before the block that crossed it"
+        );
+        assert_eq!(
+            m.jit_stats().blocks,
+            1,
+            "nothing translated from inside the block"
+        );
+        // The state is the interpreter's at that count.
+        let mut interp = Machine::restore(&start).unwrap();
+        assert!(interp.set_engine(Engine::Interp));
+        assert_eq!(interp.run(m.count(), u64::MAX), RunExit::StopAt);
+        assert_eq!(interp.digest(), m.digest());
+    }
+
+    #[test]
     fn a_spinning_hart_yields_at_pause() {
         let mut m = Machine::with_harts(MIN_RAM, 2).unwrap();
         let put = |m: &mut Machine, at: usize, w: u32| {

@@ -103,10 +103,7 @@ impl Inbox {
                 } else {
                     tracing::warn!(error = %e, "replication channel closed");
                 }
-                self.out.broke();
-                self.closed.store(true, Ordering::SeqCst);
-                let _ = self.wake.send(Event::Wake);
-                return false;
+                return self.ended();
             }
         };
         match got {
@@ -123,12 +120,17 @@ impl Inbox {
             Ok(_) => true,
             Err(e) => {
                 tracing::warn!(error = %e, "the backup broke the protocol");
-                self.out.broke();
-                self.closed.store(true, Ordering::SeqCst);
-                let _ = self.wake.send(Event::Wake);
-                false
+                self.ended()
             }
         }
+    }
+
+    /// The link ended: it is marked broken, nothing more is read, and the runner is woken.
+    fn ended(&self) -> bool {
+        self.out.broke();
+        self.closed.store(true, Ordering::SeqCst);
+        let _ = self.wake.send(Event::Wake);
+        false
     }
 
     /// Take in every whole message that has arrived, without waiting; false when the link
@@ -147,14 +149,15 @@ impl Inbox {
         }
     }
 
-    /// From the runner: take in what has arrived. The thread never holds the lock while it
-    /// waits, so this waits at most for a drain under way.
-    fn pump(&self) {
+    /// From the runner: take in what has arrived (`woke`: and wake the runner's wait for
+    /// what it must act on). The thread never holds the lock while it waits, so this waits
+    /// at most for a drain under way.
+    fn pump(&self, woke: bool) {
         if self.waiter.is_none() || self.closed.load(Ordering::SeqCst) {
             return;
         }
         let mut rx = self.rx.lock().unwrap_or_else(|e| e.into_inner());
-        self.drain(&mut rx, false);
+        self.drain(&mut rx, woke);
     }
 
     /// The runner is about to wait for the backup (`true`: the receiving thread, woken by
@@ -174,12 +177,9 @@ impl Inbox {
             },
         );
         if waits {
-            // What arrived before the thread was made urgent (woken then, it yielded).
-            let acked = self.out.with(|s| s.acked());
-            self.pump();
-            if self.out.with(|s| s.acked()) != acked {
-                let _ = self.wake.send(Event::Wake);
-            }
+            // What arrived before the thread was made urgent (woken then, it yielded): the
+            // wait it would end is about to begin.
+            self.pump(true);
         }
     }
 
@@ -233,7 +233,7 @@ impl Link for PrimaryLink {
         self.inbox.runner_waits(waits);
     }
     fn check(&mut self) -> Result<LinkState, LinkError> {
-        self.inbox.pump();
+        self.inbox.pump(false);
         let now = now_ns();
         if let Some((_, outcome)) = &self.migration {
             if outcome.0.cancelled() {
