@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The pauses a client of a replicated guest sees: at failover, and when a new backup attaches.
 
-usage: bench/failover.py [--repeat R] [--json FILE]
+usage: bench/failover.py [--repeat R] [--push-input with-output|on-arrival] [--json FILE]
 Each repetition: a pair boots (primary and backup on one host namespace, replication over
 loopback), a client in another namespace writes keys over one TCP connection as fast as it can,
 each SET acknowledged before the next, with a timestamp per acknowledgement;
@@ -13,9 +13,11 @@ each SET acknowledged before the next, with a timestamp per acknowledgement;
      takeover is what the backup reports (from detecting the loss to running live).
 Every acknowledged key must read back on the same connection. Needs root (namespaces, TAP).
 
-The primary sends the log to the backup as soon as a request enters the guest, so the request
-in flight survives the primary and the backup answers it: the client needs no retransmission.
-A request that reaches neither side (sent to the dead primary's host before the backup announced
+With `--push-input on-arrival` the primary sends the log to the backup as soon as a request
+enters the guest, so the request in flight survives the primary and the backup answers it: the
+client needs no retransmission. By default (`with-output`, the pair's default) a request goes
+to the backup with its answer: one the primary dies with before answering is sent again after
+the client's retransmission timeout. A request that reaches neither side (sent to the dead primary's host before the backup announced
 itself) is sent again only after the client's TCP retransmission timeout, at least 200 ms on
 Linux by default. The same trials are then run with the client's route set to `rto_min 20ms`
 (a common data-center setting).
@@ -50,9 +52,12 @@ print("done", i, missing, flush=True)
 """
 
 
+PUSH_INPUT = "with-output"
+
+
 def side(role, arbiter, stderr):
     cmd = lab.engine_cmd("ftvm-pair")
-    primary, backup = cmd
+    primary, backup = (c + ["--push-input", PUSH_INPUT] for c in cmd)
     # engine_cmd gives both sides their own arbiter path; this run shares one and its address.
     def fix(c):
         c = [ADDR if x == "127.0.0.1:7701" else x for x in c]
@@ -153,10 +158,13 @@ def trial(n, out):
 
 
 def main():
+    global PUSH_INPUT
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--push-input", default="with-output", choices=["with-output", "on-arrival"])
     ap.add_argument("--json", default=os.path.join(ROOT, "bench", "out", "failover.json"))
     a = ap.parse_args()
+    PUSH_INPUT = a.push_input
     out = os.path.dirname(a.json)
     os.makedirs(out, exist_ok=True)
     os.makedirs(os.path.dirname(lab.PSK), exist_ok=True)

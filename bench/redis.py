@@ -8,8 +8,9 @@ Each round runs every engine once, in turn (A, B, A, B...: this machine's speed 
 the medians over the rounds are reported. An ftvm engine may name the binary to run,
 `ENGINE@PATH` (an A/B of two builds: `--engines ftvm-pair@/tmp/old,ftvm-pair@/tmp/new`);
 otherwise it is $FTVM or target/release/ftvm. `--threads` prints, per run, each ftvm thread's
-CPU time and context switches per request, and each CPU's busy time per request (read from
-/proc before and after the benchmark, so boot is not counted).
+CPU time and context switches per request, each CPU's busy time per request and the share the
+hypervisor took from it (stolen), all read from /proc before and after the benchmark, so boot
+is not counted; and the guest's instructions per request (from the management API).
 Needs root (namespaces, TAP), Debian's redis-tools and qemu-system-misc.
 """
 import argparse, atexit, json, os, shutil, statistics, subprocess, sys, tempfile, time
@@ -55,6 +56,8 @@ def net_down():
 PSK = os.path.join(ROOT, "bench", "out", "bench.psk")
 # Each pair's arbiter (a fresh path per pair), removed when the process ends.
 ARBITERS = tempfile.mkdtemp(prefix="ftvm-bench-arbiters-")
+# The engine's (or the primary's) management API: its instruction count, before and after.
+API = os.path.join(ARBITERS, "api.sock")
 atexit.register(shutil.rmtree, ARBITERS, True)
 
 
@@ -63,19 +66,29 @@ def engine_cmd(spec):
     ftvm = binary or FTVM
     images = ["--kernel", os.path.join(GUEST, "Image"), "--initrd", os.path.join(GUEST, "initramfs.cpio.gz")]
     common = [*images, "--append", APPEND, "--net", f"tap={TAP},mac={MAC}"]
+    api = ["--api-socket", API]
     if engine == "ftvm":
-        return [ftvm, "run", *common]
+        return [ftvm, "run", *api, *common]
     if engine.startswith("ftvm-pair"):
         pair = ["--psk", PSK, "--arbiter", "file:" + os.path.join(ARBITERS, f"arbiter-{time.time_ns()}")]
         if engine.endswith("epoch"):
             pair += ["--delivery", "epoch", "--epoch", "1000000"]
-        return [ftvm, "primary", "--listen", "127.0.0.1:7701", *pair, *common], \
+        return [ftvm, "primary", "--listen", "127.0.0.1:7701", *api, *pair, *common], \
             [ftvm, "backup", "--primary", "127.0.0.1:7701", *pair, *common]
     icount = ["-icount", "shift=0"] if engine == "qemu-icount" else []
     return ["qemu-system-riscv64", *icount, "-M", "virt", "-m", "256M", "-display", "none", "-serial", "stdio",
             "-monitor", "none", "-kernel", images[1], "-initrd", images[3], "-append", APPEND,
             "-netdev", f"tap,id=n0,ifname={TAP},script=no,downscript=no",
             "-device", f"virtio-net-device,netdev=n0,mac={MAC}"]
+
+
+def instructions(ftvm):
+    """The guest's instruction count, from the engine's management API (None for QEMU)."""
+    r = sh(ftvm, "ctl", API, "state", check=False)
+    try:
+        return int(json.loads(r.stdout)["instructions"])
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def threads(pids):
@@ -118,9 +131,11 @@ def print_threads(before, after, n):
                       f" voluntary {(b[k][1] - a[k][1]) / n:5.2f}, preempted {(b[k][2] - a[k][2]) / n:5.2f}")
     for c in sorted(cb):
         d = [y - x for x, y in zip(ca[c], cb[c])]
-        busy = sum(d) - d[3] - d[4]
-        print(f"    {c}: busy {busy * 1e6 / hz / n:6.1f} us/request ({busy * 100 / max(1, sum(d)):.0f}%),"
-              f" softirq {d[6] * 100 / max(1, sum(d)):.0f}%")
+        # user nice system idle iowait irq softirq steal: the time the hypervisor gave to
+        # others (steal) is neither busy nor idle here.
+        busy = sum(d[:8]) - d[3] - d[4] - d[7]
+        print(f"    {c}: busy {busy * 1e6 / hz / n:6.1f} us/request ({busy * 100 / max(1, sum(d[:8])):.0f}%),"
+              f" softirq {d[6] * 100 / max(1, sum(d[:8])):.0f}%, stolen {d[7] * 100 / max(1, sum(d[:8])):.0f}%")
 
 
 def bench(engine, requests, clients, pin=False, show_threads=False):
@@ -152,11 +167,16 @@ def bench(engine, requests, clients, pin=False, show_threads=False):
     # `ip netns exec` and `taskset` exec the engine: these are its processes.
     pids = {"primary": p.pid, "backup": backup.pid} if backup else {"engine": p.pid}
     before = threads(pids) if show_threads else None
+    ftvm = engine.partition("@")[2] or FTVM
+    count0 = instructions(ftvm) if show_threads and engine.startswith("ftvm") else None
     r = sh(*c, *main_cpu, "redis-benchmark", "-h", GUEST_IP, "-c", str(clients), "-n", str(requests),
            "-t", "set,get", "--csv", check=False)
     if show_threads:
         print(f"  {engine}:")
         print_threads(before, threads(pids), 2 * requests)
+        count1 = instructions(ftvm) if count0 is not None else None
+        if count1 is not None:
+            print(f"    guest: {(count1 - count0) / (2 * requests):,.0f} instructions/request")
     p.stdin.write(b"poweroff\n")
     p.stdin.flush()
     try:

@@ -56,6 +56,8 @@ pub struct PairConfig {
     /// every member is given the same number), which vote on outputs and digests. `None`: a
     /// pair, whose backup does not vote.
     pub replicas: Option<usize>,
+    /// When input from outside goes to a pair's backup (a group's leader pushes it at once).
+    pub push_input: ftvm_runner::PushInput,
 }
 
 impl PairConfig {

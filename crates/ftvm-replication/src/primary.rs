@@ -39,6 +39,8 @@ pub struct PrimaryLink {
     out: SendHalf<PrimarySide>,
     /// How far (in instructions) the backup's replay may trail before the guest waits.
     max_lag: u64,
+    /// When input from outside goes to the backup.
+    push_input: ftvm_runner::PushInput,
     arbiter: Arbiter,
     /// A live migration: when the guest goes to the backup, and whom to tell.
     migration: Option<(Mode, Outcome)>,
@@ -54,10 +56,20 @@ pub struct PrimaryLink {
     max_bandwidth: Option<u64>,
     /// What the backup sends (the runner takes it in when it looks at the link).
     inbox: Arc<Inbox>,
+    /// Outputs were left waiting for an acknowledgement at the last release.
+    holding: AtomicBool,
+    /// When the runner last took in what the backup sent.
+    pumped_at: u64,
 }
 
+/// The runner takes in what the backup sent whenever outputs wait for its acknowledgement,
+/// and otherwise at least this often (nanoseconds): the receiving thread reads meanwhile, and
+/// a look that finds nothing costs a system call.
+const PUMP_AT_LEAST: u64 = 2_000_000;
+
 /// What the backup sends, taken in where it is read. The runner reads it itself when it
-/// looks at the link between two turns, so that an acknowledgement costs no thread hand-off
+/// looks at the link between two turns (while outputs wait for an acknowledgement, and
+/// otherwise every [`PUMP_AT_LEAST`]), so that an acknowledgement costs no thread hand-off
 /// (each wake-up of another thread on the runner's core preempts the guest: a context switch
 /// there and back); a receiving thread takes in what arrives while the runner is elsewhere
 /// (waiting for input, paused, attaching a backup). Once the runner reads, that thread yields
@@ -232,9 +244,17 @@ impl Link for PrimaryLink {
     fn waits(&self, waits: bool) {
         self.inbox.runner_waits(waits);
     }
+    fn push_input(&self) -> ftvm_runner::PushInput {
+        self.push_input
+    }
     fn check(&mut self) -> Result<LinkState, LinkError> {
-        self.inbox.pump(false);
         let now = now_ns();
+        if self.holding.load(Ordering::Relaxed)
+            || now.saturating_sub(self.pumped_at) >= PUMP_AT_LEAST
+        {
+            self.inbox.pump(false);
+            self.pumped_at = now;
+        }
         if let Some((_, outcome)) = &self.migration {
             if outcome.0.cancelled() {
                 self.out.cut_if(|s| {
@@ -299,6 +319,7 @@ impl Link for PrimaryLink {
     fn release(&self, held: &mut VecDeque<Held>, emit: &mut dyn FnMut(Held)) {
         // Under the sending lock: the lease is checked right before each output is written.
         self.out.with(|s| s.release(now_ns, held, |h| h.0, emit));
+        self.holding.store(!held.is_empty(), Ordering::Relaxed);
     }
     fn acked(&self) -> u64 {
         self.out.with(|s| s.acked())
@@ -906,6 +927,7 @@ pub struct Protector {
     timing: Timing,
     digest_every: u64,
     max_lag: u64,
+    push_input: ftvm_runner::PushInput,
     /// The pause a pre-copy aims to stay under when it stops the guest for the rest.
     max_downtime: Duration,
     wake: Sender<Event>,
@@ -983,6 +1005,7 @@ impl Protector {
             timing: cfg.timing,
             digest_every: cfg.digest_every,
             max_lag: cfg.max_lag_ms.saturating_mul(INSTRUCTIONS_PER_MS),
+            push_input: cfg.push_input,
             max_downtime: cfg.max_downtime,
             wake,
             control: None,
@@ -1427,6 +1450,7 @@ impl Protector {
             Box::new(PrimaryLink {
                 out,
                 max_lag: self.max_lag,
+                push_input: self.push_input,
                 arbiter: self.arbiter.clone(),
                 migration: t.migration.take(),
                 hand_over_after: Instant::now() + t.lockstep,
@@ -1441,6 +1465,8 @@ impl Protector {
                     t.inbox.pumped.store(true, Ordering::SeqCst);
                     t.inbox.clone()
                 },
+                holding: AtomicBool::new(false),
+                pumped_at: 0,
             }),
             log,
         ))

@@ -90,6 +90,7 @@ fn config(arbiter: &str) -> PairConfig {
         status_file: None,
         mem_bytes: 16 << 20,
         replicas: None,
+        push_input: Default::default(),
     }
 }
 

@@ -157,6 +157,10 @@ pub trait Link {
         _next_frame: &mut dyn FnMut(Duration) -> Option<(usize, Vec<u8>)>,
     ) {
     }
+    /// When input from outside goes to the backup (see [`PushInput`]).
+    fn push_input(&self) -> PushInput {
+        PushInput::OnArrival
+    }
     /// Whether the backups vote on outputs and digests (N-modular redundancy): the runner then
     /// tells the link its own (below).
     fn votes(&self) -> bool {
@@ -294,6 +298,66 @@ fn submit(backends: &Backends, pending: &mut Pending, req: DiskRequest) {
 const CHUNK: u64 = 500_000;
 /// Steps between looks while protected by a backup: 0.1 ms of guest time.
 const HELD_CHUNK: u64 = 10_000;
+/// Under [`PushInput::WithOutput`], input waits in the log at most this many steps (2 ms of
+/// guest time) for an output's mark to carry it to the backup.
+pub const INPUT_GRACE: u64 = 200_000;
+
+/// When input from outside (network frames, console bytes) goes to the backup. Either way no
+/// output leaves before the backup holds the input it depends on (every output waits for a
+/// mark, which pushes the whole log out); what differs is the fate of a request whose answer
+/// has not left yet when the primary dies.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PushInput {
+    /// With the next mark, which the first output it leads to makes; or once the guest goes
+    /// idle, is paused, or has run [`INPUT_GRACE`] steps past it without an output. A request
+    /// and its answer then cost one message to the backup (and one acknowledgement), not two:
+    /// each is a wake-up of the backup's receiver, paid on the primary's core. A request the
+    /// primary dies with before it answered is lost with it, and its client's TCP sends it again
+    /// after its retransmission timeout (the connection survives either way).
+    #[default]
+    WithOutput,
+    /// As soon as it entered the guest: a request in flight survives the primary, and the
+    /// backup answers it without the client's retransmission.
+    OnArrival,
+}
+
+/// Input from outside that entered the guest and waits in the log for a push to the backup
+/// ([`PushInput::WithOutput`]): since when.
+#[derive(Debug, Default)]
+struct UnsentInput(Option<u64>);
+
+impl UnsentInput {
+    /// Input entered the guest at `count`: whether the log must be pushed out now.
+    fn fed(&mut self, count: u64, how: PushInput) -> bool {
+        match how {
+            PushInput::OnArrival => {
+                self.0 = None;
+                true
+            }
+            PushInput::WithOutput => {
+                self.0.get_or_insert(count);
+                false
+            }
+        }
+    }
+
+    /// The log was pushed out (a mark): nothing waits any more.
+    fn pushed(&mut self) {
+        self.0 = None;
+    }
+
+    /// The guest ran to `count` (`idle`: and waits now, or does not run): whether waiting
+    /// input must go now.
+    fn due(&mut self, count: u64, idle: bool) -> bool {
+        let due = self
+            .0
+            .is_some_and(|since| idle || count.saturating_sub(since) >= INPUT_GRACE);
+        if due {
+            self.0 = None;
+        }
+        due
+    }
+}
 /// While replicas vote, the log is marked at least this often (0.5 ms of guest time) while
 /// the guest runs.
 const VOTE_MARK: u64 = 50_000;
@@ -779,6 +843,8 @@ pub fn live(
     let mut clock = HostClock::new(&m);
     // Where the log was last pushed out to the backup.
     let mut last_mark = m.count();
+    // Input that waits in the log for an output's mark.
+    let mut unsent = UnsentInput::default();
     // Two replicas: checkpoints and the log since, to re-execute when they disagree; and a
     // fault injected here that persists (it happens again in every re-execution).
     let mut rechecker: Option<Rechecker> = None;
@@ -819,6 +885,7 @@ pub fn live(
                     log.mark(m.count())?;
                 }
                 last_mark = m.count();
+                unsent.pushed();
             }
             let t0 = Instant::now();
             if let Ok(ev) = events.recv_timeout(Duration::from_millis(1)) {
@@ -828,8 +895,7 @@ pub fn live(
             RunExit::Yield
         } else {
             // While protected, look at the host more often: outputs wait for the backup's
-            // acknowledgement, and input must reach the backup's log soon after it arrives (a
-            // frame that waited out a whole chunk here would die with the primary).
+            // acknowledgement, and input must reach the backup's log soon after it arrives.
             let chunk = if gate.held.is_empty() && gate.link.is_none() {
                 CHUNK
             } else {
@@ -880,6 +946,13 @@ pub fn live(
                 }
             }
             last_mark = count;
+            unsent.pushed();
+        }
+        if unsent.due(count, was_idle) {
+            // Input that no output carried: the guest idles or ran its grace past it.
+            if let Some(log) = &mut feed.log {
+                log.flush()?;
+            }
         }
         // Before anything else at this count takes effect (as a follower injects: after the
         // outputs taken here, before the inputs).
@@ -933,6 +1006,7 @@ pub fn live(
                             // A member joins the group: its log starts here.
                             log.mark(m.count())?;
                             last_mark = m.count();
+                            unsent.pushed();
                         }
                         match protect.attach(&mut m, &mut pending.disk_dirty) {
                             Ok(Attached::Link(link, mut log)) => {
@@ -1137,6 +1211,12 @@ pub fn live(
             if !paused || pending.quit {
                 break;
             }
+            if unsent.due(m.count(), true) {
+                // The guest does not run: nothing will carry its input soon.
+                if let Some(log) = &mut feed.log {
+                    log.flush()?;
+                }
+            }
             let t0 = Instant::now();
             match events.recv_timeout(Duration::from_millis(50)) {
                 Ok(ev) => pending.take(ev),
@@ -1173,12 +1253,13 @@ pub fn live(
             };
             feed.feed(&mut m, Input::Console(b))?;
         }
-        if feed.fed != fed_outside && gate.link.is_some() {
-            // What came from the network (or the console) goes to the backup at once: a
-            // request the guest took in survives a failover from now on, and its client need
-            // not wait for its TCP retransmission timeout.
-            if let Some(log) = &mut feed.log {
-                log.flush()?;
+        if let (true, Some(l)) = (feed.fed != fed_outside, &gate.link) {
+            // What came from the network (or the console) goes to the backup at once, or
+            // with the mark of the first output it leads to (`PushInput`).
+            if unsent.fed(m.count(), l.push_input()) {
+                if let Some(log) = &mut feed.log {
+                    log.flush()?;
+                }
             }
         }
         if let Some((slot, n)) = m.entropy_wanted() {
@@ -1385,6 +1466,33 @@ impl HoldTimes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn input_waits_for_an_output_idle_or_its_grace_at_most() {
+        let mut u = UnsentInput::default();
+        // On arrival: pushed at once, nothing waits.
+        assert!(u.fed(100, PushInput::OnArrival));
+        assert!(!u.due(100 + INPUT_GRACE, true));
+        // With the output: it waits; a mark carries it.
+        assert!(!u.fed(100, PushInput::WithOutput));
+        assert!(!u.due(100 + INPUT_GRACE - 1, false));
+        u.pushed();
+        assert!(!u.due(100 + INPUT_GRACE, true));
+        // More input while some waits: the grace runs from the first.
+        assert!(!u.fed(1_000, PushInput::WithOutput));
+        assert!(!u.fed(1_000 + INPUT_GRACE / 2, PushInput::WithOutput));
+        assert!(!u.due(1_000 + INPUT_GRACE - 1, false));
+        assert!(u.due(1_000 + INPUT_GRACE, false));
+        // Once pushed, nothing is due.
+        assert!(!u.due(1_000 + 2 * INPUT_GRACE, true));
+        // The guest goes idle (or is paused): it goes at once.
+        assert!(!u.fed(5_000, PushInput::WithOutput));
+        assert!(u.due(5_001, true));
+        // Input on arrival after some waited: all of it goes now.
+        assert!(!u.fed(9_000, PushInput::WithOutput));
+        assert!(u.fed(9_010, PushInput::OnArrival));
+        assert!(!u.due(9_010 + INPUT_GRACE, true));
+    }
 
     #[test]
     fn hold_times_report_quantiles_to_the_bucket() {

@@ -291,6 +291,13 @@ struct PairArgs {
     /// guest waits. It bounds the replay a failover needs first.
     #[arg(long, value_name = "MS", default_value_t = 50)]
     max_lag_ms: u64,
+    /// When a pair's primary sends the backup the input that entered its guest (network
+    /// frames, console bytes): `with-output` (with the first output it leads to, or once the
+    /// guest idles: one message a request; a request the primary dies with before answering is
+    /// sent again by its client's TCP) or `on-arrival` (at once: the backup answers a request
+    /// the primary died with, at the cost of a second message a request).
+    #[arg(long, value_enum, default_value_t = PushInput::WithOutput)]
+    push_input: PushInput,
     /// Attaching a backup to a running guest: the guest runs on while its RAM and disks are
     /// copied in rounds (pre-copy), then pauses for what is left once that fits in MS.
     #[arg(long, value_name = "MS", default_value_t = 300)]
@@ -304,6 +311,12 @@ struct PairArgs {
     /// disagrees is outvoted and attaches again (N >= 3), or the guest stops (N = 2).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(2..=16))]
     replicas: Option<u64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum PushInput {
+    WithOutput,
+    OnArrival,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -945,6 +958,10 @@ fn pair_config(p: &PairArgs, a: &RunArgs) -> Result<PairConfig> {
         status_file: p.status_file.clone(),
         mem_bytes: a.mem,
         replicas: p.replicas.map(|n| n as usize),
+        push_input: match p.push_input {
+            PushInput::WithOutput => ftvm_runner::PushInput::WithOutput,
+            PushInput::OnArrival => ftvm_runner::PushInput::OnArrival,
+        },
     })
 }
 
@@ -1059,6 +1076,7 @@ fn migration_config(a: &RunArgs, psk: Psk, arbiter: Arbiter) -> PairConfig {
         status_file: None,
         mem_bytes: a.mem,
         replicas: None,
+        push_input: Default::default(),
     }
 }
 

@@ -35,7 +35,7 @@ fn a_pair_runs_in_lockstep_to_the_guests_poweroff() {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let side = |engine: &str, role: [&str; 3], stdin: Stdio| {
+    let side = |engine: &str, role: &[&str], stdin: Stdio| {
         ftvm()
             .args(["--engine", engine])
             .args(role)
@@ -46,8 +46,14 @@ fn a_pair_runs_in_lockstep_to_the_guests_poweroff() {
             .spawn()
             .unwrap()
     };
-    let mut primary = side("jit", ["primary", "--listen", &addr], Stdio::piped());
-    let backup = side("interp", ["backup", "--primary", &addr], Stdio::null());
+    // The console's input goes to the backup as it arrives (the default waits for the
+    // output it leads to: the failover tests run that one).
+    let mut primary = side(
+        "jit",
+        &["primary", "--listen", &addr, "--push-input", "on-arrival"],
+        Stdio::piped(),
+    );
+    let backup = side("interp", &["backup", "--primary", &addr], Stdio::null());
     let (seen, _console) = await_ready(&mut primary).unwrap_or_else(|seen| {
         let _ = primary.kill();
         panic!("no ready line; console was:\n{seen}")
