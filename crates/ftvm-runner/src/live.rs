@@ -309,7 +309,8 @@ pub const INPUT_GRACE: u64 = 200_000;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum PushInput {
     /// With the next mark, which the first output it leads to makes; or once the guest goes
-    /// idle, is paused, or has run [`INPUT_GRACE`] steps past it without an output. A request
+    /// idle, is paused, waits for a trailing backup, or has run [`INPUT_GRACE`] steps past it
+    /// without an output. A request
     /// and its answer then cost one message to the backup (and one acknowledgement), not two:
     /// each is a wake-up of the backup's receiver, paid on the primary's core. A request the
     /// primary dies with before it answered is lost with it, and its client's TCP sends it again
@@ -886,6 +887,11 @@ pub fn live(
                 }
                 last_mark = m.count();
                 unsent.pushed();
+            } else if unsent.due(m.count(), true) {
+                // The guest waits, and its count with it: input that came meanwhile goes now.
+                if let Some(log) = &mut feed.log {
+                    log.flush()?;
+                }
             }
             let t0 = Instant::now();
             if let Ok(ev) = events.recv_timeout(Duration::from_millis(1)) {
