@@ -16,10 +16,10 @@ Every acknowledged key must read back on the same connection. Needs root (namesp
 With `--push-input on-arrival` the primary sends the log to the backup as soon as a request
 enters the guest, so the request in flight survives the primary and the backup answers it: the
 client needs no retransmission. By default (`with-output`, the pair's default) a request goes
-to the backup with its answer: one the primary dies with before answering is sent again after
-the client's retransmission timeout. A request that reaches neither side (sent to the dead primary's host before the backup announced
-itself) is sent again only after the client's TCP retransmission timeout, at least 200 ms on
-Linux by default. The same trials are then run with the client's route set to `rto_min 20ms`
+to the backup with its answer, so one the primary dies with before answering is lost with it.
+Such a request, and in either mode one that reaches neither side (sent to the dead primary's
+host before the backup announced itself), is sent again only after the client's TCP
+retransmission timeout, at least 200 ms on Linux by default. The same trials are then run with the client's route set to `rto_min 20ms`
 (a common data-center setting).
 """
 import argparse, json, os, random, re, statistics, subprocess, sys, threading, time

@@ -1116,8 +1116,8 @@ mod tests {
         assert_eq!(snapshot::unframe_version(&one.save()).unwrap().0, 1);
     }
 
-    /// A hart spinning with PAUSE (as Linux's `cpu_relax` does) gives its slice away at
-    /// once: a busy hart beside it gets nearly all the steps.
+    /// A run that ends at a look at the host (a soft end) stops before the block that would
+    /// cross it, so that the next one starts where a block starts.
     #[test]
     fn a_look_at_the_host_ends_where_a_block_starts() {
         let mut m = Machine::new(MIN_RAM).unwrap();
@@ -1155,6 +1155,8 @@ mod tests {
         assert_eq!(interp.digest(), m.digest());
     }
 
+    /// A hart spinning with PAUSE (as Linux's `cpu_relax` does) gives its slice away at
+    /// once: a busy hart beside it gets nearly all the steps.
     #[test]
     fn a_spinning_hart_yields_at_pause() {
         let mut m = Machine::with_harts(MIN_RAM, 2).unwrap();

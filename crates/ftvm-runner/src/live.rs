@@ -310,11 +310,11 @@ pub const INPUT_GRACE: u64 = 200_000;
 pub enum PushInput {
     /// With the next mark, which the first output it leads to makes; or once the guest goes
     /// idle, is paused, waits for a trailing backup, or has run [`INPUT_GRACE`] steps past it
-    /// without an output. A request
-    /// and its answer then cost one message to the backup (and one acknowledgement), not two:
-    /// each is a wake-up of the backup's receiver, paid on the primary's core. A request the
-    /// primary dies with before it answered is lost with it, and its client's TCP sends it again
-    /// after its retransmission timeout (the connection survives either way).
+    /// without an output. A request and its answer then cost one message to the backup (and
+    /// one acknowledgement), not two: each is a wake-up of the backup's receiver, paid on the
+    /// primary's core. A request the primary dies with before it answered is lost with it, and
+    /// its client's TCP sends it again after its retransmission timeout (the connection
+    /// survives either way).
     #[default]
     WithOutput,
     /// As soon as it entered the guest: a request in flight survives the primary, and the
@@ -498,6 +498,11 @@ impl Feeder {
             fed: 0,
             flight: None,
         }
+    }
+
+    /// Push what the log buffered out (a primary's: to its backups).
+    fn push(&mut self) -> Result<(), LogError> {
+        self.log.as_mut().map_or(Ok(()), |l| l.flush())
     }
 
     /// Move the records written since the last call on to the flight recorder, and start a
@@ -889,9 +894,7 @@ pub fn live(
                 unsent.pushed();
             } else if unsent.due(m.count(), true) {
                 // The guest waits, and its count with it: input that came meanwhile goes now.
-                if let Some(log) = &mut feed.log {
-                    log.flush()?;
-                }
+                feed.push()?;
             }
             let t0 = Instant::now();
             if let Ok(ev) = events.recv_timeout(Duration::from_millis(1)) {
@@ -956,9 +959,7 @@ pub fn live(
         }
         if unsent.due(count, was_idle) {
             // Input that no output carried: the guest idles or ran its grace past it.
-            if let Some(log) = &mut feed.log {
-                log.flush()?;
-            }
+            feed.push()?;
         }
         // Before anything else at this count takes effect (as a follower injects: after the
         // outputs taken here, before the inputs).
@@ -1219,9 +1220,7 @@ pub fn live(
             }
             if unsent.due(m.count(), true) {
                 // The guest does not run: nothing will carry its input soon.
-                if let Some(log) = &mut feed.log {
-                    log.flush()?;
-                }
+                feed.push()?;
             }
             let t0 = Instant::now();
             match events.recv_timeout(Duration::from_millis(50)) {
@@ -1263,9 +1262,7 @@ pub fn live(
             // What came from the network (or the console) goes to the backup at once, or
             // with the mark of the first output it leads to (`PushInput`).
             if unsent.fed(m.count(), l.push_input()) {
-                if let Some(log) = &mut feed.log {
-                    log.flush()?;
-                }
+                feed.push()?;
             }
         }
         if let Some((slot, n)) = m.entropy_wanted() {
