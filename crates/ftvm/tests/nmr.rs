@@ -15,6 +15,12 @@ use common::lab::*;
 /// A state digest every 100 M instructions (a second of guest time).
 const DIGEST_EVERY: &str = "100000000";
 
+/// The client's load in the tests of a fault: it writes until the test has seen what the
+/// fault led to, then is stopped (`Client::stop_writing`); this is only its upper bound. The
+/// fault comes at an instruction count, and how fast the count moves depends on the host (an
+/// idle guest hardly counts on): a load of a fixed length once ended before the fault came.
+const UNTIL_STOPPED: u64 = 600;
+
 /// One group at a time: each runs three guests on a small machine.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
@@ -45,6 +51,24 @@ fn line_with(err: &str, what: &str) -> String {
         .unwrap_or_default()
         .trim()
         .to_string()
+}
+
+/// Wait (at most `limit`) until a follower went live; which one.
+fn a_follower_goes_live(g: &Group, limit: Duration) -> usize {
+    let t0 = Instant::now();
+    loop {
+        if let Some(i) = (0..2)
+            .find(|&i| stderr_of(&g.lab, ["f1", "f2"][i]).contains("backup live at instruction"))
+        {
+            return i;
+        }
+        assert!(
+            t0.elapsed() < limit,
+            "no follower went live\n{}",
+            context(&g.lab)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Which follower went live (exactly one must have).
@@ -165,6 +189,7 @@ fn group_with(tag: &str, n: usize, inject: Option<&str>, leader_fault: Option<&s
 /// The client reads every acknowledged key back while the leader runs on; then the guest is
 /// powered off.
 fn finish_with_the_leader(g: &mut Group, client: &mut Client, line: &str) {
+    client.stop_writing();
     let keys = client.finish(Duration::from_secs(60), &|| context(&g.lab));
     assert!(
         g.leader.c().try_wait().unwrap().is_none(),
@@ -184,7 +209,7 @@ fn tmr_outvotes_a_follower_whose_register_flipped_and_repairs_it() {
     // The fault comes while the client's load runs (an idle guest hardly counts on: under a
     // loaded host a later fault once came after the load and was never reached).
     let mut g = group("v", 3, Some("x2:40@+100000000"));
-    let mut client = Client::start(&g.lab, 20);
+    let mut client = Client::start(&g.lab, UNTIL_STOPPED);
     let err = says(
         &g.lab,
         "leader",
@@ -207,7 +232,7 @@ fn tmr_outvotes_a_follower_whose_register_flipped_and_repairs_it() {
 fn tmr_finds_a_ram_flip_that_changes_no_output_by_its_digests() {
     let _one = serial();
     let mut g = group("w", 3, Some("ram:0x8c000000:5@+50000000"));
-    let mut client = Client::start(&g.lab, 8);
+    let mut client = Client::start(&g.lab, UNTIL_STOPPED);
     let err = says(
         &g.lab,
         "leader",
@@ -228,7 +253,7 @@ fn dmr_reexecutes_and_repairs_a_follower_with_a_transient_fault() {
     let _one = serial();
     // f1 attaches at the boot: the fault comes after the guest is ready.
     let mut g = group("x", 2, Some("x2:40@+700000000"));
-    let mut client = Client::start(&g.lab, 30);
+    let mut client = Client::start(&g.lab, UNTIL_STOPPED);
     let err = says(
         &g.lab,
         "leader",
@@ -260,7 +285,7 @@ fn dmr_reexecutes_and_repairs_a_follower_with_a_transient_fault() {
 fn dmr_hands_the_guest_over_when_the_leader_had_a_transient_fault() {
     let _one = serial();
     let mut g = group_with("xl", 2, None, Some("x2:40@+450000000"));
-    let mut client = Client::start(&g.lab, 30);
+    let mut client = Client::start(&g.lab, UNTIL_STOPPED);
     let err = says(
         &g.lab,
         "leader",
@@ -268,14 +293,21 @@ fn dmr_hands_the_guest_over_when_the_leader_had_a_transient_fault() {
         Duration::from_secs(90),
     );
     assert!(err.contains("fault injected"), "{err}");
-    let keys = client.finish(Duration::from_secs(60), &|| context(&g.lab));
     let err = says(
         &g.lab,
         "f1",
         "backup live at instruction",
-        Duration::from_secs(5),
+        Duration::from_secs(30),
     );
     assert!(err.contains("found faulty by re-execution"), "{err}");
+    // The client's connection goes on with the follower.
+    assert!(
+        client.acks_for(Duration::from_secs(3)) > 0,
+        "no writes after the hand-over\n{}",
+        context(&g.lab)
+    );
+    client.stop_writing();
+    let keys = client.finish(Duration::from_secs(60), &|| context(&g.lab));
     // The leader is repaired: it attaches to the follower, which leads the pair now.
     says(
         &g.lab,
@@ -297,7 +329,7 @@ fn dmr_hands_the_guest_over_when_the_leader_had_a_transient_fault() {
 fn dmr_stops_both_replicas_when_the_fault_persists() {
     let _one = serial();
     let mut g = group("xp", 2, Some("x2:40@+700000000 --fault-persists"));
-    let mut client = Client::start(&g.lab, 30);
+    let mut client = Client::start(&g.lab, UNTIL_STOPPED);
     let ctx = || context(&g.lab);
     let why = ["a persistent fault", "no output after instruction"];
     stops_saying(
@@ -361,7 +393,7 @@ fn tmr_fails_over_when_the_leader_is_killed() {
 fn tmr_outvotes_a_faulty_leader_and_a_follower_takes_over() {
     let _one = serial();
     let mut g = group_with("z", 3, None, Some("x2:40@+450000000"));
-    let mut client = Client::start(&g.lab, 12);
+    let mut client = Client::start(&g.lab, UNTIL_STOPPED);
     let err = says(
         &g.lab,
         "leader",
@@ -369,6 +401,14 @@ fn tmr_outvotes_a_faulty_leader_and_a_follower_takes_over() {
         Duration::from_secs(90),
     );
     assert!(err.contains("fault injected"), "{err}");
+    a_follower_goes_live(&g, Duration::from_secs(60));
+    // The client's connection goes on with the follower that took the guest over.
+    assert!(
+        client.acks_for(Duration::from_secs(3)) > 0,
+        "no writes after the takeover\n{}",
+        context(&g.lab)
+    );
+    client.stop_writing();
     let keys = client.finish(Duration::from_secs(60), &|| context(&g.lab));
     let live = the_live_follower(&g);
     let line = line_with(&stderr_of(&g.lab, "leader"), "outvoted");

@@ -311,10 +311,15 @@ pub fn guest_on(lab: &Lab, ns: usize, name: &str, args: &[&str], disk: &Path) ->
 }
 
 /// The client: one TCP connection; SET k<i> before k<i+1>, each acknowledged; prints
-/// "acked i" per acknowledgement; after `secs` seconds it GETs every acknowledged key on the
-/// same connection and prints "missing i" for any that does not read back, then "done n".
+/// "acked i" per acknowledgement; after `secs` seconds (or at SIGUSR1, if sooner) it GETs
+/// every acknowledged key on the same connection and prints "missing i" for any that does not
+/// read back, then "done n".
 pub const CLIENT: &str = r#"
-import socket, sys, time
+import signal, socket, sys, time
+def stop(*_):
+    global end
+    end = 0
+signal.signal(signal.SIGUSR1, stop)
 s = socket.create_connection((sys.argv[1], 6379), timeout=30)
 s.settimeout(30)
 f = s.makefile("rb")
@@ -467,6 +472,13 @@ impl Client {
         } else if let Some(n) = l.strip_prefix("done ") {
             self.done = Some(n.parse().unwrap());
         }
+    }
+
+    /// Stop writing now (rather than when its `secs` run out): the client reads its keys back
+    /// and ends. For a test whose load must last until something happened, however slowly
+    /// the guest's instruction count moves on a loaded host.
+    pub fn stop_writing(&mut self) {
+        signal(self.proc.c(), libc::SIGUSR1);
     }
 
     /// Read what the client says for `d`; how many keys it acknowledged meanwhile.
