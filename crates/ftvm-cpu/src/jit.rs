@@ -704,6 +704,45 @@ fn emit_helper(
     );
 }
 
+/// Go on at the pc in rdi (count is stored): the chain stub's jump-cache lookup, emitted at
+/// the jump itself so that each jump has a host indirect branch of its own, which the host
+/// predicts by its own history (through the one shared stub, every guest return and
+/// cross-page jump went through one indirect branch that mispredicted most of the time). A
+/// miss goes to the stub, which misses too and returns to the dispatcher. `known`: the pc is
+/// this constant, whose slot is computed here.
+fn emit_chain(a: &mut VecAssembler<X64Relocation>, known: Option<u64>) {
+    let miss = a.new_dynamic_label();
+    dynasm!(a ; .arch x64 ; mov [rbx + H_PC], rdi);
+    match known {
+        Some(t) => dynasm!(a
+            ; .arch x64
+            ; mov eax, (jc_index(t) * std::mem::size_of::<JcEntry>()) as i32
+        ),
+        None => dynasm!(a
+            ; .arch x64
+            ; mov rax, rdi
+            ; mov rcx, rdi
+            ; shr rax, 1
+            ; shr rcx, JC_BITS as i8 + 1
+            ; xor eax, ecx
+            ; and eax, (JC_SIZE - 1) as i32
+            ; shl rax, 5
+        ),
+    }
+    dynasm!(a
+        ; .arch x64
+        ; add rax, [r13 + C_JC]
+        ; cmp rdi, [rax]
+        ; jne =>miss
+        ; mov rcx, [r13 + C_GEN]
+        ; cmp rcx, [rax + 8]
+        ; jne =>miss
+        ; jmp QWORD [rax + 16]
+        ; =>miss
+        ; jmp QWORD [r13 + C_CHAIN]
+    );
+}
+
 /// Emit block `id` at address `base`. `ops` holds the ops and their pcs; `op_ptrs` the
 /// helper's op pointers. Returns the offsets of its link slots (rel32 fields of direct jumps
 /// to blocks in the same page, which the dispatcher patches once the target exists).
@@ -736,11 +775,8 @@ fn emit(
             dynasm!(a ; .arch x64 ; jmp =>l);
             links.push((l, t, a.offset().0 - 4));
         } else {
-            dynasm!(a
-                ; .arch x64
-                ; mov rdi, QWORD t as i64
-                ; jmp QWORD [r13 + C_CHAIN]
-            );
+            dynasm!(a ; .arch x64 ; mov rdi, QWORD t as i64);
+            emit_chain(a, Some(t));
         }
     };
     for (i, (op, pc)) in ops.iter().enumerate() {
@@ -873,7 +909,7 @@ fn emit(
                     dynasm!(a ; .arch x64 ; mov rax, QWORD next as i64 ; mov [rbx + d], rax);
                 }
                 finish!();
-                dynasm!(a ; .arch x64 ; jmp QWORD [r13 + C_CHAIN]);
+                emit_chain(a, None);
                 ended = true;
             }
             Beq | Bne | Blt | Bge | Bltu | Bgeu => {

@@ -426,6 +426,8 @@ pub struct LogReader<R> {
     pub version: u32,
     src: R,
     buf: Vec<u8>,
+    /// Where reads land before they join `buf` (allocated at the first read, then reused).
+    chunk: Vec<u8>,
     pos: usize,
     offset: u64,
     index: u64,
@@ -459,6 +461,7 @@ impl<R: Read> LogReader<R> {
             version: v,
             src,
             buf: Vec::new(),
+            chunk: Vec::new(),
             pos: 0,
             offset: 12,
             index: 0,
@@ -473,14 +476,17 @@ impl<R: Read> LogReader<R> {
             self.pos = 0;
         }
         // Read in pieces of 64 KiB (reading ahead): the buffer grows with the bytes that
-        // arrive, never by a frame length the log merely claims.
-        let mut chunk = vec![0u8; 1 << 16];
+        // arrive, never by a frame length the log merely claims. (The piece's buffer is kept:
+        // a record is read with two calls, and a stream's reader makes a few a message.)
         while self.buf.len() - self.pos < n {
-            let got = self.src.read(&mut chunk)?;
+            if self.chunk.is_empty() {
+                self.chunk = vec![0u8; 1 << 16];
+            }
+            let got = self.src.read(&mut self.chunk)?;
             if got == 0 {
                 return Ok(false);
             }
-            self.buf.extend_from_slice(&chunk[..got]);
+            self.buf.extend_from_slice(&self.chunk[..got]);
         }
         Ok(true)
     }

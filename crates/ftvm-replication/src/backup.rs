@@ -41,11 +41,7 @@ struct Incoming(VecDeque<u8>);
 
 impl std::io::Read for Incoming {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = buf.len().min(self.0.len());
-        for (d, s) in buf.iter_mut().zip(self.0.drain(..n)) {
-            *d = s;
-        }
-        Ok(n)
+        std::io::Read::read(&mut self.0, buf)
     }
 }
 
