@@ -215,24 +215,7 @@ impl Jit {
         // chain: rdi = the next pc; count (r15) is stored. Store pc; enter the next block if
         // the jump cache has it under this generation (the block checks the budget), else
         // return to the dispatcher.
-        dynasm!(ops
-            ; .arch x64
-            ; mov [rbx + H_PC], rdi
-            ; mov rax, rdi
-            ; mov rcx, rdi
-            ; shr rax, 1
-            ; shr rcx, JC_BITS as i8 + 1
-            ; xor eax, ecx
-            ; and eax, (JC_SIZE - 1) as i32
-            ; shl rax, 5
-            ; add rax, [r13 + C_JC]
-            ; cmp rdi, [rax]
-            ; jne =>exit_l
-            ; mov rcx, [r13 + C_GEN]
-            ; cmp rcx, [rax + 8]
-            ; jne =>exit_l
-            ; jmp QWORD [rax + 16]
-        );
+        emit_lookup(&mut ops, None, exit_l);
         // chain_link: an unlinked direct jump to a pc in the same virtual page (rsi = the
         // address of its rel32, rdx = its block, rdi = the pc; count is stored): store pc and
         // leave the link to the dispatcher, which makes it only if the target block was read
@@ -704,14 +687,14 @@ fn emit_helper(
     );
 }
 
-/// Go on at the pc in rdi (count is stored): the chain stub's jump-cache lookup, emitted at
-/// the jump itself so that each jump has a host indirect branch of its own, which the host
-/// predicts by its own history (through the one shared stub, every guest return and
-/// cross-page jump went through one indirect branch, on which 7-8% of the runner's samples
-/// fell under a redis load). A miss goes to the stub, which misses too and returns to the
-/// dispatcher. `known`: the pc is this constant, whose slot is computed here.
-fn emit_chain(a: &mut VecAssembler<X64Relocation>, known: Option<u64>) {
-    let miss = a.new_dynamic_label();
+/// Store the pc in rdi and enter its block if the jump cache has it under this generation (the
+/// block checks the budget), else go to `miss`. `known`: the pc is this constant, whose slot
+/// is computed here.
+fn emit_lookup(
+    a: &mut VecAssembler<X64Relocation>,
+    known: Option<u64>,
+    miss: dynasmrt::DynamicLabel,
+) {
     dynasm!(a ; .arch x64 ; mov [rbx + H_PC], rdi);
     match known {
         Some(t) => dynasm!(a
@@ -738,9 +721,18 @@ fn emit_chain(a: &mut VecAssembler<X64Relocation>, known: Option<u64>) {
         ; cmp rcx, [rax + 8]
         ; jne =>miss
         ; jmp QWORD [rax + 16]
-        ; =>miss
-        ; jmp QWORD [r13 + C_CHAIN]
     );
+}
+
+/// Go on at the pc in rdi (count is stored): the chain stub's lookup, emitted at the jump
+/// itself so that each jump has a host indirect branch of its own, which the host predicts by
+/// its own history (through the one shared stub, every guest return and cross-page jump went
+/// through one indirect branch, on which 7-8% of the runner's samples fell under a redis
+/// load). A miss returns to the dispatcher. `known` as for [`emit_lookup`].
+fn emit_chain(a: &mut VecAssembler<X64Relocation>, known: Option<u64>) {
+    let miss = a.new_dynamic_label();
+    emit_lookup(a, known, miss);
+    dynasm!(a ; .arch x64 ; =>miss ; jmp QWORD [r13 + C_EXIT]);
 }
 
 /// Emit block `id` at address `base`. `ops` holds the ops and their pcs; `op_ptrs` the

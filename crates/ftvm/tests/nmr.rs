@@ -71,6 +71,17 @@ fn a_follower_goes_live(g: &Group, limit: Duration) -> usize {
     }
 }
 
+/// The client's connection goes on with the follower that went live: it writes more keys;
+/// then it stops writing.
+fn writes_go_on(g: &Group, client: &mut Client) {
+    assert!(
+        client.acks_for(Duration::from_secs(3)) > 0,
+        "no writes after a follower went live\n{}",
+        context(&g.lab)
+    );
+    client.stop_writing();
+}
+
 /// Which follower went live (exactly one must have).
 fn the_live_follower(g: &Group) -> usize {
     let live: Vec<usize> = (0..2)
@@ -300,13 +311,7 @@ fn dmr_hands_the_guest_over_when_the_leader_had_a_transient_fault() {
         Duration::from_secs(30),
     );
     assert!(err.contains("found faulty by re-execution"), "{err}");
-    // The client's connection goes on with the follower.
-    assert!(
-        client.acks_for(Duration::from_secs(3)) > 0,
-        "no writes after the hand-over\n{}",
-        context(&g.lab)
-    );
-    client.stop_writing();
+    writes_go_on(&g, &mut client);
     let keys = client.finish(Duration::from_secs(60), &|| context(&g.lab));
     // The leader is repaired: it attaches to the follower, which leads the pair now.
     says(
@@ -402,13 +407,7 @@ fn tmr_outvotes_a_faulty_leader_and_a_follower_takes_over() {
     );
     assert!(err.contains("fault injected"), "{err}");
     a_follower_goes_live(&g, Duration::from_secs(60));
-    // The client's connection goes on with the follower that took the guest over.
-    assert!(
-        client.acks_for(Duration::from_secs(3)) > 0,
-        "no writes after the takeover\n{}",
-        context(&g.lab)
-    );
-    client.stop_writing();
+    writes_go_on(&g, &mut client);
     let keys = client.finish(Duration::from_secs(60), &|| context(&g.lab));
     let live = the_live_follower(&g);
     let line = line_with(&stderr_of(&g.lab, "leader"), "outvoted");
