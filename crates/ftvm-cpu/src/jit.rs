@@ -16,7 +16,8 @@
 //!
 //! Guest registers live in the hart (`Hart::x`); host registers hold the context:
 //! rbx = hart, r12 = RAM base, r13 = [`Ctx`], r14 = end count, r15 = count at block entry,
-//! rbp = the load TLB. Blocks chain through a jump cache keyed by virtual pc and translation
+//! rbp = the load TLB. Within a block, up to four guest registers are kept in r8-r11
+//! ([`Cache`]), and stored back before anything else may look at the hart. Blocks chain through a jump cache keyed by virtual pc and translation
 //! generation (`Mmu::gen`, bumped by every flush), so a chained jump never uses a mapping
 //! that an SFENCE.VMA, a satp write or a privilege change made stale.
 
@@ -35,8 +36,9 @@ use crate::{Bus, Hart, JitStats};
 const MAX_BLOCK: usize = 64;
 /// Bytes of executable memory; when they run out, every block is dropped and rebuilt.
 const CODE_BYTES: usize = 64 << 20;
-/// Room a block may need at most (about 120 bytes per instruction, with slow paths).
-const MAX_BLOCK_BYTES: usize = MAX_BLOCK * 160 + 256;
+/// Room a block may need at most (about 150 bytes per instruction, with slow paths and the
+/// cached registers' stores and loads around calls).
+const MAX_BLOCK_BYTES: usize = MAX_BLOCK * 256 + 256;
 const JC_BITS: u32 = 14;
 const JC_SIZE: usize = 1 << JC_BITS;
 const INVALID: u64 = u64::MAX;
@@ -101,6 +103,158 @@ const H_COUNT: i32 = offset_of!(Hart, count) as i32;
 
 fn xr(r: u8) -> i32 {
     H_X + 8 * (r & 31) as i32
+}
+
+/// Host registers (x86-64 numbers) that hold guest registers within a block: r8-r11, which
+/// the context does not use. Calls clobber them, so every call is preceded by a write-back
+/// and followed by a reload.
+const CACHE_REGS: [u8; 4] = [8, 9, 10, 11];
+const RAX: u8 = 0;
+const RCX: u8 = 1;
+const RSI: u8 = 6;
+const RDI: u8 = 7;
+
+/// Where an operand is while a block runs: in the hart (at this offset from rbx) or in a host
+/// register.
+#[derive(Clone, Copy)]
+enum Src {
+    Mem(i32),
+    Reg(u8),
+}
+
+// dynasm expands a register chosen at run time (`Rq(h)`) to `h.into()`.
+#[allow(clippy::useless_conversion)]
+impl Src {
+    /// Load the operand into host register `to`.
+    fn load(self, a: &mut VecAssembler<X64Relocation>, to: u8) {
+        match self {
+            Src::Mem(o) => dynasm!(a ; .arch x64 ; mov Rq(to), QWORD [rbx + o]),
+            Src::Reg(h) => dynasm!(a ; .arch x64 ; mov Rq(to), Rq(h)),
+        }
+    }
+
+    /// Load the operand's low 32 bits into host register `to` (zero-extended).
+    fn load32(self, a: &mut VecAssembler<X64Relocation>, to: u8) {
+        match self {
+            Src::Mem(o) => dynasm!(a ; .arch x64 ; mov Rd(to), DWORD [rbx + o]),
+            Src::Reg(h) => dynasm!(a ; .arch x64 ; mov Rd(to), Rd(h)),
+        }
+    }
+}
+
+/// The guest registers a block keeps in host registers: which, and which of them were written
+/// since they were last stored to the hart (known at translation: a block is straight-line
+/// code, with its slow paths apart).
+///
+/// The hart holds every guest register whenever anything else may look at it: at every
+/// block exit, chained jump and call to [`helper_exec`] (the interpreter's `exec`, for a
+/// slow path or an instruction without an inline form), and around an inline F/D
+/// instruction (which uses r8 and r9 and may read or write an x register in the hart). So a
+/// trap, an MMIO access or a look from the dispatcher sees exactly the interpreter's state.
+#[derive(Clone, Copy, Default)]
+struct Cache {
+    /// Guest register -> host register + 1 (0: not cached).
+    host: [u8; 32],
+    /// Cached guest registers (bit r).
+    cached: u32,
+    /// Cached guest registers whose host copy is newer than the hart's (bit r).
+    dirty: u32,
+}
+
+// dynasm expands a register chosen at run time (`Rq(h)`) to `h.into()`.
+#[allow(clippy::useless_conversion)]
+impl Cache {
+    /// Choose the registers to keep for these ops: the most used (read or written by inline
+    /// integer code), up to four, each used more often than the loads it costs (one at
+    /// entry, one after each call or F/D instruction).
+    fn choose(ops: &[(Op, u64)]) -> Cache {
+        use Kind::*;
+        let mut uses = [0u32; 32];
+        let mut barriers = 0;
+        for (op, _) in ops {
+            let (r1, r2, w) = match op.kind {
+                Lui | Auipc => (None, None, Some(op.rd)),
+                Addi | Xori | Ori | Andi | Slti | Sltiu | Slli | Srli | Srai | Addiw | Slliw
+                | Srliw | Sraiw => (Some(op.rs1), None, Some(op.rd)),
+                Add | Sub | Xor | Or | And | Slt | Sltu | Sll | Srl | Sra | Mul | Mulh | Mulhu
+                | Addw | Subw | Sllw | Srlw | Sraw | Mulw => {
+                    (Some(op.rs1), Some(op.rs2), Some(op.rd))
+                }
+                Lb | Lh | Lw | Ld | Lbu | Lhu | Lwu => (Some(op.rs1), None, Some(op.rd)),
+                Sb | Sh | Sw | Sd | Beq | Bne | Blt | Bge | Bltu | Bgeu => {
+                    (Some(op.rs1), Some(op.rs2), None)
+                }
+                Jalr => (Some(op.rs1), None, None),
+                Jal | Fence => (None, None, None),
+                _ => {
+                    barriers += 1;
+                    (None, None, None)
+                }
+            };
+            for r in [r1, r2, w].into_iter().flatten() {
+                uses[(r & 31) as usize] += 1;
+            }
+        }
+        uses[0] = 0;
+        let mut order: Vec<usize> = (1..32).filter(|&r| uses[r] >= 2 + barriers).collect();
+        // Most used first; ties by register number, so the choice depends on the ops alone.
+        order.sort_by_key(|&r| (std::cmp::Reverse(uses[r]), r));
+        let mut c = Cache::default();
+        for (&r, &h) in order.iter().zip(CACHE_REGS.iter()) {
+            c.host[r] = h + 1;
+            c.cached |= 1 << r;
+        }
+        c
+    }
+
+    fn src(&self, r: u8) -> Src {
+        match self.host[(r & 31) as usize] {
+            0 => Src::Mem(xr(r)),
+            h => Src::Reg(h - 1),
+        }
+    }
+
+    /// Store rax as the new value of x[rd] (nothing for x0).
+    fn put(&mut self, a: &mut VecAssembler<X64Relocation>, rd: u8) {
+        let r = (rd & 31) as usize;
+        match self.host[r] {
+            _ if r == 0 => {}
+            0 => dynasm!(a ; .arch x64 ; mov [rbx + xr(rd)], rax),
+            h => {
+                dynasm!(a ; .arch x64 ; mov Rq(h - 1), rax);
+                self.dirty |= 1 << r;
+            }
+        }
+    }
+
+    /// Store the dirty registers to the hart.
+    fn sync(&mut self, a: &mut VecAssembler<X64Relocation>) {
+        for r in 1..32u8 {
+            if self.dirty & (1 << r) != 0 {
+                let h = self.host[r as usize] - 1;
+                dynasm!(a ; .arch x64 ; mov [rbx + xr(r)], Rq(h));
+            }
+        }
+        self.dirty = 0;
+    }
+
+    /// Load x[r] from the hart, if it is cached.
+    fn reload(&self, a: &mut VecAssembler<X64Relocation>, r: u8) {
+        if let Src::Reg(h) = self.src(r) {
+            if r & 31 != 0 {
+                dynasm!(a ; .arch x64 ; mov Rq(h), QWORD [rbx + xr(r)]);
+            }
+        }
+    }
+
+    /// Load every cached register from the hart (after a call, and at entry).
+    fn reload_all(&self, a: &mut VecAssembler<X64Relocation>) {
+        for r in 1..32u8 {
+            if self.cached & (1 << r) != 0 {
+                self.reload(a, r);
+            }
+        }
+    }
 }
 
 type EnterFn = unsafe extern "sysv64" fn(*mut Ctx, *mut Hart, u64) -> u64;
@@ -402,21 +556,21 @@ fn read_block(ram: &[u8], vpc: u64, off: usize) -> Vec<(Op, u64)> {
     out
 }
 
-/// The TLB-hit test of a load or store of `size` bytes at x[rs1] + imm (`s1` is the offset of
-/// x[rs1]): jumps to `slow` on a miss or a page-crossing access, else leaves the RAM offset in
+/// The TLB-hit test of a load or store of `size` bytes at x[rs1] + imm (`s1` is where x[rs1]
+/// is): jumps to `slow` on a miss or a page-crossing access, else leaves the RAM offset in
 /// rax. Clobbers rcx, rdx, rsi.
 fn emit_tlb(
     a: &mut VecAssembler<X64Relocation>,
-    s1: i32,
+    s1: Src,
     imm: i32,
     size: i32,
     store: bool,
     slow: dynasmrt::DynamicLabel,
 ) {
     // rsi = vaddr; rcx = entry index * 16; rdx = the TLB.
+    s1.load(a, RSI);
     dynasm!(a
         ; .arch x64
-        ; mov rsi, [rbx + s1]
         ; add rsi, imm
         ; mov rax, rsi
         ; shr rax, 12
@@ -506,7 +660,14 @@ fn emit_fp(a: &mut VecAssembler<X64Relocation>, insn: u32, slow: dynasmrt::Dynam
         0x07 => {
             // FLW/FLD: the I-immediate.
             let size = if f3 == 3 { 8 } else { 4 };
-            emit_tlb(a, xr(rs1 as u8), (insn as i32) >> 20, size, false, slow);
+            emit_tlb(
+                a,
+                Src::Mem(xr(rs1 as u8)),
+                (insn as i32) >> 20,
+                size,
+                false,
+                slow,
+            );
             if size == 8 {
                 dynasm!(a ; .arch x64 ; mov rax, QWORD [r12 + rax]);
             } else {
@@ -525,7 +686,7 @@ fn emit_fp(a: &mut VecAssembler<X64Relocation>, insn: u32, slow: dynasmrt::Dynam
             // FSW/FSD: the S-immediate.
             let simm = (((insn as i32) >> 25) << 5) | ((insn >> 7) & 31) as i32;
             let size = if f3 == 3 { 8 } else { 4 };
-            emit_tlb(a, xr(rs1 as u8), simm, size, true, slow);
+            emit_tlb(a, Src::Mem(xr(rs1 as u8)), simm, size, true, slow);
             dynasm!(a ; .arch x64 ; mov rcx, [rbx + fr(rs2)]);
             if size == 8 {
                 dynasm!(a ; .arch x64 ; mov QWORD [r12 + rax], rcx);
@@ -738,18 +899,21 @@ fn emit_chain(a: &mut VecAssembler<X64Relocation>, known: Option<u64>) {
 /// Emit block `id` at address `base`. `ops` holds the ops and their pcs; `op_ptrs` the
 /// helper's op pointers. Returns the offsets of its link slots (rel32 fields of direct jumps
 /// to blocks in the same page, which the dispatcher patches once the target exists).
+// dynasm expands a register chosen at run time (`Rq(h)`) to `h.into()`.
+#[allow(clippy::useless_conversion)]
 fn emit(
     a: &mut VecAssembler<X64Relocation>,
     base: usize,
     id: u32,
     ops: &[(Op, u64)],
     op_ptrs: &[u64],
-) -> Vec<usize> {
+) -> (Vec<usize>, u32) {
     let exit = a.new_dynamic_label();
     let budget = a.new_dynamic_label();
     let n = ops.len() as i32;
     let vpc = ops[0].1;
-    let mut tail: Vec<(dynasmrt::DynamicLabel, dynasmrt::DynamicLabel, usize)> = Vec::new();
+    // Slow paths: their label, where they resume, the instruction, the cache state there.
+    let mut tail: Vec<(dynasmrt::DynamicLabel, dynasmrt::DynamicLabel, usize, Cache)> = Vec::new();
     let mut links: Vec<(dynasmrt::DynamicLabel, u64, usize)> = Vec::new();
     let mut ended = false;
     // Enter only if the budget covers the whole block (dispatcher and chained jumps alike).
@@ -759,6 +923,9 @@ fn emit(
         ; cmp rax, r14
         ; ja =>budget
     );
+    let mut c = Cache::choose(ops);
+    let kept = c.cached.count_ones();
+    c.reload_all(a);
     // A jump to a known pc: linked directly when it stays in this page (the same physical
     // page, as long as this block runs), else through the jump cache.
     let mut jump_to = |a: &mut VecAssembler<X64Relocation>, t: u64| {
@@ -774,21 +941,85 @@ fn emit(
     for (i, (op, pc)) in ops.iter().enumerate() {
         let (op, pc) = (*op, *pc);
         let rd = op.rd & 31;
-        let (d, s1, s2) = (xr(op.rd), xr(op.rs1), xr(op.rs2));
+        let d = xr(op.rd);
+        let (s1, s2) = (c.src(op.rs1), c.src(op.rs2));
         let imm = op.imm;
         let next = pc.wrapping_add(op.len as u64);
         use Kind::*;
+        // rax = x[rs1] op ..., then x[rd] = rax.
         macro_rules! rr {
             ($($t:tt)*) => {
                 if rd != 0 {
-                    dynasm!(a ; .arch x64 ; mov rax, [rbx + s1] $($t)* ; mov [rbx + d], rax);
+                    s1.load(a, RAX);
+                    dynasm!(a ; .arch x64 $($t)*);
+                    c.put(a, op.rd);
                 }
             };
         }
+        // rax = x[rs1] op x[rs2] (64 bits).
+        macro_rules! rr2 {
+            ($op:ident) => {
+                if rd != 0 {
+                    s1.load(a, RAX);
+                    match s2 {
+                        Src::Mem(o) => dynasm!(a ; .arch x64 ; $op rax, QWORD [rbx + o]),
+                        Src::Reg(h) => dynasm!(a ; .arch x64 ; $op rax, Rq(h)),
+                    }
+                    c.put(a, op.rd);
+                }
+            };
+        }
+        // rax = x[rs1] compared with x[rs2], set by `$set`.
+        macro_rules! slt {
+            ($set:ident) => {
+                if rd != 0 {
+                    s1.load(a, RAX);
+                    match s2 {
+                        Src::Mem(o) => dynasm!(a ; .arch x64 ; cmp rax, QWORD [rbx + o]),
+                        Src::Reg(h) => dynasm!(a ; .arch x64 ; cmp rax, Rq(h)),
+                    }
+                    dynasm!(a ; .arch x64 ; $set al ; movzx eax, al);
+                    c.put(a, op.rd);
+                }
+            };
+        }
+        // rax = x[rs1] shifted by x[rs2] (in cl).
+        macro_rules! shift {
+            ($($t:tt)*) => {
+                if rd != 0 {
+                    s2.load(a, RCX);
+                    rr!($($t)*);
+                }
+            };
+        }
+        // The 32-bit forms: eax = x[rs1] (low half) op ..., sign-extended into x[rd].
         macro_rules! rrw {
             ($($t:tt)*) => {
                 if rd != 0 {
-                    dynasm!(a ; .arch x64 ; mov eax, [rbx + s1] $($t)* ; movsxd rax, eax ; mov [rbx + d], rax);
+                    s1.load32(a, RAX);
+                    dynasm!(a ; .arch x64 $($t)* ; movsxd rax, eax);
+                    c.put(a, op.rd);
+                }
+            };
+        }
+        macro_rules! rrw2 {
+            ($op:ident) => {
+                if rd != 0 {
+                    s1.load32(a, RAX);
+                    match s2 {
+                        Src::Mem(o) => dynasm!(a ; .arch x64 ; $op eax, DWORD [rbx + o]),
+                        Src::Reg(h) => dynasm!(a ; .arch x64 ; $op eax, Rd(h)),
+                    }
+                    dynasm!(a ; .arch x64 ; movsxd rax, eax);
+                    c.put(a, op.rd);
+                }
+            };
+        }
+        macro_rules! shiftw {
+            ($($t:tt)*) => {
+                if rd != 0 {
+                    s2.load(a, RCX);
+                    rrw!($($t)*);
                 }
             };
         }
@@ -803,20 +1034,20 @@ fn emit(
             };
         }
         match op.kind {
-            Lui => {
+            Lui | Auipc => {
                 if rd != 0 {
-                    dynasm!(a ; .arch x64 ; mov QWORD [rbx + d], imm);
-                }
-            }
-            Auipc => {
-                if rd != 0 {
-                    let v = pc.wrapping_add(imm as i64 as u64);
-                    dynasm!(a ; .arch x64 ; mov rax, QWORD v as i64 ; mov [rbx + d], rax);
+                    let v = match op.kind {
+                        Lui => imm as i64,
+                        _ => pc.wrapping_add(imm as i64 as u64) as i64,
+                    };
+                    dynasm!(a ; .arch x64 ; mov rax, QWORD v);
+                    c.put(a, op.rd);
                 }
             }
             Addi if op.rs1 == 0 => {
                 if rd != 0 {
-                    dynasm!(a ; .arch x64 ; mov QWORD [rbx + d], imm);
+                    dynasm!(a ; .arch x64 ; mov rax, QWORD imm as i64);
+                    c.put(a, op.rd);
                 }
             }
             Addi => rr!(; add rax, imm),
@@ -832,25 +1063,36 @@ fn emit(
             Slliw => rrw!(; shl eax, (imm & 31) as i8),
             Srliw => rrw!(; shr eax, (imm & 31) as i8),
             Sraiw => rrw!(; sar eax, (imm & 31) as i8),
-            Add => rr!(; add rax, [rbx + s2]),
-            Sub => rr!(; sub rax, [rbx + s2]),
-            Xor => rr!(; xor rax, [rbx + s2]),
-            Or => rr!(; or rax, [rbx + s2]),
-            And => rr!(; and rax, [rbx + s2]),
-            Slt => rr!(; cmp rax, [rbx + s2] ; setl al ; movzx eax, al),
-            Sltu => rr!(; cmp rax, [rbx + s2] ; setb al ; movzx eax, al),
-            Sll => rr!(; mov rcx, [rbx + s2] ; shl rax, cl),
-            Srl => rr!(; mov rcx, [rbx + s2] ; shr rax, cl),
-            Sra => rr!(; mov rcx, [rbx + s2] ; sar rax, cl),
-            Mul => rr!(; imul rax, [rbx + s2]),
-            Mulh => rr!(; imul QWORD [rbx + s2] ; mov rax, rdx),
-            Mulhu => rr!(; mul QWORD [rbx + s2] ; mov rax, rdx),
-            Addw => rrw!(; add eax, [rbx + s2]),
-            Subw => rrw!(; sub eax, [rbx + s2]),
-            Sllw => rrw!(; mov rcx, [rbx + s2] ; shl eax, cl),
-            Srlw => rrw!(; mov rcx, [rbx + s2] ; shr eax, cl),
-            Sraw => rrw!(; mov rcx, [rbx + s2] ; sar eax, cl),
-            Mulw => rrw!(; imul eax, [rbx + s2]),
+            Add => rr2!(add),
+            Sub => rr2!(sub),
+            Xor => rr2!(xor),
+            Or => rr2!(or),
+            And => rr2!(and),
+            Slt => slt!(setl),
+            Sltu => slt!(setb),
+            Sll => shift!(; shl rax, cl),
+            Srl => shift!(; shr rax, cl),
+            Sra => shift!(; sar rax, cl),
+            Mul => rr2!(imul),
+            Mulh | Mulhu => {
+                if rd != 0 {
+                    // rdx:rax = rax * x[rs2], signed or not; the high half is the result.
+                    s1.load(a, RAX);
+                    s2.load(a, RCX);
+                    match op.kind {
+                        Mulh => dynasm!(a ; .arch x64 ; imul rcx),
+                        _ => dynasm!(a ; .arch x64 ; mul rcx),
+                    }
+                    dynasm!(a ; .arch x64 ; mov rax, rdx);
+                    c.put(a, op.rd);
+                }
+            }
+            Addw => rrw2!(add),
+            Subw => rrw2!(sub),
+            Sllw => shiftw!(; shl eax, cl),
+            Srlw => shiftw!(; shr eax, cl),
+            Sraw => shiftw!(; sar eax, cl),
+            Mulw => rrw2!(imul),
             Fence => {}
             Lb | Lh | Lw | Ld | Lbu | Lhu | Lwu | Sb | Sh | Sw | Sd => {
                 let size: i32 = match op.kind {
@@ -862,7 +1104,12 @@ fn emit(
                 let store = matches!(op.kind, Sb | Sh | Sw | Sd);
                 let slow = a.new_dynamic_label();
                 let resume = a.new_dynamic_label();
+                // The slow path starts from the state before this instruction.
+                tail.push((slow, resume, i, c));
                 emit_tlb(a, s1, imm, size, store, slow);
+                if store {
+                    s2.load(a, RCX);
+                }
                 match op.kind {
                     Lb => dynasm!(a ; .arch x64 ; movsx rax, BYTE [r12 + rax]),
                     Lbu => dynasm!(a ; .arch x64 ; movzx eax, BYTE [r12 + rax]),
@@ -871,18 +1118,18 @@ fn emit(
                     Lw => dynasm!(a ; .arch x64 ; movsxd rax, DWORD [r12 + rax]),
                     Lwu => dynasm!(a ; .arch x64 ; mov eax, DWORD [r12 + rax]),
                     Ld => dynasm!(a ; .arch x64 ; mov rax, QWORD [r12 + rax]),
-                    Sb => dynasm!(a ; .arch x64 ; mov rcx, [rbx + s2] ; mov BYTE [r12 + rax], cl),
-                    Sh => dynasm!(a ; .arch x64 ; mov rcx, [rbx + s2] ; mov WORD [r12 + rax], cx),
-                    Sw => dynasm!(a ; .arch x64 ; mov rcx, [rbx + s2] ; mov DWORD [r12 + rax], ecx),
-                    _ => dynasm!(a ; .arch x64 ; mov rcx, [rbx + s2] ; mov QWORD [r12 + rax], rcx),
+                    Sb => dynasm!(a ; .arch x64 ; mov BYTE [r12 + rax], cl),
+                    Sh => dynasm!(a ; .arch x64 ; mov WORD [r12 + rax], cx),
+                    Sw => dynasm!(a ; .arch x64 ; mov DWORD [r12 + rax], ecx),
+                    _ => dynasm!(a ; .arch x64 ; mov QWORD [r12 + rax], rcx),
                 }
-                if !store && rd != 0 {
-                    dynasm!(a ; .arch x64 ; mov [rbx + d], rax);
+                if !store {
+                    c.put(a, op.rd);
                 }
                 dynasm!(a ; .arch x64 ; =>resume);
-                tail.push((slow, resume, i));
             }
             Jal => {
+                c.sync(a);
                 if rd != 0 {
                     dynasm!(a ; .arch x64 ; mov rax, QWORD next as i64 ; mov [rbx + d], rax);
                 }
@@ -891,12 +1138,14 @@ fn emit(
                 ended = true;
             }
             Jalr => {
+                s1.load(a, RDI);
                 dynasm!(a
                     ; .arch x64
-                    ; mov rdi, [rbx + s1]
                     ; add rdi, imm
                     ; and rdi, -2
                 );
+                // x[rd] goes to the hart after the others (it may be a cached register).
+                c.sync(a);
                 if rd != 0 {
                     dynasm!(a ; .arch x64 ; mov rax, QWORD next as i64 ; mov [rbx + d], rax);
                 }
@@ -905,14 +1154,15 @@ fn emit(
                 ended = true;
             }
             Beq | Bne | Blt | Bge | Bltu | Bgeu => {
+                c.sync(a);
                 finish!();
                 let taken = a.new_dynamic_label();
                 let t = pc.wrapping_add(imm as i64 as u64);
-                dynasm!(a
-                    ; .arch x64
-                    ; mov rax, [rbx + s1]
-                    ; cmp rax, [rbx + s2]
-                );
+                s1.load(a, RAX);
+                match s2 {
+                    Src::Mem(o) => dynasm!(a ; .arch x64 ; cmp rax, QWORD [rbx + o]),
+                    Src::Reg(h) => dynasm!(a ; .arch x64 ; cmp rax, Rq(h)),
+                }
                 match op.kind {
                     Beq => dynasm!(a ; .arch x64 ; je =>taken),
                     Bne => dynasm!(a ; .arch x64 ; jne =>taken),
@@ -927,15 +1177,21 @@ fn emit(
                 ended = true;
             }
             Fp if fp_inline(op.insn) => {
+                // It reads and writes x registers in the hart and uses r8 and r9.
+                c.sync(a);
                 let slow = a.new_dynamic_label();
                 let resume = a.new_dynamic_label();
+                tail.push((slow, resume, i, c));
                 emit_fp(a, op.insn, slow);
                 dynasm!(a ; .arch x64 ; =>resume);
-                tail.push((slow, resume, i));
+                c.reload_all(a);
             }
             _ => {
+                c.sync(a);
                 emit_helper(a, i, op_ptrs[i], pc, exit);
-                if ends_block(op.kind) {
+                if !ends_block(op.kind) {
+                    c.reload_all(a);
+                } else {
                     // It retired without a reason to stop: go on at the pc it left.
                     dynasm!(a
                         ; .arch x64
@@ -952,6 +1208,7 @@ fn emit(
     if !ended {
         let (op, pc) = ops[ops.len() - 1];
         let next = pc.wrapping_add(op.len as u64);
+        c.sync(a);
         dynasm!(a
             ; .arch x64
             ; add r15, n
@@ -979,10 +1236,16 @@ fn emit(
         ; mov [rbx + H_PC], rax
         ; jmp QWORD [r13 + C_EXIT]
     );
-    // Slow paths of loads and stores: the interpreter runs the instruction.
-    for (slow, resume, i) in tail {
+    // Slow paths: the interpreter runs the instruction, from the hart; the call clobbers the
+    // cached registers, which are loaded again (a load's result with them; an F/D
+    // instruction's resume point loads them itself).
+    for (slow, resume, i, mut c) in tail {
         dynasm!(a ; .arch x64 ; =>slow);
+        c.sync(a);
         emit_helper(a, i, op_ptrs[i], ops[i].1, exit);
+        if ops[i].0.kind != Kind::Fp {
+            c.reload_all(a);
+        }
         dynasm!(a ; .arch x64 ; jmp =>resume);
     }
     dynasm!(a
@@ -990,7 +1253,7 @@ fn emit(
         ; =>exit
         ; jmp QWORD [r13 + C_EXIT]
     );
-    slots
+    (slots, kept)
 }
 
 impl Hart {
@@ -1058,7 +1321,7 @@ impl Hart {
         let base = jit.mem as usize + jit.used;
         let id = jit.blocks.len() as u32;
         let mut a: VecAssembler<X64Relocation> = VecAssembler::new(base);
-        let slots = emit(&mut a, base, id, &ops, &op_ptrs);
+        let (slots, kept) = emit(&mut a, base, id, &ops, &op_ptrs);
         let code = a.finalize().ok()?;
         if code.len() > MAX_BLOCK_BYTES {
             return None;
@@ -1077,6 +1340,7 @@ impl Hart {
         jit.stats.blocks += 1;
         jit.stats.insns += ops.len() as u64;
         jit.stats.code_bytes += code.len() as u64;
+        jit.stats.kept_regs += kept as u64;
         jit.blocks.push(Block {
             vpc,
             off,

@@ -527,6 +527,9 @@ struct Gen<'a> {
     /// Labels of 4-byte plain ALU instructions that self-modifying stores may rewrite.
     slots: Vec<usize>,
     control: bool,
+    /// Write only x1, x3, x4 and x5 and read mostly those: blocks that use few registers
+    /// often, which the translator keeps in host registers.
+    few: bool,
 }
 
 /// Interesting 64-bit values.
@@ -561,12 +564,16 @@ impl Gen<'_> {
     fn rd(&mut self) -> u32 {
         if self.rng.chance(4) {
             0
+        } else if self.few {
+            self.rng.pick(&RD[1..5])
         } else {
             self.rng.pick(&RD[1..])
         }
     }
     fn rs(&mut self) -> u32 {
-        if self.rng.chance(70) {
+        if self.few && self.rng.chance(90) {
+            self.rng.pick(&RD[..5])
+        } else if self.rng.chance(70) {
             self.rng.pick(&RD)
         } else {
             self.rng.below(32) as u32
@@ -971,7 +978,7 @@ fn handler(restart: u64) -> Vec<u8> {
 }
 
 /// A random program: prologue, a body that loops forever, the trap handler.
-fn random_program(rng: &mut Rng, control: bool) -> Option<(TestBus, Hart, Vec<u64>)> {
+fn random_program(rng: &mut Rng, control: bool, few: bool) -> Option<(TestBus, Hart, Vec<u64>)> {
     let mut bus = TestBus::new();
     for (i, b) in bus
         .ram
@@ -1007,6 +1014,7 @@ fn random_program(rng: &mut Rng, control: bool) -> Option<(TestBus, Hart, Vec<u6
         a,
         slots: Vec::new(),
         control,
+        few,
     };
     let n = g.rng.range(20, 400) as usize;
     g.segment(n, 0);
@@ -1052,6 +1060,7 @@ fn event(p: &mut Pair, rng: &mut Rng, slots: &[u64], g: &mut Rng) {
                 a: Asm::new(0),
                 slots: Vec::new(),
                 control: false,
+                few: false,
             }
             .alu();
             let off = (at - RAM_BASE) as usize;
@@ -1064,11 +1073,11 @@ fn event(p: &mut Pair, rng: &mut Rng, slots: &[u64], g: &mut Rng) {
     }
 }
 
-fn random_test(seed: u64, control: bool) {
+fn random_test(seed: u64, control: bool, few: bool) {
     let mut rng = Rng::new(seed);
     let (bus, h, slots) = loop {
         // (Programs whose jumps do not reach are made again from where the generator is.)
-        if let Some(p) = random_program(&mut rng, control) {
+        if let Some(p) = random_program(&mut rng, control, few) {
             break p;
         }
     };
@@ -1086,6 +1095,10 @@ fn random_test(seed: u64, control: bool) {
         st.blocks > 0 && st.dispatches > 0,
         "seed {seed}: the translator ran"
     );
+    assert!(
+        !few || st.kept_regs > 0,
+        "seed {seed}: the translator kept registers in host registers"
+    );
     if std::env::var("FTVM_JIT_STATS").is_ok() {
         let h = &p.h[0];
         eprintln!(
@@ -1102,13 +1115,24 @@ fn random_test(seed: u64, control: bool) {
 
 #[test]
 fn random_branchy_programs() {
-    for_seeds("random_branchy_programs", 60, |s| random_test(s, true));
+    for_seeds("random_branchy_programs", 60, |s| {
+        random_test(s, true, false)
+    });
+}
+
+/// Programs over a few registers: the translator keeps them in host registers, stored back
+/// around every call, slow path and exit (random branchy and straight-line ones alike).
+#[test]
+fn random_programs_over_few_registers() {
+    for_seeds("random_programs_over_few_registers", 40, |s| {
+        random_test(s + 2_000_000, s % 2 == 0, true)
+    });
 }
 
 #[test]
 fn random_straight_line_programs() {
     for_seeds("random_straight_line_programs", 30, |s| {
-        random_test(s + 1_000_000, false)
+        random_test(s + 1_000_000, false, false)
     });
 }
 

@@ -43,6 +43,8 @@ pub struct JitStats {
     pub dispatches: u64,
     /// Direct jumps linked block to block.
     pub links: u64,
+    /// Guest registers kept in host registers, summed over the blocks compiled.
+    pub kept_regs: u64,
 }
 
 /// How a hart executes instructions. Not machine state: every engine takes the same steps

@@ -1237,6 +1237,7 @@ fn finish(a: &RunArgs, ended: Ended) -> Result<u8> {
         code_kib = st.code_bytes / 1024,
         dispatches = st.dispatches,
         links = st.links,
+        kept_regs = st.kept_regs,
         full_flushes = st.full_flushes,
         "translator"
     );
