@@ -387,8 +387,9 @@ impl Hart {
         self.csr.mstatus = v;
         let tlb_bits = MSTATUS_MPRV | MSTATUS_SUM | MSTATUS_MXR | MSTATUS_MPP;
         if (old ^ v) & tlb_bits != 0 {
-            // These bits govern loads and stores only.
-            self.mmu.flush_data();
+            // These bits govern loads and stores only: the translations of the new setting
+            // apply from the next access on (a running block reads the tag at each one).
+            self.mmu.dtag = self.data_tag();
         }
     }
 

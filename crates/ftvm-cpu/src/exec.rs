@@ -97,7 +97,7 @@ pub(crate) enum Kind {
 }
 
 /// One decoded instruction (16 bytes).
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Op {
     pub kind: Kind,
     pub rd: u8,
@@ -112,7 +112,111 @@ pub(crate) struct Op {
     pub insn: u32,
 }
 
+/// Every kind, at the index of its discriminant (for [`Op::unpack`]).
+const KINDS: [Kind; 73] = [
+    Kind::Undecoded,
+    Kind::Illegal,
+    Kind::Lui,
+    Kind::Auipc,
+    Kind::Jal,
+    Kind::Jalr,
+    Kind::Beq,
+    Kind::Bne,
+    Kind::Blt,
+    Kind::Bge,
+    Kind::Bltu,
+    Kind::Bgeu,
+    Kind::Lb,
+    Kind::Lh,
+    Kind::Lw,
+    Kind::Ld,
+    Kind::Lbu,
+    Kind::Lhu,
+    Kind::Lwu,
+    Kind::Sb,
+    Kind::Sh,
+    Kind::Sw,
+    Kind::Sd,
+    Kind::Addi,
+    Kind::Slti,
+    Kind::Sltiu,
+    Kind::Xori,
+    Kind::Ori,
+    Kind::Andi,
+    Kind::Slli,
+    Kind::Srli,
+    Kind::Srai,
+    Kind::Addiw,
+    Kind::Slliw,
+    Kind::Srliw,
+    Kind::Sraiw,
+    Kind::Add,
+    Kind::Sub,
+    Kind::Sll,
+    Kind::Slt,
+    Kind::Sltu,
+    Kind::Xor,
+    Kind::Srl,
+    Kind::Sra,
+    Kind::Or,
+    Kind::And,
+    Kind::Mul,
+    Kind::Mulh,
+    Kind::Mulhsu,
+    Kind::Mulhu,
+    Kind::Div,
+    Kind::Divu,
+    Kind::Rem,
+    Kind::Remu,
+    Kind::Addw,
+    Kind::Subw,
+    Kind::Sllw,
+    Kind::Srlw,
+    Kind::Sraw,
+    Kind::Mulw,
+    Kind::Divw,
+    Kind::Divuw,
+    Kind::Remw,
+    Kind::Remuw,
+    Kind::Fence,
+    Kind::Csr,
+    Kind::System,
+    Kind::Amo,
+    Kind::Fp,
+    Kind::Bit,
+    Kind::Cbo,
+    Kind::Pause,
+    Kind::FetchFault,
+];
+
 impl Op {
+    /// The op in two words (for translated code, which passes it to its helper in registers
+    /// instead of a pointer to a cold copy).
+    pub(crate) fn pack(&self) -> [u64; 2] {
+        let lo = self.kind as u64
+            | (self.rd as u64) << 8
+            | (self.rs1 as u64) << 16
+            | (self.rs2 as u64) << 24
+            | (self.len as u64) << 32;
+        [lo, self.imm as u32 as u64 | (self.insn as u64) << 32]
+    }
+
+    /// The op [`Op::pack`] made these words of (an unknown kind is `Illegal`).
+    pub(crate) fn unpack([lo, hi]: [u64; 2]) -> Op {
+        Op {
+            kind: KINDS
+                .get(lo as u8 as usize)
+                .copied()
+                .unwrap_or(Kind::Illegal),
+            rd: (lo >> 8) as u8,
+            rs1: (lo >> 16) as u8,
+            rs2: (lo >> 24) as u8,
+            len: (lo >> 32) as u8,
+            imm: hi as u32 as i32,
+            insn: (hi >> 32) as u32,
+        }
+    }
+
     /// The instruction bits as fetched, for kinds that carry them in `imm`.
     fn raw(&self) -> u64 {
         self.imm as u32 as u64
@@ -611,7 +715,7 @@ impl Hart {
                 self.brk = true;
                 self.set_priv(spp);
                 // MPRV may have changed.
-                self.mmu.flush_data();
+                self.retag_data();
                 Ok(())
             }
             0x302 if rs1 == 0 => {
@@ -635,7 +739,7 @@ impl Hart {
                 self.brk = true;
                 self.set_priv(mpp);
                 // MPRV may have changed.
-                self.mmu.flush_data();
+                self.retag_data();
                 Ok(())
             }
             0x105 if rs1 == 0 => {
@@ -772,5 +876,37 @@ impl Hart {
     #[inline(always)]
     pub(crate) fn fs_dirty(&mut self) {
         self.csr.mstatus |= crate::csr::MSTATUS_FS;
+    }
+}
+
+#[cfg(test)]
+mod pack_tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_sits_at_its_discriminant() {
+        for (i, k) in KINDS.iter().enumerate() {
+            assert_eq!(*k as usize, i, "{k:?}");
+        }
+        assert_eq!(KINDS.len(), Kind::FetchFault as usize + 1);
+    }
+
+    #[test]
+    fn ops_unpack_to_what_was_packed() {
+        // Every 16-bit pattern, and 32-bit ones from a simple generator.
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let words = (0..0x1_0000u32).chain((0..200_000).map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u32 | 3
+        }));
+        let mut kinds = std::collections::HashSet::new();
+        for w in words {
+            let op = decode(w);
+            kinds.insert(op.kind as u8);
+            assert_eq!(Op::unpack(op.pack()), op, "{w:#x}");
+        }
+        assert!(kinds.len() > 40, "only {} kinds decoded", kinds.len());
     }
 }

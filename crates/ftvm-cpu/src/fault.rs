@@ -79,6 +79,7 @@ impl Hart {
         self.prv = Priv::Machine;
         let r = self.flip_csr_as_machine(bus, n, bit);
         self.prv = prv;
+        self.retag_data();
         r
     }
 

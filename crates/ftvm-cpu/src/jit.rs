@@ -100,6 +100,7 @@ const C_GEN: i32 = offset_of!(Ctx, gen) as i32;
 const H_X: i32 = offset_of!(Hart, x) as i32;
 const H_PC: i32 = offset_of!(Hart, pc) as i32;
 const H_COUNT: i32 = offset_of!(Hart, count) as i32;
+const H_DTAG: i32 = offset_of!(Hart, mmu.dtag) as i32;
 
 fn xr(r: u8) -> i32 {
     H_X + 8 * (r & 31) as i32
@@ -264,8 +265,8 @@ struct Block {
     off: usize,
     code: u64,
     live: bool,
-    /// The decoded ops that the helper runs (it is passed pointers into this box).
-    _ops: Box<[Op]>,
+    /// Its instruction count.
+    len: u32,
     /// Where its link slots are (offsets of rel32 fields from `code`): only these are patched.
     slots: Box<[u32]>,
 }
@@ -489,16 +490,18 @@ impl Jit {
 ///
 /// # Safety
 /// `hart` and `ctx` are the pointers the dispatcher passed to the entry stub (live, and not
-/// used by anyone else while translated code runs), `ctx.bus` points to a live `B`, and `op`
-/// points into a block's op box.
+/// used by anyone else while translated code runs), and `ctx.bus` points to a live `B`.
+/// `op_lo` and `op_hi` are the instruction's op, packed ([`Op::pack`]).
 unsafe extern "sysv64" fn helper_exec<B: Bus>(
     hart: *mut Hart,
     ctx: *mut Ctx,
-    op: *const Op,
+    op_lo: u64,
+    op_hi: u64,
     pc: u64,
 ) -> u64 {
     // SAFETY: see the function's contract.
-    let (h, bus, op) = unsafe { (&mut *hart, &mut *((*ctx).bus as *mut B), *op) };
+    let (h, bus) = unsafe { (&mut *hart, &mut *((*ctx).bus as *mut B)) };
+    let op = Op::unpack([op_lo, op_hi]);
     h.pc = pc;
     if let Err(t) = h.exec(bus, op) {
         h.take_trap(t);
@@ -583,8 +586,10 @@ fn emit_tlb(
     } else {
         dynasm!(a ; .arch x64 ; mov rdx, rbp);
     }
+    // The entry's tag: the page number and the data privilege and mstatus bits.
     dynasm!(a
         ; .arch x64
+        ; or rax, [rbx + H_DTAG]
         ; cmp rax, [rdx + rcx]
         ; jne =>slow
     );
@@ -825,23 +830,27 @@ fn emit_fp(a: &mut VecAssembler<X64Relocation>, insn: u32, slow: dynasmrt::Dynam
     }
 }
 
-/// Run instruction `i` of the block (its op at `op`, its pc `pc`) through [`helper_exec`], with
-/// the count stored first; go to `exit` if the block must return to the dispatcher.
+/// Run instruction `i` of the block (`op`, at `pc`) through [`helper_exec`], with the count
+/// stored first; go to `exit` if the block must return to the dispatcher. The op goes in
+/// registers, packed ([`Op::pack`]): a pointer to a copy of it elsewhere would be a load that
+/// misses the cache (half of `helper_exec`'s own samples, before, under a redis load).
 fn emit_helper(
     a: &mut VecAssembler<X64Relocation>,
     i: usize,
-    op: u64,
+    op: Op,
     pc: u64,
     exit: dynasmrt::DynamicLabel,
 ) {
+    let [lo, hi] = op.pack();
     dynasm!(a
         ; .arch x64
         ; lea rax, [r15 + i as i32]
         ; mov [rbx + H_COUNT], rax
         ; mov rdi, rbx
         ; mov rsi, r13
-        ; mov rdx, QWORD op as i64
-        ; mov rcx, QWORD pc as i64
+        ; mov rdx, QWORD lo as i64
+        ; mov rcx, QWORD hi as i64
+        ; mov r8, QWORD pc as i64
         ; call QWORD [r13 + C_HELPER]
         ; test eax, eax
         ; jnz =>exit
@@ -896,9 +905,10 @@ fn emit_chain(a: &mut VecAssembler<X64Relocation>, known: Option<u64>) {
     dynasm!(a ; .arch x64 ; =>miss ; jmp QWORD [r13 + C_EXIT]);
 }
 
-/// Emit block `id` at address `base`. `ops` holds the ops and their pcs; `op_ptrs` the
-/// helper's op pointers. Returns the offsets of its link slots (rel32 fields of direct jumps
-/// to blocks in the same page, which the dispatcher patches once the target exists).
+/// Emit block `id` at address `base`. `ops` holds the ops and their pcs. Returns the offsets
+/// of its link slots (rel32 fields of direct jumps to blocks in the same page, which the
+/// dispatcher patches once the target exists) and how many guest registers it keeps in host
+/// registers.
 // dynasm expands a register chosen at run time (`Rq(h)`) to `h.into()`.
 #[allow(clippy::useless_conversion)]
 fn emit(
@@ -906,7 +916,6 @@ fn emit(
     base: usize,
     id: u32,
     ops: &[(Op, u64)],
-    op_ptrs: &[u64],
 ) -> (Vec<usize>, u32) {
     let exit = a.new_dynamic_label();
     let budget = a.new_dynamic_label();
@@ -1188,7 +1197,7 @@ fn emit(
             }
             _ => {
                 c.sync(a);
-                emit_helper(a, i, op_ptrs[i], pc, exit);
+                emit_helper(a, i, op, pc, exit);
                 if !ends_block(op.kind) {
                     c.reload_all(a);
                 } else {
@@ -1242,7 +1251,7 @@ fn emit(
     for (slow, resume, i, mut c) in tail {
         dynasm!(a ; .arch x64 ; =>slow);
         c.sync(a);
-        emit_helper(a, i, op_ptrs[i], ops[i].1, exit);
+        emit_helper(a, i, ops[i].0, ops[i].1, exit);
         if ops[i].0.kind != Kind::Fp {
             c.reload_all(a);
         }
@@ -1290,7 +1299,7 @@ impl Hart {
         };
         let jit = self.mmu.code.jit.as_mut()?;
         let b = &jit.blocks[id as usize];
-        let n = b._ops.len() as u32;
+        let n = b.len;
         let code = b.code;
         let cur = jit.cur;
         jit.jcs[cur][jc_index(pc)] = JcEntry {
@@ -1316,12 +1325,10 @@ impl Hart {
         if jit.used + MAX_BLOCK_BYTES > CODE_BYTES {
             jit.reset();
         }
-        let op_box: Box<[Op]> = ops.iter().map(|(op, _)| *op).collect();
-        let op_ptrs: Vec<u64> = op_box.iter().map(|op| op as *const Op as u64).collect();
         let base = jit.mem as usize + jit.used;
         let id = jit.blocks.len() as u32;
         let mut a: VecAssembler<X64Relocation> = VecAssembler::new(base);
-        let (slots, kept) = emit(&mut a, base, id, &ops, &op_ptrs);
+        let (slots, kept) = emit(&mut a, base, id, &ops);
         let code = a.finalize().ok()?;
         if code.len() > MAX_BLOCK_BYTES {
             return None;
@@ -1346,7 +1353,7 @@ impl Hart {
             off,
             code: base as u64,
             live: true,
-            _ops: op_box,
+            len: ops.len() as u32,
             slots: slots.iter().map(|&o| o as u32).collect(),
         });
         jit.by_page.entry(page).or_default().push(id);

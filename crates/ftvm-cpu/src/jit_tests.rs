@@ -449,6 +449,16 @@ impl Pair {
     /// The first difference between the two sides, if any.
     fn diff(&self) -> Option<String> {
         let (a, b) = (&self.h[0], &self.h[1]);
+        // The data TLBs' tag follows privilege and mstatus wherever they changed.
+        for h in [a, b] {
+            if h.mmu.dtag != h.data_tag() {
+                return Some(format!(
+                    "data TLB tag {:#x}, {:#x} expected",
+                    h.mmu.dtag,
+                    h.data_tag()
+                ));
+            }
+        }
         if a.count != b.count || a.pc != b.pc {
             return Some(format!(
                 "count {} vs {}, pc {:#x} vs {:#x}",

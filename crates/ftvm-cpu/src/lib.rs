@@ -360,6 +360,7 @@ impl Hart {
         self.prv = Priv::Machine;
         let ok = self.csr_write(n, v).is_ok();
         self.prv = prv;
+        self.retag_data();
         ok
     }
 
@@ -419,6 +420,7 @@ impl Hart {
     /// Forget every cached translation (after the state was changed from outside).
     pub fn flush_tlb(&mut self) {
         self.mmu.flush();
+        self.retag_data();
     }
 
     /// Forget the store translations only: the next store to each page takes the slow path,
@@ -566,7 +568,10 @@ impl Hart {
             self.pc = vector(s.mtvec, interrupt, code);
         }
         if old != self.prv {
-            self.mmu.flush_data();
+            self.retag_data();
+        } else {
+            // MPP changed (it governs loads and stores under MPRV).
+            self.mmu.dtag = self.data_tag();
         }
     }
 
@@ -574,7 +579,7 @@ impl Hart {
     pub fn set_priv(&mut self, p: Priv) {
         if p != self.prv {
             self.prv = p;
-            self.mmu.flush_data();
+            self.retag_data();
         }
     }
 }

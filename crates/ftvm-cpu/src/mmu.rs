@@ -2,8 +2,11 @@
 //! stores and instruction fetch that map a virtual page straight to an offset in guest RAM.
 //!
 //! A TLB entry is filled only for pages backed by RAM and only with the permission the access
-//! that filled it proved, at the current privilege and mstatus bits; everything that changes the
-//! outcome of a translation (satp, privilege, MPRV/MPP/SUM/MXR, SFENCE.VMA) flushes all three.
+//! that filled it proved, at the current privilege and mstatus bits. Those are part of each
+//! entry's tag (see [`Hart::data_tag`] and [`fetch_tag`]), so a trap, an xRET or a toggle of
+//! SUM (which Linux makes around every copy to or from user memory) keeps the translations
+//! made under other settings for when they come back; everything else that changes the
+//! outcome of a translation (satp, SFENCE.VMA, PBMTE, a restore) flushes all three.
 
 use crate::csr::{
     MENVCFG_PBMTE, MSTATUS_MPP, MSTATUS_MPP_SHIFT, MSTATUS_MPRV, MSTATUS_MXR, MSTATUS_SUM,
@@ -34,10 +37,6 @@ impl Tlb {
             }; TLB_SIZE],
         ))
     }
-    #[inline(always)]
-    pub(crate) fn lookup(&self, vaddr: u64) -> Option<usize> {
-        self.lookup_tagged(vaddr, 0)
-    }
     /// Look up `vaddr` among entries filled with the same `tag` (bits above the 52 of a
     /// virtual page number: see [`fetch_tag`]).
     #[inline(always)]
@@ -49,9 +48,6 @@ impl Tlb {
         } else {
             None
         }
-    }
-    fn fill(&mut self, vaddr: u64, page_off: usize) {
-        self.fill_tagged(vaddr, 0, page_off)
     }
     fn fill_tagged(&mut self, vaddr: u64, tag: u64, page_off: usize) {
         let vpn = (vaddr >> 12) | tag;
@@ -182,6 +178,9 @@ pub(crate) struct Mmu {
     /// The code cache's `epoch` when this hart last held it: its store TLB maps no page
     /// that was a code page then.
     pub(crate) code_seen: u64,
+    /// The tag of the load and store TLBs' entries made now ([`Hart::data_tag`], kept up to
+    /// date by [`Hart::retag_data`]).
+    pub(crate) dtag: u64,
 }
 
 impl Mmu {
@@ -195,14 +194,15 @@ impl Mmu {
             gen: 0,
             jit_exit: false,
             code_seen: 0,
+            dtag: data_tag(Priv::Machine, 0),
         }
     }
-    /// Forget the data translations and the current code page after a change of privilege
-    /// level or of the mstatus bits that govern loads and stores. Fetch translations are
-    /// tagged with their level and stay.
-    pub fn flush_data(&mut self) {
-        self.load.flush();
-        self.store.flush();
+    /// After a change of privilege level or of the mstatus bits that govern loads and
+    /// stores: load and store translations are made under `tag` from now on (those of other
+    /// tags stay, unused until their tag is back), and the current code page is forgotten.
+    /// Fetch translations are tagged with their level and stay.
+    fn retag(&mut self, tag: u64) {
+        self.dtag = tag;
         self.code.cur_vpn = INVALID;
         self.jit_exit = true;
     }
@@ -338,7 +338,26 @@ fn ram_write(ram: &mut [u8], off: usize, size: u8, v: u64) -> Option<()> {
     Some(())
 }
 
+/// The tag of load and store translations made at data privilege `p` under mstatus `s`:
+/// the bits above the 52 of a virtual page number hold `p`, SUM and MXR (what decides a data
+/// access's permission besides the page tables).
+fn data_tag(p: Priv, s: u64) -> u64 {
+    (p as u64 | ((s & MSTATUS_SUM != 0) as u64) << 2 | ((s & MSTATUS_MXR != 0) as u64) << 3) << 52
+}
+
 impl Hart {
+    /// The tag of the load and store translations that apply now.
+    pub(crate) fn data_tag(&self) -> u64 {
+        data_tag(self.data_priv(), self.csr.mstatus)
+    }
+
+    /// Make the load and store TLBs use the translations of the current privilege and
+    /// mstatus bits: after anything that may have changed them.
+    pub(crate) fn retag_data(&mut self) {
+        let t = self.data_tag();
+        self.mmu.retag(t);
+    }
+
     /// The privilege that loads and stores use (MPRV makes M-mode use MPP's).
     fn data_priv(&self) -> Priv {
         if self.prv == Priv::Machine && self.csr.mstatus & MSTATUS_MPRV != 0 {
@@ -481,11 +500,11 @@ impl Hart {
             bus.ensure_present(page_off >> 12);
             let tohost_page = self.tohost.map(|t| t & !0xfff);
             match acc {
-                Access::Load => self.mmu.load.fill(vaddr, page_off),
+                Access::Load => self.mmu.load.fill_tagged(vaddr, self.mmu.dtag, page_off),
                 Access::Store if tohost_page != Some(page) => {
                     self.mmu.invalidate_code_page(page_off >> 12);
                     bus.mark_dirty(page_off >> 12);
-                    self.mmu.store.fill(vaddr, page_off)
+                    self.mmu.store.fill_tagged(vaddr, self.mmu.dtag, page_off)
                 }
                 Access::Store => return Ok(Pa::Io(paddr)),
                 Access::Fetch => {
@@ -508,7 +527,8 @@ impl Hart {
     /// Load `size` bytes (1, 2, 4 or 8) at a virtual address, zero-extended.
     #[inline(always)]
     pub(crate) fn load<B: Bus>(&mut self, bus: &mut B, vaddr: u64, size: u8) -> Result<u64, Trap> {
-        if let Some(off) = self.mmu.load.lookup(vaddr) {
+        debug_assert_eq!(self.mmu.dtag, self.data_tag());
+        if let Some(off) = self.mmu.load.lookup_tagged(vaddr, self.mmu.dtag) {
             if (vaddr & 0xfff) + size as u64 <= 4096 {
                 if let Some(v) = ram_read(bus.ram(), off, size) {
                     return Ok(v);
@@ -549,7 +569,8 @@ impl Hart {
         size: u8,
         v: u64,
     ) -> Result<(), Trap> {
-        if let Some(off) = self.mmu.store.lookup(vaddr) {
+        debug_assert_eq!(self.mmu.dtag, self.data_tag());
+        if let Some(off) = self.mmu.store.lookup_tagged(vaddr, self.mmu.dtag) {
             if (vaddr & 0xfff) + size as u64 <= 4096 && ram_write(bus.ram(), off, size, v).is_some()
             {
                 return Ok(());

@@ -165,6 +165,7 @@ impl Hart {
         }
         h.csr = c;
         h.mmu.flush();
+        h.retag_data();
         Ok(h)
     }
 }
