@@ -34,14 +34,31 @@ pub fn guest_out() -> PathBuf {
     out
 }
 
-/// A loopback address with a port that was free a moment ago.
+/// A loopback address with a port that was free a moment ago, and that no other test of
+/// this process was given. The ports lie below Linux's ephemeral range (32768 on), where
+/// asking the kernel for any free port (`:0`) used to take them: between this call and the
+/// test's process binding the port, another test's connection or listener could be given the
+/// same one by the kernel, and a primary that cannot listen exits before any output (one CI
+/// run failed so).
 pub fn free_local_addr() -> String {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind a loopback port")
-        .local_addr()
-        .expect("its address")
-        .port();
-    format!("127.0.0.1:{port}")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    // Each test binary starts somewhere else in the span.
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id() * 613 % SPAN,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..SPAN {
+        let port = (FIRST + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return format!("127.0.0.1:{port}");
+        }
+    }
+    panic!("no free loopback port in {FIRST}..{}", FIRST + SPAN);
 }
 
 /// Wait for a child with a time limit; kill it and panic if it runs over.
