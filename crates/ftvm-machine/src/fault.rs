@@ -643,12 +643,13 @@ mod tests {
         for e in engines() {
             let mut m = printer(e);
             assert_eq!(print10(&mut m), b"AAAAAAAAAA", "{e:?}");
-            // The load TLB maps page 0x80001 in slot 1; bit 8 retags it as page 0x80101.
+            // The load TLB maps page 0x80001 in slot 1 (tagged as made in M-mode: 3 in bits
+            // 52 and up); bit 8 retags it as page 0x80101.
             let d = m.digest();
             assert_eq!(
                 inject(&mut m, "tlb:1:8").unwrap(),
                 "hart 0 tlb 1 (load TLB slot 1, RAM page 0x80001000) vpn: \
-                 0x0000000000080001 -> 0x0000000000080101"
+                 0x0030000000080001 -> 0x0030000000080101"
             );
             assert_eq!(m.digest(), d);
             // Loads from 0x80101000 (zeros) now read the page the entry maps.
