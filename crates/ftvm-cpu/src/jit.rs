@@ -17,8 +17,8 @@
 //! Guest registers live in the hart (`Hart::x`); host registers hold the context:
 //! rbx = hart, r12 = RAM base, r13 = [`Ctx`], r14 = end count, r15 = count at block entry,
 //! rbp = the load TLB. Within a block, up to four guest registers are kept in r8-r11
-//! ([`Cache`]), and stored back before anything else may look at the hart. Blocks chain through a jump cache keyed by virtual pc and translation
-//! generation (`Mmu::gen`, bumped by every flush), so a chained jump never uses a mapping
+//! ([`Cache`]), and stored back before anything else may look at the hart. Blocks chain
+//! through a jump cache keyed by virtual pc and translation generation (`Mmu::gen`, bumped by every flush), so a chained jump never uses a mapping
 //! that an SFENCE.VMA, a satp write or a privilege change made stale.
 
 use std::collections::HashMap;
@@ -239,11 +239,16 @@ impl Cache {
         self.dirty = 0;
     }
 
-    /// Load x[r] from the hart, if it is cached.
-    fn reload(&self, a: &mut VecAssembler<X64Relocation>, r: u8) {
-        if let Src::Reg(h) = self.src(r) {
-            if r & 31 != 0 {
-                dynasm!(a ; .arch x64 ; mov Rq(h), QWORD [rbx + xr(r)]);
+    /// Set x[rd] to the constant `v` (nothing for x0).
+    fn put_const(&mut self, a: &mut VecAssembler<X64Relocation>, rd: u8, v: i64) {
+        match self.src(rd) {
+            _ if rd & 31 == 0 => {}
+            Src::Mem(o) if v as i32 as i64 == v => {
+                dynasm!(a ; .arch x64 ; mov QWORD [rbx + o], v as i32)
+            }
+            _ => {
+                dynasm!(a ; .arch x64 ; mov rax, QWORD v);
+                self.put(a, rd);
             }
         }
     }
@@ -251,8 +256,8 @@ impl Cache {
     /// Load every cached register from the hart (after a call, and at entry).
     fn reload_all(&self, a: &mut VecAssembler<X64Relocation>) {
         for r in 1..32u8 {
-            if self.cached & (1 << r) != 0 {
-                self.reload(a, r);
+            if let Src::Reg(h) = self.src(r) {
+                dynasm!(a ; .arch x64 ; mov Rq(h), QWORD [rbx + xr(r)]);
             }
         }
     }
@@ -955,6 +960,23 @@ fn emit(
         let imm = op.imm;
         let next = pc.wrapping_add(op.len as u64);
         use Kind::*;
+        // `$op rax, x[rs2]` (or eax and its low half), from the hart or a host register.
+        macro_rules! with_s2 {
+            ($op:ident) => {
+                match s2 {
+                    Src::Mem(o) => dynasm!(a ; .arch x64 ; $op rax, QWORD [rbx + o]),
+                    Src::Reg(h) => dynasm!(a ; .arch x64 ; $op rax, Rq(h)),
+                }
+            };
+        }
+        macro_rules! with_s2w {
+            ($op:ident) => {
+                match s2 {
+                    Src::Mem(o) => dynasm!(a ; .arch x64 ; $op eax, DWORD [rbx + o]),
+                    Src::Reg(h) => dynasm!(a ; .arch x64 ; $op eax, Rd(h)),
+                }
+            };
+        }
         // rax = x[rs1] op ..., then x[rd] = rax.
         macro_rules! rr {
             ($($t:tt)*) => {
@@ -970,10 +992,7 @@ fn emit(
             ($op:ident) => {
                 if rd != 0 {
                     s1.load(a, RAX);
-                    match s2 {
-                        Src::Mem(o) => dynasm!(a ; .arch x64 ; $op rax, QWORD [rbx + o]),
-                        Src::Reg(h) => dynasm!(a ; .arch x64 ; $op rax, Rq(h)),
-                    }
+                    with_s2!($op);
                     c.put(a, op.rd);
                 }
             };
@@ -983,10 +1002,7 @@ fn emit(
             ($set:ident) => {
                 if rd != 0 {
                     s1.load(a, RAX);
-                    match s2 {
-                        Src::Mem(o) => dynasm!(a ; .arch x64 ; cmp rax, QWORD [rbx + o]),
-                        Src::Reg(h) => dynasm!(a ; .arch x64 ; cmp rax, Rq(h)),
-                    }
+                    with_s2!(cmp);
                     dynasm!(a ; .arch x64 ; $set al ; movzx eax, al);
                     c.put(a, op.rd);
                 }
@@ -1015,10 +1031,7 @@ fn emit(
             ($op:ident) => {
                 if rd != 0 {
                     s1.load32(a, RAX);
-                    match s2 {
-                        Src::Mem(o) => dynasm!(a ; .arch x64 ; $op eax, DWORD [rbx + o]),
-                        Src::Reg(h) => dynasm!(a ; .arch x64 ; $op eax, Rd(h)),
-                    }
+                    with_s2w!($op);
                     dynasm!(a ; .arch x64 ; movsxd rax, eax);
                     c.put(a, op.rd);
                 }
@@ -1043,22 +1056,9 @@ fn emit(
             };
         }
         match op.kind {
-            Lui | Auipc => {
-                if rd != 0 {
-                    let v = match op.kind {
-                        Lui => imm as i64,
-                        _ => pc.wrapping_add(imm as i64 as u64) as i64,
-                    };
-                    dynasm!(a ; .arch x64 ; mov rax, QWORD v);
-                    c.put(a, op.rd);
-                }
-            }
-            Addi if op.rs1 == 0 => {
-                if rd != 0 {
-                    dynasm!(a ; .arch x64 ; mov rax, QWORD imm as i64);
-                    c.put(a, op.rd);
-                }
-            }
+            Lui => c.put_const(a, op.rd, imm as i64),
+            Addi if op.rs1 == 0 => c.put_const(a, op.rd, imm as i64),
+            Auipc => c.put_const(a, op.rd, pc.wrapping_add(imm as i64 as u64) as i64),
             Addi => rr!(; add rax, imm),
             Xori => rr!(; xor rax, imm),
             Ori => rr!(; or rax, imm),
@@ -1168,10 +1168,7 @@ fn emit(
                 let taken = a.new_dynamic_label();
                 let t = pc.wrapping_add(imm as i64 as u64);
                 s1.load(a, RAX);
-                match s2 {
-                    Src::Mem(o) => dynasm!(a ; .arch x64 ; cmp rax, QWORD [rbx + o]),
-                    Src::Reg(h) => dynasm!(a ; .arch x64 ; cmp rax, Rq(h)),
-                }
+                with_s2!(cmp);
                 match op.kind {
                     Beq => dynasm!(a ; .arch x64 ; je =>taken),
                     Bne => dynasm!(a ; .arch x64 ; jne =>taken),
