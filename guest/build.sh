@@ -165,6 +165,9 @@ ensure_packages() {
 	done
 	if [ ${#missing[@]} -gt 0 ]; then
 		echo "    installing: ${missing[*]}"
+		# A fresh machine's package lists may be older than the packages we need
+		# (linux-source-6.12 came to bookworm in a point release).
+		apt_retry "${SUDO[@]}" apt-get update -q -o DPkg::Lock::Timeout=900
 		apt_retry "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
 			-o DPkg::Lock::Timeout=900 "${missing[@]}"
 	else

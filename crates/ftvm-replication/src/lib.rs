@@ -175,6 +175,18 @@ impl PairError {
     }
 }
 
+/// Set a thread's scheduling policy: `SCHED_BATCH`, a thread that, when woken, does not
+/// preempt the one running on its core (it runs at that one's next scheduling tick, or when
+/// it waits), or `SCHED_OTHER`, the usual. A refusal leaves it as it was.
+pub(crate) fn set_policy(tid: libc::pid_t, policy: libc::c_int) {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` is a valid sched_param that lives across the call.
+    let r = unsafe { libc::sched_setscheduler(tid, policy, &param) };
+    if r != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), policy, "scheduling policy refused");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -180,7 +180,7 @@ impl Inbox {
         if tid == 0 {
             return;
         }
-        set_policy(
+        crate::set_policy(
             tid,
             if waits {
                 libc::SCHED_OTHER
@@ -211,7 +211,7 @@ impl Inbox {
                 yields = true;
                 // SAFETY: gettid has no preconditions.
                 let tid = unsafe { libc::gettid() };
-                set_policy(tid, libc::SCHED_BATCH);
+                crate::set_policy(tid, libc::SCHED_BATCH);
                 self.tid.store(tid, Ordering::SeqCst);
             }
             wait(Duration::from_millis(100));
@@ -220,18 +220,6 @@ impl Inbox {
                 return;
             }
         }
-    }
-}
-
-/// Set a thread's scheduling policy: `SCHED_BATCH`, a thread that, when woken, does not
-/// preempt the one running on its core (it runs at that one's next scheduling tick, or when
-/// it waits), or `SCHED_OTHER`, the usual. A refusal leaves it as it was.
-fn set_policy(tid: libc::pid_t, policy: libc::c_int) {
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: `param` is a valid sched_param that lives across the call.
-    let r = unsafe { libc::sched_setscheduler(tid, policy, &param) };
-    if r != 0 {
-        tracing::debug!(error = %std::io::Error::last_os_error(), policy, "scheduling policy refused");
     }
 }
 

@@ -38,6 +38,14 @@ pub trait Sink {
     fn output(&mut self, m: &Machine, count: u64, out: Output) -> std::io::Result<()>;
     /// An input about to be applied.
     fn input(&mut self, _input: &Input) {}
+    /// Run at most about this many instructions at a time, calling [`Sink::between`] in
+    /// between. Where a run is cut changes nothing: neither the machine's state nor where its
+    /// outputs are taken.
+    fn chunk(&self) -> u64 {
+        u64::MAX
+    }
+    /// Between two chunks of a run.
+    fn between(&mut self) {}
 }
 
 /// Outputs dropped.
@@ -71,7 +79,13 @@ pub fn run_to(m: &mut Machine, target: u64, sink: &mut dyn Sink) -> Result<(), F
         });
     }
     loop {
-        let exit = m.run(target, u64::MAX);
+        let exit = m.run(target, sink.chunk());
+        if matches!(exit, RunExit::Yield) {
+            // Only a chunk's end: what the guest wrote to its console stays to be taken
+            // where a run without cuts takes it (replicas that vote hash it as taken).
+            sink.between();
+            continue;
+        }
         let count = m.count();
         for out in m.take_outputs() {
             sink.output(m, count, out)?;

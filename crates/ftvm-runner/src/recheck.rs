@@ -395,6 +395,45 @@ mod tests {
         assert_eq!(r.reexecute(&d).unwrap(), *again.digest().as_bytes());
     }
 
+    /// A sink that cuts its runs into chunks of `chunk` instructions.
+    struct Chunked(Hashing, u64, usize);
+
+    impl Sink for Chunked {
+        fn output(&mut self, m: &Machine, count: u64, out: Output) -> std::io::Result<()> {
+            self.0.output(m, count, out)
+        }
+        fn chunk(&self) -> u64 {
+            self.1
+        }
+        fn between(&mut self) {
+            self.2 += 1;
+        }
+    }
+
+    #[test]
+    fn a_run_cut_into_chunks_ends_alike_and_takes_its_outputs_where_an_uncut_one_does() {
+        let mut whole = printer();
+        let mut s = Hashing(Chain::default());
+        for to in [3_000, 10_000] {
+            follow::run_to(&mut whole, to, &mut s).unwrap();
+        }
+        for chunk in [1, 7, 4_096] {
+            let mut m = printer();
+            let mut c = Chunked(Hashing(Chain::default()), chunk, 0);
+            for to in [3_000, 10_000] {
+                follow::run_to(&mut m, to, &mut c).unwrap();
+            }
+            assert_eq!(m.count(), 10_000);
+            // One cut less a run (its last chunk ends at its stop).
+            assert!(c.2 as u64 + 2 >= 10_000 / chunk, "{} cuts of {chunk}", c.2);
+            assert_eq!(
+                c.0 .0, s.0,
+                "outputs taken elsewhere with chunks of {chunk}"
+            );
+            assert_eq!(m.digest(), whole.digest());
+        }
+    }
+
     #[test]
     fn checkpoints_are_kept_within_bounds_and_agreed_ones_let_older_go() {
         let mut m = printer();
