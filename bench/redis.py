@@ -10,7 +10,9 @@ the medians over the rounds are reported. An ftvm engine may name the binary to 
 otherwise it is $FTVM or target/release/ftvm. `--threads` prints, per run, each ftvm thread's
 CPU time and context switches per request, each CPU's busy time per request and the share the
 hypervisor took from it (stolen), all read from /proc before and after the benchmark, so boot
-is not counted; and the guest's instructions per request (from the management API).
+is not counted; and the guest's instructions per request (from the management API). Every
+engine after the first is compared with it round by round: its throughput loss in each round and
+the median of those (the figure for a pair against the unreplicated run).
 Needs root (namespaces, TAP), Debian's redis-tools and qemu-system-misc.
 """
 import argparse, atexit, json, os, shutil, statistics, subprocess, sys, tempfile, time
@@ -245,7 +247,8 @@ def main():
     finally:
         net_down()
     with open(a.json, "w") as f:
-        json.dump({"requests": a.requests, "clients": a.clients, "repeat": a.repeat, "results": results}, f, indent=2)
+        json.dump({"requests": a.requests, "clients": a.clients, "repeat": a.repeat, "results": results,
+                   "rounds": all_runs}, f, indent=2)
     print(f"\nredis-benchmark -c {a.clients} -n {a.requests} over TAP (median of {a.repeat})")
     width = max(16, *(len(e) + 1 for e in results))
     print(f"{'engine':<{width}} {'SET/s':>9} {'SET p50 ms':>11} {'GET/s':>9} {'GET p50 ms':>11} {'log Mbit/s':>11}"
@@ -254,6 +257,14 @@ def main():
         opt = [f"{r[k]:.2f}" if k in r else "-" for k in ("log_mbit_s", "hold_p50_ms", "hold_p99_ms")]
         print(f"{e:<{width}} {r['SET']['rps']:>9.0f} {r['SET']['p50_ms']:>11.2f} {r['GET']['rps']:>9.0f} {r['GET']['p50_ms']:>11.2f}"
               f" {opt[0]:>11} {opt[1]:>12} {opt[2]:>12}")
+    # Each engine's throughput loss against the first one, round by round (the two ran minutes
+    # apart at most, so this machine's drift hardly enters), and its median over the rounds.
+    base = engines[0]
+    for e in engines[1:]:
+        for op in ("SET", "GET"):
+            loss = [100 * (1 - r[op]["rps"] / b[op]["rps"]) for r, b in zip(all_runs[e], all_runs[base])]
+            print(f"{e} against {base}, {op}: loss by round {', '.join(f'{x:.0f}%' for x in loss)};"
+                  f" median {statistics.median(loss):.1f}%")
 
 
 if __name__ == "__main__":

@@ -364,16 +364,14 @@ impl Sink for Follower {
 /// millisecond), yielding its core in between to the receiving thread.
 const REPLAY_CHUNK: u64 = 20_000;
 
-/// Once it has replayed everything received, the replay keeps its core this long, yielding
-/// it to the receiving thread, before it sleeps: a message that finds the core busy wakes
-/// that thread without an interrupt to this core, which its sender would pay for (some 15 us
-/// of the primary's CPU a message on a virtual machine).
-const REPLAY_SPIN: Duration = Duration::from_millis(1);
-
-/// The next thing from the primary, within `limit`: while nothing is there, the core is
-/// yielded to the receiving thread for up to [`REPLAY_SPIN`], then the replay sleeps.
+/// The next thing from the primary, within `limit`. While nothing is there, the replay keeps
+/// its core for up to `spin` (`--replay-spin-us`), yielding it to the receiving thread, then
+/// sleeps: a message that finds the core busy wakes that thread without an interrupt to this
+/// core, which its sender would pay for (some 15 us of the primary's CPU a message on the
+/// benchmark machine, a virtual one).
 fn next_from_primary(
     records: &Receiver<FromPrimary>,
+    spin: Duration,
     limit: Duration,
 ) -> Result<FromPrimary, mpsc::RecvTimeoutError> {
     let t0 = Instant::now();
@@ -386,7 +384,7 @@ fn next_from_primary(
             Err(mpsc::TryRecvError::Empty) => {}
         }
         let spun = t0.elapsed();
-        if spun >= REPLAY_SPIN.min(limit) {
+        if spun >= spin.min(limit) {
             return records.recv_timeout(limit.saturating_sub(spun));
         }
         std::thread::yield_now();
@@ -621,7 +619,7 @@ pub fn follow_primary(
     loop {
         // Nothing received on the TAPs before the takeover is the guest's: drop it.
         while events.try_recv().is_ok() {}
-        let msg = match next_from_primary(&rec_rx, timing.beat) {
+        let msg = match next_from_primary(&rec_rx, cfg.replay_spin, timing.beat) {
             Ok(m) => Some(m),
             Err(mpsc::RecvTimeoutError::Timeout) => None,
             Err(mpsc::RecvTimeoutError::Disconnected) => Some(FromPrimary::Gone),
@@ -1282,35 +1280,42 @@ mod tests {
 
     #[test]
     fn the_replay_takes_what_is_there_what_comes_while_it_spins_or_sleeps_and_then_the_end() {
+        // As by default, and with --replay-spin-us 0.
+        for spin in [crate::REPLAY_SPIN, Duration::ZERO] {
+            takes_all_in_order(spin);
+        }
+    }
+
+    fn takes_all_in_order(spin: Duration) {
         let (tx, rx) = mpsc::channel();
         let long = Duration::from_secs(30);
         tx.send(mark(1)).unwrap();
         tx.send(mark(2)).unwrap();
-        assert_eq!(count_of(next_from_primary(&rx, long)), 1);
-        assert_eq!(count_of(next_from_primary(&rx, long)), 2);
+        assert_eq!(count_of(next_from_primary(&rx, spin, long)), 1);
+        assert_eq!(count_of(next_from_primary(&rx, spin, long)), 2);
         // From another thread: at once, and long after the spin (the replay sleeps by then).
         let late = std::thread::spawn(move || {
-            for (c, after) in [(3, Duration::ZERO), (4, REPLAY_SPIN * 20)] {
+            for (c, after) in [(3, Duration::ZERO), (4, Duration::from_millis(20))] {
                 std::thread::sleep(after);
                 tx.send(mark(c)).unwrap();
             }
             tx
         });
-        assert_eq!(count_of(next_from_primary(&rx, long)), 3);
-        assert_eq!(count_of(next_from_primary(&rx, long)), 4);
+        assert_eq!(count_of(next_from_primary(&rx, spin, long)), 3);
+        assert_eq!(count_of(next_from_primary(&rx, spin, long)), 4);
         let tx = late.join().unwrap();
         // Nothing within the limit (shorter than the spin, too).
-        for limit in [REPLAY_SPIN * 3, REPLAY_SPIN / 2, Duration::ZERO] {
+        for limit in [spin * 3, spin / 2, Duration::ZERO] {
             assert!(matches!(
-                next_from_primary(&rx, limit),
+                next_from_primary(&rx, spin, limit),
                 Err(mpsc::RecvTimeoutError::Timeout)
             ));
         }
         tx.send(mark(5)).unwrap();
         drop(tx);
-        assert_eq!(count_of(next_from_primary(&rx, long)), 5);
+        assert_eq!(count_of(next_from_primary(&rx, spin, long)), 5);
         assert!(matches!(
-            next_from_primary(&rx, long),
+            next_from_primary(&rx, spin, long),
             Err(mpsc::RecvTimeoutError::Disconnected)
         ));
     }

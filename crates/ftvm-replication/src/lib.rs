@@ -58,7 +58,13 @@ pub struct PairConfig {
     pub replicas: Option<usize>,
     /// When input from outside goes to a pair's backup (a group's leader pushes it at once).
     pub push_input: ftvm_runner::PushInput,
+    /// A backup's replay, once it has replayed everything received, keeps its core this long
+    /// (yielding it to the receiving thread) before it sleeps: see `backup::next_from_primary`.
+    pub replay_spin: std::time::Duration,
 }
+
+/// The default of [`PairConfig::replay_spin`].
+pub const REPLAY_SPIN: std::time::Duration = std::time::Duration::from_millis(1);
 
 impl PairConfig {
     /// The machine's description in the hello: the devices, and the group's size (members of

@@ -298,6 +298,12 @@ struct PairArgs {
     /// the primary died with, at the cost of a second message a request).
     #[arg(long, value_enum, default_value_t = PushInput::WithOutput)]
     push_input: PushInput,
+    /// A backup's replay, once it has replayed all it received, keeps its core this many
+    /// microseconds before it sleeps, so that a message from the primary finds it awake and
+    /// costs the primary no wake-up (docs/replication.md, "Output commit"); 0: it sleeps at
+    /// once, its core idle between messages.
+    #[arg(long, value_name = "US", default_value_t = ftvm_replication::REPLAY_SPIN.as_micros() as u64)]
+    replay_spin_us: u64,
     /// Attaching a backup to a running guest: the guest runs on while its RAM and disks are
     /// copied in rounds (pre-copy), then pauses for what is left once that fits in MS.
     #[arg(long, value_name = "MS", default_value_t = 300)]
@@ -962,6 +968,7 @@ fn pair_config(p: &PairArgs, a: &RunArgs) -> Result<PairConfig> {
             PushInput::WithOutput => ftvm_runner::PushInput::WithOutput,
             PushInput::OnArrival => ftvm_runner::PushInput::OnArrival,
         },
+        replay_spin: Duration::from_micros(p.replay_spin_us),
     })
 }
 
@@ -1077,6 +1084,7 @@ fn migration_config(a: &RunArgs, psk: Psk, arbiter: Arbiter) -> PairConfig {
         mem_bytes: a.mem,
         replicas: None,
         push_input: Default::default(),
+        replay_spin: ftvm_replication::REPLAY_SPIN,
     }
 }
 

@@ -53,7 +53,13 @@ fn a_pair_runs_in_lockstep_to_the_guests_poweroff() {
         &["primary", "--listen", &addr, "--push-input", "on-arrival"],
         Stdio::piped(),
     );
-    let backup = side("interp", &["backup", "--primary", &addr], Stdio::null());
+    // Its backup's replay sleeps as soon as it has caught up (the failover tests run the
+    // default, which keeps the core a while).
+    let backup = side(
+        "interp",
+        &["backup", "--primary", &addr, "--replay-spin-us", "0"],
+        Stdio::null(),
+    );
     let (seen, _console) = await_ready(&mut primary).unwrap_or_else(|seen| {
         let _ = primary.kill();
         panic!("no ready line; console was:\n{seen}")
