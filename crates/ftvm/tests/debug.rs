@@ -336,11 +336,16 @@ fn a_backups_kept_window_replays_verified_after_it_dies() {
     let kept = d.join("kept");
     let addr = free_local_addr();
     let arbiter = format!("file:{}", d.join("arbiter").display());
+    // This test is not about failure detection: a loaded host must not make a side seem dead
+    // (the dead timeout is 1 s rather than 100 ms). A primary that lost the arbiter so exited
+    // before its guest was ready in two CI runs (a guess: its messages were not kept then).
     let common: Vec<String> = [
         "--psk",
         psk.to_str().unwrap(),
         "--arbiter",
         &arbiter,
+        "--heartbeat-misses",
+        "100",
         "--digest-every",
         "20000000",
         "--kernel",
@@ -351,12 +356,14 @@ fn a_backups_kept_window_replays_verified_after_it_dies() {
     .iter()
     .map(|s| s.to_string())
     .collect();
+    // The primary's messages go to a file, read if it fails.
+    let p_log = d.join("primary.err");
     let mut primary = ftvm()
         .args(["primary", "--listen", &addr])
         .args(&common)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&p_log).unwrap())
         .spawn()
         .unwrap();
     let mut backup = ftvm()
@@ -372,7 +379,13 @@ fn a_backups_kept_window_replays_verified_after_it_dies() {
     if ready.is_err() {
         let _ = primary.kill();
         let _ = backup.kill();
-        panic!("no ready line: {ready:?}");
+        let b = backup.wait_with_output().unwrap();
+        panic!(
+            "no ready line: {ready:?}\nprimary ({:?}):\n{}\nbackup:\n{}",
+            primary.wait(),
+            std::fs::read_to_string(&p_log).unwrap_or_default(),
+            String::from_utf8_lossy(&b.stderr)
+        );
     }
     // Work for the window to hold, then the incident: the backup's host dies.
     for i in 0..6 {
