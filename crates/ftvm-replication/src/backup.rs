@@ -1070,8 +1070,9 @@ pub fn follow_primary(
         // leaves it unprotected, never stopped.
         match Protector::start(listen, cfg, generation + 1, devices, events_tx.clone()) {
             Ok(p) => {
+                let on = p.listening().map_or_else(|| listen.to_string(), |a| a.to_string());
                 gate = gate.with_protector(Box::new(p));
-                eprintln!("ftvm: waiting for a new backup on {listen}");
+                eprintln!("ftvm: waiting for a new backup on {on}");
             }
             Err(e) => eprintln!("ftvm: cannot wait for a new backup on {listen} ({e}): the guest runs on unprotected"),
         }

@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 use std::io::Write;
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -925,6 +925,9 @@ pub struct Protector {
     /// of followers once the first one attached.
     replicas: Option<usize>,
     group: Option<Group>,
+    /// The address backups connect to, when this side listens on TCP (`:0` asks the kernel
+    /// for a free port: this is the one it gave).
+    listening: Option<SocketAddr>,
 }
 
 impl Protector {
@@ -939,6 +942,7 @@ impl Protector {
     ) -> Result<Protector, PairError> {
         let listener = TcpListener::bind(listen)
             .map_err(PairError::io(format!("cannot listen on {listen}")))?;
+        let listening = listener.local_addr().ok();
         let (tx, incoming) = mpsc::channel();
         let waker = wake.clone();
         let psk: Psk = cfg.psk.clone();
@@ -966,13 +970,15 @@ impl Protector {
                 }
             }
         });
-        Ok(Protector::new(
-            incoming,
-            cfg,
-            next_generation,
-            devices,
-            wake,
-        ))
+        let mut p = Protector::new(incoming, cfg, next_generation, devices, wake);
+        p.listening = listening;
+        Ok(p)
+    }
+
+    /// The address backups connect to (see [`Protector::start`]); `None` when they arrive
+    /// over another transport.
+    pub fn listening(&self) -> Option<SocketAddr> {
+        self.listening
     }
 
     /// Protect with the backups that arrive on `incoming` (over any transport).
@@ -999,6 +1005,7 @@ impl Protector {
             control: None,
             replicas: cfg.replicas,
             group: None,
+            listening: None,
         }
     }
 

@@ -66,7 +66,8 @@ enum Cmd {
     Replay(ReplayArgs),
     /// Run the guest as the primary of a fault-tolerant pair (waits for a backup first).
     Primary {
-        /// Address to accept the backup on, e.g. 10.0.0.1:7700.
+        /// Address to accept the backup on, e.g. 10.0.0.1:7700 (port 0: a free port, named
+        /// in the line "primary waiting for a backup on ADDR").
         #[arg(long, value_name = "ADDR")]
         listen: String,
         #[command(flatten)]
@@ -1275,6 +1276,10 @@ fn run_primary(listen: &str, p: PairArgs, a: RunArgs) -> Result<u8> {
     let devices = devices_of(&a);
     let (events_tx, events) = mpsc::channel::<Event>();
     let protect = primary::Protector::start(listen, &cfg, 0, &devices, events_tx.clone())?;
+    // With port 0 the kernel chose the port: this side is reached there (and says so).
+    let listen = &protect
+        .listening()
+        .map_or_else(|| listen.to_string(), |a| a.to_string());
     let (m, backends) = build_machine(&a, &events_tx)?;
     let mgmt = Management::start(&a, "primary", None)?;
     let opts = Options {

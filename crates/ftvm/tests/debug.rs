@@ -334,11 +334,9 @@ fn a_backups_kept_window_replays_verified_after_it_dies() {
     let psk = d.join("psk");
     std::fs::write(&psk, b"the flight recorder test's key").unwrap();
     let kept = d.join("kept");
-    let addr = free_local_addr();
     let arbiter = format!("file:{}", d.join("arbiter").display());
     // This test is not about failure detection: a loaded host must not make a side seem dead
-    // (the dead timeout is 1 s rather than 100 ms). A primary that lost the arbiter so exited
-    // before its guest was ready in two CI runs (a guess: its messages were not kept then).
+    // (the dead timeout is 1 s rather than 100 ms).
     let common: Vec<String> = [
         "--psk",
         psk.to_str().unwrap(),
@@ -358,14 +356,19 @@ fn a_backups_kept_window_replays_verified_after_it_dies() {
     .collect();
     // The primary's messages go to a file, read if it fails.
     let p_log = d.join("primary.err");
+    // The kernel gives the primary its port (`:0`): no other process can take it first.
     let mut primary = ftvm()
-        .args(["primary", "--listen", &addr])
+        .args(["primary", "--listen", "127.0.0.1:0"])
         .args(&common)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&p_log).unwrap())
         .spawn()
         .unwrap();
+    let addr = primary_address(&mut primary, &p_log, LIMIT).unwrap_or_else(|e| {
+        let _ = primary.kill();
+        panic!("{e}")
+    });
     let mut backup = ftvm()
         .args(["backup", "--primary", &addr])
         .args(["--keep-log", kept.to_str().unwrap(), "--keep-for", "3s"])

@@ -61,6 +61,39 @@ pub fn free_local_addr() -> String {
     panic!("no free loopback port in {FIRST}..{}", FIRST + SPAN);
 }
 
+/// The address a primary started with `--listen 127.0.0.1:0` was given by the kernel, read
+/// from its messages in `log` ("primary waiting for a backup on ADDR"). No other process can
+/// take that port between its choice and the bind, as one can with [`free_local_addr`] (the
+/// flight recorder's primary once found its port taken in CI). An error, with the messages,
+/// if the primary exits or says nothing within `limit`.
+pub fn primary_address(
+    primary: &mut Child,
+    log: &std::path::Path,
+    limit: Duration,
+) -> Result<String, String> {
+    const SAID: &str = "primary waiting for a backup on ";
+    let t0 = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(addr) = text
+            .lines()
+            .find_map(|l| l.split(SAID).nth(1))
+            .map(|a| a.trim().to_string())
+        {
+            return Ok(addr);
+        }
+        if let Ok(Some(st)) = primary.try_wait() {
+            return Err(format!("the primary exited ({st}):\n{text}"));
+        }
+        if t0.elapsed() > limit {
+            return Err(format!(
+                "the primary named no address within {limit:?}:\n{text}"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Wait for a child with a time limit; kill it and panic if it runs over.
 pub fn wait_limited(mut child: Child, limit: Duration, what: &str) -> Output {
     let t0 = Instant::now();
