@@ -1255,4 +1255,53 @@ mod tests {
         ptx.send_raw_frame(&plain);
         assert!(matches!(brx.recv(), Err(ChannelError::Bad(_))));
     }
+
+    /// The channel's cipher is ring's (see Cargo.toml): a side with it and a side with snow's
+    /// own ciphers (as ftvm built before it) agree on the handshake and on every frame, both
+    /// ways, so the wire format did not change.
+    #[test]
+    fn rings_cipher_and_snows_own_agree_on_the_wire() {
+        let params = || NOISE_PARAMS.parse::<snow::params::NoiseParams>().unwrap();
+        let psk = [3u8; 32];
+        let mut i = snow::Builder::new(params())
+            .psk(0, &psk)
+            .unwrap()
+            .build_initiator()
+            .unwrap();
+        let own = Box::new(snow::resolvers::DefaultResolver);
+        let mut r = snow::Builder::with_resolver(params(), own)
+            .psk(0, &psk)
+            .unwrap()
+            .build_responder()
+            .unwrap();
+        let (mut m, mut p) = ([0u8; 256], [0u8; 256]);
+        let n = i.write_message(&[], &mut m).unwrap();
+        r.read_message(&m[..n], &mut p).unwrap();
+        let n = r.write_message(&[], &mut m).unwrap();
+        i.read_message(&m[..n], &mut p).unwrap();
+        let (ring, own) = (
+            i.into_stateless_transport_mode().unwrap(),
+            r.into_stateless_transport_mode().unwrap(),
+        );
+        for (nonce, len) in [(0u64, 0usize), (1, 16), (2, 1514), (3, 65519)] {
+            let plain: Vec<u8> = (0..len).map(|k| (k * 7 + 1) as u8).collect();
+            let mut sealed = vec![0u8; len + 16];
+            let mut opened = vec![0u8; len];
+            let n = ring.write_message(nonce, &plain, &mut sealed).unwrap();
+            assert_eq!(
+                own.read_message(nonce, &sealed[..n], &mut opened).unwrap(),
+                len
+            );
+            assert_eq!(opened, plain);
+            let n = own.write_message(nonce, &plain, &mut sealed).unwrap();
+            assert_eq!(
+                ring.read_message(nonce, &sealed[..n], &mut opened).unwrap(),
+                len
+            );
+            assert_eq!(opened, plain);
+            // A flipped bit is refused by either.
+            sealed[n - 1] ^= 1;
+            assert!(ring.read_message(nonce, &sealed[..n], &mut opened).is_err());
+        }
+    }
 }
