@@ -1,0 +1,188 @@
+#!/usr/bin/env python3
+"""The pair's throughput loss, measured in slices of a second: an unreplicated guest and a pair's
+primary run at the same time, each on its own TAP of one bridge, and short redis-benchmark runs
+go to one and then the other, in turn, for many slices.
+
+usage: bench/pairloss.py [--slices N] [--requests N] [--clients C] [--json FILE]
+                         [--unreplicated BINARY] [--pair BINARY] [--pair-args "ARGS"]
+
+This machine's speed drifts by half within minutes (bench/redis.py, which boots each engine in
+turn for a run of tens of seconds, sees the same build's loss move from -6% to 53% from round to
+round). Here the two guests are booted once and the runs that are compared are a second apart,
+so drift hardly enters a slice's ratio; the median over the slices is the loss, and the spread
+of the slices says how far to trust it. As with `bench/redis.py --pin`: both engines and the
+client on CPU 0, the backup alone on CPU 1 (as if it had a host of its own). The engine not
+being measured idles meanwhile (an idle guest costs its host next to nothing; the pair's
+heartbeats go on).
+Needs root (namespaces, TAP) and Debian's redis-tools.
+"""
+import argparse, json, os, shutil, statistics, subprocess, sys, tempfile, time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GUEST = os.path.join(ROOT, "guest", "out")
+FTVM = os.path.join(ROOT, "target", "release", "ftvm")
+HOST_NS, CLIENT_NS = "ftvml-h", "ftvml-c"
+CLIENT_IP = "10.79.0.2"
+# Each guest: its TAP, address and MAC.
+GUESTS = {"unreplicated": ("ftapl0", "10.79.0.10", "52:54:00:79:00:10"),
+          "pair": ("ftapl1", "10.79.0.11", "52:54:00:79:00:11")}
+
+
+def sh(*args, check=True):
+    return subprocess.run(list(args), check=check, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def net_down():
+    for ns in (HOST_NS, CLIENT_NS):
+        sh("ip", "netns", "del", ns, check=False)
+
+
+def net_up():
+    net_down()
+    sh("ip", "netns", "add", HOST_NS)
+    sh("ip", "netns", "add", CLIENT_NS)
+    sh("ip", "link", "add", "fvl-a", "type", "veth", "peer", "name", "fvl-b")
+    sh("ip", "link", "set", "fvl-a", "netns", HOST_NS)
+    sh("ip", "link", "set", "fvl-b", "netns", CLIENT_NS)
+    h = ["ip", "netns", "exec", HOST_NS]
+    sh(*h, "ip", "link", "add", "flbr0", "type", "bridge")
+    for tap, _, _ in GUESTS.values():
+        sh(*h, "ip", "tuntap", "add", "dev", tap, "mode", "tap")
+        sh(*h, "ip", "link", "set", tap, "master", "flbr0")
+        sh(*h, "ip", "link", "set", tap, "up")
+    sh(*h, "ip", "link", "set", "fvl-a", "master", "flbr0")
+    for d in ["flbr0", "fvl-a", "lo"]:
+        sh(*h, "ip", "link", "set", d, "up")
+    c = ["ip", "netns", "exec", CLIENT_NS]
+    sh(*c, "ip", "addr", "add", f"{CLIENT_IP}/24", "dev", "fvl-b")
+    sh(*c, "ip", "link", "set", "fvl-b", "up")
+    sh(*c, "ip", "link", "set", "lo", "up")
+
+
+def guest_args(name):
+    tap, ip, mac = GUESTS[name]
+    return ["--kernel", os.path.join(GUEST, "Image"), "--initrd", os.path.join(GUEST, "initramfs.cpio.gz"),
+            "--append", f"console=ttyS0 ftvm.ip={ip}/24", "--net", f"tap={tap},mac={mac}"]
+
+
+def start(cmd, cpu, console=True):
+    """An engine on this CPU; its console is read (`console`) or thrown away."""
+    return subprocess.Popen(["ip", "netns", "exec", HOST_NS, "taskset", "-c", cpu, *cmd],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE if console else subprocess.DEVNULL,
+                            stderr=subprocess.PIPE if console else subprocess.DEVNULL)
+
+
+def await_ready(name, p):
+    buf, t0 = b"", time.monotonic()
+    while b"ftvm-guest: ready" not in buf:
+        chunk = p.stdout.read1(65536)
+        if not chunk or time.monotonic() - t0 > 300:
+            p.kill()
+            sys.exit(f"{name}: the guest did not get ready:\n{buf[-2000:].decode(errors='replace')}\n"
+                     f"{p.stderr.read().decode(errors='replace')[-2000:]}")
+        buf += chunk
+    # The console is not read from here on: it must not fill its pipe.
+    subprocess.Popen(["cat"], stdin=p.stdout, stdout=subprocess.DEVNULL)
+    ip = GUESTS[name][1]
+    for _ in range(100):
+        if sh("ip", "netns", "exec", CLIENT_NS, "redis-cli", "-h", ip, "ping", check=False).stdout.strip() == b"PONG":
+            return
+        time.sleep(0.2)
+    sys.exit(f"{name}: redis does not answer at {ip}")
+
+
+def run(name, requests, clients):
+    """One slice: SET and GET requests/s of redis-benchmark against this guest."""
+    r = sh("ip", "netns", "exec", CLIENT_NS, "taskset", "-c", "0", "redis-benchmark", "-h", GUESTS[name][1],
+           "-c", str(clients), "-n", str(requests), "-t", "set,get", "--csv", check=False)
+    lines = [[x.strip('"') for x in line.split(",")] for line in r.stdout.decode().splitlines()]
+    head = next((f for f in lines if f and f[0] == "test"), [])
+    out = {}
+    for f in lines:
+        if f and f[0] in ("SET", "GET") and "rps" in head:
+            out[f[0]] = float(dict(zip(head, f))["rps"])
+    if r.returncode != 0 or len(out) != 2:
+        sys.exit(f"{name}: redis-benchmark failed: {r.stderr.decode()[-500:]}")
+    return out
+
+
+def quartiles(xs):
+    q = statistics.quantiles(xs, n=4)
+    return q[0], q[2]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--slices", type=int, default=30)
+    ap.add_argument("--requests", type=int, default=4000, help="requests of each kind (SET, GET) a slice")
+    ap.add_argument("--clients", type=int, default=10)
+    ap.add_argument("--unreplicated", default=FTVM, help="the ftvm binary for the unreplicated guest")
+    ap.add_argument("--pair", default=FTVM, help="the ftvm binary for the pair")
+    ap.add_argument("--pair-args", default="", help="more options for both sides of the pair")
+    ap.add_argument("--json", default=os.path.join(ROOT, "bench", "out", "pairloss.json"))
+    a = ap.parse_args()
+    if a.slices < 4:
+        sys.exit("--slices must be at least 4")
+    for tool in ("redis-benchmark", "redis-cli", "taskset"):
+        if not shutil.which(tool):
+            sys.exit(f"{tool} is missing (Debian's redis-tools, util-linux)")
+    os.makedirs(os.path.dirname(a.json), exist_ok=True)
+    work = tempfile.mkdtemp(prefix="ftvm-pairloss-")
+    psk = os.path.join(work, "psk")
+    with open(psk, "wb") as f:
+        f.write(os.urandom(32))
+    pair = ["--psk", psk, "--arbiter", "file:" + os.path.join(work, "arbiter"), *a.pair_args.split()]
+    procs = []
+    net_up()
+    try:
+        procs.append(start([a.unreplicated, "run", *guest_args("unreplicated")], "0"))
+        await_ready("unreplicated", procs[-1])
+        procs.append(start([a.pair, "backup", "--primary", "127.0.0.1:7702", *pair, *guest_args("pair")], "1",
+                           console=False))
+        procs.append(start([a.pair, "primary", "--listen", "127.0.0.1:7702", *pair, *guest_args("pair")], "0"))
+        await_ready("pair", procs[-1])
+        # A slice of each to warm up (the guests' first requests fault their pages in), not counted.
+        run("unreplicated", a.requests, a.clients)
+        run("pair", a.requests, a.clients)
+        slices = []
+        for i in range(a.slices):
+            # Which one goes first alternates too.
+            order = ("unreplicated", "pair") if i % 2 == 0 else ("pair", "unreplicated")
+            got = {name: run(name, a.requests, a.clients) for name in order}
+            slices.append(got)
+            loss = {op: 100 * (1 - got["pair"][op] / got["unreplicated"][op]) for op in ("SET", "GET")}
+            print(f"slice {i + 1:3}: unreplicated SET {got['unreplicated']['SET']:7.0f} GET "
+                  f"{got['unreplicated']['GET']:7.0f}  pair SET {got['pair']['SET']:7.0f} GET "
+                  f"{got['pair']['GET']:7.0f}  loss SET {loss['SET']:5.1f}% GET {loss['GET']:5.1f}%", flush=True)
+    finally:
+        for p in procs:
+            try:
+                p.stdin.write(b"poweroff\n")
+                p.stdin.flush()
+            except OSError:
+                pass
+        for p in procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        net_down()
+        shutil.rmtree(work, True)
+    summary = {}
+    print(f"\n{a.slices} slices of {a.requests} SET and {a.requests} GET, -c {a.clients}, the two guests in turn")
+    for op in ("SET", "GET"):
+        loss = [100 * (1 - s["pair"][op] / s["unreplicated"][op]) for s in slices]
+        lo, hi = quartiles(loss)
+        u = statistics.median(s["unreplicated"][op] for s in slices)
+        p = statistics.median(s["pair"][op] for s in slices)
+        summary[op] = {"loss_median_pct": statistics.median(loss), "loss_q1_pct": lo, "loss_q3_pct": hi,
+                       "unreplicated_rps": u, "pair_rps": p}
+        print(f"{op}: unreplicated {u:.0f}/s, pair {p:.0f}/s (medians); the pair's loss: median "
+              f"{statistics.median(loss):.1f}%, quartiles {lo:.1f}% and {hi:.1f}%")
+    with open(a.json, "w") as f:
+        json.dump({"slices": slices, "requests": a.requests, "clients": a.clients, "summary": summary,
+                   "pair_args": a.pair_args}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
