@@ -10,7 +10,8 @@ This machine's speed drifts by half within minutes (bench/redis.py, which boots 
 turn for a run of tens of seconds, sees the same build's loss move from -6% to 53% from round to
 round). Here the two guests are booted once and the runs that are compared are a second apart,
 so drift hardly enters a slice's ratio; the median over the slices is the loss, and the spread
-of the slices says how far to trust it. As with `bench/redis.py --pin`: both engines and the
+of the slices says how far to trust it. Each slice also reads the CPU time the engine's process
+(the primary's, for the pair) and CPU 0 spent a request, from /proc. As with `bench/redis.py --pin`: both engines and the
 client on CPU 0, the backup alone on CPU 1 (as if it had a host of its own). The engine not
 being measured idles meanwhile (an idle guest costs its host next to nothing; the pair's
 heartbeats go on).
@@ -91,8 +92,22 @@ def await_ready(name, p):
     sys.exit(f"{name}: redis does not answer at {ip}")
 
 
-def run(name, requests, clients):
-    """One slice: SET and GET requests/s of redis-benchmark against this guest."""
+def cpu_ticks(pid):
+    """CPU time (clock ticks) of a process, all its threads; and CPU 0's busy ticks."""
+    f = open(f"/proc/{pid}/stat").read()
+    f = f[f.rindex(")") + 2:].split()
+    for line in open("/proc/stat"):
+        if line.startswith("cpu0 "):
+            d = [int(v) for v in line.split()[1:9]]
+            # user nice system idle iowait irq softirq steal: busy is neither idle, iowait nor steal.
+            return int(f[11]) + int(f[12]), sum(d) - d[3] - d[4] - d[7]
+    return int(f[11]) + int(f[12]), 0
+
+
+def run(name, requests, clients, pid):
+    """One slice: SET and GET requests/s of redis-benchmark against this guest, and the CPU
+    its engine (the primary, for the pair) and CPU 0 spent a request."""
+    before = cpu_ticks(pid)
     r = sh("ip", "netns", "exec", CLIENT_NS, "taskset", "-c", "0", "redis-benchmark", "-h", GUESTS[name][1],
            "-c", str(clients), "-n", str(requests), "-t", "set,get", "--csv", check=False)
     lines = [[x.strip('"') for x in line.split(",")] for line in r.stdout.decode().splitlines()]
@@ -103,6 +118,10 @@ def run(name, requests, clients):
             out[f[0]] = float(dict(zip(head, f))["rps"])
     if r.returncode != 0 or len(out) != 2:
         sys.exit(f"{name}: redis-benchmark failed: {r.stderr.decode()[-500:]}")
+    after = cpu_ticks(pid)
+    us = 1e6 / os.sysconf("SC_CLK_TCK") / (2 * requests)
+    out["engine_us"] = (after[0] - before[0]) * us
+    out["cpu0_us"] = (after[1] - before[1]) * us
     return out
 
 
@@ -142,18 +161,21 @@ def main():
         procs.append(start([a.pair, "primary", "--listen", "127.0.0.1:7702", *pair, *guest_args("pair")], "0"))
         await_ready("pair", procs[-1])
         # A slice of each to warm up (the guests' first requests fault their pages in), not counted.
-        run("unreplicated", a.requests, a.clients)
-        run("pair", a.requests, a.clients)
+        pids = {"unreplicated": procs[0].pid, "pair": procs[2].pid}
+        run("unreplicated", a.requests, a.clients, pids["unreplicated"])
+        run("pair", a.requests, a.clients, pids["pair"])
         slices = []
         for i in range(a.slices):
             # Which one goes first alternates too.
             order = ("unreplicated", "pair") if i % 2 == 0 else ("pair", "unreplicated")
-            got = {name: run(name, a.requests, a.clients) for name in order}
+            got = {name: run(name, a.requests, a.clients, pids[name]) for name in order}
             slices.append(got)
             loss = {op: 100 * (1 - got["pair"][op] / got["unreplicated"][op]) for op in ("SET", "GET")}
-            print(f"slice {i + 1:3}: unreplicated SET {got['unreplicated']['SET']:7.0f} GET "
-                  f"{got['unreplicated']['GET']:7.0f}  pair SET {got['pair']['SET']:7.0f} GET "
-                  f"{got['pair']['GET']:7.0f}  loss SET {loss['SET']:5.1f}% GET {loss['GET']:5.1f}%", flush=True)
+            u, p = got["unreplicated"], got["pair"]
+            print(f"slice {i + 1:3}: unreplicated SET {u['SET']:6.0f} GET {u['GET']:6.0f}, {u['engine_us']:5.1f} us "
+                  f"a request ({u['cpu0_us']:5.1f} on CPU 0); pair SET {p['SET']:6.0f} GET {p['GET']:6.0f}, "
+                  f"{p['engine_us']:5.1f} us ({p['cpu0_us']:5.1f}); loss SET {loss['SET']:5.1f}% "
+                  f"GET {loss['GET']:5.1f}%", flush=True)
     finally:
         for p in procs:
             try:
@@ -179,6 +201,13 @@ def main():
                        "unreplicated_rps": u, "pair_rps": p}
         print(f"{op}: unreplicated {u:.0f}/s, pair {p:.0f}/s (medians); the pair's loss: median "
               f"{statistics.median(loss):.1f}%, quartiles {lo:.1f}% and {hi:.1f}%")
+    for what, key in (("the engine's CPU (the primary's, for the pair)", "engine_us"), ("CPU 0 busy", "cpu0_us")):
+        extra = [100 * (s["pair"][key] / s["unreplicated"][key] - 1) for s in slices if s["unreplicated"][key] > 0]
+        u = statistics.median(s["unreplicated"][key] for s in slices)
+        p = statistics.median(s["pair"][key] for s in slices)
+        summary[key] = {"unreplicated_us": u, "pair_us": p, "pair_more_median_pct": statistics.median(extra)}
+        print(f"{what} a request: unreplicated {u:.1f} us, pair {p:.1f} us (medians); the pair's more, "
+              f"slice by slice: median {statistics.median(extra):.1f}%")
     with open(a.json, "w") as f:
         json.dump({"slices": slices, "requests": a.requests, "clients": a.clients, "summary": summary,
                    "pair_args": a.pair_args}, f, indent=2)

@@ -378,6 +378,8 @@ pub struct Channel {
     rlen: usize,
     /// Receiving: reads take only what has arrived (a `try_recv` is under way).
     nonblocking: bool,
+    /// Sending: the frames of the message being sent, kept for the next (unless large).
+    sealed: Vec<u8>,
 }
 
 /// Waits until a receiving half has something to read (or its connection closed), at most
@@ -406,6 +408,7 @@ impl Channel {
             rpos: 0,
             rlen: 0,
             nonblocking: false,
+            sealed: Vec::new(),
         }
     }
 
@@ -491,13 +494,28 @@ impl Channel {
 
     /// Seal `plain` (a whole message) as frames and write them in one go.
     fn seal_and_write(&mut self, plain: &[u8]) -> Result<(), ChannelError> {
-        let out = self.seal(plain)?;
-        self.stream.write_all(&out)?;
-        Ok(())
+        let mut out = std::mem::take(&mut self.sealed);
+        let sent = self.seal_into(plain, &mut out).and_then(|()| {
+            self.stream.write_all(&out)?;
+            Ok(())
+        });
+        // The buffer serves the next message, unless a large one (an attach's) grew it.
+        if out.capacity() <= RBUF {
+            self.sealed = out;
+        }
+        sent
     }
 
     /// `plain` (a whole message) sealed as frames, as they go on the wire.
+    #[cfg(test)]
     fn seal(&mut self, plain: &[u8]) -> Result<Vec<u8>, ChannelError> {
+        let mut out = Vec::new();
+        self.seal_into(plain, &mut out)?;
+        Ok(out)
+    }
+
+    /// `plain` (a whole message) sealed as frames into `out` (emptied first).
+    fn seal_into(&mut self, plain: &[u8], out: &mut Vec<u8>) -> Result<(), ChannelError> {
         let frames = plain.len().div_ceil(MAX_FRAME_PLAIN);
         let exhausted = ChannelError::Bad("the session's nonces are used up");
         // Nonce u64::MAX is reserved by Noise; check the whole message's before sealing any.
@@ -506,7 +524,8 @@ impl Channel {
             .and_then(|f| self.nonce.checked_add(f))
             .filter(|&n| n < u64::MAX)
             .ok_or(exhausted)?;
-        let mut out = vec![0u8; plain.len() + frames * (2 + TAG)];
+        out.clear();
+        out.resize(plain.len() + frames * (2 + TAG), 0);
         let mut at = 0;
         for chunk in plain.chunks(MAX_FRAME_PLAIN) {
             let n = chunk.len() + TAG;
@@ -523,7 +542,7 @@ impl Channel {
             self.nonce += 1;
             at += 2 + n;
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Receive the next message (on the receiving half), dropping those of an older

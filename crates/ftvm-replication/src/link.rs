@@ -169,6 +169,17 @@ impl Write for LinkWriter {
         Ok(b.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        if self.buf.len() <= LOG_PIECE {
+            // One message (the usual case): the buffer itself goes, not a copy, and the next
+            // one starts with room for as much (within 64 KiB) instead of growing from empty.
+            let room = self.buf.len().min(64 << 10);
+            let piece = std::mem::replace(&mut self.buf, Vec::with_capacity(room));
+            self.out.send_with(|s| s.log(now_ns(), piece));
+            return Ok(());
+        }
         let buf = std::mem::take(&mut self.buf);
         for piece in buf.chunks(LOG_PIECE) {
             // A dead backup is noticed by the runner through the link's state.

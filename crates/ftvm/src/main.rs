@@ -97,7 +97,8 @@ enum Cmd {
         /// The primary's address.
         #[arg(long, value_name = "ADDR")]
         primary: String,
-        /// Once live, accept a new backup on this address (re-protection).
+        /// Once live, accept a new backup on this address (re-protection; port 0: a free
+        /// port, named in the line "waiting for a new backup on ADDR").
         #[arg(long, value_name = "ADDR")]
         listen: Option<String>,
         #[command(flatten)]
@@ -1315,6 +1316,10 @@ fn run_backup(
     a: RunArgs,
 ) -> Result<u8> {
     let cfg = pair_config(&p, &a)?;
+    if cfg.replicas.is_some() && listen.is_some_and(|l| l.ends_with(":0")) {
+        // A group's follower publishes where it listens before it listens.
+        bail!("--listen {}: a replica of a group needs a port the others can be told (port 0 is for a pair's backup)", listen.unwrap_or_default());
+    }
     let mgmt = Management::start(&a, "backup", None)?;
     let opts = Options {
         keep_log: keep.get(),

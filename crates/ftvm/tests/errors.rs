@@ -287,3 +287,33 @@ fn bad_debugging_options_are_refused() {
     );
     let _ = std::fs::remove_dir_all(&empty);
 }
+
+/// A group's follower tells the others where it listens before it listens: `--listen` with
+/// port 0 (which a pair's backup may use) is refused there, before anything runs.
+#[test]
+fn a_group_follower_needs_a_port_it_can_publish() {
+    let psk = tmp("group.psk", &[5u8; 32]);
+    let arbiter = format!("file:{}", tmp("group.arbiter", b"").display());
+    let kernel = guest_out().join("Image");
+    let initrd = guest_out().join("initramfs.cpio.gz");
+    expect_error(
+        &[
+            "backup",
+            "--primary",
+            "127.0.0.1:9",
+            "--listen",
+            "127.0.0.1:0",
+            "--replicas",
+            "3",
+            "--psk",
+            psk.to_str().unwrap(),
+            "--arbiter",
+            &arbiter,
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--initrd",
+            initrd.to_str().unwrap(),
+        ],
+        "needs a port the others can be told",
+    );
+}
