@@ -66,21 +66,23 @@ def guest_args(name):
             "--append", f"console=ttyS0 ftvm.ip={ip}/24", "--net", f"tap={tap},mac={mac}"]
 
 
-def start(cmd, cpu, console=True):
-    """An engine on this CPU; its console is read (`console`) or thrown away."""
-    return subprocess.Popen(["ip", "netns", "exec", HOST_NS, "taskset", "-c", cpu, *cmd],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE if console else subprocess.DEVNULL,
-                            stderr=subprocess.PIPE if console else subprocess.DEVNULL)
+def start(cmd, cpu, err, console=True):
+    """An engine on this CPU, its messages to the file `err`; its console is read (`console`) or
+    thrown away."""
+    with open(err, "wb") as f:
+        return subprocess.Popen(["ip", "netns", "exec", HOST_NS, "taskset", "-c", cpu, *cmd],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE if console else subprocess.DEVNULL,
+                                stderr=f)
 
 
-def await_ready(name, p):
+def await_ready(name, p, err):
     buf, t0 = b"", time.monotonic()
     while b"ftvm-guest: ready" not in buf:
         chunk = p.stdout.read1(65536)
         if not chunk or time.monotonic() - t0 > 300:
             p.kill()
             sys.exit(f"{name}: the guest did not get ready:\n{buf[-2000:].decode(errors='replace')}\n"
-                     f"{p.stderr.read().decode(errors='replace')[-2000:]}")
+                     f"{open(err, errors='replace').read()[-2000:]}")
         buf += chunk
     # The console is not read from here on: it must not fill its pipe.
     subprocess.Popen(["cat"], stdin=p.stdout, stdout=subprocess.DEVNULL)
@@ -154,12 +156,14 @@ def main():
     procs = []
     net_up()
     try:
-        procs.append(start([a.unreplicated, "run", *guest_args("unreplicated")], "0"))
-        await_ready("unreplicated", procs[-1])
+        err = {k: os.path.join(work, k + ".err") for k in ("unreplicated", "backup", "primary")}
+        procs.append(start([a.unreplicated, "run", *guest_args("unreplicated")], "0", err["unreplicated"]))
+        await_ready("unreplicated", procs[-1], err["unreplicated"])
         procs.append(start([a.pair, "backup", "--primary", "127.0.0.1:7702", *pair, *guest_args("pair")], "1",
-                           console=False))
-        procs.append(start([a.pair, "primary", "--listen", "127.0.0.1:7702", *pair, *guest_args("pair")], "0"))
-        await_ready("pair", procs[-1])
+                           err["backup"], console=False))
+        procs.append(start([a.pair, "primary", "--listen", "127.0.0.1:7702", *pair, *guest_args("pair")], "0",
+                           err["primary"]))
+        await_ready("pair", procs[-1], err["primary"])
         # A slice of each to warm up (the guests' first requests fault their pages in), not counted.
         pids = {"unreplicated": procs[0].pid, "pair": procs[2].pid}
         run("unreplicated", a.requests, a.clients, pids["unreplicated"])
@@ -203,6 +207,9 @@ def main():
               f"{statistics.median(loss):.1f}%, quartiles {lo:.1f}% and {hi:.1f}%")
     for what, key in (("the engine's CPU (the primary's, for the pair)", "engine_us"), ("CPU 0 busy", "cpu0_us")):
         extra = [100 * (s["pair"][key] / s["unreplicated"][key] - 1) for s in slices if s["unreplicated"][key] > 0]
+        if not extra:
+            print(f"{what}: no CPU time was counted (slices too short for the clock ticks)")
+            continue
         u = statistics.median(s["unreplicated"][key] for s in slices)
         p = statistics.median(s["pair"][key] for s in slices)
         summary[key] = {"unreplicated_us": u, "pair_us": p, "pair_more_median_pct": statistics.median(extra)}

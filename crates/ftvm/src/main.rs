@@ -98,7 +98,8 @@ enum Cmd {
         #[arg(long, value_name = "ADDR")]
         primary: String,
         /// Once live, accept a new backup on this address (re-protection; port 0: a free
-        /// port, named in the line "waiting for a new backup on ADDR").
+        /// port, named in the line "waiting for a new backup on ADDR"; not with --replicas,
+        /// whose followers publish the address before they listen).
         #[arg(long, value_name = "ADDR")]
         listen: Option<String>,
         #[command(flatten)]
@@ -1316,7 +1317,9 @@ fn run_backup(
     a: RunArgs,
 ) -> Result<u8> {
     let cfg = pair_config(&p, &a)?;
-    if cfg.replicas.is_some() && listen.is_some_and(|l| l.ends_with(":0")) {
+    let port_zero =
+        |l: &str| l.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()) == Some(0);
+    if cfg.replicas.is_some() && listen.is_some_and(port_zero) {
         // A group's follower publishes where it listens before it listens.
         bail!("--listen {}: a replica of a group needs a port the others can be told (port 0 is for a pair's backup)", listen.unwrap_or_default());
     }

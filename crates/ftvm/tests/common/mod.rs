@@ -75,12 +75,14 @@ pub fn primary_address(
     let t0 = Instant::now();
     loop {
         let text = std::fs::read_to_string(log).unwrap_or_default();
+        // Only a whole line (its writes may be read half done) that names an address.
         if let Some(addr) = text
-            .lines()
-            .find_map(|l| l.split(SAID).nth(1))
-            .map(|a| a.trim().to_string())
+            .split_inclusive('\n')
+            .filter(|l| l.ends_with('\n'))
+            .filter_map(|l| l.split(SAID).nth(1))
+            .find_map(|a| a.trim().parse::<std::net::SocketAddr>().ok())
         {
-            return Ok(addr);
+            return Ok(addr.to_string());
         }
         if let Ok(Some(st)) = primary.try_wait() {
             return Err(format!("the primary exited ({st}):\n{text}"));
