@@ -19,45 +19,13 @@ Needs root (namespaces, TAP) and Debian's redis-tools.
 """
 import argparse, json, os, shutil, statistics, subprocess, sys, tempfile, time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-GUEST = os.path.join(ROOT, "guest", "out")
-FTVM = os.path.join(ROOT, "target", "release", "ftvm")
-HOST_NS, CLIENT_NS = "ftvml-h", "ftvml-c"
-CLIENT_IP = "10.79.0.2"
-# Each guest: its TAP, address and MAC.
-GUESTS = {"unreplicated": ("ftapl0", "10.79.0.10", "52:54:00:79:00:10"),
-          "pair": ("ftapl1", "10.79.0.11", "52:54:00:79:00:11")}
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import redis as lab  # noqa: E402  (bench/redis.py: the namespaces, their network, sh)
 
-
-def sh(*args, check=True):
-    return subprocess.run(list(args), check=check, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-
-
-def net_down():
-    for ns in (HOST_NS, CLIENT_NS):
-        sh("ip", "netns", "del", ns, check=False)
-
-
-def net_up():
-    net_down()
-    sh("ip", "netns", "add", HOST_NS)
-    sh("ip", "netns", "add", CLIENT_NS)
-    sh("ip", "link", "add", "fvl-a", "type", "veth", "peer", "name", "fvl-b")
-    sh("ip", "link", "set", "fvl-a", "netns", HOST_NS)
-    sh("ip", "link", "set", "fvl-b", "netns", CLIENT_NS)
-    h = ["ip", "netns", "exec", HOST_NS]
-    sh(*h, "ip", "link", "add", "flbr0", "type", "bridge")
-    for tap, _, _ in GUESTS.values():
-        sh(*h, "ip", "tuntap", "add", "dev", tap, "mode", "tap")
-        sh(*h, "ip", "link", "set", tap, "master", "flbr0")
-        sh(*h, "ip", "link", "set", tap, "up")
-    sh(*h, "ip", "link", "set", "fvl-a", "master", "flbr0")
-    for d in ["flbr0", "fvl-a", "lo"]:
-        sh(*h, "ip", "link", "set", d, "up")
-    c = ["ip", "netns", "exec", CLIENT_NS]
-    sh(*c, "ip", "addr", "add", f"{CLIENT_IP}/24", "dev", "fvl-b")
-    sh(*c, "ip", "link", "set", "fvl-b", "up")
-    sh(*c, "ip", "link", "set", "lo", "up")
+ROOT, GUEST, FTVM, HOST_NS, CLIENT_NS, sh = lab.ROOT, lab.GUEST, lab.FTVM, lab.HOST_NS, lab.CLIENT_NS, lab.sh
+# Each guest: its TAP, address and MAC, on bench/redis.py's network.
+GUESTS = {"unreplicated": (lab.TAP, lab.GUEST_IP, lab.MAC),
+          "pair": ("ftapb1", "10.78.0.11", "52:54:00:78:00:11")}
 
 
 def guest_args(name):
@@ -154,7 +122,7 @@ def main():
         f.write(os.urandom(32))
     pair = ["--psk", psk, "--arbiter", "file:" + os.path.join(work, "arbiter"), *a.pair_args.split()]
     procs = []
-    net_up()
+    lab.net_up(taps=[tap for tap, _, _ in GUESTS.values()])
     try:
         err = {k: os.path.join(work, k + ".err") for k in ("unreplicated", "backup", "primary")}
         procs.append(start([a.unreplicated, "run", *guest_args("unreplicated")], "0", err["unreplicated"]))
@@ -192,7 +160,7 @@ def main():
                 p.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 p.kill()
-        net_down()
+        lab.net_down()
         shutil.rmtree(work, True)
     summary = {}
     print(f"\n{a.slices} slices of {a.requests} SET and {a.requests} GET, -c {a.clients}, the two guests in turn")

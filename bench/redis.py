@@ -30,7 +30,8 @@ def sh(*args, check=True):
     return subprocess.run(list(args), check=check, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
-def net_up():
+def net_up(taps=(TAP,)):
+    """The host's namespace with a bridge and these TAPs on it, and the client's namespace."""
     net_down()
     sh("ip", "netns", "add", HOST_NS)
     sh("ip", "netns", "add", CLIENT_NS)
@@ -39,10 +40,11 @@ def net_up():
     sh("ip", "link", "set", "fvb-b", "netns", CLIENT_NS)
     h = ["ip", "netns", "exec", HOST_NS]
     sh(*h, "ip", "link", "add", "fbr0", "type", "bridge")
-    sh(*h, "ip", "tuntap", "add", "dev", TAP, "mode", "tap")
-    sh(*h, "ip", "link", "set", TAP, "master", "fbr0")
+    for tap in taps:
+        sh(*h, "ip", "tuntap", "add", "dev", tap, "mode", "tap")
+        sh(*h, "ip", "link", "set", tap, "master", "fbr0")
     sh(*h, "ip", "link", "set", "fvb-a", "master", "fbr0")
-    for d in ["fbr0", TAP, "fvb-a", "lo"]:
+    for d in ["fbr0", *taps, "fvb-a", "lo"]:
         sh(*h, "ip", "link", "set", d, "up")
     c = ["ip", "netns", "exec", CLIENT_NS]
     sh(*c, "ip", "addr", "add", f"{CLIENT_IP}/24", "dev", "fvb-b")
