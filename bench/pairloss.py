@@ -5,13 +5,19 @@ go to one and then the other, in turn, for many slices.
 
 usage: bench/pairloss.py [--slices N] [--requests N] [--clients C] [--json FILE]
                          [--unreplicated BINARY] [--pair BINARY] [--pair-args "ARGS"]
+                         [--pair2 BINARY [--pair2-args "ARGS"]]
+
+With --pair2, a second pair (another build, or other options) runs beside the first and takes
+its turn in each slice too: the two are compared in the same run, slice by slice.
 
 This machine's speed drifts by half within minutes (bench/redis.py, which boots each engine in
 turn for a run of tens of seconds, sees the same build's loss move from -6% to 53% from round to
 round). Here the two guests are booted once and the runs that are compared are a second apart,
 so drift hardly enters a slice's ratio; the median over the slices is the loss, and the spread
 of the slices says how far to trust it. Each slice also reads the CPU time the engine's process
-(the primary's, for the pair) and CPU 0 spent a request, from /proc. As with `bench/redis.py --pin`: both engines and the
+(the primary's, for the pair), its runner (the main thread) and CPU 0 spent a request, from
+/proc; and, for the median loss, a 95% confidence interval (from the order statistics of the
+slices: it needs no assumption about how the slices spread). As with `bench/redis.py --pin`: both engines and the
 client on CPU 0, the backup alone on CPU 1 (as if it had a host of its own). The engine not
 being measured idles meanwhile (an idle guest costs its host next to nothing; the pair's
 heartbeats go on).
@@ -25,7 +31,8 @@ import redis as lab  # noqa: E402  (bench/redis.py: the namespaces, their networ
 ROOT, GUEST, FTVM, HOST_NS, CLIENT_NS, sh = lab.ROOT, lab.GUEST, lab.FTVM, lab.HOST_NS, lab.CLIENT_NS, lab.sh
 # Each guest: its TAP, address and MAC, on bench/redis.py's network.
 GUESTS = {"unreplicated": (lab.TAP, lab.GUEST_IP, lab.MAC),
-          "pair": ("ftapb1", "10.78.0.11", "52:54:00:78:00:11")}
+          "pair": ("ftapb1", "10.78.0.11", "52:54:00:78:00:11"),
+          "pair2": ("ftapb2", "10.78.0.12", "52:54:00:78:00:12")}
 
 
 def guest_args(name):
@@ -63,15 +70,25 @@ def await_ready(name, p, err):
 
 
 def cpu_ticks(pid):
-    """CPU time (clock ticks) of a process, all its threads; and CPU 0's busy ticks."""
-    f = open(f"/proc/{pid}/stat").read()
-    f = f[f.rindex(")") + 2:].split()
+    """CPU time (clock ticks) of a process (all its threads), of its main thread (the runner),
+    and CPU 0's busy ticks."""
+    engine = runner = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            f = open(f"/proc/{pid}/task/{tid}/stat").read()
+        except OSError:
+            continue  # a thread that ended meanwhile
+        f = f[f.rindex(")") + 2:].split()
+        ticks = int(f[11]) + int(f[12])
+        engine += ticks
+        if tid == str(pid):
+            runner = ticks
     for line in open("/proc/stat"):
         if line.startswith("cpu0 "):
             d = [int(v) for v in line.split()[1:9]]
             # user nice system idle iowait irq softirq steal: busy is neither idle, iowait nor steal.
-            return int(f[11]) + int(f[12]), sum(d) - d[3] - d[4] - d[7]
-    return int(f[11]) + int(f[12]), 0
+            return engine, runner, sum(d) - d[3] - d[4] - d[7]
+    return engine, runner, 0
 
 
 def run(name, requests, clients, pid):
@@ -91,13 +108,24 @@ def run(name, requests, clients, pid):
     after = cpu_ticks(pid)
     us = 1e6 / os.sysconf("SC_CLK_TCK") / (2 * requests)
     out["engine_us"] = (after[0] - before[0]) * us
-    out["cpu0_us"] = (after[1] - before[1]) * us
+    out["runner_us"] = (after[1] - before[1]) * us
+    out["cpu0_us"] = (after[2] - before[2]) * us
     return out
 
 
 def quartiles(xs):
     q = statistics.quantiles(xs, n=4)
     return q[0], q[2]
+
+
+def median_ci(xs):
+    """A 95% confidence interval for the median of the distribution `xs` were drawn from:
+    the order statistics n/2 -+ 0.98 sqrt(n) (the binomial's normal approximation)."""
+    xs = sorted(xs)
+    n = len(xs)
+    half = 0.98 * n ** 0.5
+    lo, hi = int(n / 2 - half), int(n / 2 + half + 1)
+    return xs[max(lo, 0)], xs[min(hi, n - 1)]
 
 
 def main():
@@ -108,6 +136,8 @@ def main():
     ap.add_argument("--unreplicated", default=FTVM, help="the ftvm binary for the unreplicated guest")
     ap.add_argument("--pair", default=FTVM, help="the ftvm binary for the pair")
     ap.add_argument("--pair-args", default="", help="more options for both sides of the pair")
+    ap.add_argument("--pair2", help="a second pair's ftvm binary, compared with the first in the same run")
+    ap.add_argument("--pair2-args", default="", help="more options for both sides of the second pair")
     ap.add_argument("--json", default=os.path.join(ROOT, "bench", "out", "pairloss.json"))
     a = ap.parse_args()
     if a.slices < 4:
@@ -120,34 +150,43 @@ def main():
     psk = os.path.join(work, "psk")
     with open(psk, "wb") as f:
         f.write(os.urandom(32))
-    pair = ["--psk", psk, "--arbiter", "file:" + os.path.join(work, "arbiter"), *a.pair_args.split()]
+    pairs = {"pair": (a.pair, a.pair_args, 7702)}
+    if a.pair2:
+        pairs["pair2"] = (a.pair2, a.pair2_args, 7703)
+    names = ["unreplicated", *pairs]
     procs = []
-    lab.net_up(taps=[tap for tap, _, _ in GUESTS.values()])
+    lab.net_up(taps=[GUESTS[n][0] for n in names])
     try:
-        err = {k: os.path.join(work, k + ".err") for k in ("unreplicated", "backup", "primary")}
+        err = {k: os.path.join(work, k + ".err") for k in names}
         procs.append(start([a.unreplicated, "run", *guest_args("unreplicated")], "0", err["unreplicated"]))
         await_ready("unreplicated", procs[-1], err["unreplicated"])
-        procs.append(start([a.pair, "backup", "--primary", "127.0.0.1:7702", *pair, *guest_args("pair")], "1",
-                           err["backup"], console=False))
-        procs.append(start([a.pair, "primary", "--listen", "127.0.0.1:7702", *pair, *guest_args("pair")], "0",
-                           err["primary"]))
-        await_ready("pair", procs[-1], err["primary"])
+        pids = {"unreplicated": procs[0].pid}
+        for name, (binary, args, port) in pairs.items():
+            opts = ["--psk", psk, "--arbiter", "file:" + os.path.join(work, name + ".arbiter"), *args.split()]
+            addr = f"127.0.0.1:{port}"
+            procs.append(start([binary, "backup", "--primary", addr, *opts, *guest_args(name)], "1",
+                               err[name] + ".backup", console=False))
+            procs.append(start([binary, "primary", "--listen", addr, *opts, *guest_args(name)], "0", err[name]))
+            await_ready(name, procs[-1], err[name])
+            pids[name] = procs[-1].pid
         # A slice of each to warm up (the guests' first requests fault their pages in), not counted.
-        pids = {"unreplicated": procs[0].pid, "pair": procs[2].pid}
-        run("unreplicated", a.requests, a.clients, pids["unreplicated"])
-        run("pair", a.requests, a.clients, pids["pair"])
+        for name in names:
+            run(name, a.requests, a.clients, pids[name])
         slices = []
         for i in range(a.slices):
-            # Which one goes first alternates too.
-            order = ("unreplicated", "pair") if i % 2 == 0 else ("pair", "unreplicated")
+            # Which one goes first turns too.
+            order = names[i % len(names):] + names[:i % len(names)]
             got = {name: run(name, a.requests, a.clients, pids[name]) for name in order}
             slices.append(got)
-            loss = {op: 100 * (1 - got["pair"][op] / got["unreplicated"][op]) for op in ("SET", "GET")}
-            u, p = got["unreplicated"], got["pair"]
-            print(f"slice {i + 1:3}: unreplicated SET {u['SET']:6.0f} GET {u['GET']:6.0f}, {u['engine_us']:5.1f} us "
-                  f"a request ({u['cpu0_us']:5.1f} on CPU 0); pair SET {p['SET']:6.0f} GET {p['GET']:6.0f}, "
-                  f"{p['engine_us']:5.1f} us ({p['cpu0_us']:5.1f}); loss SET {loss['SET']:5.1f}% "
-                  f"GET {loss['GET']:5.1f}%", flush=True)
+            u = got["unreplicated"]
+            line = (f"slice {i + 1:3}: unreplicated SET {u['SET']:6.0f} GET {u['GET']:6.0f}, {u['engine_us']:5.1f} us "
+                    f"a request ({u['cpu0_us']:5.1f} on CPU 0)")
+            for name in pairs:
+                p = got[name]
+                loss = {op: 100 * (1 - p[op] / u[op]) for op in ("SET", "GET")}
+                line += (f"; {name} SET {p['SET']:6.0f} GET {p['GET']:6.0f}, {p['engine_us']:5.1f} us "
+                         f"({p['cpu0_us']:5.1f}), loss SET {loss['SET']:5.1f}% GET {loss['GET']:5.1f}%")
+            print(line, flush=True)
     finally:
         for p in procs:
             try:
@@ -163,29 +202,37 @@ def main():
         lab.net_down()
         shutil.rmtree(work, True)
     summary = {}
-    print(f"\n{a.slices} slices of {a.requests} SET and {a.requests} GET, -c {a.clients}, the two guests in turn")
-    for op in ("SET", "GET"):
-        loss = [100 * (1 - s["pair"][op] / s["unreplicated"][op]) for s in slices]
-        lo, hi = quartiles(loss)
-        u = statistics.median(s["unreplicated"][op] for s in slices)
-        p = statistics.median(s["pair"][op] for s in slices)
-        summary[op] = {"loss_median_pct": statistics.median(loss), "loss_q1_pct": lo, "loss_q3_pct": hi,
-                       "unreplicated_rps": u, "pair_rps": p}
-        print(f"{op}: unreplicated {u:.0f}/s, pair {p:.0f}/s (medians); the pair's loss: median "
-              f"{statistics.median(loss):.1f}%, quartiles {lo:.1f}% and {hi:.1f}%")
-    for what, key in (("the engine's CPU (the primary's, for the pair)", "engine_us"), ("CPU 0 busy", "cpu0_us")):
-        extra = [100 * (s["pair"][key] / s["unreplicated"][key] - 1) for s in slices if s["unreplicated"][key] > 0]
-        if not extra:
-            print(f"{what}: no CPU time was counted (slices too short for the clock ticks)")
-            continue
-        u = statistics.median(s["unreplicated"][key] for s in slices)
-        p = statistics.median(s["pair"][key] for s in slices)
-        summary[key] = {"unreplicated_us": u, "pair_us": p, "pair_more_median_pct": statistics.median(extra)}
-        print(f"{what} a request: unreplicated {u:.1f} us, pair {p:.1f} us (medians); the pair's more, "
-              f"slice by slice: median {statistics.median(extra):.1f}%")
+    print(f"\n{a.slices} slices of {a.requests} SET and {a.requests} GET, -c {a.clients}, the guests in turn")
+    # Each pair against the unreplicated guest, and the second pair against the first.
+    against = [(name, "unreplicated") for name in pairs] + ([("pair2", "pair")] if "pair2" in pairs else [])
+    for name, base in against:
+        key = name if base == "unreplicated" else f"{name}_vs_{base}"
+        summary[key] = {}
+        for op in ("SET", "GET"):
+            loss = [100 * (1 - s[name][op] / s[base][op]) for s in slices]
+            lo, hi = quartiles(loss)
+            b = statistics.median(s[base][op] for s in slices)
+            p = statistics.median(s[name][op] for s in slices)
+            c_lo, c_hi = median_ci(loss)
+            summary[key][op] = {"loss_median_pct": statistics.median(loss), "loss_q1_pct": lo, "loss_q3_pct": hi,
+                                "loss_median_ci95_pct": [c_lo, c_hi], f"{base}_rps": b, f"{name}_rps": p}
+            print(f"{op}: {base} {b:.0f}/s, {name} {p:.0f}/s (medians); {name}'s loss against {base}: median "
+                  f"{statistics.median(loss):.1f}% (95% confidence {c_lo:.1f}% to {c_hi:.1f}%), quartiles {lo:.1f}% "
+                  f"and {hi:.1f}%")
+        for what, k in (("the engine's CPU (the primary's, for a pair)", "engine_us"),
+                        ("its runner's (the main thread)", "runner_us"), ("CPU 0 busy", "cpu0_us")):
+            extra = [100 * (s[name][k] / s[base][k] - 1) for s in slices if s[base][k] > 0]
+            if not extra:
+                print(f"{what}: no CPU time was counted (slices too short for the clock ticks)")
+                continue
+            b = statistics.median(s[base][k] for s in slices)
+            p = statistics.median(s[name][k] for s in slices)
+            summary[key][k] = {f"{base}_us": b, f"{name}_us": p, "more_median_pct": statistics.median(extra)}
+            print(f"{what} a request: {base} {b:.1f} us, {name} {p:.1f} us (medians); {name}'s more, "
+                  f"slice by slice: median {statistics.median(extra):.1f}%")
     with open(a.json, "w") as f:
         json.dump({"slices": slices, "requests": a.requests, "clients": a.clients, "summary": summary,
-                   "pair_args": a.pair_args}, f, indent=2)
+                   "pair_args": a.pair_args, "pair2": a.pair2, "pair2_args": a.pair2_args}, f, indent=2)
 
 
 if __name__ == "__main__":

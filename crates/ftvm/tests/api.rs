@@ -706,7 +706,6 @@ fn an_operator_drops_the_backup_then_refuses_and_accepts_a_new_one() {
     let psk = d.join("psk");
     std::fs::write(&psk, [9u8; 32]).unwrap();
     let arbiter = format!("file:{}", d.join("arbiter").display());
-    let listen = free_local_addr();
     let sock_p = d.join("primary.sock");
     let side = |role: &[&str], sock: Option<&Path>, err: &str| {
         let mut c = guest_command(role);
@@ -725,12 +724,14 @@ fn an_operator_drops_the_backup_then_refuses_and_accepts_a_new_one() {
         }
         Proc(Some(child))
     };
+    // The kernel picks the port; the primary names it.
     let mut primary = side(
-        &["primary", "--listen", &listen],
+        &["primary", "--listen", "127.0.0.1:0"],
         Some(&sock_p),
         "primary.err",
     );
-    std::thread::sleep(Duration::from_millis(300));
+    let listen = primary_address(primary.c(), &d.join("primary.err"), Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("{e}"));
     let sock_b = d.join("backup.sock");
     let mut first = side(
         &["backup", "--primary", &listen],

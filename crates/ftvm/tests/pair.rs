@@ -18,7 +18,6 @@ fn a_pair_runs_in_lockstep_to_the_guests_poweroff() {
     std::fs::create_dir_all(&dir).unwrap();
     let psk = dir.join("psk");
     std::fs::write(&psk, b"the pair test's pre-shared key").unwrap();
-    let addr = free_local_addr();
     let arbiter = format!("file:{}", dir.join("arbiter").display());
     let common: Vec<String> = [
         "--psk",
@@ -35,30 +34,47 @@ fn a_pair_runs_in_lockstep_to_the_guests_poweroff() {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let side = |engine: &str, role: &[&str], stdin: Stdio| {
+    let side = |engine: &str, role: &[&str], stdin: Stdio, err: &str| {
         ftvm()
             .args(["--engine", engine])
             .args(role)
             .args(&common)
             .stdin(stdin)
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stderr(std::fs::File::create(dir.join(err)).unwrap())
             .spawn()
             .unwrap()
     };
     // The console's input goes to the backup as it arrives (the default waits for the
-    // output it leads to: the failover tests run that one).
+    // output it leads to: the failover tests run that one). The kernel picks the port.
     let mut primary = side(
         "jit",
-        &["primary", "--listen", &addr, "--push-input", "on-arrival"],
+        &[
+            "primary",
+            "--listen",
+            "127.0.0.1:0",
+            "--push-input",
+            "on-arrival",
+        ],
         Stdio::piped(),
+        "primary.err",
     );
+    let addr = primary_address(
+        &mut primary,
+        &dir.join("primary.err"),
+        Duration::from_secs(30),
+    )
+    .unwrap_or_else(|e| {
+        let _ = primary.kill();
+        panic!("{e}")
+    });
     // Its backup's replay sleeps as soon as it has caught up (the failover tests run the
     // default, which keeps the core a while).
     let backup = side(
         "interp",
         &["backup", "--primary", &addr, "--replay-spin-us", "0"],
         Stdio::null(),
+        "backup.err",
     );
     let (seen, _console) = await_ready(&mut primary).unwrap_or_else(|seen| {
         let _ = primary.kill();
@@ -74,8 +90,8 @@ fn a_pair_runs_in_lockstep_to_the_guests_poweroff() {
     let p = wait_limited(primary, Duration::from_secs(60), "primary poweroff");
     let b = wait_limited(backup, Duration::from_secs(60), "backup end");
     let (p_err, b_err) = (
-        String::from_utf8_lossy(&p.stderr),
-        String::from_utf8_lossy(&b.stderr),
+        std::fs::read_to_string(dir.join("primary.err")).unwrap_or_default(),
+        std::fs::read_to_string(dir.join("backup.err")).unwrap_or_default(),
     );
     assert!(p.status.success(), "primary: {:?}\n{p_err}", p.status);
     // The backup checked every digest on the way and stopped with the primary's guest.
