@@ -200,8 +200,16 @@ def main():
             except subprocess.TimeoutExpired:
                 p.kill()
         lab.net_down()
+        # How long each primary held its outputs for the backup (it says so when it stops).
+        held = {}
+        for name in pairs:
+            for line in open(err[name], errors="replace"):
+                if "outputs held for the backup" in line:
+                    held[name] = line.split("ftvm: ", 1)[-1].strip()
         shutil.rmtree(work, True)
-    summary = {}
+    summary = {"held": held}
+    for name, line in held.items():
+        print(f"{name}: {line}")
     print(f"\n{a.slices} slices of {a.requests} SET and {a.requests} GET, -c {a.clients}, the guests in turn")
     # Each pair against the unreplicated guest, and the second pair against the first.
     against = [(name, "unreplicated") for name in pairs] + ([("pair2", "pair")] if "pair2" in pairs else [])
