@@ -203,6 +203,8 @@ def main():
         # How long each primary held its outputs for the backup (it says so when it stops).
         held = {}
         for name in pairs:
+            if not os.path.exists(err[name]):
+                continue  # the run stopped before this primary started
             for line in open(err[name], errors="replace"):
                 if "outputs held for the backup" in line:
                     held[name] = line.split("ftvm: ", 1)[-1].strip()
