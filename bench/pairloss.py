@@ -71,8 +71,9 @@ def await_ready(name, p, err):
 
 def cpu_ticks(pid):
     """CPU time (clock ticks) of a process (all its threads), of its main thread (the runner),
-    and CPU 0's busy ticks."""
-    engine = runner = 0
+    CPU 0's busy ticks, the runner's time in the kernel and CPU 0's in interrupts (hard and
+    soft: where the host's network stack does most of its work)."""
+    engine = runner = runner_sys = 0
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
             f = open(f"/proc/{pid}/task/{tid}/stat").read()
@@ -83,12 +84,13 @@ def cpu_ticks(pid):
         engine += ticks
         if tid == str(pid):
             runner = ticks
+            runner_sys = int(f[12])
     for line in open("/proc/stat"):
         if line.startswith("cpu0 "):
             d = [int(v) for v in line.split()[1:9]]
             # user nice system idle iowait irq softirq steal: busy is neither idle, iowait nor steal.
-            return engine, runner, sum(d) - d[3] - d[4] - d[7]
-    return engine, runner, 0
+            return engine, runner, sum(d) - d[3] - d[4] - d[7], runner_sys, d[5] + d[6]
+    return engine, runner, 0, runner_sys, 0
 
 
 def run(name, requests, clients, pid):
@@ -110,6 +112,8 @@ def run(name, requests, clients, pid):
     out["engine_us"] = (after[0] - before[0]) * us
     out["runner_us"] = (after[1] - before[1]) * us
     out["cpu0_us"] = (after[2] - before[2]) * us
+    out["runner_sys_us"] = (after[3] - before[3]) * us
+    out["cpu0_irq_us"] = (after[4] - before[4]) * us
     return out
 
 
@@ -230,7 +234,9 @@ def main():
                   f"{statistics.median(loss):.1f}% (95% confidence {c_lo:.1f}% to {c_hi:.1f}%), quartiles {lo:.1f}% "
                   f"and {hi:.1f}%")
         for what, k in (("the engine's CPU (the primary's, for a pair)", "engine_us"),
-                        ("its runner's (the main thread)", "runner_us"), ("CPU 0 busy", "cpu0_us")):
+                        ("its runner's (the main thread)", "runner_us"), ("CPU 0 busy", "cpu0_us"),
+                        ("the runner's in the kernel", "runner_sys_us"),
+                        ("CPU 0's in interrupts", "cpu0_irq_us")):
             extra = [100 * (s[name][k] / s[base][k] - 1) for s in slices if s[base][k] > 0]
             if not extra:
                 print(f"{what}: no CPU time was counted (slices too short for the clock ticks)")

@@ -14,7 +14,7 @@ use crate::csr::{
 use crate::exec::{decode, Kind, Op};
 use crate::{cause, Bus, Hart, Priv, Trap};
 
-const TLB_SIZE: usize = 256;
+const TLB_SIZE: usize = 1024;
 const INVALID: u64 = u64::MAX;
 
 #[derive(Clone, Copy)]

@@ -72,7 +72,7 @@ pub enum FaultError {
     OutsideRam { addr: u64, end: u64 },
     #[error("hart {hart} does not exist (the machine has {harts})")]
     Hart { hart: usize, harts: usize },
-    #[error("TLB entry {0} is out of range (0..{DATA_TLB_ENTRIES}: the load TLB's 0..256, the store TLB's 256..512)")]
+    #[error("TLB entry {0} is out of range (0..{DATA_TLB_ENTRIES}: the load TLB's first half, the store TLB's second)")]
     TlbIndex(usize),
     #[error("TLB entry {0} is empty")]
     TlbEmpty(usize),
@@ -206,8 +206,8 @@ impl FromStr for Fault {
     ///   mcause, mtval, mip, mcycle, minstret) or by its 12-bit address;
     /// - `ram:0x80200000:7`: bit 7 of the aligned 64-bit RAM word holding that physical
     ///   address;
-    /// - `tlb:12:40`: bit 40 of the virtual page number in data TLB entry 12 (0..256 the
-    ///   load TLB, 256..512 the store TLB);
+    /// - `tlb:12:40`: bit 40 of the virtual page number in data TLB entry 12 (the first half
+    ///   of `0..DATA_TLB_ENTRIES` the load TLB, the second half the store TLB);
     /// - `hart1/x10:3`: the same on hart 1 (hart 0 by default).
     ///
     /// Bits are 0..=63 for every target. Whether the hart, the RAM address, the CSR's
@@ -520,11 +520,21 @@ mod tests {
                     end: RAM_BASE + MIN_RAM,
                 },
             ),
-            ("tlb:512:0", FaultError::TlbIndex(512)),
             ("tlb:3:0", FaultError::TlbEmpty(3)),
-            ("tlb:300:0", FaultError::TlbEmpty(300)),
         ] {
             assert_eq!(inject(&mut m, spec), Err(err), "{spec}");
+            assert_eq!(m.digest(), d0, "{spec}");
+        }
+        // One past the store TLB's last entry, and an empty store-TLB entry.
+        let store44 = DATA_TLB_ENTRIES / 2 + 44;
+        for (spec, err) in [
+            (
+                format!("tlb:{DATA_TLB_ENTRIES}:0"),
+                FaultError::TlbIndex(DATA_TLB_ENTRIES),
+            ),
+            (format!("tlb:{store44}:0"), FaultError::TlbEmpty(store44)),
+        ] {
+            assert_eq!(inject(&mut m, &spec), Err(err), "{spec}");
             assert_eq!(m.digest(), d0, "{spec}");
         }
         // pc bit 0 does not exist (IALIGN=16): accepted, nothing changes.
@@ -644,21 +654,31 @@ mod tests {
             let mut m = printer(e);
             assert_eq!(print10(&mut m), b"AAAAAAAAAA", "{e:?}");
             // The load TLB maps page 0x80001 in slot 1 (tagged as made in M-mode: 3 in bits
-            // 52 and up); bit 8 retags it as page 0x80101.
+            // 52 and up); the first bit above the slot number retags it as another page that
+            // lands in the same slot.
+            let bit = (DATA_TLB_ENTRIES / 2).trailing_zeros();
+            let other = 0x80001u64 | 1 << bit;
             let d = m.digest();
             assert_eq!(
-                inject(&mut m, "tlb:1:8").unwrap(),
-                "hart 0 tlb 1 (load TLB slot 1, RAM page 0x80001000) vpn: \
-                 0x0030000000080001 -> 0x0030000000080101"
+                inject(&mut m, &format!("tlb:1:{bit}")).unwrap(),
+                format!(
+                    "hart 0 tlb 1 (load TLB slot 1, RAM page 0x80001000) vpn: \
+                     0x0030000000080001 -> {:#018x}",
+                    3 << 52 | other
+                )
             );
             assert_eq!(m.digest(), d);
-            // Loads from 0x80101000 (zeros) now read the page the entry maps.
-            m.hart_mut(0).set_reg(5, 0x8010_1000);
+            // Loads from that page (zeros) now read the page the entry maps.
+            m.hart_mut(0).set_reg(5, other << 12);
             assert_eq!(print10(&mut m), b"AAAAAAAAAA", "{e:?}");
             // A flip of its low bits moves the tag out of its slot: it never hits again.
             inject(&mut m, "tlb:1:0").unwrap();
             assert_eq!(print10(&mut m), [0; 10], "{e:?}");
-            assert_eq!(inject(&mut m, "tlb:256:0"), Err(FaultError::TlbEmpty(256)));
+            let store0 = DATA_TLB_ENTRIES / 2;
+            assert_eq!(
+                inject(&mut m, &format!("tlb:{store0}:0")),
+                Err(FaultError::TlbEmpty(store0))
+            );
         }
     }
 }

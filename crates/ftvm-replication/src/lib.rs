@@ -58,6 +58,9 @@ pub struct PairConfig {
     pub replicas: Option<usize>,
     /// When input from outside goes to a pair's backup (a group's leader pushes it at once).
     pub push_input: ftvm_runner::PushInput,
+    /// Group commit: how many instructions a pair's primary lets an output wait, while its
+    /// guest runs, for others to share its mark (see `ftvm_runner::Link::commit_wait`).
+    pub commit_wait: u64,
     /// A backup's replay, once it has replayed everything received, keeps its core this long
     /// (yielding it to the receiving thread) before it sleeps: see `backup::next_from_primary`.
     pub replay_spin: std::time::Duration,

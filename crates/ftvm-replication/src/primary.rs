@@ -41,6 +41,8 @@ pub struct PrimaryLink {
     max_lag: u64,
     /// When input from outside goes to the backup.
     push_input: ftvm_runner::PushInput,
+    /// Group commit (see [`ftvm_runner::Link::commit_wait`]).
+    commit_wait: u64,
     arbiter: Arbiter,
     /// A live migration: when the guest goes to the backup, and whom to tell.
     migration: Option<(Mode, Outcome)>,
@@ -69,12 +71,15 @@ const PUMP_AT_LEAST: u64 = 2_000_000;
 
 /// What the backup sends, taken in where it is read. The runner reads it itself when it
 /// looks at the link between two turns (while outputs wait for an acknowledgement, and
-/// otherwise every [`PUMP_AT_LEAST`]), so that an acknowledgement costs no thread hand-off
-/// (each wake-up of another thread on the runner's core preempts the guest: a context switch
-/// there and back); a receiving thread takes in what arrives while the runner is elsewhere
-/// (waiting for input, paused, attaching a backup). Once the runner reads, that thread yields
-/// to it: woken by a message it does not preempt the runner (`SCHED_BATCH`), and whichever
-/// of the two reads a message first handles it, in order, under the receiving lock.
+/// otherwise every [`PUMP_AT_LEAST`]), so that an acknowledgement costs no thread hand-off;
+/// a receiving thread takes in what arrives while the runner is elsewhere (waiting for input,
+/// paused, attaching a backup). Once the runner reads, that thread keeps off the link while
+/// the runner runs: it sleeps on a [`ReaderGate`] until the runner waits for the backup, or
+/// has not read for [`RUNNER_GONE`]. Left watching the socket, it would wake for every
+/// acknowledgement (one a request) on the runner's core and take the locks the runner is
+/// about to take: measured, a context switch there and back and a contended lock for each
+/// message the runner sent. Whichever of the two reads a message first handles it, in order,
+/// under the receiving lock.
 pub(crate) struct Inbox {
     rx: std::sync::Mutex<Box<dyn crate::transport::Incoming>>,
     /// Waits for bytes to read without holding `rx`; `None` for a transport without one
@@ -91,8 +96,57 @@ pub(crate) struct Inbox {
     closed: AtomicBool,
     /// The runner reads too (a pair's link is up; a group's leader leaves it to the thread).
     pumped: AtomicBool,
-    /// The receiving thread's id once it yields to the runner (0 before).
-    tid: std::sync::atomic::AtomicI32,
+    /// Where the receiving thread sleeps while the runner reads.
+    gate: ReaderGate,
+}
+
+/// The receiving thread watches the link again once the runner, though not waiting for the
+/// backup, has not read for this long (nanoseconds; it reads at least every
+/// [`PUMP_AT_LEAST`] while it runs): it is paused, or busy elsewhere.
+const RUNNER_GONE: u64 = 20_000_000;
+
+/// Where a receiving thread sleeps while the runner reads the link itself: until the runner
+/// waits (for the backup), or has not read for a while.
+#[derive(Default)]
+struct ReaderGate {
+    /// Whether the runner waits.
+    waits: std::sync::Mutex<bool>,
+    wake: std::sync::Condvar,
+    /// When the runner last read ([`now_ns`]).
+    read_at: AtomicU64,
+}
+
+impl ReaderGate {
+    /// The runner reads now.
+    fn read(&self) {
+        self.read_at.store(now_ns(), Ordering::Relaxed);
+    }
+
+    /// The runner is about to wait (`true`: the thread goes back to the link at once) or runs
+    /// again (`false`).
+    fn runner_waits(&self, waits: bool) {
+        *self.waits.lock().unwrap_or_else(|e| e.into_inner()) = waits;
+        if waits {
+            self.wake.notify_one();
+        }
+    }
+
+    /// The thread: sleep while the runner runs and read less than `gone` nanoseconds ago (and
+    /// `closed` is not set).
+    fn keep_off(&self, gone: u64, closed: &AtomicBool) {
+        let mut waits = self.waits.lock().unwrap_or_else(|e| e.into_inner());
+        while !*waits && !closed.load(Ordering::SeqCst) {
+            let since = now_ns().saturating_sub(self.read_at.load(Ordering::Relaxed));
+            if since >= gone {
+                return;
+            }
+            waits = self
+                .wake
+                .wait_timeout(waits, Duration::from_nanos(gone - since))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
 }
 
 impl Inbox {
@@ -168,26 +222,19 @@ impl Inbox {
         if self.waiter.is_none() || self.closed.load(Ordering::SeqCst) {
             return;
         }
+        self.gate.read();
         let mut rx = self.rx.lock().unwrap_or_else(|e| e.into_inner());
         self.drain(&mut rx, woke);
     }
 
-    /// The runner is about to wait for the backup (`true`: the receiving thread, woken by
-    /// what arrives, then runs at once and wakes it) or runs again (`false`: the thread
-    /// yields to it again).
+    /// The runner is about to wait for the backup (`true`: the receiving thread watches the
+    /// link and wakes it for what arrives) or runs again (`false`: the thread keeps off the
+    /// link once it has handled what it is waiting for).
     fn runner_waits(&self, waits: bool) {
-        let tid = self.tid.load(Ordering::SeqCst);
-        if tid == 0 {
+        if !self.pumped.load(Ordering::SeqCst) {
             return;
         }
-        crate::set_policy(
-            tid,
-            if waits {
-                libc::SCHED_OTHER
-            } else {
-                libc::SCHED_BATCH
-            },
-        );
+        self.gate.runner_waits(waits);
         if waits {
             // What arrived before the thread was made urgent (woken then, it yielded): the
             // wait it would end is about to begin.
@@ -205,14 +252,9 @@ impl Inbox {
                 }
             }
         };
-        let mut yields = false;
         while !self.closed.load(Ordering::SeqCst) {
-            if !yields && self.pumped.load(Ordering::SeqCst) {
-                yields = true;
-                // SAFETY: gettid has no preconditions.
-                let tid = unsafe { libc::gettid() };
-                crate::set_policy(tid, libc::SCHED_BATCH);
-                self.tid.store(tid, Ordering::SeqCst);
+            if self.pumped.load(Ordering::SeqCst) {
+                self.gate.keep_off(RUNNER_GONE, &self.closed);
             }
             wait(Duration::from_millis(100));
             let mut rx = self.rx.lock().unwrap_or_else(|e| e.into_inner());
@@ -234,6 +276,9 @@ impl Link for PrimaryLink {
     }
     fn push_input(&self) -> ftvm_runner::PushInput {
         self.push_input
+    }
+    fn commit_wait(&self) -> u64 {
+        self.commit_wait
     }
     fn check(&mut self) -> Result<LinkState, LinkError> {
         let now = now_ns();
@@ -916,6 +961,7 @@ pub struct Protector {
     digest_every: u64,
     max_lag: u64,
     push_input: ftvm_runner::PushInput,
+    commit_wait: u64,
     /// The pause a pre-copy aims to stay under when it stops the guest for the rest.
     max_downtime: Duration,
     wake: Sender<Event>,
@@ -1000,6 +1046,7 @@ impl Protector {
             digest_every: cfg.digest_every,
             max_lag: cfg.max_lag_ms.saturating_mul(INSTRUCTIONS_PER_MS),
             push_input: cfg.push_input,
+            commit_wait: cfg.commit_wait,
             max_downtime: cfg.max_downtime,
             wake,
             control: None,
@@ -1118,7 +1165,7 @@ impl Protector {
             wake: self.wake.clone(),
             closed: AtomicBool::new(false),
             pumped: AtomicBool::new(false),
-            tid: std::sync::atomic::AtomicI32::new(0),
+            gate: ReaderGate::default(),
         });
         {
             let inbox = inbox.clone();
@@ -1446,6 +1493,7 @@ impl Protector {
                 out,
                 max_lag: self.max_lag,
                 push_input: self.push_input,
+                commit_wait: self.commit_wait,
                 arbiter: self.arbiter.clone(),
                 migration: t.migration.take(),
                 hand_over_after: Instant::now() + t.lockstep,
@@ -1584,6 +1632,47 @@ pub fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_reader_keeps_off_while_the_runner_reads_and_returns_when_it_waits_or_stops() {
+        let closed = AtomicBool::new(false);
+        let gate = Arc::new(ReaderGate::default());
+        // Never read: the thread watches the link at once.
+        gate.keep_off(RUNNER_GONE, &closed);
+        // Read recently: it sleeps until the runner waits.
+        gate.read();
+        let (done_tx, done) = mpsc::channel();
+        let sleeper = {
+            let gate = gate.clone();
+            std::thread::spawn(move || {
+                gate.keep_off(600_000_000_000, &AtomicBool::new(false));
+                done_tx.send(()).unwrap();
+            })
+        };
+        for _ in 0..30 {
+            gate.read();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(done.try_recv().is_err(), "woke while the runner reads");
+        // Waiting again after running does not wake it twice; waiting does.
+        gate.runner_waits(false);
+        gate.runner_waits(true);
+        done.recv_timeout(Duration::from_secs(10))
+            .expect("not woken");
+        sleeper.join().unwrap();
+        // A runner that waits: nothing to sleep for.
+        gate.read();
+        gate.keep_off(600_000_000_000, &closed);
+        // Running again but reading no more: back to the link after `gone`.
+        gate.runner_waits(false);
+        let t0 = Instant::now();
+        gate.keep_off(30_000_000, &closed);
+        assert!(t0.elapsed() >= Duration::from_millis(29));
+        // A link closed: nothing to sleep for.
+        closed.store(true, Ordering::SeqCst);
+        gate.read();
+        gate.keep_off(600_000_000_000, &closed);
+    }
 
     fn end(round: u32, dirty: usize, last: usize, pause_ms: u64, rate: f64) -> Next {
         round_end(RoundEnd {

@@ -91,6 +91,7 @@ fn config(arbiter: &str) -> PairConfig {
         mem_bytes: 16 << 20,
         replicas: None,
         push_input: Default::default(),
+        commit_wait: ftvm_runner::COMMIT_WAIT,
         replay_spin: ftvm_replication::REPLAY_SPIN,
     }
 }

@@ -30,7 +30,7 @@ pub use devices::{Backends, Devices, HostFwd, NetBackend, NetPort, NetSpec, User
 pub use follow::{FollowError, Sink};
 pub use live::{
     live, Attached, ClockMode, DiskDirty, Ended, Feeder, Gate, HoldTimes, Link, LinkState, Options,
-    Precopy, Protect, PushInput, RunError, DISK_BLOCK, INPUT_GRACE,
+    Precopy, Protect, PushInput, RunError, COMMIT_WAIT, DISK_BLOCK, INPUT_GRACE,
 };
 
 use ftvm_host::HostEvent;

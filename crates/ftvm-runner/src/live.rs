@@ -161,6 +161,12 @@ pub trait Link {
     fn push_input(&self) -> PushInput {
         PushInput::OnArrival
     }
+    /// How many instructions an output held while the guest runs may wait for others to
+    /// share its mark (group commit: see `Gate::commit_due`); 0: each turn's outputs are
+    /// marked at once.
+    fn commit_wait(&self) -> u64 {
+        0
+    }
     /// Whether the backups vote on outputs and digests (N-modular redundancy): the runner then
     /// tells the link its own (below).
     fn votes(&self) -> bool {
@@ -301,6 +307,26 @@ const HELD_CHUNK: u64 = 10_000;
 /// Under [`PushInput::WithOutput`], input waits in the log at most this many steps (2 ms of
 /// guest time) for an output's mark to carry it to the backup.
 pub const INPUT_GRACE: u64 = 200_000;
+
+/// Mark the log at `count` (which pushes it out to the backups).
+fn mark_log(
+    feed: &mut Feeder,
+    rechecker: &mut Option<Rechecker>,
+    count: u64,
+) -> Result<(), LogError> {
+    if let Some(log) = &mut feed.log {
+        log.mark(count)?;
+        if let Some(r) = rechecker {
+            // The records kept move on to the checkpoints (which bound their bytes).
+            r.take_kept(&mut log.kept);
+        }
+    }
+    Ok(())
+}
+
+/// A protected guest's outputs wait at most this many instructions (0.5 ms of guest time)
+/// for others to share their mark, while it runs (the default of [`Link::commit_wait`]).
+pub const COMMIT_WAIT: u64 = 50_000;
 
 /// When input from outside (network frames, console bytes) goes to the backup. Either way no
 /// output leaves before the backup holds the input it depends on (every output waits for a
@@ -651,6 +677,23 @@ impl Gate {
     /// Look at the link to the backup, if any: send out the held outputs it acknowledged
     /// (noting how long each waited), or, when the backup is gone and this side won the
     /// arbiter, drop the link and send them all. False when the backup has just gone.
+    /// Whether the log must be marked at `count` (which sends it to the backup) for the
+    /// outputs held since the last mark (at `last_mark`): group commit. While the guest runs,
+    /// its outputs gather for up to the link's [`Link::commit_wait`] instructions, so that
+    /// under load one message to the backup (and one acknowledgement) carries several answers
+    /// (each costs the primary's core a system call into the network stack, and the backup's
+    /// core a wake-up); once the guest idles (`idle`), or does not run, they go at once, so a
+    /// lone request waits for no one.
+    fn commit_due(&self, last_mark: u64, count: u64, idle: bool) -> bool {
+        let Some(link) = &self.link else {
+            return false;
+        };
+        let unmarked = self.held.partition_point(|h| h.0 <= last_mark);
+        self.held
+            .get(unmarked)
+            .is_some_and(|h| idle || count.saturating_sub(h.0) >= link.commit_wait())
+    }
+
     fn look(&mut self, con: &mut Console, backends: &Backends) -> Result<bool, RunError> {
         let Some(link) = &mut self.link else {
             return Ok(true);
@@ -944,16 +987,15 @@ pub fn live(
             }
         }
         let voting = gate.link.as_ref().is_some_and(|l| l.votes());
-        if held_new || (voting && count.saturating_sub(last_mark) >= VOTE_MARK) {
+        let mark = if voting {
             // Replicas that vote replay only as far as the log is marked: marked often, they
             // execute beside this one rather than after it, and their votes come sooner.
-            if let Some(log) = &mut feed.log {
-                log.mark(count)?;
-                if let Some(r) = &mut rechecker {
-                    // The records kept move on to the checkpoints (which bound their bytes).
-                    r.take_kept(&mut log.kept);
-                }
-            }
+            held_new || count.saturating_sub(last_mark) >= VOTE_MARK
+        } else {
+            gate.commit_due(last_mark, count, was_idle)
+        };
+        if mark {
+            mark_log(&mut feed, &mut rechecker, count)?;
             last_mark = count;
             unsent.pushed();
         }
@@ -1218,6 +1260,12 @@ pub fn live(
             if !paused || pending.quit {
                 break;
             }
+            if gate.commit_due(last_mark, m.count(), true) {
+                // The guest does not run: what it sent goes now.
+                mark_log(&mut feed, &mut rechecker, m.count())?;
+                last_mark = m.count();
+                unsent.pushed();
+            }
             if unsent.due(m.count(), true) {
                 // The guest does not run: nothing will carry its input soon.
                 feed.push()?;
@@ -1469,6 +1517,53 @@ impl HoldTimes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A link that is always protected and only says how long outputs may gather.
+    struct Waits(u64);
+
+    impl Link for Waits {
+        fn check(&mut self) -> Result<LinkState, LinkError> {
+            Ok(LinkState::Protected(0))
+        }
+        fn release(&self, _held: &mut VecDeque<Held>, _emit: &mut dyn FnMut(Held)) {}
+        fn acked(&self) -> u64 {
+            0
+        }
+        fn too_far_ahead(&self, _count: u64) -> bool {
+            false
+        }
+        fn hung_up(&self, _limit: Duration) -> bool {
+            false
+        }
+        fn commit_wait(&self) -> u64 {
+            self.0
+        }
+    }
+
+    #[test]
+    fn held_outputs_are_marked_once_the_oldest_unmarked_waited_long_enough_or_the_guest_idles() {
+        let mut gate = Gate::open();
+        // No link: nothing is held, nothing is marked.
+        assert!(!gate.commit_due(0, 1_000_000, true));
+        gate = gate.with_link(Box::new(Waits(50)));
+        assert!(!gate.commit_due(0, 1_000, true), "nothing held");
+        let out = |c: u64| (c, Instant::now(), Output::Console(vec![b'x']));
+        gate.held.extend([out(100), out(150), out(170)]);
+        // Marked up to 100 already: the oldest unmarked output is 150's.
+        assert!(!gate.commit_due(100, 170, false));
+        assert!(!gate.commit_due(100, 199, false));
+        assert!(gate.commit_due(100, 200, false));
+        // Unmarked since 100: due 50 after it.
+        assert!(gate.commit_due(99, 150, false));
+        // An idle guest sends what it holds at once.
+        assert!(gate.commit_due(100, 170, true));
+        // All marked: nothing is due, idle or not.
+        assert!(!gate.commit_due(170, 10_000, true));
+        // Without group commit, every turn's outputs are marked at once.
+        let mut gate = Gate::open().with_link(Box::new(Waits(0)));
+        gate.held.push_back(out(170));
+        assert!(gate.commit_due(100, 170, false));
+    }
 
     #[test]
     fn input_waits_for_an_output_idle_or_its_grace_at_most() {

@@ -301,6 +301,12 @@ struct PairArgs {
     /// the primary died with, at the cost of a second message a request).
     #[arg(long, value_enum, default_value_t = PushInput::WithOutput)]
     push_input: PushInput,
+    /// Group commit on a pair's primary: while its guest runs, an output waits up to this
+    /// many instructions for others to go to the backup with it (one message and one
+    /// acknowledgement for several answers under load); once the guest idles, held outputs go
+    /// at once. 0: every turn's outputs are sent at once (docs/replication.md, "Output commit")
+    #[arg(long, value_name = "N", default_value_t = ftvm_runner::COMMIT_WAIT)]
+    commit_wait: u64,
     /// A backup's replay, once it has replayed all it received, keeps its core this many
     /// microseconds before it sleeps, so that a message from the primary finds it awake and
     /// costs the primary no wake-up (docs/replication.md, "Output commit"); 0: it sleeps at
@@ -971,6 +977,7 @@ fn pair_config(p: &PairArgs, a: &RunArgs) -> Result<PairConfig> {
             PushInput::WithOutput => ftvm_runner::PushInput::WithOutput,
             PushInput::OnArrival => ftvm_runner::PushInput::OnArrival,
         },
+        commit_wait: p.commit_wait,
         replay_spin: Duration::from_micros(p.replay_spin_us),
     })
 }
@@ -1087,6 +1094,7 @@ fn migration_config(a: &RunArgs, psk: Psk, arbiter: Arbiter) -> PairConfig {
         mem_bytes: a.mem,
         replicas: None,
         push_input: Default::default(),
+        commit_wait: ftvm_runner::COMMIT_WAIT,
         replay_spin: ftvm_replication::REPLAY_SPIN,
     }
 }
