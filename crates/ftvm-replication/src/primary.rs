@@ -299,16 +299,20 @@ impl Link for PrimaryLink {
         // A dead backup makes the side cut every tie first (the connection closes under the
         // sending lock); then it races the arbiter.
         let (verdict, why, lease_until) = self.out.cut_if(|s| {
-            let why = if s.broken() {
-                "its link broke".to_string()
-            } else {
-                format!(
-                    "nothing heard for {} ms",
-                    now.saturating_sub(s.last_heard()) / 1_000_000
-                )
-            };
+            // As the state was before the check (the words only for a race: formatting them
+            // at every look cost the runner measurably).
+            let (broken, heard) = (s.broken(), s.last_heard());
             let v = s.check(now);
-            ((v, why, s.lease_until()), matches!(v, Verdict::Race { .. }))
+            let race = matches!(v, Verdict::Race { .. });
+            let why = match (race, broken) {
+                (false, _) => String::new(),
+                (true, true) => "its link broke".to_string(),
+                (true, false) => format!(
+                    "nothing heard for {} ms",
+                    now.saturating_sub(heard) / 1_000_000
+                ),
+            };
+            ((v, why, s.lease_until()), race)
         });
         match verdict {
             Verdict::Protected { acked } => Ok(LinkState::Protected(acked)),
