@@ -682,8 +682,8 @@ impl Gate {
     /// its outputs gather for up to the link's [`Link::commit_wait`] instructions, so that
     /// under load one message to the backup (and one acknowledgement) carries several answers
     /// (each costs the primary's core a system call into the network stack, and the backup's
-    /// core a wake-up); once the guest idles (`idle`), or does not run, they go at once, so a
-    /// lone request waits for no one.
+    /// core a wake-up); once the guest idles, or idled since the last mark, or does not run
+    /// (`idle`), they go at once, so a lone request waits for no one.
     fn commit_due(&self, last_mark: u64, count: u64, idle: bool) -> bool {
         let Some(link) = &self.link else {
             return false;
@@ -894,6 +894,8 @@ pub fn live(
     let mut last_mark = m.count();
     // Input that waits in the log for an output's mark.
     let mut unsent = UnsentInput::default();
+    // The guest idled since the last mark (its next outputs go at once: group commit).
+    let mut idled = false;
     // Two replicas: checkpoints and the log since, to re-execute when they disagree; and a
     // fault injected here that persists (it happens again in every re-execution).
     let mut rechecker: Option<Rechecker> = None;
@@ -992,12 +994,16 @@ pub fn live(
             // execute beside this one rather than after it, and their votes come sooner.
             held_new || count.saturating_sub(last_mark) >= VOTE_MARK
         } else {
-            gate.commit_due(last_mark, count, was_idle)
+            // A guest that idled since the last mark answers a request that found it idle:
+            // nothing is coming to share the mark, and its client waits.
+            idled |= was_idle;
+            gate.commit_due(last_mark, count, idled)
         };
         if mark {
             mark_log(&mut feed, &mut rechecker, count)?;
             last_mark = count;
             unsent.pushed();
+            idled = false;
         }
         if unsent.due(count, was_idle) {
             // Input that no output carried: the guest idles or ran its grace past it.
