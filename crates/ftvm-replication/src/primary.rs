@@ -236,8 +236,8 @@ impl Inbox {
         }
         self.gate.runner_waits(waits);
         if waits {
-            // What arrived before the thread was made urgent (woken then, it yielded): the
-            // wait it would end is about to begin.
+            // What arrived while the thread kept off the link: the wait it would end is about
+            // to begin.
             self.pump(true);
         }
     }

@@ -674,9 +674,6 @@ impl Gate {
         outputs
     }
 
-    /// Look at the link to the backup, if any: send out the held outputs it acknowledged
-    /// (noting how long each waited), or, when the backup is gone and this side won the
-    /// arbiter, drop the link and send them all. False when the backup has just gone.
     /// Whether the log must be marked at `count` (which sends it to the backup) for the
     /// outputs held since the last mark (at `last_mark`): group commit. While the guest runs,
     /// its outputs gather for up to the link's [`Link::commit_wait`] instructions, so that
@@ -694,6 +691,9 @@ impl Gate {
             .is_some_and(|h| idle || count.saturating_sub(h.0) >= link.commit_wait())
     }
 
+    /// Look at the link to the backup, if any: send out the held outputs it acknowledged
+    /// (noting how long each waited), or, when the backup is gone and this side won the
+    /// arbiter, drop the link and send them all. False when the backup has just gone.
     fn look(&mut self, con: &mut Console, backends: &Backends) -> Result<bool, RunError> {
         let Some(link) = &mut self.link else {
             return Ok(true);
