@@ -30,6 +30,10 @@ import redis as lab  # noqa: E402  (bench/redis.py: the namespaces, their networ
 
 ROOT, GUEST, FTVM, HOST_NS, CLIENT_NS, sh = lab.ROOT, lab.GUEST, lab.FTVM, lab.HOST_NS, lab.CLIENT_NS, lab.sh
 # Each guest: its TAP, address and MAC, on bench/redis.py's network.
+# The backups' own namespace (their "host"), linked to the primaries' by a veth pair: see
+# backup_net_up.
+BACKUP_NS, PRIMARY_END, BACKUP_END = "ftvmb-b", "fvb-p", "fvb-q"
+PRIMARY_LINK_IP, BACKUP_LINK_IP = "10.79.0.1", "10.79.0.2"
 GUESTS = {"unreplicated": (lab.TAP, lab.GUEST_IP, lab.MAC),
           "pair": ("ftapb1", "10.78.0.11", "52:54:00:78:00:11"),
           "pair2": ("ftapb2", "10.78.0.12", "52:54:00:78:00:12")}
@@ -41,11 +45,31 @@ def guest_args(name):
             "--append", f"console=ttyS0 ftvm.ip={ip}/24", "--net", f"tap={tap},mac={mac}"]
 
 
-def start(cmd, cpu, err, console=True):
+def backup_net_up():
+    """The backups' namespace, linked to the primaries' (the host's) by a veth pair whose every
+    received packet is processed by the receiving side's CPU (receive packet steering: CPU 1
+    for the backups, CPU 0 for the primaries), as on two hosts. Over the loopback instead, the
+    kernel runs the receiving half of TCP on the sender's CPU: the backup's half of every
+    message the primary sends would be charged to the primary's CPU."""
+    sh("ip", "netns", "del", BACKUP_NS, check=False)
+    sh("ip", "netns", "add", BACKUP_NS)
+    sh("ip", "link", "add", PRIMARY_END, "type", "veth", "peer", "name", BACKUP_END)
+    for ns, dev, ip, cpus in ((HOST_NS, PRIMARY_END, PRIMARY_LINK_IP, "1"),
+                              (BACKUP_NS, BACKUP_END, BACKUP_LINK_IP, "2")):
+        sh("ip", "link", "set", dev, "netns", ns)
+        x = ["ip", "netns", "exec", ns]
+        sh(*x, "ip", "addr", "add", f"{ip}/24", "dev", dev)
+        sh(*x, "ip", "link", "set", dev, "up")
+        sh(*x, "ip", "link", "set", "lo", "up")
+        # (`ip netns exec` mounts the namespace's own /sys.)
+        sh(*x, "sh", "-c", f"echo {cpus} > /sys/class/net/{dev}/queues/rx-0/rps_cpus")
+
+
+def start(cmd, cpu, err, console=True, ns=HOST_NS):
     """An engine on this CPU, its messages to the file `err`; its console is read (`console`) or
     thrown away."""
     with open(err, "wb") as f:
-        return subprocess.Popen(["ip", "netns", "exec", HOST_NS, "taskset", "-c", cpu, *cmd],
+        return subprocess.Popen(["ip", "netns", "exec", ns, "taskset", "-c", cpu, *cmd],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE if console else subprocess.DEVNULL,
                                 stderr=f)
 
@@ -85,12 +109,21 @@ def cpu_ticks(pid):
         if tid == str(pid):
             runner = ticks
             runner_sys = int(f[12])
+    tcp = tcp_segments(pid)
     for line in open("/proc/stat"):
         if line.startswith("cpu0 "):
             d = [int(v) for v in line.split()[1:9]]
             # user nice system idle iowait irq softirq steal: busy is neither idle, iowait nor steal.
-            return engine, runner, sum(d) - d[3] - d[4] - d[7], runner_sys, d[5] + d[6]
-    return engine, runner, 0, runner_sys, 0
+            return engine, runner, sum(d) - d[3] - d[4] - d[7], runner_sys, d[5] + d[6], *tcp
+    return engine, runner, 0, runner_sys, 0, *tcp
+
+
+def tcp_segments(pid):
+    """TCP segments sent and received in the namespace of the process `pid` (for a primary
+    linked to its backup by veth: the link's alone, since the guests' TCP is their own)."""
+    lines = [line.split() for line in open(f"/proc/{pid}/net/snmp") if line.startswith("Tcp:")]
+    tcp = dict(zip(lines[0][1:], lines[1][1:]))
+    return int(tcp["OutSegs"]), int(tcp["InSegs"])
 
 
 def run(name, requests, clients, pid):
@@ -114,6 +147,9 @@ def run(name, requests, clients, pid):
     out["cpu0_us"] = (after[2] - before[2]) * us
     out["runner_sys_us"] = (after[3] - before[3]) * us
     out["cpu0_irq_us"] = (after[4] - before[4]) * us
+    # (Over the loopback both sides' segments are counted, each once out and once in.)
+    out["segs_out"] = (after[5] - before[5]) / (2 * requests)
+    out["segs_in"] = (after[6] - before[6]) / (2 * requests)
     return out
 
 
@@ -142,6 +178,10 @@ def main():
     ap.add_argument("--pair-args", default="", help="more options for both sides of the pair")
     ap.add_argument("--pair2", help="a second pair's ftvm binary, compared with the first in the same run")
     ap.add_argument("--pair2-args", default="", help="more options for both sides of the second pair")
+    ap.add_argument("--link", choices=("veth", "loopback"), default="veth",
+                    help="how the pair's sides talk: a veth pair between two namespaces, each end's "
+                         "packets received on its own side's CPU (as on two hosts), or the loopback")
+    ap.add_argument("--link2", choices=("veth", "loopback"), help="the second pair's (default: --link)")
     ap.add_argument("--json", default=os.path.join(ROOT, "bench", "out", "pairloss.json"))
     a = ap.parse_args()
     if a.slices < 4:
@@ -154,22 +194,23 @@ def main():
     psk = os.path.join(work, "psk")
     with open(psk, "wb") as f:
         f.write(os.urandom(32))
-    pairs = {"pair": (a.pair, a.pair_args, 7702)}
+    pairs = {"pair": (a.pair, a.pair_args, 7702, a.link)}
     if a.pair2:
-        pairs["pair2"] = (a.pair2, a.pair2_args, 7703)
+        pairs["pair2"] = (a.pair2, a.pair2_args, 7703, a.link2 or a.link)
     names = ["unreplicated", *pairs]
     procs = []
     lab.net_up(taps=[GUESTS[n][0] for n in names])
+    backup_net_up()
     try:
         err = {k: os.path.join(work, k + ".err") for k in names}
         procs.append(start([a.unreplicated, "run", *guest_args("unreplicated")], "0", err["unreplicated"]))
         await_ready("unreplicated", procs[-1], err["unreplicated"])
         pids = {"unreplicated": procs[0].pid}
-        for name, (binary, args, port) in pairs.items():
+        for name, (binary, args, port, link) in pairs.items():
             opts = ["--psk", psk, "--arbiter", "file:" + os.path.join(work, name + ".arbiter"), *args.split()]
-            addr = f"127.0.0.1:{port}"
+            addr, ns = (f"127.0.0.1:{port}", HOST_NS) if link == "loopback" else (f"{PRIMARY_LINK_IP}:{port}", BACKUP_NS)
             procs.append(start([binary, "backup", "--primary", addr, *opts, *guest_args(name)], "1",
-                               err[name] + ".backup", console=False))
+                               err[name] + ".backup", console=False, ns=ns))
             procs.append(start([binary, "primary", "--listen", addr, *opts, *guest_args(name)], "0", err[name]))
             await_ready(name, procs[-1], err[name])
             pids[name] = procs[-1].pid
@@ -204,6 +245,7 @@ def main():
             except subprocess.TimeoutExpired:
                 p.kill()
         lab.net_down()
+        sh("ip", "netns", "del", BACKUP_NS, check=False)
         # How long each primary held its outputs for the backup (it says so when it stops).
         held = {}
         for name in pairs:
@@ -246,9 +288,15 @@ def main():
             summary[key][k] = {f"{base}_us": b, f"{name}_us": p, "more_median_pct": statistics.median(extra)}
             print(f"{what} a request: {base} {b:.1f} us, {name} {p:.1f} us (medians); {name}'s more, "
                   f"slice by slice: median {statistics.median(extra):.1f}%")
+    for name, (_, _, _, link) in pairs.items():
+        out, into = (statistics.median(s[name][k] for s in slices) for k in ("segs_out", "segs_in"))
+        summary[name]["segs_out"], summary[name]["segs_in"] = out, into
+        print(f"{name}: TCP segments a request in the primary's namespace (medians): {out:.2f} sent, "
+              f"{into:.2f} received" + (" (over the loopback, both sides')" if link == "loopback" else ""))
     with open(a.json, "w") as f:
         json.dump({"slices": slices, "requests": a.requests, "clients": a.clients, "summary": summary,
-                   "pair_args": a.pair_args, "pair2": a.pair2, "pair2_args": a.pair2_args}, f, indent=2)
+                   "pair_args": a.pair_args, "pair2": a.pair2, "pair2_args": a.pair2_args,
+                   "link": a.link, "link2": (a.link2 or a.link) if a.pair2 else None}, f, indent=2)
 
 
 if __name__ == "__main__":

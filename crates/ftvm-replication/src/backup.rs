@@ -533,7 +533,7 @@ pub fn follow_primary(
     let latest = Arc::new(AtomicU64::new(0));
     {
         let (latest, out, newest) = (latest.clone(), out.clone(), newest.clone());
-        std::thread::spawn(move || {
+        crate::link::spawn("link-rx", move || {
             // Woken by a message, this thread does not preempt the replay on its core (whose
             // waker, the primary's runner, would then pay for an interrupt to this core): it
             // runs when the replay yields, between two chunks of its run or while it waits.
@@ -1051,7 +1051,7 @@ pub fn follow_primary(
     if handed_over.is_some() {
         let nets = devices.disks.len()..devices.disks.len() + devices.nets.len();
         let events_tx = events_tx.clone();
-        std::thread::spawn(move || {
+        crate::link::spawn("relay", move || {
             for msg in rec_rx {
                 if let FromPrimary::Relay { slot, frame } = msg {
                     if nets.contains(&slot) {

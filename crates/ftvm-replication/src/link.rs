@@ -107,7 +107,7 @@ impl<S: Side> SendHalf<S> {
         make: impl Fn(&S, u64) -> Option<Msg> + Send + 'static,
     ) {
         let weak = Arc::downgrade(&self.inner);
-        std::thread::spawn(move || loop {
+        spawn("link-beat", move || loop {
             std::thread::sleep(beat);
             let Some(inner) = weak.upgrade() else { return };
             let half = SendHalf { inner };
@@ -139,6 +139,18 @@ impl<S: Side> SendHalf<S> {
         g.side.link_broke();
         g.tx.shutdown();
     }
+}
+
+/// A thread with a name (as `ps -T` and `perf` show it), started as [`std::thread::spawn`]
+/// starts one (and, like it, panics only when the system cannot start a thread).
+pub(crate) fn spawn<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(f)
+        .unwrap_or_else(|e| panic!("cannot start the thread {name}: {e}"))
 }
 
 /// Closes the link when dropped, unless disarmed (an attach that fails half-way).

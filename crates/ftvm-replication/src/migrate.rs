@@ -178,7 +178,7 @@ pub fn serve(
         use std::os::unix::fs::PermissionsExt;
         let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
     }
-    std::thread::spawn(move || {
+    crate::link::spawn("control-accept", move || {
         for conn in listener.incoming().flatten() {
             let (control, hello, backups, wake) = (
                 control.clone(),
@@ -186,7 +186,7 @@ pub fn serve(
                 backups.clone(),
                 wake.clone(),
             );
-            std::thread::spawn(move || {
+            crate::link::spawn("control", move || {
                 if let Err(e) = handle(conn, &control, &hello, &backups, &wake) {
                     tracing::debug!(error = %e, "control connection");
                 }

@@ -98,6 +98,8 @@ pub(crate) struct Inbox {
     pumped: AtomicBool,
     /// Where the receiving thread sleeps while the runner reads.
     gate: ReaderGate,
+    /// A drain woke the runner for what it read.
+    woken: AtomicBool,
 }
 
 /// The receiving thread watches the link again once the runner, though not waiting for the
@@ -109,14 +111,25 @@ const RUNNER_GONE: u64 = 20_000_000;
 /// waits (for the backup), or has not read for a while.
 #[derive(Default)]
 struct ReaderGate {
-    /// Whether the runner waits.
-    waits: std::sync::Mutex<bool>,
+    state: std::sync::Mutex<GateState>,
     wake: std::sync::Condvar,
     /// When the runner last read ([`now_ns`]).
     read_at: AtomicU64,
 }
 
+#[derive(Default)]
+struct GateState {
+    /// Whether the runner waits.
+    waits: bool,
+    /// How many waits the runner began: tells one wait from the next.
+    waits_begun: u64,
+}
+
 impl ReaderGate {
+    fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// The runner reads now.
     fn read(&self) {
         self.read_at.store(now_ns(), Ordering::Relaxed);
@@ -125,26 +138,41 @@ impl ReaderGate {
     /// The runner is about to wait (`true`: the thread goes back to the link at once) or runs
     /// again (`false`).
     fn runner_waits(&self, waits: bool) {
-        *self.waits.lock().unwrap_or_else(|e| e.into_inner()) = waits;
+        let mut g = self.lock();
+        g.waits = waits;
         if waits {
+            g.waits_begun += 1;
             self.wake.notify_one();
         }
     }
 
     /// The thread: sleep while the runner runs and read less than `gone` nanoseconds ago (and
-    /// `closed` is not set).
-    fn keep_off(&self, gone: u64, closed: &AtomicBool) {
-        let mut waits = self.waits.lock().unwrap_or_else(|e| e.into_inner());
-        while !*waits && !closed.load(Ordering::SeqCst) {
+    /// `closed` is not set). Returns which wait of the runner's it returned for, if any.
+    fn keep_off(&self, gone: u64, closed: &AtomicBool) -> Option<u64> {
+        let mut g = self.lock();
+        while !g.waits && !closed.load(Ordering::SeqCst) {
             let since = now_ns().saturating_sub(self.read_at.load(Ordering::Relaxed));
             if since >= gone {
-                return;
+                return None;
             }
-            waits = self
+            g = self
                 .wake
-                .wait_timeout(waits, Duration::from_nanos(gone - since))
+                .wait_timeout(g, Duration::from_nanos(gone - since))
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
+        }
+        g.waits.then_some(g.waits_begun)
+    }
+
+    /// The thread woke the runner from its wait `which` (as [`ReaderGate::keep_off`] told
+    /// it): that wait is over, and the thread keeps off the link again, rather than watch it
+    /// until the runner, which runs by then, says so (it would wake for the next message,
+    /// which the runner reads itself, and take the runner's core from it). A newer wait
+    /// stands.
+    fn woke_runner(&self, which: u64) {
+        let mut g = self.lock();
+        if g.waits_begun == which {
+            g.waits = false;
         }
     }
 }
@@ -176,6 +204,7 @@ impl Inbox {
             // Held outputs may leave now: wake the runner if it waits.
             Ok(Received::Acked(_) | Received::Vote) => {
                 if woke {
+                    self.woken.store(true, Ordering::SeqCst);
                     let _ = self.wake.send(Event::Wake);
                 }
                 true
@@ -253,13 +282,22 @@ impl Inbox {
             }
         };
         while !self.closed.load(Ordering::SeqCst) {
-            if self.pumped.load(Ordering::SeqCst) {
-                self.gate.keep_off(RUNNER_GONE, &self.closed);
-            }
+            let waiting = if self.pumped.load(Ordering::SeqCst) {
+                self.gate.keep_off(RUNNER_GONE, &self.closed)
+            } else {
+                None
+            };
             wait(Duration::from_millis(100));
             let mut rx = self.rx.lock().unwrap_or_else(|e| e.into_inner());
+            // (Under the receiving lock, only this drain sets it.)
+            self.woken.store(false, Ordering::SeqCst);
             if !self.drain(&mut rx, true) {
                 return;
+            }
+            let woken = self.woken.load(Ordering::SeqCst);
+            drop(rx);
+            if let Some(which) = waiting.filter(|_| woken) {
+                self.gate.woke_runner(which);
             }
         }
     }
@@ -997,7 +1035,7 @@ impl Protector {
         let waker = wake.clone();
         let psk: Psk = cfg.psk.clone();
         let hello = Hello::new(Role::Primary, cfg.mem_bytes, cfg.layout(devices));
-        std::thread::spawn(move || {
+        crate::link::spawn("pair-accept", move || {
             for s in listener.incoming() {
                 let Ok(s) = s else { continue };
                 let peer = s.peer_addr().map_or("?".to_string(), |a| a.to_string());
@@ -1148,7 +1186,7 @@ impl Protector {
             let close = out.closer()?;
             let stall = u64::try_from(self.timing.stall().as_nanos()).unwrap_or(u64::MAX);
             let beat = self.timing.beat;
-            std::thread::spawn(move || {
+            crate::link::spawn("attach-watch", move || {
                 while attaching.load(Ordering::SeqCst) {
                     std::thread::sleep(beat);
                     let silent = now_ns().saturating_sub(heard.load(Ordering::SeqCst));
@@ -1170,10 +1208,11 @@ impl Protector {
             closed: AtomicBool::new(false),
             pumped: AtomicBool::new(false),
             gate: ReaderGate::default(),
+            woken: AtomicBool::new(false),
         });
         {
             let inbox = inbox.clone();
-            std::thread::spawn(move || inbox.serve());
+            crate::link::spawn("link-rx", move || inbox.serve());
         }
         // Whatever fails from here on closes the link, so the backup does not wait for more.
         let cut = CloseOnDrop(Some(out.clone()));
@@ -1192,7 +1231,9 @@ impl Protector {
         let (jobs, queue) = mpsc::sync_channel(QUEUE);
         let sender = {
             let (out, sent, wake) = (out.clone(), sent.clone(), self.wake.clone());
-            std::thread::spawn(move || send_state(out, files, queue, sent, wake, max_bandwidth))
+            crate::link::spawn("state-tx", move || {
+                send_state(out, files, queue, sent, wake, max_bandwidth)
+            })
         };
         jobs.send(Job::WholeDisks)
             .map_err(|_| PairError::Protocol("the sending thread stopped".into()))?;
@@ -1676,6 +1717,45 @@ mod tests {
         closed.store(true, Ordering::SeqCst);
         gate.read();
         gate.keep_off(600_000_000_000, &closed);
+    }
+
+    #[test]
+    fn a_reader_that_woke_the_runner_keeps_off_again_unless_a_newer_wait_began() {
+        let closed = AtomicBool::new(false);
+        let gate = ReaderGate::default();
+        gate.read();
+        gate.runner_waits(true);
+        let first = gate
+            .keep_off(600_000_000_000, &closed)
+            .expect("the runner waits");
+        // The thread read the acknowledgement and woke the runner: that wait is over, though
+        // the runner has not said so yet; the thread sleeps again (here: until `gone`).
+        gate.woke_runner(first);
+        let t0 = Instant::now();
+        assert_eq!(gate.keep_off(30_000_000, &closed), None);
+        assert!(t0.elapsed() >= Duration::from_millis(29));
+        // The runner, woken, waits again before the thread says it woke it for the first
+        // wait: the newer wait stands.
+        gate.read();
+        gate.runner_waits(true);
+        let second = gate
+            .keep_off(600_000_000_000, &closed)
+            .expect("the runner waits");
+        assert_ne!(first, second);
+        gate.runner_waits(false);
+        gate.runner_waits(true);
+        gate.woke_runner(second);
+        let third = gate
+            .keep_off(600_000_000_000, &closed)
+            .expect("a newer wait stands");
+        assert_ne!(second, third);
+        // The runner's own word that it runs again changes nothing after that.
+        gate.woke_runner(third);
+        gate.runner_waits(false);
+        gate.read();
+        let t0 = Instant::now();
+        assert_eq!(gate.keep_off(30_000_000, &closed), None);
+        assert!(t0.elapsed() >= Duration::from_millis(29));
     }
 
     fn end(round: u32, dirty: usize, last: usize, pause_ms: u64, rate: f64) -> Next {
