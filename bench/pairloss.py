@@ -178,9 +178,12 @@ def main():
     ap.add_argument("--pair-args", default="", help="more options for both sides of the pair")
     ap.add_argument("--pair2", help="a second pair's ftvm binary, compared with the first in the same run")
     ap.add_argument("--pair2-args", default="", help="more options for both sides of the second pair")
-    ap.add_argument("--link", choices=("veth", "loopback"), default="veth",
-                    help="how the pair's sides talk: a veth pair between two namespaces, each end's "
-                         "packets received on its own side's CPU (as on two hosts), or the loopback")
+    ap.add_argument("--link", choices=("loopback", "veth"), default="loopback",
+                    help="how the pair's sides talk: the loopback (each message's receiving half of "
+                         "TCP runs on the sender's CPU), or a veth pair between two namespaces, each "
+                         "end's packets received on its own side's CPU by receive packet steering "
+                         "(one inter-processor interrupt a packet, which this virtual machine makes "
+                         "costly: see docs/benchmarks.md)")
     ap.add_argument("--link2", choices=("veth", "loopback"), help="the second pair's (default: --link)")
     ap.add_argument("--json", default=os.path.join(ROOT, "bench", "out", "pairloss.json"))
     a = ap.parse_args()
