@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 use std::sync::mpsc::Sender;
 use std::sync::Mutex;
 
-use crate::HostEvent;
+use crate::{EventSink, HostEvent};
 
 /// The terminal settings to put back on exit, when raw mode is on.
 static SAVED: Mutex<Option<libc::termios>> = Mutex::new(None);
@@ -72,7 +72,7 @@ impl Console {
 
     /// Start reading stdin on a thread of its own; its bytes arrive as `HostEvent::Console`.
     pub fn start<E: From<HostEvent> + Send + 'static>(
-        events: Sender<E>,
+        events: impl EventSink<E>,
     ) -> std::io::Result<Console> {
         let tty = enter_raw_mode();
         std::thread::Builder::new()
@@ -84,7 +84,7 @@ impl Console {
                 loop {
                     let n = match stdin.read(&mut buf) {
                         Ok(0) | Err(_) => {
-                            let _ = events.send(HostEvent::ConsoleEof.into());
+                            let _ = events.deliver(HostEvent::ConsoleEof.into());
                             return;
                         }
                         Ok(n) => n,
@@ -95,7 +95,7 @@ impl Console {
                             ctrl_a = false;
                             match b {
                                 b'x' | b'X' => {
-                                    let _ = events.send(HostEvent::Quit.into());
+                                    let _ = events.deliver(HostEvent::Quit.into());
                                     return;
                                 }
                                 0x01 => data.push(0x01),
@@ -107,7 +107,7 @@ impl Console {
                             data.push(b);
                         }
                     }
-                    if events.send(HostEvent::Console(data).into()).is_err() {
+                    if !events.deliver(HostEvent::Console(data).into()) {
                         return;
                     }
                 }

@@ -8,7 +8,7 @@ use std::sync::mpsc::{self, Sender};
 use ftvm_machine::{DiskOp, DiskRequest};
 use thiserror::Error;
 
-use crate::HostEvent;
+use crate::{EventSink, HostEvent};
 
 #[derive(Debug, Error)]
 pub enum DiskError {
@@ -32,7 +32,7 @@ impl Disk {
     pub fn open<E: From<HostEvent> + Send + 'static>(
         path: &Path,
         slot: usize,
-        events: Sender<E>,
+        events: impl EventSink<E>,
     ) -> Result<Disk, DiskError> {
         let file = OpenOptions::new()
             .read(true)
@@ -61,7 +61,7 @@ impl Disk {
                         ok,
                         data,
                     };
-                    if events.send(ev.into()).is_err() {
+                    if !events.deliver(ev.into()) {
                         return;
                     }
                 }

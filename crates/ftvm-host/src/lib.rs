@@ -32,6 +32,19 @@ pub enum HostEvent {
     },
 }
 
+/// Where a backend's threads hand what they got: a channel's sending half, or anything that
+/// sends like one (the runner's own, which also wakes it where it waits in `poll`).
+pub trait EventSink<E>: Clone + Send + 'static {
+    /// Hand `e` over; false once nobody receives any more.
+    fn deliver(&self, e: E) -> bool;
+}
+
+impl<E: Send + 'static> EventSink<E> for std::sync::mpsc::Sender<E> {
+    fn deliver(&self, e: E) -> bool {
+        self.send(e).is_ok()
+    }
+}
+
 /// Random bytes from the host (the kernel's CSPRNG).
 pub fn host_entropy(n: usize) -> std::io::Result<Vec<u8>> {
     let mut v = vec![0u8; n];

@@ -6,11 +6,10 @@
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
-use std::sync::mpsc::Sender;
 
 use thiserror::Error;
 
-use crate::HostEvent;
+use crate::{EventSink, HostEvent};
 
 #[derive(Debug, Error)]
 pub enum TapError {
@@ -46,7 +45,7 @@ impl Tap {
     pub fn open<E: From<HostEvent> + Send + 'static>(
         name: &str,
         slot: usize,
-        events: Sender<E>,
+        events: impl EventSink<E>,
     ) -> Result<Tap, TapError> {
         if name.is_empty() || name.len() > 15 || name.contains('\0') {
             return Err(TapError::Name(name.into()));
@@ -84,7 +83,7 @@ impl Tap {
                                 slot,
                                 frame: buf[..n].to_vec(),
                             };
-                            if events.send(ev.into()).is_err() {
+                            if !events.deliver(ev.into()) {
                                 return;
                             }
                         }

@@ -19,12 +19,12 @@ use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{sync_channel, Sender, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
-use crate::HostEvent;
+use crate::{EventSink, HostEvent};
 
 /// The largest frame either side may send (the stream protocol's frames are Ethernet frames;
 /// a length beyond this is a protocol error, never an allocation).
@@ -190,7 +190,7 @@ impl UserNet {
     pub fn open<E: From<HostEvent> + Send + 'static>(
         spec: &UserSpec,
         slot: usize,
-        events: Sender<E>,
+        events: impl EventSink<E>,
     ) -> Result<UserNet, UserNetError> {
         let (ours, theirs) = UnixStream::pair().map_err(UserNetError::Spawn)?;
         let mut cmd = Command::new("passt");
@@ -287,7 +287,7 @@ fn kill(child: &mut Child) {
 fn start_threads<E: From<HostEvent> + Send + 'static>(
     sock: UnixStream,
     slot: usize,
-    events: Sender<E>,
+    events: impl EventSink<E>,
 ) -> std::io::Result<SyncSender<Vec<u8>>> {
     let reader = sock.try_clone()?;
     let (tx, rx) = sync_channel::<Vec<u8>>(QUEUE_FRAMES);
@@ -310,7 +310,7 @@ fn start_threads<E: From<HostEvent> + Send + 'static>(
         .name(format!("passt{slot}-rx"))
         .spawn(move || {
             let r = read_frames(BufReader::with_capacity(1 << 16, reader), |frame| {
-                events.send(HostEvent::Frame { slot, frame }.into()).is_ok()
+                events.deliver(HostEvent::Frame { slot, frame }.into())
             });
             match r {
                 Ok(()) => tracing::debug!(slot, "passt closed the user network"),

@@ -517,7 +517,7 @@ pub fn follow_primary(
     // host where the primary holds the same TAP they open only at the takeover. User-mode
     // networks (passt) always open at the takeover: their forwarded host ports may be the
     // primary's own on this host.
-    let (events_tx, events) = mpsc::channel::<Event>();
+    let (events_tx, events) = ftvm_runner::events();
     let mut early_taps = devices.open_taps(&events_tx).ok();
     let (first_log, ram) = receive_state(
         rx_half.as_mut(),

@@ -584,6 +584,12 @@ impl Channel {
         }
     }
 
+    /// The connection's descriptor (readable when bytes arrive or it closes).
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.stream.as_raw_fd()
+    }
+
     /// A way for another thread to wait until this receiving half has bytes to read (or its
     /// connection closed), without reading them: a thread that waits so need not hold the
     /// half, which [`Channel::try_recv`] can then be called on from elsewhere meanwhile. It

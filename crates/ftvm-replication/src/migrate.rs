@@ -167,7 +167,7 @@ pub fn serve(
     control: Arc<Control>,
     hello: Hello,
     backups: Sender<Halves>,
-    wake: Sender<Event>,
+    wake: ftvm_runner::EventTx,
 ) -> Result<(), PairError> {
     let _ = std::fs::remove_file(path);
     let listener = UnixListener::bind(path).map_err(PairError::io(format!(
@@ -205,7 +205,7 @@ fn handle(
     control: &Control,
     hello: &Hello,
     backups: &Sender<Halves>,
-    wake: &Sender<Event>,
+    wake: &ftvm_runner::EventTx,
 ) -> std::io::Result<()> {
     let mut line = String::new();
     // A request is one short line: read at most 64 KiB of it.

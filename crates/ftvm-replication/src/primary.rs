@@ -85,13 +85,15 @@ pub(crate) struct Inbox {
     /// Waits for bytes to read without holding `rx`; `None` for a transport without one
     /// (then the thread alone reads, blocking).
     waiter: Option<crate::channel::Waiter>,
+    /// `rx`'s descriptor, where the runner waits itself (with a waiter only).
+    fd: Option<std::os::fd::RawFd>,
     out: SendHalf<PrimarySide>,
     /// When the backup was last heard from (the attach's watchdog reads it).
     heard: Arc<AtomicU64>,
     /// A post-copy destination's requests for pages.
     pages: Sender<Vec<u64>>,
     /// Wakes the runner.
-    wake: Sender<Event>,
+    wake: ftvm_runner::EventTx,
     /// The link ended: nothing more is read.
     closed: AtomicBool,
     /// The runner reads too (a pair's link is up; a group's leader leaves it to the thread).
@@ -311,6 +313,15 @@ const HANDOVER_LAG: u64 = 2_000_000;
 impl Link for PrimaryLink {
     fn waits(&self, waits: bool) {
         self.inbox.runner_waits(waits);
+    }
+    fn wait_fd(&self) -> Option<std::os::fd::RawFd> {
+        // Only while the runner reads the link itself, and it is open (a closed socket is
+        // readable for ever: the runner would not wait at all).
+        let i = &self.inbox;
+        let reads = i.waiter.is_some()
+            && i.pumped.load(Ordering::SeqCst)
+            && !i.closed.load(Ordering::SeqCst);
+        i.fd.filter(|_| reads)
     }
     fn push_input(&self) -> ftvm_runner::PushInput {
         self.push_input
@@ -676,7 +687,7 @@ fn send_state(
     files: Vec<(std::fs::File, u64)>,
     jobs: Receiver<Job>,
     sent: Arc<Sent>,
-    wake: Sender<Event>,
+    wake: ftvm_runner::EventTx,
     max_bandwidth: Option<u64>,
 ) {
     let started = Instant::now();
@@ -790,7 +801,7 @@ struct Transfer {
     /// A live migration (else a backup of a pair).
     migration: Option<(Mode, Outcome)>,
     /// Wakes the runner.
-    wake: Sender<Event>,
+    wake: ftvm_runner::EventTx,
     /// Hand-over mode: how long the destination follows in lockstep, at least.
     lockstep: Duration,
     /// Post-copy: the pages found not zero so far (the scan that replaces the rounds).
@@ -1006,7 +1017,7 @@ pub struct Protector {
     commit_wait: u64,
     /// The pause a pre-copy aims to stay under when it stops the guest for the rest.
     max_downtime: Duration,
-    wake: Sender<Event>,
+    wake: ftvm_runner::EventTx,
     /// Live migrations asked for on the control socket (a source that is no pair member).
     control: Option<Arc<Control>>,
     /// N-modular redundancy: the number of replicas (the leader among them), and the group
@@ -1026,7 +1037,7 @@ impl Protector {
         cfg: &PairConfig,
         next_generation: u64,
         devices: &Devices,
-        wake: Sender<Event>,
+        wake: ftvm_runner::EventTx,
     ) -> Result<Protector, PairError> {
         let listener = TcpListener::bind(listen)
             .map_err(PairError::io(format!("cannot listen on {listen}")))?;
@@ -1075,7 +1086,7 @@ impl Protector {
         cfg: &PairConfig,
         next_generation: u64,
         devices: &Devices,
-        wake: Sender<Event>,
+        wake: ftvm_runner::EventTx,
     ) -> Protector {
         Protector {
             incoming,
@@ -1104,7 +1115,7 @@ impl Protector {
         incoming: Receiver<Halves>,
         cfg: &PairConfig,
         devices: &Devices,
-        wake: Sender<Event>,
+        wake: ftvm_runner::EventTx,
         control: Arc<Control>,
     ) -> Protector {
         let mut p = Protector::new(incoming, cfg, 0, devices, wake);
@@ -1200,6 +1211,7 @@ impl Protector {
         let (page_tx, page_rx) = mpsc::channel::<Vec<u64>>();
         let inbox = Arc::new(Inbox {
             waiter: rx.waiter(),
+            fd: rx.raw_fd(),
             rx: std::sync::Mutex::new(rx),
             out: out.clone(),
             heard,
@@ -1644,8 +1656,8 @@ pub fn run(
     devices: &Devices,
     cfg: &PairConfig,
     opts: &Options,
-    events_tx: Sender<Event>,
-    events: Receiver<Event>,
+    events_tx: ftvm_runner::EventTx,
+    events: ftvm_runner::EventRx,
 ) -> Result<Ended, PairError> {
     let (link, log) = loop {
         protect.wait()?;

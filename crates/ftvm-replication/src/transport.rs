@@ -41,6 +41,11 @@ pub trait Incoming: Send {
     fn waiter(&self) -> Option<Waiter> {
         None
     }
+    /// The descriptor that becomes readable when something can be received (or the link
+    /// closed), valid while this half lives; `None` if the transport has none.
+    fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
 }
 
 /// Both halves of one side's link.
@@ -85,6 +90,9 @@ impl Incoming for Channel {
     }
     fn waiter(&self) -> Option<Waiter> {
         Channel::waiter(self).ok()
+    }
+    fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
+        Some(Channel::raw_fd(self))
     }
 }
 

@@ -13,7 +13,7 @@ use ftvm_machine::Machine;
 use ftvm_replication::primary::Protector;
 use ftvm_replication::transport::{memory, Halves};
 use ftvm_replication::{backup, primary, Arbiter, PairConfig, PairError, Psk, Timing};
-use ftvm_runner::{Backends, ClockMode, Devices, Ended, Event, Feeder, Gate, Options};
+use ftvm_runner::{Backends, ClockMode, Devices, Ended, Feeder, Gate, Options};
 
 /// Bytes the guest prints before it powers off.
 const BYTES: usize = 20_000;
@@ -123,7 +123,7 @@ fn start(
     let primary = std::thread::spawn(move || {
         let (in_tx, in_rx) = mpsc::channel();
         in_tx.send(p).expect("queue the backup");
-        let (ev_tx, ev_rx) = mpsc::channel::<Event>();
+        let (ev_tx, ev_rx) = ftvm_runner::events();
         let devices = bare();
         let protect = Protector::new(in_rx, &cfg, 0, &devices, ev_tx.clone());
         primary::run(
@@ -149,7 +149,7 @@ fn text(buf: &Arc<Mutex<Vec<u8>>>) -> Vec<u8> {
 /// The machine's state where the program ends, run alone.
 fn solo_end_digest() -> blake3::Hash {
     let out = Arc::new(Mutex::new(Vec::new()));
-    let (ev_tx, ev_rx) = mpsc::channel::<Event>();
+    let (ev_tx, ev_rx) = ftvm_runner::events();
     let ended = ftvm_runner::live(
         &options(&out),
         machine(),

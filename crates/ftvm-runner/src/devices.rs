@@ -2,11 +2,11 @@
 //! user-mode networks through passt), by virtio slot (disks first, then networks, then the
 //! entropy source, which needs no backend).
 
+use crate::events::EventTx;
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
-use std::sync::mpsc::Sender;
 
 use ftvm_host::disk::{Disk, DiskError};
 use ftvm_host::tap::{Tap, TapError};
@@ -14,8 +14,6 @@ pub use ftvm_host::user::{HostFwd, UserSpec};
 use ftvm_host::user::{UserNet, UserNetError};
 use ftvm_machine::DeviceSpec;
 use thiserror::Error;
-
-use crate::Event;
 
 #[derive(Debug, Error)]
 pub enum DeviceError {
@@ -51,7 +49,7 @@ pub enum NetPort {
 
 impl NetPort {
     /// Open the backend of `spec` for virtio slot `slot`.
-    pub fn open(spec: &NetSpec, slot: usize, events: &Sender<Event>) -> Result<Self, DeviceError> {
+    pub fn open(spec: &NetSpec, slot: usize, events: &EventTx) -> Result<Self, DeviceError> {
         Ok(match &spec.backend {
             NetBackend::Tap(name) => NetPort::Tap(Tap::open(name, slot, events.clone())?),
             NetBackend::User(u) => NetPort::User(UserNet::open(u, slot, events.clone())?),
@@ -87,7 +85,7 @@ pub struct Backends {
 
 impl Devices {
     /// Open every backend: the networks, then the disks.
-    pub fn open_backends(&self, events: &Sender<Event>) -> Result<Backends, DeviceError> {
+    pub fn open_backends(&self, events: &EventTx) -> Result<Backends, DeviceError> {
         let mut b = Backends::default();
         self.open_other_nets(events, &mut b)?;
         self.open_disks(events, &mut b)?;
@@ -95,7 +93,7 @@ impl Devices {
     }
 
     /// Open the disks into `b`.
-    pub fn open_disks(&self, events: &Sender<Event>, b: &mut Backends) -> Result<(), DeviceError> {
+    pub fn open_disks(&self, events: &EventTx, b: &mut Backends) -> Result<(), DeviceError> {
         for (slot, path) in self.disks.iter().enumerate() {
             b.disks
                 .insert(slot, Disk::open(path, slot, events.clone())?);
@@ -104,10 +102,7 @@ impl Devices {
     }
 
     /// Open the networks on TAP devices (not the user-mode ones), by slot.
-    pub fn open_taps(
-        &self,
-        events: &Sender<Event>,
-    ) -> Result<HashMap<usize, NetPort>, DeviceError> {
+    pub fn open_taps(&self, events: &EventTx) -> Result<HashMap<usize, NetPort>, DeviceError> {
         let mut taps = HashMap::new();
         for (slot, net) in self.net_slots() {
             if matches!(net.backend, NetBackend::Tap(_)) {
@@ -118,11 +113,7 @@ impl Devices {
     }
 
     /// Open the networks `b` does not have yet.
-    pub fn open_other_nets(
-        &self,
-        events: &Sender<Event>,
-        b: &mut Backends,
-    ) -> Result<(), DeviceError> {
+    pub fn open_other_nets(&self, events: &EventTx, b: &mut Backends) -> Result<(), DeviceError> {
         for (slot, net) in self.net_slots() {
             if let Entry::Vacant(e) = b.nets.entry(slot) {
                 let port = NetPort::open(net, slot, events)?;

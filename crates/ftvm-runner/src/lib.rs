@@ -19,6 +19,7 @@
 
 pub mod clock;
 pub mod devices;
+pub mod events;
 pub mod follow;
 pub mod live;
 pub mod recheck;
@@ -27,6 +28,7 @@ pub mod telemetry;
 pub mod vote;
 
 pub use devices::{Backends, Devices, HostFwd, NetBackend, NetPort, NetSpec, UserSpec};
+pub use events::{events, EventRx, EventTx, Waited};
 pub use follow::{FollowError, Sink};
 pub use live::{
     live, Attached, ClockMode, DiskDirty, Ended, Feeder, Gate, HoldTimes, Link, LinkState, Options,

@@ -4,7 +4,9 @@
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::io::Write;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::RecvTimeoutError;
+
+use crate::events::{EventRx, EventTx, Waited};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -80,7 +82,7 @@ pub struct Options {
 }
 
 impl Options {
-    fn console(&self, events: Sender<Event>) -> std::io::Result<Console> {
+    fn console(&self, events: EventTx) -> std::io::Result<Console> {
         match &self.capture {
             Some(buf) => Console::capture(buf.clone()),
             None => Console::start(events),
@@ -156,6 +158,13 @@ pub trait Link {
         _ram: &[u8],
         _next_frame: &mut dyn FnMut(Duration) -> Option<(usize, Vec<u8>)>,
     ) {
+    }
+    /// A descriptor that becomes readable when the backup has sent something, if the runner
+    /// may wait on it itself: with outputs held and the guest idle it then waits for that and
+    /// its events at once ([`EventRx::wait_with`]), and the next look reads what came; with
+    /// none it tells the link it waits ([`Link::waits`]) and waits for its events alone.
+    fn wait_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
     }
     /// When input from outside goes to the backup (see [`PushInput`]).
     fn push_input(&self) -> PushInput {
@@ -442,7 +451,7 @@ impl Pending {
     fn drain_disks(
         &mut self,
         m: &mut Machine,
-        events: &Receiver<Event>,
+        events: &EventRx,
         feed: &mut Feeder,
         backends: &Backends,
         con: &mut Console,
@@ -849,8 +858,8 @@ pub fn live(
     opts: &Options,
     mut m: Machine,
     backends: Backends,
-    events_tx: Sender<Event>,
-    events: Receiver<Event>,
+    events_tx: EventTx,
+    events: EventRx,
     mut feed: Feeder,
     mut gate: Gate,
     resubmit: Vec<DiskRequest>,
@@ -1216,19 +1225,28 @@ pub fn live(
                     });
                     let t0 = Instant::now();
                     let for_backup = gate.link.as_ref().filter(|_| !gate.held.is_empty());
-                    if let Some(l) = for_backup {
-                        l.waits(true);
-                    }
-                    match events.recv_timeout(wait) {
-                        Ok(ev) => pending.take(ev),
-                        // No backend is left to report (stdin closed, no device): the wait
-                        // still takes its time, rather than spinning and logging a Time
-                        // input per turn.
-                        Err(RecvTimeoutError::Disconnected) => std::thread::sleep(wait),
-                        Err(RecvTimeoutError::Timeout) => {}
-                    }
-                    if let Some(l) = for_backup {
-                        l.waits(false);
+                    if let Some(fd) = for_backup.and_then(|l| l.wait_fd()) {
+                        // The acknowledgement wakes this thread itself (the next look reads
+                        // it), and so does any event.
+                        match events.wait_with(fd, wait) {
+                            Waited::Event(ev) => pending.take(ev),
+                            Waited::Ready | Waited::Timeout => {}
+                        }
+                    } else {
+                        if let Some(l) = for_backup {
+                            l.waits(true);
+                        }
+                        match events.recv_timeout(wait) {
+                            Ok(ev) => pending.take(ev),
+                            // No backend is left to report (stdin closed, no device): the wait
+                            // still takes its time, rather than spinning and logging a Time
+                            // input per turn.
+                            Err(RecvTimeoutError::Disconnected) => std::thread::sleep(wait),
+                            Err(RecvTimeoutError::Timeout) => {}
+                        }
+                        if let Some(l) = for_backup {
+                            l.waits(false);
+                        }
                     }
                     clock.waited(t0.elapsed());
                     if !virtual_clock {

@@ -9,17 +9,16 @@
 //!
 //! The management API (`ftvm-api`) reads this and sends the requests; nothing here knows HTTP.
 
+use crate::events::EventTx;
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
-use std::sync::mpsc::Sender;
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ftvm_machine::board::INSTRUCTIONS_PER_MS;
 
 use crate::vote::Injection;
-use crate::Event;
 
 /// What a member is doing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -117,7 +116,7 @@ pub struct Telemetry {
     copy_round: AtomicU64,
     history: Mutex<VecDeque<Sample>>,
     /// Where requests reach the live loop running the guest (None while none does).
-    control: Mutex<Option<Sender<Event>>>,
+    control: Mutex<Option<EventTx>>,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -152,12 +151,12 @@ impl Telemetry {
     }
 
     /// The live loop running the guest takes requests on `tx` (None: it stopped).
-    pub fn set_control(&self, tx: Option<Sender<Event>>) {
+    pub fn set_control(&self, tx: Option<EventTx>) {
         *self.control.lock().unwrap_or_else(|p| p.into_inner()) = tx;
     }
 
     /// Where to send a request for the live loop, if one runs the guest.
-    pub fn control(&self) -> Option<Sender<Event>> {
+    pub fn control(&self) -> Option<EventTx> {
         self.control
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -353,7 +352,7 @@ pub enum Command {
 #[derive(Debug)]
 pub struct Request {
     pub command: Command,
-    pub reply: Sender<Result<String, Refusal>>,
+    pub reply: std::sync::mpsc::Sender<Result<String, Refusal>>,
 }
 
 /// Why a request was refused.

@@ -5,7 +5,7 @@ mod replay;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::mpsc::{self, Sender};
+use std::sync::mpsc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -17,7 +17,7 @@ use ftvm_replication::{backup, migrate, primary, Arbiter, Hello, PairConfig, Psk
 use ftvm_runner::status::field;
 use ftvm_runner::telemetry::Telemetry;
 use ftvm_runner::{
-    Backends, Devices, Ended, Event, Feeder, Gate, HostFwd, NetBackend, NetSpec, Options, UserSpec,
+    Backends, Devices, Ended, Feeder, Gate, HostFwd, NetBackend, NetSpec, Options, UserSpec,
 };
 use serde_json::Value;
 use std::sync::Arc;
@@ -835,7 +835,7 @@ fn read(path: &Path, what: &str) -> Result<Vec<u8>> {
 
 /// 2026-01-01T00:00:00Z: where the RTC starts under the virtual clock.
 const VIRTUAL_EPOCH_NS: u64 = 1_767_225_600 * 1_000_000_000;
-fn build_machine(a: &RunArgs, events: &Sender<Event>) -> Result<(Machine, Backends)> {
+fn build_machine(a: &RunArgs, events: &ftvm_runner::EventTx) -> Result<(Machine, Backends)> {
     let mut backends = Backends::default();
     if let Some(snap) = &a.restore {
         let bytes = read(snap, "snapshot")?;
@@ -1042,7 +1042,7 @@ impl Management {
 
 /// `ftvm run --gdb ADDR`: the guest under gdb from its first instruction, on an open timeline.
 fn run_gdb(addr: &str, a: RunArgs) -> Result<u8> {
-    let (events_tx, _events) = mpsc::channel::<Event>();
+    let (events_tx, _events) = ftvm_runner::events();
     let (m, _backends) = build_machine(&a, &events_tx)?;
     let console = Box::new(|b: &[u8]| {
         use std::io::Write;
@@ -1167,7 +1167,7 @@ fn migrate(m: MigrateArgs) -> Result<u8> {
 }
 
 fn run_with(a: RunArgs, record: Option<(Recording, u64)>, control: Option<&Path>) -> Result<u8> {
-    let (events_tx, events) = mpsc::channel::<Event>();
+    let (events_tx, events) = ftvm_runner::events();
     let (m, backends) = build_machine(&a, &events_tx)?;
     if let Some(port) = a.redis_port {
         eprintln!("ftvm: the guest's redis (port {REDIS_PORT}) is at 127.0.0.1:{port} (redis-cli -p {port}); --net none for no network");
@@ -1284,7 +1284,7 @@ fn run_primary(listen: &str, p: PairArgs, a: RunArgs) -> Result<u8> {
         );
     }
     let devices = devices_of(&a);
-    let (events_tx, events) = mpsc::channel::<Event>();
+    let (events_tx, events) = ftvm_runner::events();
     let protect = primary::Protector::start(listen, &cfg, 0, &devices, events_tx.clone())?;
     // With port 0 the kernel chose the port: this side is reached there (and says so).
     let listen = &protect
