@@ -5,7 +5,8 @@ go to one and then the other, in turn, for many slices.
 
 usage: bench/pairloss.py [--slices N] [--requests N] [--clients C] [--json FILE]
                          [--unreplicated BINARY] [--pair BINARY] [--pair-args "ARGS"]
-                         [--pair2 BINARY [--pair2-args "ARGS"]]
+                         [--pair2 BINARY [--pair2-args "ARGS"]] [--link loopback|veth]
+                         [--link2 loopback|veth]
 
 With --pair2, a second pair (another build, or other options) runs beside the first and takes
 its turn in each slice too: the two are compared in the same run, slice by slice.
@@ -17,13 +18,16 @@ so drift hardly enters a slice's ratio; the median over the slices is the loss, 
 of the slices says how far to trust it. Each slice also reads the CPU time the engine's process
 (the primary's, for the pair), its runner (the main thread) and CPU 0 spent a request, from
 /proc; and, for the median loss, a 95% confidence interval (from the order statistics of the
-slices: it needs no assumption about how the slices spread). As with `bench/redis.py --pin`: both engines and the
-client on CPU 0, the backup alone on CPU 1 (as if it had a host of its own). The engine not
-being measured idles meanwhile (an idle guest costs its host next to nothing; the pair's
-heartbeats go on).
+slices: it needs no assumption about how the slices spread; it says how well the run knows its
+own median, and another run of the same comparison can land outside it: compare builds in more
+than one run). The engines take their turns in every order in turn. As with `bench/redis.py
+--pin`: both engines and the client on CPU 0, the backup alone on CPU 1 (as if it had a host of
+its own), talking to its primary over the loopback (`--link veth`: through a veth pair between
+two namespaces). The engine not being measured idles meanwhile (an idle guest costs its host
+next to nothing; the pair's heartbeats go on).
 Needs root (namespaces, TAP) and Debian's redis-tools.
 """
-import argparse, json, os, shutil, statistics, subprocess, sys, tempfile, time
+import argparse, itertools, json, os, shutil, statistics, subprocess, sys, tempfile, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import redis as lab  # noqa: E402  (bench/redis.py: the namespaces, their network, sh)
@@ -221,9 +225,13 @@ def main():
         for name in names:
             run(name, a.requests, a.clients, pids[name])
         slices = []
+        orders = list(itertools.permutations(names))
         for i in range(a.slices):
-            # Which one goes first turns too.
-            order = names[i % len(names):] + names[:i % len(names)]
+            # The order goes through every permutation in turn: each engine goes first, and
+            # follows each other one, as often as the others (a turning rotation alone keeps
+            # the same engine before each: with two pairs the first always ran right after the
+            # unreplicated guest).
+            order = list(orders[i % len(orders)])
             got = {name: run(name, a.requests, a.clients, pids[name]) for name in order}
             slices.append(got)
             u = got["unreplicated"]
