@@ -187,6 +187,10 @@ mod tests {
     use super::*;
     use std::time::Instant;
 
+    /// Far longer than any wake-up takes, and short enough that a wake-up that never comes
+    /// fails the test (as `Timeout`) rather than hangs it.
+    const LONG: Duration = Duration::from_secs(10);
+
     #[test]
     fn a_parked_receiver_wakes_for_an_event_or_its_descriptor_and_else_waits_its_time() {
         let (tx, rx) = events();
@@ -201,7 +205,7 @@ mod tests {
         // An event queued before: at once.
         tx.send(Event::Wake).unwrap();
         assert!(matches!(
-            rx.wait_with(a.as_raw_fd(), Duration::from_secs(600)),
+            rx.wait_with(a.as_raw_fd(), LONG),
             Waited::Event(Event::Wake)
         ));
         // An event sent while it is parked wakes it.
@@ -213,7 +217,7 @@ mod tests {
             })
         };
         assert!(matches!(
-            rx.wait_with(a.as_raw_fd(), Duration::from_secs(600)),
+            rx.wait_with(a.as_raw_fd(), LONG),
             Waited::Event(Event::Wake)
         ));
         sender.join().unwrap();
@@ -224,10 +228,7 @@ mod tests {
             (&b).write_all(b"x").unwrap();
             b
         });
-        assert!(matches!(
-            rx.wait_with(a.as_raw_fd(), Duration::from_secs(600)),
-            Waited::Ready
-        ));
+        assert!(matches!(rx.wait_with(a.as_raw_fd(), LONG), Waited::Ready));
         let b = writer.join().unwrap();
         // A ring left over from a wait that ended (a sender saw it parked a moment too late)
         // does not end the next one early.
@@ -253,9 +254,6 @@ mod tests {
         assert!(t0.elapsed() >= Duration::from_millis(29));
         use std::io::Write;
         (&b).write_all(b"y").unwrap();
-        assert!(matches!(
-            rx.wait_with(a.as_raw_fd(), Duration::from_secs(600)),
-            Waited::Ready
-        ));
+        assert!(matches!(rx.wait_with(a.as_raw_fd(), LONG), Waited::Ready));
     }
 }

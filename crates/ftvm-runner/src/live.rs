@@ -5,8 +5,6 @@
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::io::Write;
 use std::sync::mpsc::RecvTimeoutError;
-
-use crate::events::{EventRx, EventTx, Waited};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,6 +20,7 @@ use thiserror::Error;
 
 use crate::clock::{HostClock, MAX_LAG};
 use crate::devices::Backends;
+use crate::events::{EventRx, EventTx, Waited};
 use crate::recheck::Rechecker;
 use crate::status::StatusFile;
 use crate::telemetry::{Command, Refusal, Request, Role, Telemetry};
