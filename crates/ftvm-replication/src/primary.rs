@@ -331,9 +331,10 @@ impl Link for PrimaryLink {
     }
     fn check(&mut self) -> Result<LinkState, LinkError> {
         let now = now_ns();
-        if self.holding.load(Ordering::Relaxed)
-            || now.saturating_sub(self.pumped_at) >= PUMP_AT_LEAST
-        {
+        // While outputs wait and a log message awaits its answer (only marked outputs wait
+        // for one; a look that finds nothing costs a system call).
+        let answer = self.holding.load(Ordering::Relaxed) && self.out.with(|s| s.awaits_answer());
+        if answer || now.saturating_sub(self.pumped_at) >= PUMP_AT_LEAST {
             self.inbox.pump(false);
             self.pumped_at = now;
         }

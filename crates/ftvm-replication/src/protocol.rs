@@ -111,6 +111,9 @@ pub struct PrimarySide {
     /// Votes received (N-modular redundancy), for the group to count: `(what, count, hash,
     /// injected)`.
     votes: VecDeque<(u8, u64, [u8; 32], u64)>,
+    /// The stamp of the newest log message sent, and whether the backup has yet to echo it.
+    sent: Nanos,
+    unanswered: bool,
 }
 
 /// At most this many votes wait to be counted; older ones are dropped (a vote on the outputs
@@ -133,6 +136,8 @@ impl PrimarySide {
             handed_over: None,
             hand_over_confirmed: false,
             votes: VecDeque::new(),
+            sent: 0,
+            unanswered: false,
         }
     }
 
@@ -149,6 +154,9 @@ impl PrimarySide {
             Msg::Ack { count, clock } => {
                 self.heard(now, clock);
                 self.acked = self.acked.max(count);
+                // (The echo is the newest stamp the backup received: one at least as new as
+                // the last log message's answers it too, the stream being in order.)
+                self.unanswered &= clock < self.sent;
                 Ok(Received::Acked(self.acked))
             }
             Msg::Heartbeat { count, clock } => {
@@ -202,8 +210,20 @@ impl PrimarySide {
     }
 
     /// Log bytes to send at `now` (stamped with it), if this side still talks to its backup.
-    pub fn log(&self, now: Nanos, bytes: Vec<u8>) -> Option<Msg> {
-        self.talking().then_some(Msg::Log { clock: now, bytes })
+    pub fn log(&mut self, now: Nanos, bytes: Vec<u8>) -> Option<Msg> {
+        if !self.talking() {
+            return None;
+        }
+        self.sent = self.sent.max(now);
+        self.unanswered = true;
+        Some(Msg::Log { clock: now, bytes })
+    }
+
+    /// Whether a log message sent has not been answered yet (an acknowledgement echoing its
+    /// stamp, or a newer one): until one is, reading the link for acknowledgements finds
+    /// none. (The log pushed out for inputs alone is answered only with the next mark's.)
+    pub fn awaits_answer(&self) -> bool {
+        self.unanswered
     }
 
     fn talking(&self) -> bool {
@@ -517,6 +537,28 @@ mod tests {
 
     fn timing() -> Timing {
         Timing::new(Duration::from_millis(10), Duration::from_millis(100))
+    }
+
+    #[test]
+    fn a_log_message_awaits_its_answer_until_an_echo_as_new_as_its_stamp() {
+        let mut p = PrimarySide::new(1, timing(), 0, 0);
+        assert!(!p.awaits_answer(), "nothing sent");
+        assert!(p.log(10, vec![1]).is_some());
+        assert!(p.log(20, vec![2]).is_some());
+        assert!(p.awaits_answer());
+        // An answer to the first message only.
+        let ack = |clock| Msg::Ack { count: 5, clock };
+        p.receive(25, &ack(10)).unwrap();
+        assert!(p.awaits_answer(), "the second is not answered yet");
+        p.receive(30, &ack(20)).unwrap();
+        assert!(!p.awaits_answer());
+        // A heartbeat's newer stamp echoed answers what went before it.
+        assert!(p.log(40, vec![3]).is_some());
+        p.receive(60, &ack(50)).unwrap();
+        assert!(!p.awaits_answer());
+        // A side that cut its ties sends no more log.
+        p.give_up();
+        assert!(p.log(80, vec![5]).is_none());
     }
 
     #[test]

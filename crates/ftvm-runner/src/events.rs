@@ -6,8 +6,8 @@
 //! thread watched the socket and woke the runner through the channel: two more context
 //! switches and a futex for each acknowledgement.)
 //!
-//! Senders ring an eventfd only while the receiver is parked in `poll`, so a send costs what
-//! an `mpsc` send costs otherwise.
+//! Senders ring an eventfd only while the receiver is parked in `poll`, and only the first of
+//! them for one wait, so a send costs what an `mpsc` send costs otherwise.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{fence, AtomicBool, Ordering};
@@ -30,7 +30,9 @@ impl Bell {
     fn ring(&self) {
         // (Against the receiver's store and try_recv: see `EventRx::wait_with`.)
         fence(Ordering::SeqCst);
-        if self.parked.load(Ordering::SeqCst) {
+        // The first sender to find the receiver parked rings; the others find it unparked
+        // (the eventfd stays readable until the receiver, awake, empties it).
+        if self.parked.swap(false, Ordering::SeqCst) {
             if let Some(fd) = &self.fd {
                 let one = 1u64.to_ne_bytes();
                 // SAFETY: writes 8 bytes from a live buffer to the eventfd this bell owns. A

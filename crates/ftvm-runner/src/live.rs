@@ -312,6 +312,9 @@ fn submit(backends: &Backends, pending: &mut Pending, req: DiskRequest) {
 const CHUNK: u64 = 500_000;
 /// Steps between looks while protected by a backup: 0.1 ms of guest time.
 const HELD_CHUNK: u64 = 10_000;
+/// The fewest steps to a look for input waiting to go to the backup (a run that stopped just
+/// short of its grace goes this much further, rather than a few steps a turn).
+const MIN_LOOK: u64 = 1_000;
 /// Under [`PushInput::WithOutput`], input waits in the log at most this many steps (2 ms of
 /// guest time) for an output's mark to carry it to the backup.
 pub const INPUT_GRACE: u64 = 200_000;
@@ -699,6 +702,25 @@ impl Gate {
             .is_some_and(|h| idle || count.saturating_sub(h.0) >= link.commit_wait())
     }
 
+    /// How many steps the guest may run before the runner next looks at the host, while
+    /// protected: every [`HELD_CHUNK`] while outputs wait for their mark or its
+    /// acknowledgement (or replicas vote); with nothing waiting, as long as unprotected
+    /// ([`CHUNK`]: each output ends a run anyway), or to where input that waits for an
+    /// output's mark must go ([`INPUT_GRACE`]). Each look costs a turn of the runner: with
+    /// them every [`HELD_CHUNK`] whatever waited, the primary took 2.7 turns a request
+    /// against the unreplicated run's 1.05 (docs/benchmarks.md).
+    fn look_after(&self, link: &dyn Link, count: u64, unsent: &UnsentInput) -> u64 {
+        if !self.held.is_empty() || link.votes() {
+            return HELD_CHUNK;
+        }
+        unsent.0.map_or(CHUNK, |since| {
+            since
+                .saturating_add(INPUT_GRACE)
+                .saturating_sub(count)
+                .clamp(MIN_LOOK, CHUNK)
+        })
+    }
+
     /// Look at the link to the backup, if any: send out the held outputs it acknowledged
     /// (noting how long each waited), or, when the backup is gone and this side won the
     /// arbiter, drop the link and send them all. False when the backup has just gone.
@@ -956,12 +978,10 @@ pub fn live(
             clock.waited(t0.elapsed());
             RunExit::Yield
         } else {
-            // While protected, look at the host more often: outputs wait for the backup's
-            // acknowledgement, and input must reach the backup's log soon after it arrives.
-            let chunk = if gate.held.is_empty() && gate.link.is_none() {
-                CHUNK
-            } else {
-                HELD_CHUNK
+            // While protected, look at the host more often while outputs wait for the backup.
+            let chunk = match &gate.link {
+                Some(l) => gate.look_after(l.as_ref(), m.count(), &unsent),
+                None => CHUNK,
             };
             let t0 = Instant::now();
             let exit = m.run(
@@ -1586,6 +1606,35 @@ mod tests {
         let mut gate = Gate::open().with_link(Box::new(Waits(0)));
         gate.held.push_back(out(170));
         assert!(gate.commit_due(100, 170, false));
+    }
+
+    #[test]
+    fn the_runner_looks_often_only_while_outputs_wait_for_the_backup() {
+        let gate = Gate::open().with_link(Box::new(Waits(50)));
+        let mut unsent = UnsentInput::default();
+        // Nothing waits: as long a run as unprotected.
+        assert_eq!(gate.look_after(&Waits(50), 1_000, &unsent), CHUNK);
+        // Input waits for an output's mark: the run ends where its grace does (and goes on a
+        // little at least once it is that close).
+        unsent.fed(1_000, PushInput::WithOutput);
+        assert_eq!(gate.look_after(&Waits(50), 1_000, &unsent), INPUT_GRACE);
+        assert_eq!(
+            gate.look_after(&Waits(50), 1_000 + INPUT_GRACE / 2, &unsent),
+            INPUT_GRACE / 2
+        );
+        assert_eq!(
+            gate.look_after(&Waits(50), 1_000 + INPUT_GRACE, &unsent),
+            MIN_LOOK
+        );
+        // Outputs wait for their mark or its acknowledgement: every HELD_CHUNK.
+        let mut gate = gate;
+        gate.held
+            .push_back((900, Instant::now(), Output::Console(vec![b'x'])));
+        assert_eq!(gate.look_after(&Waits(50), 1_000, &unsent), HELD_CHUNK);
+        unsent.pushed();
+        assert_eq!(gate.look_after(&Waits(50), 1_000, &unsent), HELD_CHUNK);
+        gate.held.clear();
+        assert_eq!(gate.look_after(&Waits(50), 1_000, &unsent), CHUNK);
     }
 
     #[test]
