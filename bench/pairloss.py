@@ -3,13 +3,18 @@
 primary run at the same time, each on its own TAP of one bridge, and short redis-benchmark runs
 go to one and then the other, in turn, for many slices.
 
-usage: bench/pairloss.py [--slices N] [--requests N] [--clients C] [--json FILE]
+usage: bench/pairloss.py [--slices N] [--boots N] [--requests N] [--clients C] [--json FILE]
                          [--unreplicated BINARY] [--pair BINARY] [--pair-args "ARGS"]
                          [--pair2 BINARY [--pair2-args "ARGS"]] [--link loopback|veth]
                          [--link2 loopback|veth]
 
 With --pair2, a second pair (another build, or other options) runs beside the first and takes
 its turn in each slice too: the two are compared in the same run, slice by slice.
+
+With --boots N, every engine is booted afresh N times, the slices shared among the boots: the
+speed of one boot of the same build differs from the next one's (the unreplicated guest's CPU
+a request moved from 79 to 88 us between two runs on 2026-12-05, its loss from 10% to 1%), so
+a loss measured in one boot says as much about that boot as about the build.
 
 This machine's speed drifts by half within minutes (bench/redis.py, which boots each engine in
 turn for a run of tens of seconds, sees the same build's loss move from -6% to 53% from round to
@@ -157,6 +162,43 @@ def run(name, requests, clients, pid):
     return out
 
 
+def boot(a, names, pairs, work, psk, err, b):
+    """Start every engine (boot `b`), each guest ready: the processes, and the pid of each
+    engine that serves requests (the unreplicated run's, each primary's)."""
+    procs = []
+    try:
+        procs.append(start([a.unreplicated, "run", *guest_args("unreplicated")], "0", err["unreplicated"]))
+        await_ready("unreplicated", procs[-1], err["unreplicated"])
+        pids = {"unreplicated": procs[0].pid}
+        for name, (binary, args, port, link) in pairs.items():
+            opts = ["--psk", psk, "--arbiter", "file:" + os.path.join(work, f"{name}.{b}.arbiter"), *args.split()]
+            addr, ns = (f"127.0.0.1:{port}", HOST_NS) if link == "loopback" else (f"{PRIMARY_LINK_IP}:{port}", BACKUP_NS)
+            procs.append(start([binary, "backup", "--primary", addr, *opts, *guest_args(name)], "1",
+                               err[name] + ".backup", console=False, ns=ns))
+            procs.append(start([binary, "primary", "--listen", addr, *opts, *guest_args(name)], "0", err[name]))
+            await_ready(name, procs[-1], err[name])
+            pids[name] = procs[-1].pid
+        return procs, pids
+    except BaseException:
+        stop(procs)
+        raise
+
+
+def stop(procs):
+    """Power every guest off (each engine then stops; a backup once its primary has)."""
+    for p in procs:
+        try:
+            p.stdin.write(b"poweroff\n")
+            p.stdin.flush()
+        except OSError:
+            pass
+    for p in procs:
+        try:
+            p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
 def quartiles(xs):
     q = statistics.quantiles(xs, n=4)
     return q[0], q[2]
@@ -177,6 +219,10 @@ def main():
     ap.add_argument("--slices", type=int, default=30)
     ap.add_argument("--requests", type=int, default=4000, help="requests of each kind (SET, GET) a slice")
     ap.add_argument("--clients", type=int, default=10)
+    ap.add_argument("--boots", type=int, default=1,
+                    help="boot every engine afresh this many times, the slices shared among the boots "
+                         "(one boot's speed can differ from the next's by more than the loss: see "
+                         "docs/benchmarks.md)")
     ap.add_argument("--unreplicated", default=FTVM, help="the ftvm binary for the unreplicated guest")
     ap.add_argument("--pair", default=FTVM, help="the ftvm binary for the pair")
     ap.add_argument("--pair-args", default="", help="more options for both sides of the pair")
@@ -205,71 +251,55 @@ def main():
     if a.pair2:
         pairs["pair2"] = (a.pair2, a.pair2_args, 7703, a.link2 or a.link)
     names = ["unreplicated", *pairs]
-    procs = []
+    if not 1 <= a.boots <= a.slices:
+        sys.exit("--boots must be from 1 to --slices")
+    procs, slices, held = [], [], {}
+    orders = list(itertools.permutations(names))
     lab.net_up(taps=[GUESTS[n][0] for n in names])
     backup_net_up()
     try:
-        err = {k: os.path.join(work, k + ".err") for k in names}
-        procs.append(start([a.unreplicated, "run", *guest_args("unreplicated")], "0", err["unreplicated"]))
-        await_ready("unreplicated", procs[-1], err["unreplicated"])
-        pids = {"unreplicated": procs[0].pid}
-        for name, (binary, args, port, link) in pairs.items():
-            opts = ["--psk", psk, "--arbiter", "file:" + os.path.join(work, name + ".arbiter"), *args.split()]
-            addr, ns = (f"127.0.0.1:{port}", HOST_NS) if link == "loopback" else (f"{PRIMARY_LINK_IP}:{port}", BACKUP_NS)
-            procs.append(start([binary, "backup", "--primary", addr, *opts, *guest_args(name)], "1",
-                               err[name] + ".backup", console=False, ns=ns))
-            procs.append(start([binary, "primary", "--listen", addr, *opts, *guest_args(name)], "0", err[name]))
-            await_ready(name, procs[-1], err[name])
-            pids[name] = procs[-1].pid
-        # A slice of each to warm up (the guests' first requests fault their pages in), not counted.
-        for name in names:
-            run(name, a.requests, a.clients, pids[name])
-        slices = []
-        orders = list(itertools.permutations(names))
-        for i in range(a.slices):
-            # The order goes through every permutation in turn: each engine goes first, and
-            # follows each other one, as often as the others (a turning rotation alone keeps
-            # the same engine before each: with two pairs the first always ran right after the
-            # unreplicated guest).
-            order = list(orders[i % len(orders)])
-            got = {name: run(name, a.requests, a.clients, pids[name]) for name in order}
-            slices.append(got)
-            u = got["unreplicated"]
-            line = (f"slice {i + 1:3}: unreplicated SET {u['SET']:6.0f} GET {u['GET']:6.0f}, {u['engine_us']:5.1f} us "
-                    f"a request ({u['cpu0_us']:5.1f} on CPU 0)")
+        for b in range(a.boots):
+            err = {k: os.path.join(work, f"{k}.{b}.err") for k in names}
+            procs, pids = boot(a, names, pairs, work, psk, err, b)
+            # A slice of each to warm up (the guests' first requests fault their pages in), not
+            # counted.
+            for name in names:
+                run(name, a.requests, a.clients, pids[name])
+            for i in range(len(slices), a.slices * (b + 1) // a.boots):
+                # The order goes through every permutation in turn: each engine goes first, and
+                # follows each other one, as often as the others (a turning rotation alone keeps
+                # the same engine before each: with two pairs the first always ran right after
+                # the unreplicated guest).
+                order = list(orders[i % len(orders)])
+                got = {name: run(name, a.requests, a.clients, pids[name]) for name in order}
+                slices.append(got)
+                u = got["unreplicated"]
+                line = (f"slice {i + 1:3}: unreplicated SET {u['SET']:6.0f} GET {u['GET']:6.0f}, "
+                        f"{u['engine_us']:5.1f} us a request ({u['cpu0_us']:5.1f} on CPU 0)")
+                for name in pairs:
+                    p = got[name]
+                    loss = {op: 100 * (1 - p[op] / u[op]) for op in ("SET", "GET")}
+                    line += (f"; {name} SET {p['SET']:6.0f} GET {p['GET']:6.0f}, {p['engine_us']:5.1f} us "
+                             f"({p['cpu0_us']:5.1f}), loss SET {loss['SET']:5.1f}% GET {loss['GET']:5.1f}%")
+                print(line, flush=True)
+            stop(procs)
+            procs = []
+            # How long each primary held its outputs for the backup (it says so when it stops).
             for name in pairs:
-                p = got[name]
-                loss = {op: 100 * (1 - p[op] / u[op]) for op in ("SET", "GET")}
-                line += (f"; {name} SET {p['SET']:6.0f} GET {p['GET']:6.0f}, {p['engine_us']:5.1f} us "
-                         f"({p['cpu0_us']:5.1f}), loss SET {loss['SET']:5.1f}% GET {loss['GET']:5.1f}%")
-            print(line, flush=True)
+                for line in open(err[name], errors="replace"):
+                    if "outputs held for the backup" in line:
+                        held.setdefault(name, []).append(line.split("ftvm: ", 1)[-1].strip())
     finally:
-        for p in procs:
-            try:
-                p.stdin.write(b"poweroff\n")
-                p.stdin.flush()
-            except OSError:
-                pass
-        for p in procs:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop(procs)
         lab.net_down()
         sh("ip", "netns", "del", BACKUP_NS, check=False)
-        # How long each primary held its outputs for the backup (it says so when it stops).
-        held = {}
-        for name in pairs:
-            if not os.path.exists(err[name]):
-                continue  # the run stopped before this primary started
-            for line in open(err[name], errors="replace"):
-                if "outputs held for the backup" in line:
-                    held[name] = line.split("ftvm: ", 1)[-1].strip()
         shutil.rmtree(work, True)
     summary = {"held": held}
-    for name, line in held.items():
-        print(f"{name}: {line}")
-    print(f"\n{a.slices} slices of {a.requests} SET and {a.requests} GET, -c {a.clients}, the guests in turn")
+    for name, lines in held.items():
+        for b, line in enumerate(lines):
+            print(f"{name}" + (f" (boot {b + 1})" if len(lines) > 1 else "") + f": {line}")
+    print(f"\n{a.slices} slices of {a.requests} SET and {a.requests} GET, -c {a.clients}, the guests in turn"
+          + (f", over {a.boots} boots of every engine" if a.boots > 1 else ""))
     # Each pair against the unreplicated guest, and the second pair against the first.
     against = [(name, "unreplicated") for name in pairs] + ([("pair2", "pair")] if "pair2" in pairs else [])
     for name, base in against:
@@ -305,7 +335,7 @@ def main():
         print(f"{name}: TCP segments a request in the primary's namespace (medians): {out:.2f} sent, "
               f"{into:.2f} received" + (" (over the loopback, both sides')" if link == "loopback" else ""))
     with open(a.json, "w") as f:
-        json.dump({"slices": slices, "requests": a.requests, "clients": a.clients, "summary": summary,
+        json.dump({"slices": slices, "requests": a.requests, "clients": a.clients, "boots": a.boots, "summary": summary,
                    "pair_args": a.pair_args, "pair2": a.pair2, "pair2_args": a.pair2_args,
                    "link": a.link, "link2": (a.link2 or a.link) if a.pair2 else None}, f, indent=2)
 
