@@ -845,7 +845,7 @@ impl Sim {
                     m.due.iter().copied().collect(),
                     m.history.len() as u64,
                 );
-                let side = PrimarySide::new(generation, timing(), now, m.count);
+                let mut side = PrimarySide::new(generation, timing(), now, m.count);
                 if let Some(msg) = side.log(now, encode(&[state])) {
                     self.send(l, h, msg);
                 }
