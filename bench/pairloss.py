@@ -12,8 +12,8 @@ With --pair2, a second pair (another build, or other options) runs beside the fi
 its turn in each slice too: the two are compared in the same run, slice by slice.
 
 With --boots N, every engine is booted afresh N times, the slices shared among the boots: the
-speed of one boot of the same build differs from the next one's (the unreplicated guest's CPU
-a request moved from 79 to 88 us between two runs on 2026-12-05, its loss from 10% to 1%), so
+speed of one boot of the same build differs from the next one's (the unreplicated engine's CPU
+a request moved from 81 to 88 us between two runs on 2026-12-05, the loss from 10% to 1%), so
 a loss measured in one boot says as much about that boot as about the build.
 
 This machine's speed drifts by half within minutes (bench/redis.py, which boots each engine in
