@@ -74,8 +74,9 @@ const PUMP_AT_LEAST: u64 = 2_000_000;
 /// otherwise every [`PUMP_AT_LEAST`]), so that an acknowledgement costs no thread hand-off;
 /// a receiving thread takes in what arrives while the runner is elsewhere (waiting for input,
 /// paused, attaching a backup). Once the runner reads, that thread keeps off the link while
-/// the runner runs: it sleeps on a [`ReaderGate`] until the runner waits for the backup, or
-/// has not read for [`RUNNER_GONE`]. Left watching the socket, it would wake for every
+/// the runner reads it: it sleeps ([`ReaderGate`]) until the runner has not read for
+/// [`RUNNER_GONE`] (the runner waits for an acknowledgement on the socket itself: see
+/// [`Link::wait_fd`]). Left watching the socket, it would wake for every
 /// acknowledgement (one a request) on the runner's core and take the locks the runner is
 /// about to take: measured, a context switch there and back and a contended lock for each
 /// message the runner sent. Whichever of the two reads a message first handles it, in order,
@@ -100,81 +101,36 @@ pub(crate) struct Inbox {
     pumped: AtomicBool,
     /// Where the receiving thread sleeps while the runner reads.
     gate: ReaderGate,
-    /// A drain woke the runner for what it read.
-    woken: AtomicBool,
 }
 
-/// The receiving thread watches the link again once the runner, though not waiting for the
-/// backup, has not read for this long (nanoseconds; it reads at least every
-/// [`PUMP_AT_LEAST`] while it runs): it is paused, or busy elsewhere.
+/// The receiving thread watches the link again once the runner has not read for this long
+/// (nanoseconds; it reads at least every [`PUMP_AT_LEAST`] while it runs): it is paused, or
+/// busy elsewhere.
 const RUNNER_GONE: u64 = 20_000_000;
 
 /// Where a receiving thread sleeps while the runner reads the link itself: until the runner
-/// waits (for the backup), or has not read for a while.
+/// has not read for a while.
 #[derive(Default)]
 struct ReaderGate {
-    state: std::sync::Mutex<GateState>,
-    wake: std::sync::Condvar,
     /// When the runner last read ([`now_ns`]).
     read_at: AtomicU64,
 }
 
-#[derive(Default)]
-struct GateState {
-    /// Whether the runner waits.
-    waits: bool,
-    /// How many waits the runner began: tells one wait from the next.
-    waits_begun: u64,
-}
-
 impl ReaderGate {
-    fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// The runner reads now.
     fn read(&self) {
         self.read_at.store(now_ns(), Ordering::Relaxed);
     }
 
-    /// The runner is about to wait (`true`: the thread goes back to the link at once) or runs
-    /// again (`false`).
-    fn runner_waits(&self, waits: bool) {
-        let mut g = self.lock();
-        g.waits = waits;
-        if waits {
-            g.waits_begun += 1;
-            self.wake.notify_one();
-        }
-    }
-
-    /// The thread: sleep while the runner runs and read less than `gone` nanoseconds ago (and
-    /// `closed` is not set). Returns which wait of the runner's it returned for, if any.
-    fn keep_off(&self, gone: u64, closed: &AtomicBool) -> Option<u64> {
-        let mut g = self.lock();
-        while !g.waits && !closed.load(Ordering::SeqCst) {
+    /// The thread: sleep while the runner read less than `gone` nanoseconds ago (and `closed`
+    /// is not set; a closing link is seen within `gone`).
+    fn keep_off(&self, gone: u64, closed: &AtomicBool) {
+        while !closed.load(Ordering::SeqCst) {
             let since = now_ns().saturating_sub(self.read_at.load(Ordering::Relaxed));
             if since >= gone {
-                return None;
+                return;
             }
-            g = self
-                .wake
-                .wait_timeout(g, Duration::from_nanos(gone - since))
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
-        g.waits.then_some(g.waits_begun)
-    }
-
-    /// The thread woke the runner from its wait `which` (as [`ReaderGate::keep_off`] told
-    /// it): that wait is over, and the thread keeps off the link again, rather than watch it
-    /// until the runner, which runs by then, says so (it would wake for the next message,
-    /// which the runner reads itself, and take the runner's core from it). A newer wait
-    /// stands.
-    fn woke_runner(&self, which: u64) {
-        let mut g = self.lock();
-        if g.waits_begun == which {
-            g.waits = false;
+            std::thread::sleep(Duration::from_nanos(gone - since));
         }
     }
 }
@@ -206,7 +162,6 @@ impl Inbox {
             // Held outputs may leave now: wake the runner if it waits.
             Ok(Received::Acked(_) | Received::Vote) => {
                 if woke {
-                    self.woken.store(true, Ordering::SeqCst);
                     let _ = self.wake.send(Event::Wake);
                 }
                 true
@@ -258,21 +213,6 @@ impl Inbox {
         self.drain(&mut rx, woke);
     }
 
-    /// The runner is about to wait for the backup (`true`: the receiving thread watches the
-    /// link and wakes it for what arrives) or runs again (`false`: the thread keeps off the
-    /// link once it has handled what it is waiting for).
-    fn runner_waits(&self, waits: bool) {
-        if !self.pumped.load(Ordering::SeqCst) {
-            return;
-        }
-        self.gate.runner_waits(waits);
-        if waits {
-            // What arrived while the thread kept off the link: the wait it would end is about
-            // to begin.
-            self.pump(true);
-        }
-    }
-
     /// The receiving thread.
     fn serve(&self) {
         let Some(wait) = &self.waiter else {
@@ -284,22 +224,13 @@ impl Inbox {
             }
         };
         while !self.closed.load(Ordering::SeqCst) {
-            let waiting = if self.pumped.load(Ordering::SeqCst) {
-                self.gate.keep_off(RUNNER_GONE, &self.closed)
-            } else {
-                None
-            };
+            if self.pumped.load(Ordering::SeqCst) {
+                self.gate.keep_off(RUNNER_GONE, &self.closed);
+            }
             wait(Duration::from_millis(100));
             let mut rx = self.rx.lock().unwrap_or_else(|e| e.into_inner());
-            // (Under the receiving lock, only this drain sets it.)
-            self.woken.store(false, Ordering::SeqCst);
             if !self.drain(&mut rx, true) {
                 return;
-            }
-            let woken = self.woken.load(Ordering::SeqCst);
-            drop(rx);
-            if let Some(which) = waiting.filter(|_| woken) {
-                self.gate.woke_runner(which);
             }
         }
     }
@@ -311,9 +242,6 @@ impl Inbox {
 const HANDOVER_LAG: u64 = 2_000_000;
 
 impl Link for PrimaryLink {
-    fn waits(&self, waits: bool) {
-        self.inbox.runner_waits(waits);
-    }
     fn wait_fd(&self) -> Option<std::os::fd::RawFd> {
         // Only while the runner reads the link itself, and it is open (a closed socket is
         // readable for ever: the runner would not wait at all).
@@ -1221,7 +1149,6 @@ impl Protector {
             closed: AtomicBool::new(false),
             pumped: AtomicBool::new(false),
             gate: ReaderGate::default(),
-            woken: AtomicBool::new(false),
         });
         {
             let inbox = inbox.clone();
@@ -1692,83 +1619,42 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_reader_keeps_off_while_the_runner_reads_and_returns_when_it_waits_or_stops() {
+    fn the_reader_keeps_off_while_the_runner_reads_and_returns_when_it_stops_or_the_link_closes() {
         let closed = AtomicBool::new(false);
         let gate = Arc::new(ReaderGate::default());
         // Never read: the thread watches the link at once.
+        let t0 = Instant::now();
         gate.keep_off(RUNNER_GONE, &closed);
-        // Read recently: it sleeps until the runner waits.
+        assert!(t0.elapsed() < Duration::from_secs(10));
+        // Read recently, and on: it sleeps while the runner reads, and returns `gone` after
+        // the last read.
         gate.read();
         let (done_tx, done) = mpsc::channel();
         let sleeper = {
             let gate = gate.clone();
             std::thread::spawn(move || {
-                gate.keep_off(600_000_000_000, &AtomicBool::new(false));
-                done_tx.send(()).unwrap();
+                gate.keep_off(500_000_000, &AtomicBool::new(false));
+                done_tx.send(Instant::now()).unwrap();
             })
         };
-        for _ in 0..30 {
+        for _ in 0..100 {
             gate.read();
             std::thread::sleep(Duration::from_millis(1));
         }
         assert!(done.try_recv().is_err(), "woke while the runner reads");
-        // Waiting again after running does not wake it twice; waiting does.
-        gate.runner_waits(false);
-        gate.runner_waits(true);
-        done.recv_timeout(Duration::from_secs(10))
-            .expect("not woken");
-        sleeper.join().unwrap();
-        // A runner that waits: nothing to sleep for.
+        let last = Instant::now();
         gate.read();
-        gate.keep_off(600_000_000_000, &closed);
-        // Running again but reading no more: back to the link after `gone`.
-        gate.runner_waits(false);
-        let t0 = Instant::now();
-        gate.keep_off(30_000_000, &closed);
-        assert!(t0.elapsed() >= Duration::from_millis(29));
+        let woke = done
+            .recv_timeout(Duration::from_secs(10))
+            .expect("never came back to the link");
+        assert!(woke.duration_since(last) >= Duration::from_millis(499));
+        sleeper.join().unwrap();
         // A link closed: nothing to sleep for.
         closed.store(true, Ordering::SeqCst);
         gate.read();
+        let t0 = Instant::now();
         gate.keep_off(600_000_000_000, &closed);
-    }
-
-    #[test]
-    fn a_reader_that_woke_the_runner_keeps_off_again_unless_a_newer_wait_began() {
-        let closed = AtomicBool::new(false);
-        let gate = ReaderGate::default();
-        gate.read();
-        gate.runner_waits(true);
-        let first = gate
-            .keep_off(600_000_000_000, &closed)
-            .expect("the runner waits");
-        // The thread read the acknowledgement and woke the runner: that wait is over, though
-        // the runner has not said so yet; the thread sleeps again (here: until `gone`).
-        gate.woke_runner(first);
-        let t0 = Instant::now();
-        assert_eq!(gate.keep_off(30_000_000, &closed), None);
-        assert!(t0.elapsed() >= Duration::from_millis(29));
-        // The runner, woken, waits again before the thread says it woke it for the first
-        // wait: the newer wait stands.
-        gate.read();
-        gate.runner_waits(true);
-        let second = gate
-            .keep_off(600_000_000_000, &closed)
-            .expect("the runner waits");
-        assert_ne!(first, second);
-        gate.runner_waits(false);
-        gate.runner_waits(true);
-        gate.woke_runner(second);
-        let third = gate
-            .keep_off(600_000_000_000, &closed)
-            .expect("a newer wait stands");
-        assert_ne!(second, third);
-        // The runner's own word that it runs again changes nothing after that.
-        gate.woke_runner(third);
-        gate.runner_waits(false);
-        gate.read();
-        let t0 = Instant::now();
-        assert_eq!(gate.keep_off(30_000_000, &closed), None);
-        assert!(t0.elapsed() >= Duration::from_millis(29));
+        assert!(t0.elapsed() < Duration::from_secs(10));
     }
 
     fn end(round: u32, dirty: usize, last: usize, pause_ms: u64, rate: f64) -> Next {

@@ -125,11 +125,6 @@ pub trait Link {
     }
     /// Whether the guest at `count` is so far ahead of the backup's replay that it must wait.
     fn too_far_ahead(&self, count: u64) -> bool;
-    /// The runner is about to wait for the backup's acknowledgement (`true`; it then waits on
-    /// its events, which the link must wake it through when one comes), or runs again
-    /// (`false`). A link that takes acknowledgements in when checked, rather than from a
-    /// thread that wakes the runner each time, makes that thread urgent meanwhile.
-    fn waits(&self, _waits: bool) {}
     /// Wait up to `limit` for the backup to close the link (as it does at the end of the log).
     fn hung_up(&self, limit: Duration) -> bool;
     /// An operator drops the backup: cut the link as if it had died, so that this side races
@@ -161,7 +156,7 @@ pub trait Link {
     /// A descriptor that becomes readable when the backup has sent something, if the runner
     /// may wait on it itself: with outputs held and the guest idle it then waits for that and
     /// its events at once ([`EventRx::wait_with`]), and the next look reads what came; with
-    /// none it tells the link it waits ([`Link::waits`]) and waits for its events alone.
+    /// none it waits for its events alone (the link wakes it through them).
     fn wait_fd(&self) -> Option<std::os::fd::RawFd> {
         None
     }
@@ -1252,9 +1247,7 @@ pub fn live(
                             Waited::Ready | Waited::Timeout => {}
                         }
                     } else {
-                        if let Some(l) = for_backup {
-                            l.waits(true);
-                        }
+                        // (A link without a descriptor wakes it through its events.)
                         match events.recv_timeout(wait) {
                             Ok(ev) => pending.take(ev),
                             // No backend is left to report (stdin closed, no device): the wait
@@ -1262,9 +1255,6 @@ pub fn live(
                             // input per turn.
                             Err(RecvTimeoutError::Disconnected) => std::thread::sleep(wait),
                             Err(RecvTimeoutError::Timeout) => {}
-                        }
-                        if let Some(l) = for_backup {
-                            l.waits(false);
                         }
                     }
                     clock.waited(t0.elapsed());
