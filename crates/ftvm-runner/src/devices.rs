@@ -2,7 +2,6 @@
 //! user-mode networks through passt), by virtio slot (disks first, then networks, then the
 //! entropy source, which needs no backend).
 
-use crate::events::EventTx;
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -14,6 +13,8 @@ pub use ftvm_host::user::{HostFwd, UserSpec};
 use ftvm_host::user::{UserNet, UserNetError};
 use ftvm_machine::DeviceSpec;
 use thiserror::Error;
+
+use crate::events::EventTx;
 
 #[derive(Debug, Error)]
 pub enum DeviceError {

@@ -9,7 +9,6 @@
 //!
 //! The management API (`ftvm-api`) reads this and sends the requests; nothing here knows HTTP.
 
-use crate::events::EventTx;
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
@@ -18,6 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ftvm_machine::board::INSTRUCTIONS_PER_MS;
 
+use crate::events::EventTx;
 use crate::vote::Injection;
 
 /// What a member is doing.
